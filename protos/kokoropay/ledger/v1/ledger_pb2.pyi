@@ -1,0 +1,201 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HoldState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HOLD_STATE_UNSPECIFIED: _ClassVar[HoldState]
+    HOLD_STATE_HELD: _ClassVar[HoldState]
+    HOLD_STATE_CAPTURED: _ClassVar[HoldState]
+    HOLD_STATE_RELEASED: _ClassVar[HoldState]
+    HOLD_STATE_EXPIRED: _ClassVar[HoldState]
+
+class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENTRY_KIND_UNSPECIFIED: _ClassVar[EntryKind]
+    ENTRY_KIND_GRANT: _ClassVar[EntryKind]
+    ENTRY_KIND_HOLD: _ClassVar[EntryKind]
+    ENTRY_KIND_CAPTURE: _ClassVar[EntryKind]
+    ENTRY_KIND_RELEASE: _ClassVar[EntryKind]
+    ENTRY_KIND_EXPIRE: _ClassVar[EntryKind]
+    ENTRY_KIND_UNLIMITED: _ClassVar[EntryKind]
+HOLD_STATE_UNSPECIFIED: HoldState
+HOLD_STATE_HELD: HoldState
+HOLD_STATE_CAPTURED: HoldState
+HOLD_STATE_RELEASED: HoldState
+HOLD_STATE_EXPIRED: HoldState
+ENTRY_KIND_UNSPECIFIED: EntryKind
+ENTRY_KIND_GRANT: EntryKind
+ENTRY_KIND_HOLD: EntryKind
+ENTRY_KIND_CAPTURE: EntryKind
+ENTRY_KIND_RELEASE: EntryKind
+ENTRY_KIND_EXPIRE: EntryKind
+ENTRY_KIND_UNLIMITED: EntryKind
+
+class Hold(_message.Message):
+    __slots__ = ("id", "account_id", "amount", "state", "idempotency_key", "expire_time", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    account_id: str
+    amount: int
+    state: HoldState
+    idempotency_key: str
+    expire_time: _timestamp_pb2.Timestamp
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[int] = ..., state: _Optional[_Union[HoldState, str]] = ..., idempotency_key: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Entry(_message.Message):
+    __slots__ = ("id", "account_id", "kind", "amount", "balance_after", "hold_id", "idempotency_key", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    account_id: str
+    kind: EntryKind
+    amount: int
+    balance_after: int
+    hold_id: str
+    idempotency_key: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[int] = ..., account_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., amount: _Optional[int] = ..., balance_after: _Optional[int] = ..., hold_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class OpenAccountRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class OpenAccountResponse(_message.Message):
+    __slots__ = ("balance",)
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    balance: GetBalanceResponse
+    def __init__(self, balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ...) -> None: ...
+
+class GetBalanceRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class GetBalanceResponse(_message.Message):
+    __slots__ = ("balance", "held", "unlimited")
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    UNLIMITED_FIELD_NUMBER: _ClassVar[int]
+    balance: int
+    held: int
+    unlimited: bool
+    def __init__(self, balance: _Optional[int] = ..., held: _Optional[int] = ..., unlimited: _Optional[bool] = ...) -> None: ...
+
+class GrantRequest(_message.Message):
+    __slots__ = ("account_id", "amount", "idempotency_key")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    amount: int
+    idempotency_key: str
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class GrantResponse(_message.Message):
+    __slots__ = ("entry", "balance")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    balance: GetBalanceResponse
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ...) -> None: ...
+
+class SetUnlimitedRequest(_message.Message):
+    __slots__ = ("account_id", "unlimited")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    UNLIMITED_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    unlimited: bool
+    def __init__(self, account_id: _Optional[str] = ..., unlimited: _Optional[bool] = ...) -> None: ...
+
+class SetUnlimitedResponse(_message.Message):
+    __slots__ = ("balance",)
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    balance: GetBalanceResponse
+    def __init__(self, balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ...) -> None: ...
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("account_id", "amount", "idempotency_key", "ttl_seconds")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    amount: int
+    idempotency_key: str
+    ttl_seconds: int
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class ReserveResponse(_message.Message):
+    __slots__ = ("hold", "balance")
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    hold: Hold
+    balance: GetBalanceResponse
+    def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ...) -> None: ...
+
+class CaptureRequest(_message.Message):
+    __slots__ = ("hold_id",)
+    HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    hold_id: str
+    def __init__(self, hold_id: _Optional[str] = ...) -> None: ...
+
+class CaptureResponse(_message.Message):
+    __slots__ = ("hold",)
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    hold: Hold
+    def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("hold_id",)
+    HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    hold_id: str
+    def __init__(self, hold_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("hold",)
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    hold: Hold
+    def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ...) -> None: ...
+
+class ListEntriesRequest(_message.Message):
+    __slots__ = ("account_id", "page_size", "page_token")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListEntriesResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,128 @@
+"""Operator actions over the real gRPC services: what the CLI and the local run's bootstrap do.
+
+An account lives in two places by design: auth owns its identity and keys, the ledger its
+credits. Creating one is therefore auth.CreateAccount, then ledger.OpenAccount and Grant.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
+from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+
+from services.common.channels import open_channel, operator_metadata
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    key: auth_pb2.ApiKey
+    plaintext: str
+
+
+class AdminClient:
+    """Operator calls on auth and ledger; use as `async with AdminClient(...) as admin:`."""
+
+    def __init__(self, auth_address: str, ledger_address: str, operator_token: str) -> None:
+        self.auth_address = auth_address
+        self.ledger_address = ledger_address
+        self._metadata = operator_metadata(operator_token)
+        self._auth_channel = open_channel(auth_address)
+        self._ledger_channel = open_channel(ledger_address)
+        self.auth = auth_pb2_grpc.AuthServiceStub(self._auth_channel)
+        self.ledger = ledger_pb2_grpc.LedgerServiceStub(self._ledger_channel)
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._auth_channel.close()
+        await self._ledger_channel.close()
+
+    async def find_account(self, reference: str) -> auth_pb2.Account:
+        """An account by name, or by id when no account has that name."""
+        try:
+            response = await self.auth.GetAccount(
+                auth_pb2.GetAccountRequest(name=reference), metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            response = await self.auth.GetAccount(
+                auth_pb2.GetAccountRequest(account_id=reference), metadata=self._metadata
+            )
+        return response.account
+
+    async def create_account(
+        self, name: str, credits: int = 0, unlimited: bool = False
+    ) -> tuple[auth_pb2.Account, ledger_pb2.GetBalanceResponse]:
+        account = (
+            await self.auth.CreateAccount(
+                auth_pb2.CreateAccountRequest(name=name), metadata=self._metadata
+            )
+        ).account
+        balance = (
+            await self.ledger.OpenAccount(
+                ledger_pb2.OpenAccountRequest(account_id=account.id), metadata=self._metadata
+            )
+        ).balance
+        if credits:
+            # Keyed on the account so a retried bootstrap cannot grant the opening credits twice.
+            balance = await self.grant(account.id, credits, f"opening-grant:{account.id}")
+        if unlimited:
+            balance = await self.set_unlimited(account.id, True)
+        return account, balance
+
+    async def grant(
+        self, account_id: str, amount: int, idempotency_key: str | None = None
+    ) -> ledger_pb2.GetBalanceResponse:
+        request = ledger_pb2.GrantRequest(
+            account_id=account_id,
+            amount=amount,
+            idempotency_key=idempotency_key or f"cli-grant:{uuid.uuid4().hex}",
+        )
+        return (await self.ledger.Grant(request, metadata=self._metadata)).balance
+
+    async def set_unlimited(
+        self, account_id: str, unlimited: bool
+    ) -> ledger_pb2.GetBalanceResponse:
+        request = ledger_pb2.SetUnlimitedRequest(account_id=account_id, unlimited=unlimited)
+        return (await self.ledger.SetUnlimited(request, metadata=self._metadata)).balance
+
+    async def balance(self, account_id: str) -> ledger_pb2.GetBalanceResponse:
+        return await self.ledger.GetBalance(ledger_pb2.GetBalanceRequest(account_id=account_id))
+
+    async def create_key(self, account_id: str, name: str = "") -> CreatedKey:
+        response = await self.auth.CreateKey(
+            auth_pb2.CreateKeyRequest(account_id=account_id, name=name), metadata=self._metadata
+        )
+        return CreatedKey(key=response.key, plaintext=response.plaintext)
+
+    async def list_keys(self, account_id: str) -> list[auth_pb2.ApiKey]:
+        response = await self.auth.ListKeys(
+            auth_pb2.ListKeysRequest(account_id=account_id), metadata=self._metadata
+        )
+        return list(response.keys)
+
+    async def revoke_key(self, key_id: str) -> auth_pb2.ApiKey:
+        response = await self.auth.RevokeKey(
+            auth_pb2.RevokeKeyRequest(key_id=key_id), metadata=self._metadata
+        )
+        return response.key
+
+    async def key_works(self, plaintext: str) -> bool:
+        try:
+            await self.auth.VerifyKey(auth_pb2.VerifyKeyRequest(key=plaintext))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                return False
+            raise
+        return True

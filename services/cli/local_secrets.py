@@ -1,0 +1,42 @@
+"""Secrets for the local run, created once under `.data/` and reused by every later start.
+
+In a cluster they come from Kubernetes Secrets instead (deploy/k8s); the services read the
+environment first and fall back to these files.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+OPERATOR_TOKEN_FILE = "operator-token"
+KEY_HASH_SECRET_FILE = "key-hash-secret"
+
+
+@dataclass(frozen=True)
+class LocalSecrets:
+    operator_token: str
+    key_hash_secret: str
+
+
+def _read_or_create(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(32)
+    # Created owner-only from the first byte: the token lets anyone grant credits.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(value + "\n")
+    return value
+
+
+def ensure_local_secrets(data_dir: Path) -> LocalSecrets:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return LocalSecrets(
+        operator_token=os.environ.get("KOKOROPAY_OPERATOR_TOKEN")
+        or _read_or_create(data_dir / OPERATOR_TOKEN_FILE),
+        key_hash_secret=os.environ.get("AUTH_KEY_HASH_SECRET")
+        or _read_or_create(data_dir / KEY_HASH_SECRET_FILE),
+    )

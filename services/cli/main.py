@@ -1,0 +1,176 @@
+"""kokoro-pay: run the local mesh and administer accounts, keys and credits over gRPC.
+
+Addresses come from KOKOROPAY_AUTH_ADDRESS / KOKOROPAY_LEDGER_ADDRESS (local defaults), the
+operator token from KOKOROPAY_OPERATOR_TOKEN or `.data/operator-token`. Every failure prints
+one line on stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import grpc
+
+from services.cli.admin import AdminClient
+from services.common.settings import DATA_DIR, read_secret
+
+
+def _admin() -> AdminClient:
+    token = read_secret(os.environ.get("KOKOROPAY_OPERATOR_TOKEN"), "operator-token")
+    if not token:
+        raise SystemExit(
+            "error: no operator token: set KOKOROPAY_OPERATOR_TOKEN or run `make run` once"
+        )
+    return AdminClient(
+        os.environ.get("KOKOROPAY_AUTH_ADDRESS", "127.0.0.1:50051"),
+        os.environ.get("KOKOROPAY_LEDGER_ADDRESS", "127.0.0.1:50052"),
+        token,
+    )
+
+
+def _describe_balance(balance: Any) -> str:
+    suffix = " (unlimited)" if balance.unlimited else ""
+    return f"balance {balance.balance} credits, {balance.held} held{suffix}"
+
+
+async def account_create(args: argparse.Namespace) -> None:
+    async with _admin() as admin:
+        account, balance = await admin.create_account(args.name, args.credits, args.unlimited)
+    print(f"account {account.id} '{account.name}': {_describe_balance(balance)}")
+
+
+async def key_create(args: argparse.Namespace) -> None:
+    async with _admin() as admin:
+        account = await admin.find_account(args.account)
+        created = await admin.create_key(account.id, args.name)
+    print(f"key {created.key.id} for account '{account.name}' (shown once, copy it now):")
+    print(created.plaintext)
+
+
+async def key_list(args: argparse.Namespace) -> None:
+    async with _admin() as admin:
+        account = await admin.find_account(args.account)
+        keys = await admin.list_keys(account.id)
+    print(f"{'ID':<32} {'PREFIX':<16} {'STATE':<8} {'CREATED':<20} NAME")
+    for key in keys:
+        state = "revoked" if key.HasField("revoke_time") else "live"
+        created = key.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{key.id:<32} {key.prefix + '…':<16} {state:<8} {created:<20} {key.name}")
+
+
+async def key_revoke(args: argparse.Namespace) -> None:
+    async with _admin() as admin:
+        key = await admin.revoke_key(args.key_id)
+    print(f"key {key.id} ({key.prefix}…) revoked")
+
+
+async def credits_grant(args: argparse.Namespace) -> None:
+    async with _admin() as admin:
+        account = await admin.find_account(args.account)
+        balance = await admin.grant(account.id, args.amount, args.idempotency_key)
+    print(f"granted {args.amount} to '{account.name}': {_describe_balance(balance)}")
+
+
+async def show_balance(args: argparse.Namespace) -> None:
+    async with _admin() as admin:
+        account = await admin.find_account(args.account)
+        balance = await admin.balance(account.id)
+    print(f"'{account.name}' ({account.id}): {_describe_balance(balance)}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive whole number")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be zero or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kokoro-pay", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("up", help="run the whole mesh locally (what `make run` runs)")
+
+    account = commands.add_parser("account", help="manage accounts").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    create = account.add_parser("create", help="create an account with optional credits")
+    create.add_argument("name")
+    create.add_argument("--credits", type=_non_negative_int, default=0)
+    create.add_argument("--unlimited", action="store_true", help="never refuse its requests")
+    create.set_defaults(handler=account_create)
+
+    key = commands.add_parser("key", help="manage API keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    key_create_parser = key.add_parser("create", help="issue a key (printed once, last line)")
+    key_create_parser.add_argument("account", help="account name or id")
+    key_create_parser.add_argument("--name", default="", help="a label for the key")
+    key_create_parser.set_defaults(handler=key_create)
+    key_list_parser = key.add_parser("list", help="list an account's keys")
+    key_list_parser.add_argument("account", help="account name or id")
+    key_list_parser.set_defaults(handler=key_list)
+    key_revoke_parser = key.add_parser("revoke", help="revoke a key by id")
+    key_revoke_parser.add_argument("key_id")
+    key_revoke_parser.set_defaults(handler=key_revoke)
+
+    credits = commands.add_parser("credits", help="manage credits").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    grant = credits.add_parser("grant", help="add credits to an account")
+    grant.add_argument("account", help="account name or id")
+    grant.add_argument("amount", type=_positive_int)
+    grant.add_argument("--idempotency-key", help="makes a retried grant add nothing twice")
+    grant.set_defaults(handler=credits_grant)
+
+    balance = commands.add_parser("balance", help="show an account's balance")
+    balance.add_argument("account", help="account name or id")
+    balance.set_defaults(handler=show_balance)
+
+    try:
+        from services.cli import envoy_config
+    except ImportError:  # written alongside; absent in a partial checkout
+        pass
+    else:
+        envoy_config.add_parser(commands)
+    return parser
+
+
+def _one_line(error: grpc.aio.AioRpcError) -> str:
+    code = error.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return "error: cannot reach the kokoro-pay services: is `make run` running?"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return "error: operator token refused: check KOKOROPAY_OPERATOR_TOKEN"
+    return f"error: {error.details() or code.name.lower()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "up":
+        from services.cli.up import run_up
+
+        return run_up(DATA_DIR)
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, None]] = args.handler
+    try:
+        asyncio.run(handler(args))
+    except grpc.aio.AioRpcError as error:
+        print(_one_line(error), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

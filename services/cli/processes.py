@@ -1,0 +1,127 @@
+"""Services as real processes on real sockets: how `kokoro-pay up`, the tests and the benchmarks
+run the mesh, each service its own process, stopped with SIGTERM like a pod."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.settings import REPO_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def health_status(address: str, service: str = "", timeout: float = 1.0) -> str | None:
+    """The health status name, or None when nothing answers."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError:
+            return None
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def http_status(url: str, timeout: float = 1.0) -> str | None:
+    """SERVING for a 200, NOT_SERVING for another status, None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return "SERVING" if response.status == 200 else "NOT_SERVING"
+    except urllib.error.HTTPError:
+        return "NOT_SERVING"
+    except OSError:
+        return None
+
+
+class ServiceProcess:
+    """`python -m services.<name>` on a free port, stopped with SIGTERM like a pod."""
+
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str],
+        log_dir: Path,
+        port: int | None = None,
+        http_ready_path: str | None = None,
+    ) -> None:
+        self.name = name
+        # HTTP services (the gateway) report readiness on a path instead of gRPC health.
+        self.http_ready_path = http_ready_path
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}-{self.port}.log"
+        prefix = name.upper()
+        self._env = {
+            **os.environ,
+            **env,
+            f"{prefix}_PORT": str(self.port),
+            f"{prefix}_HOST": "127.0.0.1",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_serving: bool = True, timeout: float = 60.0) -> ServiceProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            cwd=REPO_ROOT,
+            env=self._env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait_serving:
+            self.wait_for("SERVING", timeout)
+        return self
+
+    def wait_for(self, status: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.logs()[-4000:]}")
+            if self.status() == status:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not {status} after {timeout}s:\n{self.logs()[-4000:]}")
+
+    def status(self) -> str | None:
+        """SERVING / NOT_SERVING / None (nothing answers), for gRPC and HTTP services alike."""
+        if self.http_ready_path is None:
+            return health_status(self.address)
+        return http_status(f"http://{self.address}{self.http_ready_path}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        self.terminate()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

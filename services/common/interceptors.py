@@ -1,0 +1,152 @@
+"""Server interceptors every service installs: request ids, operator auth, readiness.
+
+Each one wraps the method handler rather than acting in `intercept_service` itself, so what it
+sets (a context variable) or refuses (an abort) happens inside the RPC's own task, for unary
+and streaming methods alike.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import grpc
+
+from services.common.logs import request_id_var
+
+REQUEST_ID_KEY = "x-request-id"
+_log = logging.getLogger("rpc")
+
+# Entered around the real behaviour, inside the RPC's task; may abort.
+Around = Callable[[Any, grpc.aio.ServicerContext], AbstractAsyncContextManager[None]]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
+    for item in details.invocation_metadata or ():
+        if item[0] == key:
+            value = item[1]
+            return value.decode() if isinstance(value, bytes) else value
+    return None
+
+
+def _wrapped(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
+    """The same handler with `around` entered for the whole call. Client streaming is unused."""
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with around(request, context):
+                return await inner_uu(request, context)
+
+        return handler._replace(unary_unary=unary_unary)
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            async with around(request, context):
+                async for response in inner_us(request, context):
+                    yield response
+
+        return handler._replace(unary_stream=unary_stream)
+    return handler
+
+
+class RequestIdInterceptor(grpc.aio.ServerInterceptor):
+    """Carries `x-request-id` into logs (generating one if absent) and logs each RPC once."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        request_id = _metadata_value(handler_call_details, REQUEST_ID_KEY) or uuid.uuid4().hex
+
+        @asynccontextmanager
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            request_id_var.set(request_id)
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                code = context.code()
+                _log.info(
+                    "rpc %s %s",
+                    method,
+                    code.name if isinstance(code, grpc.StatusCode) else "OK",
+                    extra={
+                        "method": method,
+                        "duration_ms": round((time.perf_counter() - started) * 1e3, 2),
+                    },
+                )
+
+        return _wrapped(handler, traced)
+
+
+class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Admin methods require `authorization: Bearer <operator token>`."""
+
+    def __init__(self, admin_methods: Collection[str], operator_token: str) -> None:
+        if not operator_token:
+            raise ValueError("an operator token is required")
+        self._admin_methods = frozenset(admin_methods)
+        self._expected = f"Bearer {operator_token}".encode()
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method not in self._admin_methods:
+            return handler
+        presented = (_metadata_value(handler_call_details, "authorization") or "").encode()
+        authorized = hmac.compare_digest(presented, self._expected)
+
+        @asynccontextmanager
+        async def require_operator(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[None]:
+            if not authorized:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "operator token missing or wrong"
+                )
+            yield
+
+        return _wrapped(handler, require_operator)
+
+
+class ReadinessInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses service RPCs with UNAVAILABLE until start-up work has finished.
+
+    The server listens before the database pool or the model is ready so health checks can
+    report NOT_SERVING meanwhile; health and reflection always pass.
+    """
+
+    _ALWAYS_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+    def __init__(self) -> None:
+        self.ready = False
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or self.ready:
+            return handler
+        if handler_call_details.method.startswith(self._ALWAYS_OPEN):
+            return handler
+
+        @asynccontextmanager
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "service is starting")
+            yield
+
+        return _wrapped(handler, refuse)
