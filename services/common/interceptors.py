@@ -8,6 +8,7 @@ and streaming methods alike.
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 import time
 import uuid
@@ -47,6 +48,14 @@ def _wrapped(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHa
         return handler._replace(unary_unary=unary_unary)
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
+        if not inspect.isasyncgenfunction(inner_us):
+            # Handlers that stream with `await context.write(...)` (e.g. health Watch) return a
+            # coroutine, not an async iterator; wrap them as a coroutine too.
+            async def unary_stream_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+                async with around(request, context):
+                    await inner_us(request, context)
+
+            return handler._replace(unary_stream=unary_stream_writer)
 
         async def unary_stream(
             request: Any, context: grpc.aio.ServicerContext

@@ -17,9 +17,27 @@ from psycopg_pool import AsyncConnectionPool
 _log = logging.getLogger("postgres")
 
 
-async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
-    """An open pool; fails fast with the server's message when the database is unreachable."""
-    pool = AsyncConnectionPool(dsn, min_size=min_size, max_size=max_size, open=False)
+async def open_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    autocommit: bool = False,
+    timeout: float = 30.0,
+) -> AsyncConnectionPool:
+    """An open pool; fails fast with the server's message when the database is unreachable.
+
+    `autocommit` suits stores whose reads are single statements (no BEGIN/COMMIT round trips);
+    they open explicit transactions where several statements must agree.
+    """
+    pool = AsyncConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        timeout=timeout,
+        kwargs={"autocommit": autocommit},
+    )
     await pool.open(wait=True, timeout=15)
     return pool
 

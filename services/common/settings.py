@@ -43,12 +43,18 @@ def load_settings(settings_type: type[S]) -> S:
     try:
         return settings_type()
     except ValidationError as exc:
-        prefix = settings_type.model_config.get("env_prefix", "")
         problems = "; ".join(
-            f"{prefix}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
+            f"{_env_name(settings_type, err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         sys.exit(f"error: invalid settings: {problems}")
+
+
+def _env_name(settings_type: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
+    """The environment variable a validation error is about, as the operator must spell it."""
+    name = str(loc[0]) if loc else "?"
+    if name in settings_type.model_fields:
+        return f"{settings_type.model_config.get('env_prefix', '')}{name}".upper()
+    return name.upper()  # a validation_alias such as DATABASE_URL, which takes no prefix
 
 
 def read_secret(value: str | None, file_name: str) -> str | None:
