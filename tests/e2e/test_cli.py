@@ -1,0 +1,133 @@
+"""The operator CLI as an operator runs it: `kokoro-pay …` processes against the live services."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.cli.mesh import LocalMesh
+from tests.support.postgres import create_database
+
+CLI = [sys.executable, "-m", "services.cli.main"]
+
+
+@pytest.fixture(scope="module")
+def mesh(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    data_dir = tmp_path_factory.mktemp("cli-data")
+    mesh = LocalMesh(
+        data_dir=data_dir,
+        database_url=create_database(postgres_url),
+        log_dir=data_dir / "logs",
+        services=("auth", "ledger"),
+    )
+    mesh.start()
+    yield mesh
+    mesh.stop()
+
+
+def kokoro_pay(
+    mesh: LocalMesh, *args: str, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "KOKOROPAY_AUTH_ADDRESS": mesh.grpc_address("auth"),
+        "KOKOROPAY_LEDGER_ADDRESS": mesh.grpc_address("ledger"),
+        "KOKOROPAY_OPERATOR_TOKEN": token or mesh.operator_token,
+    }
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_account_key_and_credit_lifecycle(mesh: LocalMesh) -> None:
+    created = kokoro_pay(mesh, "account", "create", "acme", "--credits", "500")
+    assert created.returncode == 0, created.stderr
+    assert "balance 500 credits" in created.stdout
+
+    key = kokoro_pay(mesh, "key", "create", "acme", "--name", "ci")
+    assert key.returncode == 0, key.stderr
+    plaintext = key.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"kp_live_[0-9A-Za-z]{43,}", plaintext), key.stdout
+    key_id = re.search(r"key (key_\S+)", key.stdout)
+    assert key_id is not None, key.stdout
+
+    listed = kokoro_pay(mesh, "key", "list", "acme")
+    assert listed.returncode == 0, listed.stderr
+    assert key_id.group(1) in listed.stdout and "live" in listed.stdout
+    assert plaintext not in listed.stdout  # never shown again
+
+    revoked = kokoro_pay(mesh, "key", "revoke", key_id.group(1))
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked" in kokoro_pay(mesh, "key", "list", "acme").stdout
+
+    granted = kokoro_pay(mesh, "credits", "grant", "acme", "250")
+    assert granted.returncode == 0, granted.stderr
+    balance = kokoro_pay(mesh, "balance", "acme")
+    assert balance.returncode == 0, balance.stderr
+    assert "balance 750 credits" in balance.stdout
+
+
+def test_a_repeated_grant_with_one_idempotency_key_adds_once(mesh: LocalMesh) -> None:
+    assert kokoro_pay(mesh, "account", "create", "retrier").returncode == 0
+    for _ in range(2):
+        result = kokoro_pay(mesh, "credits", "grant", "retrier", "40", "--idempotency-key", "inv-7")
+        assert result.returncode == 0, result.stderr
+    assert "balance 40 credits" in kokoro_pay(mesh, "balance", "retrier").stdout
+
+
+def test_unlimited_accounts_say_so(mesh: LocalMesh) -> None:
+    result = kokoro_pay(mesh, "account", "create", "house", "--unlimited")
+    assert result.returncode == 0, result.stderr
+    assert "(unlimited)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("balance", "nobody"),
+        ("key", "create", "nobody"),
+        ("credits", "grant", "nobody", "5"),
+        ("key", "revoke", "key_00000000000000000000000000"),
+    ],
+)
+def test_failures_print_one_line_and_exit_non_zero(mesh: LocalMesh, args: tuple[str, ...]) -> None:
+    result = kokoro_pay(mesh, *args)
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ")
+
+
+def test_bad_arguments_are_refused_before_any_call(mesh: LocalMesh) -> None:
+    for args in [
+        ("credits", "grant", "acme", "-5"),
+        ("account", "create", "x", "--credits", "abc"),
+    ]:
+        result = kokoro_pay(mesh, *args)
+        assert result.returncode == 2
+        assert "must be" in result.stderr or "invalid" in result.stderr
+
+
+def test_a_wrong_operator_token_is_one_clear_line(mesh: LocalMesh) -> None:
+    result = kokoro_pay(mesh, "account", "create", "intruder", token="not-the-token")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: operator token refused: check KOKOROPAY_OPERATOR_TOKEN"
+
+
+def test_services_down_is_one_clear_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "KOKOROPAY_AUTH_ADDRESS": "127.0.0.1:9",
+        "KOKOROPAY_LEDGER_ADDRESS": "127.0.0.1:9",
+        "KOKOROPAY_OPERATOR_TOKEN": "x",
+    }
+    result = subprocess.run(
+        [*CLI, "balance", "acme"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    assert "is `make run` running?" in result.stderr
