@@ -56,10 +56,22 @@ unit: $(INSTALLED) ## Only the fast unit tests
 bench: $(INSTALLED) $(WEIGHTS) ## Benchmarks, each against a baseline measured in the same run
 	$(PY) -m bench
 
+images: ## Build the container images (one line and exit 0 where no container engine runs)
+	docker/build-images.sh
+
+envoy-config: $(INSTALLED) ## Regenerate deploy/k8s/base/envoy/envoy.yaml from the running mesh (make run first)
+	@mkdir -p build
+	$(VENV)/bin/kokoro-pay envoy-config \
+	  --target auth=127.0.0.1:50051 --target ledger=127.0.0.1:50052 --target synth=127.0.0.1:50053 \
+	  --upstream auth=auth-headless.kokoropay.svc.cluster.local:50051 \
+	  --upstream ledger=ledger-headless.kokoropay.svc.cluster.local:50052 \
+	  --upstream synth=synth-headless.kokoropay.svc.cluster.local:50053 \
+	  --health-upstream synth --out deploy/k8s/base/envoy/envoy.yaml --descriptor-out build/protos.pb
+
 lock: $(INSTALLED) ## Re-pin requirements.lock from the current .venv
 	@{ echo "# Every package kokoro-pay installs, at the versions tested together (pip install -c)."; \
 	   echo "# Regenerate with: make lock"; \
-	   $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//'; } > requirements.lock
+	   $(PY) -m pip freeze --exclude-editable | sed "s/+cpu//"; } > requirements.lock
 
 clean: ## Remove .venv/ (keeps .data/: database, secrets, weights)
 	rm -rf $(VENV)

@@ -21,7 +21,9 @@ def main(argv: list[str]) -> int:
         print(f"\n=== {name} ===", flush=True)
         started = time.monotonic()
         result = subprocess.run([sys.executable, "-m", f"bench.{name}"], check=False)
-        print(f"--- {name}: {time.monotonic() - started:.0f}s, exit {result.returncode}", flush=True)
+        print(
+            f"--- {name}: {time.monotonic() - started:.0f}s, exit {result.returncode}", flush=True
+        )
         if result.returncode != 0:
             failed.append(name)
     if failed:

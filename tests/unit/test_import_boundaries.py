@@ -48,8 +48,7 @@ def test_heavy_and_data_imports_stay_in_their_service(module: str) -> None:
     for path in _source_files():
         relative = path.relative_to(SERVICES).as_posix()
         if module in _imported_top_levels(path) and not any(
-            relative == allowed or relative.startswith(allowed + "/")
-            for allowed in ALLOWED[module]
+            relative == allowed or relative.startswith(allowed + "/") for allowed in ALLOWED[module]
         ):
             offenders.append(relative)
     assert not offenders, f"{module} imported outside {ALLOWED[module]}: {offenders}"
@@ -57,5 +56,7 @@ def test_heavy_and_data_imports_stay_in_their_service(module: str) -> None:
 
 def test_the_checker_sees_imports() -> None:
     # Guards the test above against passing because it parses nothing.
-    synth_imports = set().union(*(_imported_top_levels(p) for p in (SERVICES / "synth").rglob("*.py")))
+    synth_imports = set().union(
+        *(_imported_top_levels(p) for p in (SERVICES / "synth").rglob("*.py"))
+    )
     assert "torch" in synth_imports

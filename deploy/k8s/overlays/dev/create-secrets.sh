@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates the dev overlay's Secrets with random values, once: a Secret that already exists is
+# kept, so re-running never changes the database password under a running PostgreSQL.
+# Usage: deploy/k8s/overlays/dev/create-secrets.sh [namespace]   (kubectl's current context)
+set -euo pipefail
+
+namespace="${1:-kokoropay}"
+kubectl get namespace "$namespace" >/dev/null 2>&1 || kubectl create namespace "$namespace"
+
+random() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+
+create() {  # create NAME KEY VALUE, unless NAME exists
+  if kubectl -n "$namespace" get secret "$1" >/dev/null 2>&1; then
+    echo "secret/$1 exists, kept"
+  else
+    kubectl -n "$namespace" create secret generic "$1" --from-literal="$2=$3"
+  fi
+}
+
+if kubectl -n "$namespace" get secret postgres >/dev/null 2>&1; then
+  password="$(kubectl -n "$namespace" get secret postgres \
+    -o jsonpath='{.data.POSTGRES_PASSWORD}' | base64 -d)"
+else
+  password="$(random)"
+fi
+url="postgresql://kokoropay:${password}@postgres.${namespace}.svc.cluster.local:5432/kokoropay"
+
+create postgres POSTGRES_PASSWORD "$password"
+create auth-database DATABASE_URL "$url"
+create ledger-database DATABASE_URL "$url"
+create operator-token KOKOROPAY_OPERATOR_TOKEN "$(random)"
+create auth-key-hash AUTH_KEY_HASH_SECRET "$(random)"

@@ -1,0 +1,617 @@
+"""`kokoro-pay envoy-config`: an Envoy gRPC front proxy configuration, read off the services.
+
+Each `--target NAME=HOST:PORT` is asked over gRPC reflection which services it serves; every
+service becomes ONE route (`/<package.Service>/` → the cluster NAME) and every target one
+cluster of HTTP/2 upstreams. What reflection says also decides the route's timeouts: a service
+with a server-streaming method (synth's Synthesize) gets no response timeout, only a long stream
+cap and an idle timeout, because a 4096-character synthesis streams for minutes. Unary-only
+services get a short timeout, so a hung pod fails the call instead of holding it.
+
+`--descriptor-out` writes the discovered FileDescriptorSet (with imports), the input of Envoy's
+gRPC-JSON transcoder and of `grpcurl -protoset`. `--from-descriptors` reads the services from the
+compiled `kokoropay` stubs instead of live servers: for regenerating the checked-in deploy
+configuration where the mesh cannot run; both ways produce the same routes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
+
+# Served by every kokoro-pay process, so no single cluster owns them; see `--health-upstream`.
+_MESH_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
+
+# Unary RPCs are one indexed query each; a pod that takes longer is stuck, not busy.
+UNARY_TIMEOUT = "15s"
+# A long input streams for minutes on a CPU; this only stops a stream that never ends.
+STREAM_MAX_DURATION = "1800s"
+# Time with no bytes either way. Generous: the first chunk waits for a free model slot.
+STREAM_IDLE_TIMEOUT = "300s"
+# Matches the services' keepalive allowance (services/common/server.py), so idle streams
+# through the proxy are neither cut by middleboxes nor refused as ping floods.
+UPSTREAM_KEEPALIVE = {"interval": "30s", "timeout": "10s"}
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_GRPC_STATS = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+_TRANSCODER = (
+    "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+)
+_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+_PREVIOUS_HOSTS = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
+_DOWNSTREAM_CONNECTIONS = (
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+    "DownstreamConnectionsConfig"
+)
+
+
+class ConfigError(Exception):
+    """A target cannot be discovered, or the targets do not make one consistent proxy."""
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+        return cls(host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Service:
+    """One gRPC service as reflection describes it."""
+
+    name: str
+    methods: tuple[str, ...]
+    streaming: bool
+
+    @classmethod
+    def from_descriptor(cls, descriptor: ServiceDescriptor) -> Service:
+        methods = descriptor.methods
+        return cls(
+            name=descriptor.full_name,
+            methods=tuple(m.name for m in methods),
+            streaming=any(m.server_streaming or m.client_streaming for m in methods),
+        )
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One Envoy cluster: the pods of one kokoro-pay service and the gRPC services they serve."""
+
+    name: str
+    address: Address
+    services: tuple[Service, ...]
+
+    @property
+    def streaming(self) -> bool:
+        return any(service.streaming for service in self.services)
+
+
+@dataclass(frozen=True)
+class Discovery:
+    services: tuple[Service, ...]
+    files: tuple[FileDescriptor, ...]
+
+
+def _collect_files(roots: Iterable[FileDescriptor]) -> list[FileDescriptor]:
+    """The files and everything they import, each after its imports (as protoc orders a set)."""
+    ordered: list[FileDescriptor] = []
+    seen: set[str] = set()
+
+    def visit(file: FileDescriptor) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dependency in file.dependencies:
+            visit(dependency)
+        ordered.append(file)
+
+    for root in roots:
+        visit(root)
+    return ordered
+
+
+def _discovery(pool: descriptor_pool.DescriptorPool, names: Iterable[str]) -> Discovery:
+    descriptors = [pool.FindServiceByName(name) for name in sorted(names)]
+    return Discovery(
+        services=tuple(Service.from_descriptor(d) for d in descriptors),
+        files=tuple(_collect_files(d.file for d in descriptors)),
+    )
+
+
+def discover(address: str, timeout: float = 10.0) -> Discovery:
+    """Ask a running server, over gRPC reflection, what it serves."""
+    # Imported here: only this path needs the reflection client.
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise ConfigError(f"nothing answers at {address} after {timeout:g}s") from None
+        database = ProtoReflectionDescriptorDatabase(channel)
+        pool = descriptor_pool.DescriptorPool(database)
+        try:
+            names = [n for n in database.get_services() if n not in _MESH_SERVICES]
+            return _discovery(pool, names)
+        except grpc.RpcError as error:
+            raise ConfigError(
+                f"reflection failed at {address}: {error.code().name} {error.details()}"
+            ) from None
+
+
+def from_descriptors(name: str) -> Discovery:
+    """What `kokoropay.<name>.v1` declares, from the compiled stubs (no server needed)."""
+    try:
+        module = importlib.import_module(f"kokoropay.{name}.v1.{name}_pb2")
+    except ImportError:
+        raise ConfigError(f"no compiled descriptors for {name!r} (kokoropay.{name}.v1)") from None
+    file: FileDescriptor = module.DESCRIPTOR
+    names = [service.full_name for service in file.services_by_name.values()]
+    return _discovery(descriptor_pool.Default(), names)
+
+
+def descriptor_set(files: Iterable[FileDescriptor]) -> descriptor_pb2.FileDescriptorSet:
+    """One self-contained set: every file once, imports before the files that use them."""
+    result = descriptor_pb2.FileDescriptorSet()
+    for file in _collect_files(files):
+        file.CopyToProto(result.file.add())
+    return result
+
+
+def _socket(address: Address) -> dict[str, Any]:
+    return {"socket_address": {"address": address.host, "port_value": address.port}}
+
+
+def _route(service: Service, cluster: str, *, streaming: bool) -> dict[str, Any]:
+    action: dict[str, Any] = {
+        "cluster": cluster,
+        # UNAVAILABLE means the pod did no work (draining, starting, or gone), so another pod
+        # may take the call; connect failures and refused streams never reached one at all.
+        # Envoy never retries once response headers went out, so a stream is never replayed.
+        "retry_policy": {
+            "retry_on": "unavailable,connect-failure,refused-stream",
+            "num_retries": 2,
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {"@type": _PREVIOUS_HOSTS},
+                }
+            ],
+            "host_selection_retry_max_attempts": 3,
+            "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+        },
+    }
+    if streaming:
+        action["timeout"] = "0s"
+        action["idle_timeout"] = STREAM_IDLE_TIMEOUT
+        # A client's own grpc-timeout wins (0s: uncapped); without one the cap applies.
+        action["max_stream_duration"] = {
+            "max_stream_duration": STREAM_MAX_DURATION,
+            "grpc_timeout_header_max": "0s",
+        }
+    else:
+        action["timeout"] = UNARY_TIMEOUT
+    return {"match": {"prefix": f"/{service.name}/"}, "route": action}
+
+
+def _cluster(upstream: Upstream) -> dict[str, Any]:
+    return {
+        "name": upstream.name,
+        # STRICT_DNS on a headless Service: one host per ready pod, so balancing is per request
+        # across pods, not per connection as through a ClusterIP. Envoy re-resolves every 5 s
+        # (its default), so new pods join and removed ones leave within seconds.
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        # Streams hold a pod for minutes: send each new one to the pod with fewest in flight.
+        "lb_policy": "LEAST_REQUEST" if upstream.streaming else "ROUND_ROBIN",
+        "connect_timeout": "2s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {
+                    "http2_protocol_options": {"connection_keepalive": UPSTREAM_KEEPALIVE}
+                },
+            }
+        },
+        # A pod that says NOT_SERVING (starting, or draining after SIGTERM) leaves the rotation
+        # before DNS catches up.
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "5s",
+                "no_traffic_interval": "5s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": ""},
+            }
+        ],
+        "load_assignment": {
+            "cluster_name": upstream.name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(upstream.address)}}]}],
+        },
+    }
+
+
+def _access_log() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": _STDOUT_LOG,
+                "log_format": {
+                    "json_format": {
+                        "ts": "%START_TIME%",
+                        "service": "envoy",
+                        "request_id": "%REQ(X-REQUEST-ID)%",
+                        "method": "%REQ(:PATH)%",
+                        "grpc_status": "%GRPC_STATUS%",
+                        "http_status": "%RESPONSE_CODE%",
+                        "flags": "%RESPONSE_FLAGS%",
+                        "duration_ms": "%DURATION%",
+                        "upstream": "%UPSTREAM_HOST%",
+                        "bytes_sent": "%BYTES_SENT%",
+                    }
+                },
+            },
+        }
+    ]
+
+
+def _grpc_listener(
+    upstreams: Sequence[Upstream],
+    listen: Address,
+    health_upstream: Upstream | None,
+    transcode_descriptor: str | None,
+) -> dict[str, Any]:
+    routes = [
+        _route(service, upstream.name, streaming=service.streaming)
+        for upstream in upstreams
+        for service in upstream.services
+    ]
+    if health_upstream is not None:
+        # Health and reflection go to the one upstream a client reaches through the proxy, so a
+        # gateway's readiness check of "synth" asks a real, healthy synth pod.
+        routes += [
+            _route(
+                Service(name=name, methods=(), streaming=True),
+                health_upstream.name,
+                streaming=True,
+            )
+            for name in _MESH_SERVICES
+        ]
+    http_filters: list[dict[str, Any]] = [
+        {
+            "name": "envoy.filters.http.grpc_stats",
+            # Per-method success/failure counters (cluster.<name>.grpc.<service>.<method>.*).
+            "typed_config": {"@type": _GRPC_STATS, "stats_for_all_methods": True},
+        }
+    ]
+    if transcode_descriptor is not None:
+        http_filters.append(
+            {
+                "name": "envoy.filters.http.grpc_json_transcoder",
+                "typed_config": {
+                    "@type": _TRANSCODER,
+                    "proto_descriptor": transcode_descriptor,
+                    "services": [s.name for u in upstreams for s in u.services],
+                    # The protos carry no google.api.http options: POST /<Service>/<Method>.
+                    "auto_mapping": True,
+                    "convert_grpc_status": True,
+                    "print_options": {"preserve_proto_field_names": True},
+                },
+            }
+        )
+    http_filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}})
+    return {
+        "name": "grpc",
+        "address": _socket(listen),
+        # What the pod's preStop drains (drain_listeners?inboundonly); the ops listener stays up
+        # so probes and the scraper still get answers meanwhile.
+        "traffic_direction": "INBOUND",
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": _HCM + "HttpConnectionManager",
+                            "stat_prefix": "grpc",
+                            "codec_type": "AUTO",
+                            # Streams may legitimately stay quiet while queued for the model.
+                            "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
+                            "common_http_protocol_options": {
+                                "headers_with_underscores_action": "REJECT_REQUEST"
+                            },
+                            "access_log": _access_log(),
+                            "route_config": {
+                                "name": "grpc",
+                                "virtual_hosts": [
+                                    {"name": "kokoropay", "domains": ["*"], "routes": routes}
+                                ],
+                            },
+                            "http_filters": http_filters,
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def _ops_listener(listen: Address) -> dict[str, Any]:
+    """Readiness and Prometheus stats for the kubelet and the scraper, read-only.
+
+    The admin interface itself listens on loopback only: it can drain, quit and reconfigure.
+    """
+
+    def get(path: str) -> dict[str, Any]:
+        return {
+            "match": {
+                "path": path,
+                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+            },
+            "route": {"cluster": "envoy_admin", "timeout": "5s"},
+        }
+
+    return {
+        "name": "ops",
+        "address": _socket(listen),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": _HCM + "HttpConnectionManager",
+                            "stat_prefix": "ops",
+                            "route_config": {
+                                "name": "ops",
+                                "virtual_hosts": [
+                                    {
+                                        "name": "ops",
+                                        "domains": ["*"],
+                                        "routes": [
+                                            get("/ready"),
+                                            get("/stats/prometheus"),
+                                            {
+                                                "match": {"prefix": "/"},
+                                                "direct_response": {"status": 404},
+                                            },
+                                        ],
+                                    }
+                                ],
+                            },
+                            "http_filters": [
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": {"@type": _ROUTER},
+                                }
+                            ],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def build_config(
+    upstreams: Sequence[Upstream],
+    *,
+    listen: Address,
+    admin: Address,
+    ops_listen: Address | None = None,
+    health_upstream: str | None = None,
+    transcode_descriptor: str | None = None,
+) -> dict[str, Any]:
+    """The Envoy bootstrap (v3) proxying gRPC to `upstreams`."""
+    if not upstreams:
+        raise ConfigError("no targets: name at least one with --target NAME=HOST:PORT")
+    owners: dict[str, str] = {}
+    for upstream in upstreams:
+        if not upstream.services:
+            raise ConfigError(f"{upstream.name} serves no gRPC service besides health/reflection")
+        for service in upstream.services:
+            if service.name in owners:
+                raise ConfigError(
+                    f"{service.name} is served by both {owners[service.name]} and {upstream.name}"
+                )
+            owners[service.name] = upstream.name
+    by_name = {upstream.name: upstream for upstream in upstreams}
+    if health_upstream is None and len(upstreams) == 1:
+        health_upstream = upstreams[0].name
+    if health_upstream is not None and health_upstream not in by_name:
+        raise ConfigError(f"--health-upstream {health_upstream} is not one of the targets")
+    health = by_name[health_upstream] if health_upstream is not None else None
+
+    listeners = [_grpc_listener(upstreams, listen, health, transcode_descriptor)]
+    clusters = [_cluster(upstream) for upstream in upstreams]
+    if ops_listen is not None:
+        listeners.append(_ops_listener(ops_listen))
+        clusters.append(
+            {
+                "name": "envoy_admin",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": "envoy_admin",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(admin)}}]}],
+                },
+            }
+        )
+    return {
+        "admin": {"address": _socket(admin)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        # Without a limit a connection flood exhausts file descriptors before anything sheds.
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _DOWNSTREAM_CONNECTIONS,
+                        "max_active_downstream_connections": 50_000,
+                    },
+                }
+            ]
+        },
+    }
+
+
+def render_yaml(config: dict[str, Any], provenance: str) -> str:
+    import yaml  # a dev/ops dependency, only needed to write the file
+
+    header = (
+        "# Generated by `kokoro-pay envoy-config` — do not edit; regenerate instead.\n"
+        f"# {provenance}\n"
+    )
+    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100)
+
+
+def _pair(text: str) -> tuple[str, Address]:
+    name, sep, address = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=HOST:PORT, got {text!r}")
+    try:
+        return name, Address.parse(address)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _address(text: str) -> Address:
+    try:
+        return Address.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def generate(args: argparse.Namespace) -> tuple[str, descriptor_pb2.FileDescriptorSet]:
+    """The YAML text and the descriptor set the arguments ask for."""
+    targets: list[tuple[str, Address]] = args.target
+    names = [name for name, _ in targets]
+    if len(set(names)) != len(names):
+        raise ConfigError("each --target NAME may be given once")
+    overrides: dict[str, Address] = dict(args.upstream or [])
+    unknown = set(overrides) - set(names)
+    if unknown:
+        raise ConfigError(f"--upstream names no --target: {', '.join(sorted(unknown))}")
+
+    upstreams: list[Upstream] = []
+    files: list[FileDescriptor] = []
+    for name, address in sorted(targets):
+        found = from_descriptors(name) if args.from_descriptors else discover(str(address))
+        upstreams.append(Upstream(name, overrides.get(name, address), found.services))
+        files.extend(found.files)
+    config = build_config(
+        upstreams,
+        listen=args.listen,
+        admin=args.admin,
+        ops_listen=args.ops_listen,
+        health_upstream=args.health_upstream,
+        transcode_descriptor=args.transcode_descriptor,
+    )
+    source = "compiled kokoropay descriptors" if args.from_descriptors else "gRPC reflection"
+    provenance = f"Services read from {source}: " + ", ".join(
+        f"{u.name} ({', '.join(s.name for s in u.services)})" for u in upstreams
+    )
+    return render_yaml(config, provenance), descriptor_set(files)
+
+
+async def run(args: argparse.Namespace) -> None:
+    try:
+        text, descriptors = generate(args)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    if args.descriptor_out:
+        Path(args.descriptor_out).write_bytes(descriptors.SerializeToString(deterministic=True))
+        print(f"wrote {args.descriptor_out} ({len(descriptors.file)} files)", file=sys.stderr)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `envoy-config` on the kokoro-pay command line."""
+    parser = subparsers.add_parser(
+        "envoy-config",
+        help="generate the Envoy gRPC proxy config from the running services' reflection",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--target",
+        type=_pair,
+        action="append",
+        required=True,
+        metavar="NAME=HOST:PORT",
+        help="a running service to discover (repeat: --target auth=127.0.0.1:50051 …)",
+    )
+    parser.add_argument(
+        "--upstream",
+        type=_pair,
+        action="append",
+        metavar="NAME=HOST:PORT",
+        help="the address Envoy should use for NAME when it differs from where it was "
+        "discovered, e.g. synth=synth-headless.kokoropay.svc.cluster.local:50053",
+    )
+    parser.add_argument(
+        "--from-descriptors",
+        action="store_true",
+        help="read each NAME's services from the compiled kokoropay.NAME.v1 stubs instead of "
+        "asking a running server (the --target addresses are then the cluster addresses)",
+    )
+    parser.add_argument("--listen", type=_address, default=Address("0.0.0.0", 8080))
+    parser.add_argument(
+        "--admin",
+        type=_address,
+        default=Address("127.0.0.1", 9901),
+        help="the admin interface; keep it on loopback (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ops-listen",
+        type=_address,
+        default=Address("0.0.0.0", 9902),
+        help="read-only GET /ready and /stats/prometheus for probes and scraping",
+    )
+    parser.add_argument(
+        "--health-upstream",
+        metavar="NAME",
+        help="the target that answers grpc.health.v1 and reflection through the proxy "
+        "(default: the only target; none when there are several)",
+    )
+    parser.add_argument(
+        "--transcode-descriptor",
+        metavar="PATH",
+        help="enable gRPC-JSON transcoding with the descriptor set at PATH (as Envoy sees it)",
+    )
+    parser.add_argument("--out", default="envoy.yaml", help="'-' for stdout")
+    parser.add_argument("--descriptor-out", metavar="PATH", help="write a FileDescriptorSet")
+    parser.set_defaults(handler=run)

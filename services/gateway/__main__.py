@@ -1,0 +1,79 @@
+"""`python -m services.gateway`: settings → gRPC clients → app → uvicorn, until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from types import FrameType
+
+import uvicorn
+
+from services.common.logs import configure_logging
+from services.common.settings import load_settings
+from services.gateway.app import create_app
+from services.gateway.clients import GrpcUpstreams
+from services.gateway.settings import GatewaySettings
+
+_log = logging.getLogger("gateway")
+
+
+class GatewayServer(uvicorn.Server):
+    """Uvicorn that reports not-ready as soon as a stop is asked for, before it drains."""
+
+    def __init__(self, config: uvicorn.Config, draining: asyncio.Event) -> None:
+        super().__init__(config)
+        self._draining = draining
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._draining.set()
+        super().handle_exit(sig, frame)
+
+
+async def serve(settings: GatewaySettings) -> None:
+    # gRPC channels belong to the running event loop, so they are opened inside it.
+    upstreams = GrpcUpstreams(
+        settings.auth_address,
+        settings.ledger_address,
+        settings.synth_address,
+        timeout=settings.rpc_timeout_seconds,
+        ready_timeout=settings.ready_timeout_seconds,
+    )
+    app = create_app(settings, upstreams)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        # Logging is ours (JSON, with request ids); uvicorn's access log would duplicate it.
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(settings.grace_seconds),
+        lifespan="on",
+    )
+    server = GatewayServer(config, app.state.draining)
+    _log.info(
+        "gateway on http://%s:%d",
+        settings.host,
+        settings.port,
+        extra={
+            "auth": settings.auth_address,
+            "ledger": settings.ledger_address,
+            "synth": settings.synth_address,
+        },
+    )
+    try:
+        await server.serve()
+    finally:
+        await upstreams.close()
+    if not server.started:
+        raise SystemExit(f"error: gateway could not listen on {settings.host}:{settings.port}")
+
+
+def main() -> None:
+    settings = load_settings(GatewaySettings)
+    configure_logging("gateway", settings.log_level)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

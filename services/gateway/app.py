@@ -1,0 +1,102 @@
+"""The FastAPI application: routes, the error envelope, request ids, and the serving layer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp
+
+from services.gateway.catalog import Catalog
+from services.gateway.clients import Upstreams
+from services.gateway.errors import install_error_handlers
+from services.gateway.middleware import RequestContextMiddleware
+from services.gateway.routes import account, catalog, health, speech
+from services.gateway.settings import GatewaySettings
+from services.gateway.speech import SpeechService
+
+DESCRIPTION = """\
+OpenAI-compatible text to speech on Kokoro-82M, paid per input character from prepaid credits.
+If you can call OpenAI's `/v1/audio/speech`, you can call this: change the base URL and use
+your `kp_live_…` key as a Bearer token. Errors are `{"detail": "…"}`; every response carries
+`x-request-id`. Client errors carry `x-should-retry: false`, transient ones `true`.
+"""
+# Generous for any JSON a 4096-character input can take (\\uXXXX escapes included).
+MAX_BODY_BYTES = 1 << 20
+
+
+class GatewayApp(FastAPI):
+    """FastAPI with the request-context middleware outside everything (its 500s included) and
+    an OpenAPI document that says what clients really get."""
+
+    max_input_chars = 4096
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestContextMiddleware(super().build_middleware_stack())
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            _describe_the_edge(super().openapi(), self.max_input_chars)
+        return self.openapi_schema or {}
+
+
+def _describe_the_edge(schema: dict[str, Any], max_input_chars: int) -> None:
+    """Validation failures are 400s, not FastAPI's 422; headers every response carries."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            for status, response in responses.items():
+                headers = response.setdefault("headers", {})
+                headers.setdefault("x-request-id", _REQUEST_ID_HEADER)
+                if status.startswith(("4", "5")):
+                    headers.setdefault("x-should-retry", _SHOULD_RETRY_HEADER)
+    schemas = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    if "SpeechRequest" in schemas:
+        schemas["SpeechRequest"]["properties"]["input"]["maxLength"] = max_input_chars
+
+
+_REQUEST_ID_HEADER = {
+    "description": "The request's id: the client's `x-request-id` when sane, else generated.",
+    "schema": {"type": "string"},
+}
+_SHOULD_RETRY_HEADER = {
+    "description": "`false` for client errors; `true` where a retry is safe and may succeed.",
+    "schema": {"type": "string", "enum": ["true", "false"]},
+}
+
+
+def create_app(settings: GatewaySettings, clients: Upstreams) -> FastAPI:
+    """The gateway over `clients`: gRPC ones when served, in-memory fakes in unit tests."""
+    service = SpeechService(clients, Catalog(clients.synth, settings.catalog_ttl_seconds), settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Uvicorn has drained the connections; charges still being settled finish first.
+        await service.drain()
+
+    app = GatewayApp(
+        title="kokoro-pay",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # Clients that send JSON without a Content-Type still get their audio.
+        strict_content_type=False,
+        max_body_size=max(MAX_BODY_BYTES, settings.max_input_chars * 12 + 4096),
+        servers=[{"url": "/", "description": "this gateway"}],
+    )
+    app.max_input_chars = settings.max_input_chars
+    app.state.speech = service
+    app.state.upstreams = clients
+    # Set when the process is asked to stop, so /readyz sends new traffic elsewhere.
+    app.state.draining = asyncio.Event()
+    install_error_handlers(app)
+    for router in (speech.router, catalog.router, account.router, health.router):
+        app.include_router(router)
+    return app

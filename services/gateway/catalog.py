@@ -1,0 +1,93 @@
+"""What synth speaks with, cached: voices and models, for listing and for validating requests.
+
+A request naming an unknown voice or model is refused here, before anything is reserved. The
+cache is refreshed after `ttl` seconds by one caller while the others keep using the old lists;
+when synth cannot be reached the old lists are served rather than none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from services.gateway.clients import Model, SynthClient, Voice
+
+T = TypeVar("T")
+
+# synth's blend grammar (services/synth/voices.py): `name` or `name(weight)` joined by `+`.
+_COMPONENT = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(?:\(\s*([0-9]*\.?[0-9]+)\s*\))?\s*$")
+_MAX_COMPONENTS = 8
+
+
+@dataclass
+class _Entry(Generic[T]):
+    value: T
+    fetched_at: float
+
+
+class _Cached(Generic[T]):
+    def __init__(self, fetch: Callable[[], Awaitable[T]], ttl: float) -> None:
+        self._fetch = fetch
+        self._ttl = ttl
+        self._entry: _Entry[T] | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> T:
+        entry = self._entry
+        if entry is not None and time.monotonic() - entry.fetched_at < self._ttl:
+            return entry.value
+        async with self._lock:
+            if self._entry is not entry and self._entry is not None:
+                return self._entry.value  # another caller refreshed it meanwhile
+            try:
+                value = await self._fetch()
+            except Exception:
+                if entry is None:
+                    raise
+                return entry.value
+            self._entry = _Entry(value, time.monotonic())
+            return value
+
+
+class Catalog:
+    def __init__(self, synth: SynthClient, ttl: float) -> None:
+        self._voices = _Cached(synth.list_voices, ttl)
+        self._models = _Cached(synth.list_models, ttl)
+
+    async def voices(self) -> list[Voice]:
+        return await self._voices.get()
+
+    async def models(self) -> list[Model]:
+        return await self._models.get()
+
+    async def model_names(self) -> list[str]:
+        """Every accepted model name: ids, then aliases."""
+        models = await self.models()
+        return [m.id for m in models] + [alias for m in models for alias in m.aliases]
+
+    async def voice_problem(self, expression: str) -> str | None:
+        """Why synth would refuse `expression`, or None when it names known voices."""
+        known = {voice.id for voice in await self.voices()}
+        text = expression.strip()
+        if text in known:
+            return None
+        parts = text.split("+")
+        if len(parts) > _MAX_COMPONENTS:
+            return f"a blend may mix at most {_MAX_COMPONENTS} voices"
+        for part in parts:
+            match = _COMPONENT.match(part)
+            if match is None:
+                return (
+                    f"cannot read {part.strip()!r} in voice {text!r}; "
+                    "expected e.g. 'af_bella' or 'af_bella(2)+af_sky(1)'"
+                )
+            name, weight = match.group(1), match.group(2)
+            if name not in known:
+                return f"unknown voice {name!r}; see /v1/audio/voices"
+            if weight is not None and float(weight) <= 0:
+                return f"voice weight must be positive in {part.strip()!r}"
+        return None

@@ -1,0 +1,354 @@
+"""What the gateway needs from auth, ledger and synth: interfaces, and their gRPC implementations.
+
+The serving layer (speech.py) depends only on the Protocols and the plain values below, so it
+can be exercised with in-memory fakes; `GrpcUpstreams` is what runs. Every failed call surfaces
+as `UpstreamError`, carrying the gRPC status and the ErrorInfo reason that errors.py maps to HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
+from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
+
+from services.common.channels import open_channel
+from services.common.errors import error_reason
+
+T = TypeVar("T")
+VoiceKind = Literal["builtin", "alias", "blend"]
+
+
+class UpstreamError(Exception):
+    """A call to auth, ledger or synth failed; `code` and `reason` say how."""
+
+    def __init__(
+        self, service: str, code: grpc.StatusCode, message: str, reason: str | None = None
+    ) -> None:
+        super().__init__(f"{service}: {code.name}: {message}")
+        self.service = service
+        self.code = code
+        self.message = message
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a verified key spends for."""
+
+    account_id: str
+    key_id: str
+
+
+@dataclass(frozen=True)
+class Balance:
+    balance: int
+    held: int
+    unlimited: bool
+
+
+class HoldState(enum.Enum):
+    HELD = "held"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: str
+    amount: int
+    state: HoldState
+
+
+@dataclass(frozen=True)
+class Voice:
+    id: str
+    language: str
+    gender: str
+    kind: VoiceKind
+    target: str
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    aliases: tuple[str, ...]
+    description: str
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    text: str
+    voice: str
+    model: str
+    speed: float
+    # One of mp3, opus, aac, flac, wav, pcm.
+    audio_format: str
+
+
+@dataclass(frozen=True)
+class AudioPiece:
+    """One chunk of the encoded stream."""
+
+    audio: bytes
+    # Input code points spoken up to and including this piece.
+    characters_consumed: int
+
+
+class AudioStream(Protocol):
+    """A running synthesis: pieces in order, then None; cancel() stops the work upstream."""
+
+    async def next(self) -> AudioPiece | None: ...
+
+    def cancel(self) -> None: ...
+
+
+class AuthClient(Protocol):
+    async def verify_key(self, key: str) -> Principal: ...
+
+    async def ready(self) -> bool: ...
+
+
+class LedgerClient(Protocol):
+    async def get_balance(self, account_id: str) -> Balance: ...
+
+    async def reserve(
+        self, account_id: str, amount: int, idempotency_key: str, ttl_seconds: int
+    ) -> Hold: ...
+
+    async def capture(self, hold_id: str) -> Hold: ...
+
+    async def release(self, hold_id: str) -> Hold: ...
+
+    async def ready(self) -> bool: ...
+
+
+class SynthClient(Protocol):
+    def synthesize(self, request: SynthesisRequest) -> AudioStream: ...
+
+    async def list_voices(self) -> list[Voice]: ...
+
+    async def list_models(self) -> list[Model]: ...
+
+    async def ready(self) -> bool: ...
+
+
+@dataclass
+class Upstreams:
+    auth: AuthClient
+    ledger: LedgerClient
+    synth: SynthClient
+
+    async def close(self) -> None:
+        """Release connections; nothing to do for in-memory clients."""
+
+
+# --- gRPC implementations -------------------------------------------------------------------
+
+_HOLD_STATES = {
+    ledger_pb2.HOLD_STATE_HELD: HoldState.HELD,
+    ledger_pb2.HOLD_STATE_CAPTURED: HoldState.CAPTURED,
+    ledger_pb2.HOLD_STATE_RELEASED: HoldState.RELEASED,
+    ledger_pb2.HOLD_STATE_EXPIRED: HoldState.EXPIRED,
+}
+_AUDIO_FORMATS = {
+    "mp3": synth_pb2.AUDIO_FORMAT_MP3,
+    "opus": synth_pb2.AUDIO_FORMAT_OPUS,
+    "aac": synth_pb2.AUDIO_FORMAT_AAC,
+    "flac": synth_pb2.AUDIO_FORMAT_FLAC,
+    "wav": synth_pb2.AUDIO_FORMAT_WAV,
+    "pcm": synth_pb2.AUDIO_FORMAT_PCM,
+}
+_VOICE_KINDS: dict[int, VoiceKind] = {
+    synth_pb2.VOICE_KIND_BUILTIN: "builtin",
+    synth_pb2.VOICE_KIND_ALIAS: "alias",
+    synth_pb2.VOICE_KIND_BLEND: "blend",
+}
+
+
+def _upstream_error(service: str, error: grpc.RpcError) -> UpstreamError:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    return UpstreamError(service, code, details or "", error_reason(error))
+
+
+async def _call(service: str, call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except grpc.RpcError as error:
+        raise _upstream_error(service, error) from error
+
+
+async def _serving(channel: grpc.aio.Channel, timeout: float) -> bool:
+    try:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout
+        )
+    except (grpc.RpcError, asyncio.TimeoutError):
+        return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _hold(message: ledger_pb2.Hold) -> Hold:
+    return Hold(
+        id=message.id,
+        amount=message.amount,
+        state=_HOLD_STATES.get(message.state, HoldState.HELD),
+    )
+
+
+class GrpcAuthClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float, ready_timeout: float) -> None:
+        self._channel = channel
+        self._stub = auth_pb2_grpc.AuthServiceStub(channel)
+        self._timeout = timeout
+        self._ready_timeout = ready_timeout
+
+    async def verify_key(self, key: str) -> Principal:
+        response = await _call(
+            "auth",
+            self._stub.VerifyKey(auth_pb2.VerifyKeyRequest(key=key), timeout=self._timeout),
+        )
+        return Principal(account_id=response.account_id, key_id=response.key_id)
+
+    async def ready(self) -> bool:
+        return await _serving(self._channel, self._ready_timeout)
+
+
+class GrpcLedgerClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float, ready_timeout: float) -> None:
+        self._channel = channel
+        self._stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+        self._timeout = timeout
+        self._ready_timeout = ready_timeout
+
+    async def get_balance(self, account_id: str) -> Balance:
+        response = await _call(
+            "ledger",
+            self._stub.GetBalance(
+                ledger_pb2.GetBalanceRequest(account_id=account_id), timeout=self._timeout
+            ),
+        )
+        return Balance(response.balance, response.held, response.unlimited)
+
+    async def reserve(
+        self, account_id: str, amount: int, idempotency_key: str, ttl_seconds: int
+    ) -> Hold:
+        request = ledger_pb2.ReserveRequest(
+            account_id=account_id,
+            amount=amount,
+            idempotency_key=idempotency_key,
+            ttl_seconds=ttl_seconds,
+        )
+        response = await _call("ledger", self._stub.Reserve(request, timeout=self._timeout))
+        return _hold(response.hold)
+
+    async def capture(self, hold_id: str) -> Hold:
+        request = ledger_pb2.CaptureRequest(hold_id=hold_id)
+        response = await _call("ledger", self._stub.Capture(request, timeout=self._timeout))
+        return _hold(response.hold)
+
+    async def release(self, hold_id: str) -> Hold:
+        request = ledger_pb2.ReleaseRequest(hold_id=hold_id)
+        response = await _call("ledger", self._stub.Release(request, timeout=self._timeout))
+        return _hold(response.hold)
+
+    async def ready(self) -> bool:
+        return await _serving(self._channel, self._ready_timeout)
+
+
+class GrpcAudioStream:
+    """Synthesize as an AudioStream: read() one message at a time, errors as UpstreamError."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
+        self._call = call
+
+    async def next(self) -> AudioPiece | None:
+        try:
+            message = await self._call.read()
+        except grpc.RpcError as error:
+            raise _upstream_error("synth", error) from error
+        if message is grpc.aio.EOF:
+            return None
+        assert isinstance(message, synth_pb2.AudioChunk)
+        return AudioPiece(audio=message.audio, characters_consumed=message.characters_consumed)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcSynthClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float, ready_timeout: float) -> None:
+        self._channel = channel
+        self._stub = synth_pb2_grpc.SynthServiceStub(channel)
+        self._timeout = timeout
+        self._ready_timeout = ready_timeout
+
+    def synthesize(self, request: SynthesisRequest) -> AudioStream:
+        # No deadline: a long input streams for minutes; the caller bounds the wait for the
+        # first piece and cancels on disconnect.
+        call = self._stub.Synthesize(
+            synth_pb2.SynthesizeRequest(
+                text=request.text,
+                voice=request.voice,
+                speed=request.speed,
+                format=_AUDIO_FORMATS[request.audio_format],
+                model=request.model,
+            )
+        )
+        return GrpcAudioStream(call)
+
+    async def list_voices(self) -> list[Voice]:
+        response = await _call(
+            "synth",
+            self._stub.ListVoices(synth_pb2.ListVoicesRequest(), timeout=self._timeout),
+        )
+        return [
+            Voice(v.id, v.language, v.gender, _VOICE_KINDS.get(v.kind, "builtin"), v.target)
+            for v in response.voices
+        ]
+
+    async def list_models(self) -> list[Model]:
+        response = await _call(
+            "synth",
+            self._stub.ListModels(synth_pb2.ListModelsRequest(), timeout=self._timeout),
+        )
+        return [
+            Model(m.id, tuple(m.aliases), m.description, m.sample_rate) for m in response.models
+        ]
+
+    async def ready(self) -> bool:
+        return await _serving(self._channel, self._ready_timeout)
+
+
+class GrpcUpstreams(Upstreams):
+    """The three clients over their own channels; close() when the gateway stops."""
+
+    def __init__(
+        self,
+        auth_address: str,
+        ledger_address: str,
+        synth_address: str,
+        *,
+        timeout: float,
+        ready_timeout: float,
+    ) -> None:
+        self._channels = [open_channel(a) for a in (auth_address, ledger_address, synth_address)]
+        auth_channel, ledger_channel, synth_channel = self._channels
+        super().__init__(
+            auth=GrpcAuthClient(auth_channel, timeout, ready_timeout),
+            ledger=GrpcLedgerClient(ledger_channel, timeout, ready_timeout),
+            synth=GrpcSynthClient(synth_channel, timeout, ready_timeout),
+        )
+
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self._channels))

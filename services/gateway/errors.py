@@ -1,0 +1,155 @@
+"""One error envelope, `{"detail": "…"}`, for every failure the gateway answers.
+
+FastAPI's own 422 never reaches a client: request validation failures become the contract's 400.
+Upstream failures are translated by one table from gRPC status (and ErrorInfo reason, where the
+caller must branch on it) to HTTP status. Messages of 4xx answers are written for the caller and
+passed on; 5xx answers say which service failed and nothing about its insides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.gateway.clients import UpstreamError
+
+_log = logging.getLogger("gateway.errors")
+
+# gRPC status → HTTP status, after AIP-193, with the mesh's own uses noted.
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,  # synth: empty text, unknown voice/model, bad speed
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    # synth: input longer than it allows; gRPC itself: a message over the size limit. Both are
+    # the caller's input, so 400 rather than AIP-193's 429.
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.CANCELLED: 502,
+    grpc.StatusCode.UNKNOWN: 502,
+    grpc.StatusCode.INTERNAL: 502,
+    grpc.StatusCode.DATA_LOSS: 502,
+    grpc.StatusCode.UNIMPLEMENTED: 502,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+# ErrorInfo reasons that refine the status: the ones a REST client must tell apart.
+REASON_TO_HTTP: dict[str, int] = {
+    "KEY_INVALID": 401,
+    "KEY_REVOKED": 401,
+    "INSUFFICIENT_CREDITS": 402,
+    "IDEMPOTENCY_KEY_REUSED": 409,
+}
+
+# Whether the official openai client should retry (it reads `x-should-retry` before the status).
+# Client errors never succeed on a retry. 502/503/504 are transient and nothing was charged for
+# them (a failed synthesis is refunded before the 502 is sent), so retrying is safe and useful.
+_RETRYABLE = frozenset({408, 429, 502, 503, 504})
+
+
+def should_retry(status: int) -> bool | None:
+    """The `x-should-retry` value for a status; None leaves the client's default."""
+    if status in _RETRYABLE:
+        return True
+    if 400 <= status < 500:
+        return False
+    return None
+
+
+class ApiError(Exception):
+    """A failure answered with `status` and `{"detail": detail}`."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+def http_status(error: UpstreamError) -> int:
+    if error.reason is not None and error.reason in REASON_TO_HTTP:
+        return REASON_TO_HTTP[error.reason]
+    return GRPC_TO_HTTP.get(error.code, 502)
+
+
+def api_error(error: UpstreamError) -> ApiError:
+    """The answer to a failed upstream call."""
+    status = http_status(error)
+    if status >= 500:
+        _log.warning(
+            "upstream %s failed: %s %s",
+            error.service,
+            error.code.name,
+            error.message,
+            extra={"upstream": error.service, "grpc_code": error.code.name},
+        )
+        what = "speech synthesis" if error.service == "synth" else f"the {error.service} service"
+        return ApiError(status, f"{what} failed ({error.code.name.lower()}); please retry")
+    return ApiError(status, error.message or error.code.name.lower())
+
+
+def error_response(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def describe_validation_errors(errors: Sequence[Any]) -> str:
+    """Pydantic's error list as one sentence a person can act on."""
+    return "; ".join(_describe(error) for error in errors) or "invalid request"
+
+
+def _describe(error: Any) -> str:
+    kind = error.get("type", "")
+    loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "header")]
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "malformed")
+        return f"invalid JSON body: {reason}"
+    if not loc:
+        if kind == "missing":
+            return "a JSON body is required"
+        return "the body must be a JSON object (send Content-Type: application/json)"
+    field = ".".join(loc)
+    if kind == "missing":
+        return f"`{field}` is required"
+    return f"`{field}`: {message}"
+
+
+async def _api_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.detail)
+
+
+async def _validation_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(400, describe_validation_errors(exc.errors()))
+
+
+async def _http_exception_handler(_: Request, exc: Exception) -> JSONResponse:
+    # Starlette's own answers (404 unknown path, 405 wrong method) in the same envelope.
+    assert isinstance(exc, StarletteHTTPException)
+    response = error_response(exc.status_code, str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unexpected_handler(_: Request, exc: Exception) -> JSONResponse:
+    # Starlette logs the exception itself after this response is sent.
+    return error_response(500, "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
+    app.add_exception_handler(Exception, _unexpected_handler)

@@ -1,0 +1,108 @@
+"""The outermost layer of every HTTP exchange: request id, retry hint, timings, access log.
+
+It wraps the whole application, Starlette's own error middleware included, so even a 500 or a
+413 carries `x-request-id`, and the request id is in `request_id_var` for everything below it:
+log lines and the metadata of every gRPC call (services/common/channels.py). Phases timed with
+`timed()` before the response starts are reported in a `server-timing` header, so a client can
+tell the gateway's own cost (auth, reserve) from the wait for the model (synth).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.logs import request_id_var
+from services.gateway.errors import should_retry
+
+REQUEST_ID_HEADER = "x-request-id"
+# Forwarded into gRPC metadata, logs and ledger keys (at most 128 characters), so only short,
+# plain tokens are taken from clients.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+
+_log = logging.getLogger("gateway.access")
+# Milliseconds per phase of the current request; the dict is shared with the request's tasks.
+_timings: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "gateway_timings", default=None
+)
+
+
+@contextmanager
+def timed(phase: str) -> Iterator[None]:
+    """Adds the block's duration to the request's `server-timing` entry for `phase`."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings = _timings.get()
+        if timings is not None:
+            elapsed = (time.perf_counter() - started) * 1e3
+            timings[phase] = timings.get(phase, 0.0) + elapsed
+
+
+def _server_timing(timings: dict[str, float]) -> str:
+    return ", ".join(f"{phase};dur={ms:.2f}" for phase, ms in timings.items())
+
+
+def request_id_of(scope: Scope) -> tuple[str, bool]:
+    """The request's id and whether the gateway generated it (rather than the client)."""
+    state = scope.get("state", {})
+    return state.get("request_id", ""), state.get("request_id_is_ours", True)
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get(REQUEST_ID_HEADER)
+        is_ours = incoming is None or not _SANE_REQUEST_ID.match(incoming)
+        request_id = uuid.uuid4().hex if is_ours else str(incoming)
+        scope.setdefault("state", {}).update(request_id=request_id, request_id_is_ours=is_ours)
+        token = request_id_var.set(request_id)
+        timings: dict[str, float] = {}
+        timings_token = _timings.set(timings)
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+                retry = should_retry(status)
+                if retry is not None and "x-should-retry" not in headers:
+                    headers["x-should-retry"] = "true" if retry else "false"
+                if timings:
+                    headers["server-timing"] = _server_timing(timings)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            _log.info(
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1e3, 2),
+                },
+            )
+            _timings.reset(timings_token)
+            request_id_var.reset(token)

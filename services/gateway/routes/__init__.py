@@ -1,0 +1,1 @@
+"""HTTP routes: thin — parse, call the serving layer, shape the answer."""

@@ -1,0 +1,113 @@
+"""`POST /v1/audio/speech`: the audio stream, paid per character."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from services.gateway.middleware import request_id_of
+from services.gateway.protocol import CONTENT_TYPES, SSE_CONTENT_TYPE, SpeechRequest
+from services.gateway.routes.common import Credentials, Service, error_responses
+from services.gateway.speech import SpeechDelivery
+
+router = APIRouter(tags=["speech"])
+
+_AUDIO_SCHEMA = {"type": "string", "format": "binary"}
+# With `stream_format: sse`: deltas of base64 audio, then the usage.
+_SSE_EXAMPLE = (
+    'data: {"type":"speech.audio.delta","audio":"SUQzBAAAAAAAI1RTU0UAAAAP…"}\n\n'
+    'data: {"type":"speech.audio.done","usage":{"input_tokens":22,"output_tokens":0,'
+    '"total_tokens":22,"characters":22}}\n\n'
+)
+_OK: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": (
+            "The audio, streamed (chunked) as it is synthesized; its type follows "
+            "`response_format`. A stream cut before its end means synthesis failed midway "
+            "and the charge was refunded."
+        ),
+        "content": {
+            **{media_type: {"schema": _AUDIO_SCHEMA} for media_type in CONTENT_TYPES.values()},
+            SSE_CONTENT_TYPE: {"schema": {"type": "string"}, "example": _SSE_EXAMPLE},
+        },
+        "headers": {
+            "x-request-id": {"schema": {"type": "string"}, "description": "The request's id."},
+            "x-billed-characters": {
+                "schema": {"type": "integer"},
+                "description": "What the request costs: len(input) in code points.",
+            },
+            "server-timing": {
+                "schema": {"type": "string"},
+                "description": "Milliseconds spent on auth, catalog, reserve and the wait for "
+                "the model's first audio (synth), e.g. `auth;dur=1.9, synth;dur=1480.2`.",
+            },
+        },
+    }
+}
+
+
+class DeliveryResponse(StreamingResponse):
+    """Streams a delivery and settles its charge once the response is over, however it ended."""
+
+    def __init__(self, delivery: SpeechDelivery) -> None:
+        super().__init__(
+            delivery.body(),
+            media_type=delivery.content_type,
+            headers={
+                "cache-control": "no-store",
+                # Proxies such as nginx must pass audio on as it comes, not buffer it.
+                "x-accel-buffering": "no",
+                "x-billed-characters": str(delivery.characters),
+            },
+        )
+        self.delivery = delivery
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.delivery.finish()
+
+
+@router.post(
+    "/v1/audio/speech",
+    summary="Speak text",
+    description=(
+        "Send input text and a voice; the response body is the raw audio stream. "
+        "Cost is one credit per input character (Unicode code point)."
+    ),
+    response_class=StreamingResponse,
+    responses={**_OK, **error_responses(400, 401, 402, 409, 502, 503, 504)},
+)
+async def create_speech(
+    body: SpeechRequest,
+    request: Request,
+    credentials: Credentials,
+    service: Service,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Makes retries safe: the same request with the same key is charged once.",
+        ),
+    ] = None,
+) -> DeliveryResponse:
+    # The key is checked here rather than in a dependency so that a malformed body is a 400
+    # whoever sends it (DESIGN.md: parse and validate, then VerifyKey), and checks that need
+    # synth's lists run only for customers.
+    principal = await service.authenticate(credentials.credentials if credentials else None)
+    order = await service.validate(body)
+    request_id, request_id_is_ours = request_id_of(request.scope)
+    delivery = await service.start(
+        principal,
+        order,
+        request_id=request_id,
+        request_id_is_ours=request_id_is_ours,
+        idempotency_key=idempotency_key,
+    )
+    return DeliveryResponse(delivery)

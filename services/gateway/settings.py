@@ -1,0 +1,40 @@
+"""Gateway settings, from `GATEWAY_*` environment variables, built once in `main()`."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    auth_address: str = Field(default="127.0.0.1:50051", min_length=1)
+    ledger_address: str = Field(default="127.0.0.1:50052", min_length=1)
+    synth_address: str = Field(default="127.0.0.1:50053", min_length=1)
+    # OpenAI's own limit; longer inputs are refused with 400 before anything is charged.
+    max_input_chars: int = Field(default=4096, ge=1, le=1_000_000)
+    # Spoken when a request names no voice (OpenAI requires one; we are lenient).
+    default_voice: str = Field(default="af_heart", min_length=1)
+    # Deadline of each auth and ledger call: they are one indexed query each.
+    rpc_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # A hold must outlive the request it pays for, queueing for the model included; one that
+    # expires first is charged again at the end (see speech.py), never given away.
+    hold_ttl_base_seconds: int = Field(default=300, ge=1, le=6 * 3600)
+    # About four times the time a client playing the audio in real time takes per character.
+    hold_ttl_per_char_seconds: float = Field(default=0.25, ge=0, le=60)
+    # How long the first audio may take, waiting for a free model slot included.
+    first_chunk_timeout_seconds: float = Field(default=300.0, gt=0, le=3600)
+    # Voices and models change only when synth is redeployed.
+    catalog_ttl_seconds: float = Field(default=60.0, ge=0, le=86_400)
+    # Budget of each health check behind /readyz.
+    ready_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+
+    def hold_ttl_seconds(self, characters: int) -> int:
+        """Seconds the ledger keeps a hold for an input of `characters` code points."""
+        return self.hold_ttl_base_seconds + math.ceil(self.hold_ttl_per_char_seconds * characters)

@@ -1,0 +1,249 @@
+"""LedgerService over gRPC: checks requests, calls the store, answers in the contract's terms.
+
+Refusals a caller branches on carry a google.rpc.ErrorInfo (domain "ledger.kokoropay"):
+
+| refusal                                   | status              | reason                 |
+|-------------------------------------------|---------------------|------------------------|
+| balance too low for Reserve               | FAILED_PRECONDITION | INSUFFICIENT_CREDITS   |
+| Release of a captured hold                | FAILED_PRECONDITION | HOLD_CAPTURED          |
+| Capture of a released hold                | FAILED_PRECONDITION | HOLD_RELEASED          |
+| Capture of an expired hold                | FAILED_PRECONDITION | HOLD_EXPIRED           |
+| idempotency key reused with another amount| ALREADY_EXISTS      | IDEMPOTENCY_KEY_REUSED |
+
+IDEMPOTENCY_KEY_REUSED is ALREADY_EXISTS rather than FAILED_PRECONDITION: retrying cannot help
+and the key, not the balance, is at fault, so a caller (or the gateway's status table) that
+reads only the code never mistakes it for insufficient credits. Bad fields are INVALID_ARGUMENT,
+unknown accounts and holds NOT_FOUND, and neither writes anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+
+from services.common.errors import abort
+from services.ledger import validation
+from services.ledger.paging import decode_page_token, encode_page_token
+from services.ledger.store import (
+    AccountNotFound,
+    Balance,
+    Entry,
+    Hold,
+    HoldClosed,
+    HoldNotFound,
+    IdempotencyKeyReused,
+    InsufficientCredits,
+    LedgerError,
+    LedgerStore,
+    LedgerUnavailable,
+)
+from services.ledger.validation import InvalidArgument
+
+DOMAIN = "ledger.kokoropay"
+_log = logging.getLogger("ledger.servicer")
+
+_HOLD_STATES = {
+    "held": ledger_pb2.HOLD_STATE_HELD,
+    "captured": ledger_pb2.HOLD_STATE_CAPTURED,
+    "released": ledger_pb2.HOLD_STATE_RELEASED,
+    "expired": ledger_pb2.HOLD_STATE_EXPIRED,
+}
+_ENTRY_KINDS = {
+    "grant": ledger_pb2.ENTRY_KIND_GRANT,
+    "hold": ledger_pb2.ENTRY_KIND_HOLD,
+    "capture": ledger_pb2.ENTRY_KIND_CAPTURE,
+    "release": ledger_pb2.ENTRY_KIND_RELEASE,
+    "expire": ledger_pb2.ENTRY_KIND_EXPIRE,
+    "unlimited": ledger_pb2.ENTRY_KIND_UNLIMITED,
+}
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def balance_message(balance: Balance) -> ledger_pb2.GetBalanceResponse:
+    return ledger_pb2.GetBalanceResponse(
+        balance=balance.balance, held=balance.held, unlimited=balance.unlimited
+    )
+
+
+def hold_message(hold: Hold) -> ledger_pb2.Hold:
+    return ledger_pb2.Hold(
+        id=hold.id,
+        account_id=hold.account_id,
+        amount=hold.amount,
+        state=_HOLD_STATES[hold.state],
+        idempotency_key=hold.idempotency_key,
+        expire_time=_timestamp(hold.expire_time),
+        create_time=_timestamp(hold.create_time),
+    )
+
+
+def entry_message(entry: Entry) -> ledger_pb2.Entry:
+    return ledger_pb2.Entry(
+        id=entry.id,
+        account_id=entry.account_id,
+        kind=_ENTRY_KINDS[entry.kind],
+        amount=entry.amount,
+        balance_after=entry.balance_after,
+        hold_id=entry.hold_id or "",
+        idempotency_key=entry.idempotency_key or "",
+        create_time=_timestamp(entry.create_time),
+    )
+
+
+async def _refuse(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
+    """Abort the RPC with the status (and reason) the contract gives `error`."""
+    message = str(error)
+    match error:
+        case InvalidArgument():
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
+        case AccountNotFound() | HoldNotFound():
+            await abort(context, grpc.StatusCode.NOT_FOUND, message)
+        case InsufficientCredits(balance=balance, requested=requested):
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                message,
+                reason="INSUFFICIENT_CREDITS",
+                domain=DOMAIN,
+                metadata={"balance": str(balance), "requested": str(requested)},
+            )
+        case IdempotencyKeyReused():
+            await abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                message,
+                reason="IDEMPOTENCY_KEY_REUSED",
+                domain=DOMAIN,
+            )
+        case HoldClosed(hold=hold):
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                message,
+                reason=f"HOLD_{hold.state.upper()}",
+                domain=DOMAIN,
+                metadata={"hold_id": hold.id},
+            )
+        case LedgerUnavailable():
+            await abort(context, grpc.StatusCode.UNAVAILABLE, message)
+    raise error
+
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]
+
+
+def _answers_refusals(handler: Handler[Request, Response]) -> Handler[Request, Response]:
+    """Turn the validation and store exceptions a handler raises into contract statuses."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await handler(self, request, context)
+        except (InvalidArgument, LedgerError) as error:
+            await _refuse(context, error)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            # The database's own words stay in the log, next to the request id.
+            _log.exception("ledger request failed")
+            await abort(context, grpc.StatusCode.INTERNAL, "the ledger failed; see its logs")
+
+    return wrapper
+
+
+class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
+    def __init__(self, store: LedgerStore, default_ttl_seconds: int, max_ttl_seconds: int) -> None:
+        self._store = store
+        self._default_ttl_seconds = default_ttl_seconds
+        self._max_ttl_seconds = max_ttl_seconds
+
+    @_answers_refusals
+    async def OpenAccount(
+        self, request: ledger_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.OpenAccountResponse:
+        account_id = validation.require_id(request.account_id, "account_id")
+        balance = await self._store.open_account(account_id)
+        return ledger_pb2.OpenAccountResponse(balance=balance_message(balance))
+
+    @_answers_refusals
+    async def GetBalance(
+        self, request: ledger_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.GetBalanceResponse:
+        account_id = validation.require_id(request.account_id, "account_id")
+        return balance_message(await self._store.balance(account_id))
+
+    @_answers_refusals
+    async def Grant(
+        self, request: ledger_pb2.GrantRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.GrantResponse:
+        account_id = validation.require_id(request.account_id, "account_id")
+        amount = validation.require_amount(request.amount)
+        key = validation.require_key(request.idempotency_key)
+        entry, balance = await self._store.grant(account_id, amount, key)
+        return ledger_pb2.GrantResponse(
+            entry=entry_message(entry), balance=balance_message(balance)
+        )
+
+    @_answers_refusals
+    async def SetUnlimited(
+        self, request: ledger_pb2.SetUnlimitedRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.SetUnlimitedResponse:
+        account_id = validation.require_id(request.account_id, "account_id")
+        balance = await self._store.set_unlimited(account_id, request.unlimited)
+        return ledger_pb2.SetUnlimitedResponse(balance=balance_message(balance))
+
+    @_answers_refusals
+    async def Reserve(
+        self, request: ledger_pb2.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.ReserveResponse:
+        account_id = validation.require_id(request.account_id, "account_id")
+        amount = validation.require_amount(request.amount)
+        key = validation.require_key(request.idempotency_key)
+        ttl_seconds = validation.hold_ttl(
+            request.ttl_seconds, self._default_ttl_seconds, self._max_ttl_seconds
+        )
+        hold, balance = await self._store.reserve(account_id, amount, key, ttl_seconds)
+        return ledger_pb2.ReserveResponse(hold=hold_message(hold), balance=balance_message(balance))
+
+    @_answers_refusals
+    async def Capture(
+        self, request: ledger_pb2.CaptureRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.CaptureResponse:
+        hold_id = validation.require_id(request.hold_id, "hold_id")
+        return ledger_pb2.CaptureResponse(hold=hold_message(await self._store.capture(hold_id)))
+
+    @_answers_refusals
+    async def Release(
+        self, request: ledger_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.ReleaseResponse:
+        hold_id = validation.require_id(request.hold_id, "hold_id")
+        return ledger_pb2.ReleaseResponse(hold=hold_message(await self._store.release(hold_id)))
+
+    @_answers_refusals
+    async def ListEntries(
+        self, request: ledger_pb2.ListEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.ListEntriesResponse:
+        account_id = validation.require_id(request.account_id, "account_id")
+        page_size = validation.page_size(request.page_size)
+        before_id = decode_page_token(request.page_token, account_id)
+        # One entry beyond the page says whether another page follows.
+        entries = await self._store.entries(account_id, page_size + 1, before_id)
+        page = entries[:page_size]
+        next_token = encode_page_token(account_id, page[-1].id) if len(entries) > page_size else ""
+        return ledger_pb2.ListEntriesResponse(
+            entries=[entry_message(entry) for entry in page], next_page_token=next_token
+        )

@@ -1,0 +1,473 @@
+"""All of the ledger's SQL: balances, holds and the journal in the `ledger` schema.
+
+Each write is one transaction sent as one batch (psycopg pipeline mode: one round trip). Its
+first statement locks the account's row (`SELECT … FOR UPDATE`), so concurrent requests on
+one account take turns inside PostgreSQL, never in this process, and the lock is held only while
+the server runs the batch. The statements after the lock run in order, each on a fresh snapshot
+(READ COMMITTED), so they see every write committed before the lock was granted and what the
+statements before them wrote. Under that lock:
+
+- holds past their deadline are expired first, so the balance read or spent is the true one;
+- idempotency keys are looked up before the balance is looked at, so a retry of a successful
+  Reserve or Grant returns the original even when the balance has since run low;
+- the balance moves only through a conditional `UPDATE … WHERE balance >= amount`, backed by
+  the table's `CHECK (balance >= 0)`; the hold and its journal entry are written by the same
+  statement, so either all three happen or none does.
+
+Unlimited accounts: a hold is placed, counted in `held` and journaled as usual, but draws nothing
+from the balance (`drawn = 0`, a HOLD entry of amount 0); its Capture is journaled with the
+credits spent. Their prepaid balance is therefore never driven negative and is intact if the
+flag is lifted. Each hold remembers what it drew, so a Release returns exactly that even if the
+flag changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, LiteralString
+
+from psycopg import AsyncConnection, AsyncCursor, OperationalError
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from services.ledger.ids import new_hold_id
+
+_log = logging.getLogger("ledger.store")
+
+Row = dict[str, Any]
+Statement = tuple[LiteralString, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Balance:
+    """What an account can spend (`balance`), what open holds keep (`held`), and its flag."""
+
+    balance: int
+    held: int
+    unlimited: bool
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: str
+    account_id: str
+    amount: int
+    # What the hold took from the balance: `amount`, or 0 on an unlimited account.
+    drawn: int
+    # held, captured, released or expired.
+    state: str
+    idempotency_key: str
+    expire_time: datetime
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    account_id: str
+    # grant, hold, capture, release, expire or unlimited.
+    kind: str
+    amount: int
+    balance_after: int
+    hold_id: str | None
+    idempotency_key: str | None
+    create_time: datetime
+
+
+class LedgerError(Exception):
+    """A request the ledger refuses for a reason the caller can act on."""
+
+
+class AccountNotFound(LedgerError):
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id!r} has no balance: it was never opened")
+
+
+class HoldNotFound(LedgerError):
+    def __init__(self, hold_id: str) -> None:
+        super().__init__(f"no hold {hold_id!r}")
+
+
+class IdempotencyKeyReused(LedgerError):
+    def __init__(self, key: str, original_amount: int, amount: int) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used for {original_amount} credits, not {amount}"
+        )
+
+
+class InsufficientCredits(LedgerError):
+    def __init__(self, balance: int, requested: int) -> None:
+        super().__init__(f"insufficient credits: {requested} requested, {balance} available")
+        self.balance = balance
+        self.requested = requested
+
+
+class HoldClosed(LedgerError):
+    """The hold is already captured, released or expired, and the request needs otherwise."""
+
+    def __init__(self, hold: Hold, action: str) -> None:
+        super().__init__(f"cannot {action} hold {hold.id}: it is already {hold.state}")
+        self.hold = hold
+
+
+class LedgerUnavailable(LedgerError):
+    """The database could not be reached, or no connection freed up in time; worth a retry."""
+
+
+def _fields(row_type: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(row_type))
+
+
+_HOLD_FIELDS = _fields(Hold)
+_ENTRY_FIELDS = _fields(Entry)
+_BALANCE_FIELDS = _fields(Balance)
+
+
+def _hold(row: Row) -> Hold:
+    return Hold(**{name: row[name] for name in _HOLD_FIELDS})
+
+
+def _entry(row: Row) -> Entry:
+    return Entry(**{name: row[name] for name in _ENTRY_FIELDS})
+
+
+def _balance(row: Row) -> Balance:
+    return Balance(**{name: row[name] for name in _BALANCE_FIELDS})
+
+
+def _only(rows: list[Row]) -> Row | None:
+    return rows[0] if rows else None
+
+
+_OPEN_ACCOUNT: LiteralString = """
+INSERT INTO ledger.accounts (id) VALUES (%(account_id)s) ON CONFLICT (id) DO NOTHING
+"""
+
+_READ_BALANCE: LiteralString = """
+SELECT a.balance, a.held, a.unlimited,
+       EXISTS (SELECT 1 FROM ledger.holds h
+               WHERE h.account_id = a.id AND h.state = 'held' AND h.expire_time <= now())
+           AS has_overdue
+FROM ledger.accounts a
+WHERE a.id = %(account_id)s
+"""
+
+# Every write to an account starts here; concurrent writers to the same account queue on it.
+_LOCK_ACCOUNT: LiteralString = """
+SELECT id FROM ledger.accounts WHERE id = %(account_id)s FOR UPDATE
+"""
+
+# Capture and Release know only the hold; its account never changes.
+_LOCK_ACCOUNT_OF_HOLD: LiteralString = """
+SELECT id FROM ledger.accounts
+WHERE id = (SELECT account_id FROM ledger.holds WHERE id = %(hold_id)s)
+FOR UPDATE
+"""
+
+# Returns the credits of the account's holds past their deadline, one EXPIRE entry each, in
+# deadline order with a running balance_after. The account is given directly, or as the owner
+# of `hold_id`. The account must already be locked.
+_EXPIRE_OVERDUE: LiteralString = """
+WITH account AS (
+    SELECT coalesce(%(account_id)s::text,
+                    (SELECT account_id FROM ledger.holds WHERE id = %(hold_id)s::text)) AS id
+), expired AS (
+    UPDATE ledger.holds h SET state = 'expired', close_time = now()
+    FROM account
+    WHERE h.account_id = account.id AND h.state = 'held' AND h.expire_time <= now()
+    RETURNING h.id, h.account_id, h.amount, h.drawn, h.expire_time
+), returned AS (
+    UPDATE ledger.accounts a
+    SET balance = a.balance + total.drawn, held = a.held - total.amount
+    FROM (SELECT sum(drawn) AS drawn, sum(amount) AS amount FROM expired) total, account
+    WHERE a.id = account.id AND total.amount IS NOT NULL
+    RETURNING a.balance - total.drawn AS balance_before
+)
+INSERT INTO ledger.entries (account_id, kind, amount, balance_after, hold_id)
+SELECT e.account_id, 'expire', e.drawn,
+       r.balance_before + sum(e.drawn) OVER (ORDER BY e.expire_time, e.id), e.id
+FROM expired e, returned r
+ORDER BY e.expire_time, e.id
+RETURNING hold_id
+"""
+
+_ACCOUNTS_WITH_OVERDUE_HOLDS: LiteralString = """
+SELECT DISTINCT account_id FROM ledger.holds
+WHERE state = 'held' AND expire_time <= now()
+LIMIT %(limit)s
+"""
+
+_HOLD_BY_KEY: LiteralString = """
+SELECT * FROM ledger.holds WHERE account_id = %(account_id)s AND idempotency_key = %(key)s
+"""
+
+_HOLD_BY_ID: LiteralString = "SELECT * FROM ledger.holds WHERE id = %(hold_id)s"
+
+_GRANT_BY_KEY: LiteralString = """
+SELECT * FROM ledger.entries
+WHERE account_id = %(account_id)s AND kind = 'grant' AND idempotency_key = %(key)s
+"""
+
+_GRANT_IF_NEW_KEY: LiteralString = """
+WITH credited AS (
+    UPDATE ledger.accounts SET balance = balance + %(amount)s
+    WHERE id = %(account_id)s
+        AND NOT EXISTS (SELECT 1 FROM ledger.entries
+                        WHERE account_id = %(account_id)s AND kind = 'grant'
+                            AND idempotency_key = %(key)s)
+    RETURNING balance
+)
+INSERT INTO ledger.entries (account_id, kind, amount, balance_after, idempotency_key)
+SELECT %(account_id)s, 'grant', %(amount)s, credited.balance, %(key)s FROM credited
+RETURNING *
+"""
+
+# The conditional debit is the rule "never below zero" (unlimited accounts draw nothing); when
+# it matches no row, because the key is taken or the balance too low, nothing is written.
+_PLACE_HOLD_IF_NEW_KEY: LiteralString = """
+WITH debited AS (
+    UPDATE ledger.accounts
+    SET balance = balance - CASE WHEN unlimited THEN 0 ELSE %(amount)s END,
+        held = held + %(amount)s
+    WHERE id = %(account_id)s
+        AND (unlimited OR balance >= %(amount)s)
+        AND NOT EXISTS (SELECT 1 FROM ledger.holds
+                        WHERE account_id = %(account_id)s AND idempotency_key = %(key)s)
+    RETURNING balance, unlimited
+), hold AS (
+    INSERT INTO ledger.holds (id, account_id, amount, drawn, idempotency_key, expire_time)
+    SELECT %(hold_id)s, %(account_id)s, %(amount)s,
+           CASE WHEN debited.unlimited THEN 0 ELSE %(amount)s END, %(key)s,
+           now() + %(ttl_seconds)s * interval '1 second'
+    FROM debited
+    RETURNING *
+), entry AS (
+    INSERT INTO ledger.entries (account_id, kind, amount, balance_after, hold_id, idempotency_key)
+    SELECT hold.account_id, 'hold', -hold.drawn, debited.balance, hold.id, hold.idempotency_key
+    FROM hold, debited
+)
+SELECT * FROM hold
+"""
+
+# `state = 'held'` closes a hold once even without the account lock (and the holds trigger
+# refuses any other transition). Capture keeps what the hold drew: it is spent. Release and
+# expiry give it back.
+_CLOSE_HOLD_IF_HELD: LiteralString = """
+WITH closed AS (
+    UPDATE ledger.holds SET state = %(state)s, close_time = now()
+    WHERE id = %(hold_id)s AND state = 'held'
+    RETURNING id, account_id, amount, CASE WHEN %(spent)s THEN 0 ELSE drawn END AS refund
+), credited AS (
+    UPDATE ledger.accounts a SET balance = a.balance + closed.refund, held = a.held - closed.amount
+    FROM closed
+    WHERE a.id = closed.account_id
+    RETURNING a.balance
+)
+INSERT INTO ledger.entries (account_id, kind, amount, balance_after, hold_id)
+SELECT closed.account_id, %(kind)s,
+       CASE WHEN %(spent)s THEN closed.amount ELSE closed.refund END, credited.balance, closed.id
+FROM closed, credited
+"""
+
+_SET_UNLIMITED_IF_CHANGED: LiteralString = """
+WITH flagged AS (
+    UPDATE ledger.accounts SET unlimited = %(unlimited)s
+    WHERE id = %(account_id)s AND unlimited <> %(unlimited)s
+    RETURNING balance
+)
+INSERT INTO ledger.entries (account_id, kind, amount, balance_after)
+SELECT %(account_id)s, 'unlimited', 0, flagged.balance FROM flagged
+"""
+
+_ENTRIES_PAGE: LiteralString = """
+SELECT * FROM ledger.entries
+WHERE account_id = %(account_id)s AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+"""
+
+_ACCOUNT_EXISTS: LiteralString = "SELECT id FROM ledger.accounts WHERE id = %(account_id)s"
+
+# The journal kind written when a hold reaches each final state.
+_CLOSING_KIND = {"captured": "capture", "released": "release"}
+
+
+async def _send(conn: AsyncConnection[Any], statement: Statement) -> AsyncCursor[Row]:
+    """Queue a statement on a pipelined connection; its rows arrive at the next sync."""
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(*statement)
+    return cursor
+
+
+def _expire_overdue(*, account_id: str | None = None, hold_id: str | None = None) -> Statement:
+    return _EXPIRE_OVERDUE, {"account_id": account_id, "hold_id": hold_id}
+
+
+class LedgerStore:
+    """The ledger's operations, each one transaction and one round trip to PostgreSQL."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def _run(self, *statements: Statement) -> list[list[Row]]:
+        """Run `statements` in order as one transaction in one round trip; each one's rows."""
+        try:
+            async with self._pool.connection() as conn, conn.pipeline():
+                async with conn.transaction():
+                    cursors = [await _send(conn, statement) for statement in statements]
+                # Committed; the commit's sync brought every result back.
+                return [await c.fetchall() if c.description else [] for c in cursors]
+        except PoolTimeout as exc:
+            raise LedgerUnavailable("the ledger database is busy: no free connection") from exc
+        except OperationalError as exc:
+            raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
+
+    async def open_account(self, account_id: str) -> Balance:
+        await self._run((_OPEN_ACCOUNT, {"account_id": account_id}))
+        return await self.balance(account_id)
+
+    async def balance(self, account_id: str) -> Balance:
+        account = {"account_id": account_id}
+        [rows] = await self._run((_READ_BALANCE, account))
+        row = _only(rows)
+        if row is None:
+            raise AccountNotFound(account_id)
+        if row["has_overdue"]:
+            # Rare: a hold passed its deadline since the sweeper last ran.
+            *_, rows = await self._run(
+                (_LOCK_ACCOUNT, account),
+                _expire_overdue(account_id=account_id),
+                (_READ_BALANCE, account),
+            )
+            row = rows[0]
+        return _balance(row)
+
+    async def grant(self, account_id: str, amount: int, key: str) -> tuple[Entry, Balance]:
+        params = {"account_id": account_id, "amount": amount, "key": key}
+        locked, earlier, granted, balance = await self._run(
+            (_LOCK_ACCOUNT, params),
+            (_GRANT_BY_KEY, params),
+            (_GRANT_IF_NEW_KEY, params),
+            (_READ_BALANCE, params),
+        )
+        if not locked:
+            raise AccountNotFound(account_id)
+        if earlier:
+            original = _entry(earlier[0])
+            if original.amount != amount:
+                raise IdempotencyKeyReused(key, original.amount, amount)
+            return original, _balance(balance[0])
+        return _entry(granted[0]), _balance(balance[0])
+
+    async def set_unlimited(self, account_id: str, unlimited: bool) -> Balance:
+        params = {"account_id": account_id, "unlimited": unlimited}
+        locked, _, balance = await self._run(
+            (_LOCK_ACCOUNT, params),
+            (_SET_UNLIMITED_IF_CHANGED, params),
+            (_READ_BALANCE, params),
+        )
+        if not locked:
+            raise AccountNotFound(account_id)
+        return _balance(balance[0])
+
+    async def reserve(
+        self, account_id: str, amount: int, key: str, ttl_seconds: int
+    ) -> tuple[Hold, Balance]:
+        params = {
+            "account_id": account_id,
+            "amount": amount,
+            "key": key,
+            "ttl_seconds": ttl_seconds,
+            "hold_id": new_hold_id(),
+        }
+        locked, expired, earlier, placed, balance = await self._run(
+            (_LOCK_ACCOUNT, params),
+            _expire_overdue(account_id=account_id),
+            (_HOLD_BY_KEY, params),
+            (_PLACE_HOLD_IF_NEW_KEY, params),
+            (_READ_BALANCE, params),
+        )
+        if not locked:
+            raise AccountNotFound(account_id)
+        self._log_expired(account_id, expired)
+        after = _balance(balance[0])
+        if earlier:
+            original = _hold(earlier[0])
+            if original.amount != amount:
+                raise IdempotencyKeyReused(key, original.amount, amount)
+            return original, after
+        if not placed:
+            raise InsufficientCredits(after.balance, amount)
+        return _hold(placed[0]), after
+
+    async def capture(self, hold_id: str) -> Hold:
+        """The hold, captured now or before; HoldClosed if it was released or expired."""
+        hold = await self._close(hold_id, "captured")
+        if hold.state != "captured":
+            raise HoldClosed(hold, "capture")
+        return hold
+
+    async def release(self, hold_id: str) -> Hold:
+        """The hold, released now or before, or expired; HoldClosed if it was captured."""
+        hold = await self._close(hold_id, "released")
+        if hold.state == "captured":
+            raise HoldClosed(hold, "release")
+        return hold
+
+    async def entries(self, account_id: str, limit: int, before_id: int | None) -> list[Entry]:
+        """Up to `limit` journal entries, newest first, older than `before_id` when given."""
+        params = {"account_id": account_id, "before_id": before_id, "limit": limit}
+        account, page = await self._run((_ACCOUNT_EXISTS, params), (_ENTRIES_PAGE, params))
+        if not account:
+            raise AccountNotFound(account_id)
+        return [_entry(row) for row in page]
+
+    async def expire_overdue(self, max_accounts: int) -> int:
+        """Expire the holds past their deadline of up to `max_accounts` accounts; how many."""
+        [accounts] = await self._run((_ACCOUNTS_WITH_OVERDUE_HOLDS, {"limit": max_accounts}))
+        count = 0
+        for row in accounts:
+            # One account per transaction: an account's lock is never held across others.
+            account_id = row["account_id"]
+            _, expired = await self._run(
+                (_LOCK_ACCOUNT, {"account_id": account_id}),
+                _expire_overdue(account_id=account_id),
+            )
+            self._log_expired(account_id, expired)
+            count += len(expired)
+        return count
+
+    async def _close(self, hold_id: str, state: str) -> Hold:
+        """Move a held hold to `state`; the hold as it then stands, whatever its state.
+
+        A hold past its deadline is expired first, never captured or released.
+        """
+        params = {
+            "hold_id": hold_id,
+            "state": state,
+            "kind": _CLOSING_KIND[state],
+            "spent": state == "captured",
+        }
+        _, expired, _, current = await self._run(
+            (_LOCK_ACCOUNT_OF_HOLD, params),
+            _expire_overdue(hold_id=hold_id),
+            (_CLOSE_HOLD_IF_HELD, params),
+            (_HOLD_BY_ID, params),
+        )
+        if not current:
+            raise HoldNotFound(hold_id)
+        hold = _hold(current[0])
+        self._log_expired(hold.account_id, expired)
+        return hold
+
+    @staticmethod
+    def _log_expired(account_id: str, expired: list[Row]) -> None:
+        if expired:
+            _log.info(
+                "expired %d holds",
+                len(expired),
+                extra={"account_id": account_id, "hold_ids": [row["hold_id"] for row in expired]},
+            )

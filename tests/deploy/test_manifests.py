@@ -1,0 +1,577 @@
+"""The overlays as rendered: valid Kubernetes, and the deployment rules DESIGN.md and issue #5 set.
+
+Everything here reads `kubectl kustomize` output, so it checks what would reach the cluster,
+patches included, not the files one by one.
+"""
+
+from __future__ import annotations
+
+import re
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.manifests import (
+    NAMESPACE,
+    OVERLAYS,
+    WORKLOAD_KINDS,
+    Obj,
+    containers,
+    env,
+    named,
+    of_kind,
+    pod_labels,
+    pod_spec,
+    render,
+    selects,
+)
+from tests.support.paths import REPO_ROOT
+
+# The oldest minor still widely run and the newest the validator knows.
+KUBERNETES_VERSIONS = ("1.33.0", kubernetes_validate.utils.latest_version())
+# The Secrets the manifests reference; their values are never in the repository.
+SECRETS = {"auth-database", "ledger-database", "operator-token", "auth-key-hash"}
+GPU = "nvidia.com/gpu"
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def _workloads(objects: list[Obj]) -> list[Obj]:
+    return of_kind(objects, *WORKLOAD_KINDS)
+
+
+def _long_running(objects: list[Obj]) -> list[Obj]:
+    return of_kind(objects, "Deployment", "StatefulSet")
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_object_passes_strict_validation(overlay: str, version: str) -> None:
+    failures = []
+    for obj in render(overlay):
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(p) for p in error.path)
+            failures.append(f"{name}: {path}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            failures.append(f"{name}: no schema for {obj['apiVersion']} in {version}")
+    assert not failures, "\n".join(failures)
+
+
+def test_everything_lands_in_the_namespace(overlay: str) -> None:
+    for obj in render(overlay):
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]["name"]
+    namespace = named(render(overlay), "Namespace", NAMESPACE)
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_long_running_containers_have_probes(overlay: str) -> None:
+    for workload in _long_running(render(overlay)):
+        for container in containers(workload, init=False):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            assert "livenessProbe" in container, where
+            assert "readinessProbe" in container, where
+
+
+def test_grpc_services_use_native_grpc_probes_and_the_gateway_http(overlay: str) -> None:
+    objects = render(overlay)
+    for name, port in (("auth", 50051), ("ledger", 50052), ("synth", 50053)):
+        container = next(containers(named(objects, "Deployment", name), init=False))
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == port, (name, probe)
+    gateway = next(containers(named(objects, "Deployment", "gateway"), init=False))
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_synth_has_a_startup_probe_long_enough_for_the_model(overlay: str) -> None:
+    synth = next(containers(named(render(overlay), "Deployment", "synth"), init=False))
+    probe = synth["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 300
+
+
+def test_every_container_has_requests_and_limits(overlay: str) -> None:
+    for workload in _workloads(render(overlay)):
+        for container in containers(workload):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            resources = container.get("resources", {})
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(kind, {})), (where, kind)
+
+
+def test_every_pod_runs_non_root_read_only_without_capabilities(overlay: str) -> None:
+    for workload in _workloads(render(overlay)):
+        spec = pod_spec(workload)
+        name = workload["metadata"]["name"]
+        pod_security = spec.get("securityContext", {})
+        assert pod_security.get("runAsNonRoot") is True, name
+        assert pod_security.get("runAsUser", 1) != 0, name
+        assert pod_security.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        assert spec.get("automountServiceAccountToken") is False, name
+        assert "hostNetwork" not in spec and "hostPID" not in spec, name
+        for container in containers(workload):
+            security = container.get("securityContext", {})
+            where = f"{name}/{container['name']}"
+            assert security.get("runAsNonRoot", True) is True, where
+            assert security.get("readOnlyRootFilesystem") is True, where
+            assert security.get("allowPrivilegeEscalation") is False, where
+            assert security.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert "add" not in security.get("capabilities", {}), where
+            assert not security.get("privileged", False), where
+
+
+def test_service_accounts_never_mount_api_tokens(overlay: str) -> None:
+    for account in of_kind(render(overlay), "ServiceAccount"):
+        assert account.get("automountServiceAccountToken") is False, account["metadata"]["name"]
+
+
+def test_a_read_only_root_still_has_a_writable_tmp_and_home(overlay: str) -> None:
+    for workload in _workloads(render(overlay)):
+        spec = pod_spec(workload)
+        empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        for container in containers(workload, init=False):
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            assert mounts.get("/tmp") in empty_dirs, where
+            home = env(container).get("HOME")
+            if workload["metadata"]["name"] != "postgres":
+                assert home == "/tmp", where
+
+
+def test_prod_synth_runs_on_the_gpu_pool() -> None:
+    synth = named(render("prod"), "Deployment", "synth")
+    spec = pod_spec(synth)
+    container = next(containers(synth, init=False))
+    assert container["resources"]["limits"][GPU] == 1
+    assert container["resources"]["requests"][GPU] == 1
+    assert env(container)["SYNTH_DEVICE"] == "cuda"
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+
+def test_nothing_but_synth_asks_for_or_tolerates_a_gpu() -> None:
+    for workload in _workloads(render("prod")):
+        if workload["metadata"]["name"] == "synth":
+            continue
+        spec = pod_spec(workload)
+        assert "tolerations" not in spec, workload["metadata"]["name"]
+        for container in containers(workload):
+            assert GPU not in str(container.get("resources")), workload["metadata"]["name"]
+
+
+def test_dev_synth_runs_on_cpu() -> None:
+    synth = named(render("dev"), "Deployment", "synth")
+    spec = pod_spec(synth)
+    assert "nodeSelector" not in spec
+    assert "tolerations" not in spec
+    for container in containers(synth):
+        assert GPU not in str(container.get("resources"))
+    assert env(next(containers(synth, init=False)))["SYNTH_DEVICE"] == "cpu"
+
+
+def test_synth_reads_weights_from_the_volume_the_job_fills(overlay: str) -> None:
+    objects = render(overlay)
+    synth = named(objects, "Deployment", "synth")
+    job = named(objects, "Job", "synth-weights")
+    claim = named(objects, "PersistentVolumeClaim", "synth-weights")
+
+    def claim_of(workload: Obj) -> str:
+        (volume,) = [v for v in pod_spec(workload)["volumes"] if v["name"] == "weights"]
+        name: str = volume["persistentVolumeClaim"]["claimName"]
+        return name
+
+    assert claim_of(synth) == claim_of(job) == claim["metadata"]["name"]
+    container = next(containers(synth, init=False))
+    assert env(container)["SYNTH_WEIGHTS_DIR"] == "/weights"
+    assert {"mountPath": "/weights", "name": "weights", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    command = next(containers(job))["command"]
+    assert command[:3] == ["python", "-m", "services.synth.weights"]
+    assert command[command.index("--cache-dir") + 1] == "/weights"
+    modes = claim["spec"]["accessModes"]
+    assert modes == (["ReadWriteOnce"] if overlay == "dev" else ["ReadWriteMany"])
+
+
+def test_termination_grace_outlasts_every_drain(overlay: str) -> None:
+    for workload in _long_running(render(overlay)):
+        spec = pod_spec(workload)
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        for container in containers(workload, init=False):
+            drains = [float(v) for k, v in env(container).items() if k.endswith("_GRACE_SECONDS")]
+            pre_stop = container.get("lifecycle", {}).get("preStop", {})
+            pre_stop_seconds = pre_stop.get("sleep", {}).get("seconds", 0)
+            for drain in drains:
+                assert grace > drain + pre_stop_seconds, workload["metadata"]["name"]
+
+
+def test_synth_grace_is_longer_than_its_drain(overlay: str) -> None:
+    synth = named(render(overlay), "Deployment", "synth")
+    drain = float(env(next(containers(synth, init=False)))["SYNTH_GRACE_SECONDS"])
+    assert pod_spec(synth)["terminationGracePeriodSeconds"] > drain
+
+
+def test_every_deployment_has_a_disruption_budget_that_allows_a_drain(overlay: str) -> None:
+    objects = render(overlay)
+    budgets = of_kind(objects, "PodDisruptionBudget")
+    for deployment in of_kind(objects, "Deployment"):
+        covering = [b for b in budgets if selects(b["spec"]["selector"], pod_labels(deployment))]
+        assert len(covering) == 1, deployment["metadata"]["name"]
+        # minAvailable equal to the replica count would block every node drain.
+        assert covering[0]["spec"].get("maxUnavailable", 0) >= 1, deployment["metadata"]["name"]
+
+
+def test_secrets_are_referenced_never_committed(overlay: str) -> None:
+    objects = render(overlay)
+    assert not of_kind(objects, "Secret")
+    referenced = {
+        source["valueFrom"]["secretKeyRef"]["name"]
+        for workload in _workloads(objects)
+        for container in containers(workload)
+        for source in container.get("env", [])
+        if "secretKeyRef" in source.get("valueFrom", {})
+    }
+    expected = SECRETS | ({"postgres"} if overlay == "dev" else set())
+    assert referenced == expected
+    operations = (REPO_ROOT / "docs" / "operations.md").read_text()
+    for name in expected:
+        assert f"`{name}`" in operations, f"docs/operations.md does not explain Secret {name}"
+
+
+# --- the network: deny-all, then one allow per arrow of DESIGN.md ---------------------------
+
+
+def _policies(objects: list[Obj]) -> list[Obj]:
+    return of_kind(objects, "NetworkPolicy")
+
+
+def test_a_default_deny_covers_every_pod_both_ways(overlay: str) -> None:
+    deny = [
+        p
+        for p in _policies(render(overlay))
+        if p["spec"]["podSelector"] == {}
+        and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+    ]
+    assert len(deny) == 1
+
+
+def test_every_pod_has_its_own_policy(overlay: str) -> None:
+    objects = render(overlay)
+    specific = [p for p in _policies(objects) if p["spec"]["podSelector"] != {}]
+    for workload in _workloads(objects):
+        labels = pod_labels(workload)
+        assert any(selects(p["spec"]["podSelector"], labels) for p in specific), workload[
+            "metadata"
+        ]["name"]
+
+
+def _ingress_sources(objects: list[Obj], name: str) -> list[tuple[Obj, list[int]]]:
+    """(peer, ports) pairs that may open connections to the workload `name`."""
+    labels = pod_labels(named(objects, _kind_of(objects, name), name))
+    sources = []
+    for policy in _policies(objects):
+        if not selects(policy["spec"]["podSelector"], labels):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            ports = [p["port"] for p in rule.get("ports", [])]
+            for peer in rule["from"]:
+                sources.append((peer, ports))
+    return sources
+
+
+def _kind_of(objects: list[Obj], name: str) -> str:
+    for workload in _workloads(objects):
+        if workload["metadata"]["name"] == name:
+            kind: str = workload["kind"]
+            return kind
+    raise AssertionError(f"no workload {name}")
+
+
+def _peer_is_pod(peer: Obj, name: str) -> bool:
+    return "namespaceSelector" not in peer and peer.get("podSelector", {}).get("matchLabels") == {
+        "app.kubernetes.io/name": name
+    }
+
+
+def test_no_ingress_rule_admits_everyone(overlay: str) -> None:
+    for policy in _policies(render(overlay)):
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("from"), f"{policy['metadata']['name']} admits any source"
+            assert rule.get("ports"), f"{policy['metadata']['name']} admits any port"
+            assert not any("ipBlock" in peer for peer in rule["from"])
+
+
+def test_only_the_gateway_is_exposed_and_only_through_the_ingress(overlay: str) -> None:
+    objects = render(overlay)
+    for service in of_kind(objects, "Service"):
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]
+    (ingress,) = of_kind(objects, "Ingress")
+    backends = [
+        path["backend"]["service"]["name"]
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert backends and set(backends) == {"gateway"}
+    assert "defaultBackend" not in ingress["spec"]
+    gateway_sources = _ingress_sources(objects, "gateway")
+    assert gateway_sources == [
+        (
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
+                },
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+            },
+            [8000],
+        )
+    ]
+
+
+def test_each_grpc_service_admits_only_its_callers(overlay: str) -> None:
+    objects = render(overlay)
+    expected = {"auth": {"gateway", "envoy"}, "ledger": {"gateway", "envoy"}, "synth": {"envoy"}}
+    for name, callers in expected.items():
+        sources = _ingress_sources(objects, name)
+        assert all(any(_peer_is_pod(peer, caller) for caller in callers) for peer, _ in sources), (
+            name
+        )
+        assert {c for c in callers if any(_peer_is_pod(p, c) for p, _ in sources)} == callers
+
+
+def test_envoy_admits_the_gateway_internal_clients_and_the_scraper(overlay: str) -> None:
+    sources = _ingress_sources(render(overlay), "envoy")
+    grpc_peers = [peer for peer, ports in sources if ports == [8080]]
+    assert any(_peer_is_pod(peer, "gateway") for peer in grpc_peers)
+    assert {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"kokoropay.io/grpc-client": "true"}},
+    } in grpc_peers
+    ops_peers = [peer for peer, ports in sources if ports == [9902]]
+    assert ops_peers == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+
+
+def _egress(objects: list[Obj], name: str) -> list[tuple[Obj, list[int]]]:
+    labels = pod_labels(named(objects, _kind_of(objects, name), name))
+    allowed = []
+    for policy in _policies(objects):
+        if not selects(policy["spec"]["podSelector"], labels):
+            continue
+        for rule in policy["spec"].get("egress", []):
+            ports = [p["port"] for p in rule.get("ports", [])]
+            for peer in rule.get("to", [{}]):
+                allowed.append((peer, ports))
+    return allowed
+
+
+def _without_dns(allowed: list[tuple[Obj, list[int]]]) -> list[tuple[Obj, list[int]]]:
+    return [(peer, ports) for peer, ports in allowed if ports != [53, 53]]
+
+
+def test_every_pod_may_resolve_names(overlay: str) -> None:
+    objects = render(overlay)
+    for workload in _workloads(objects):
+        allowed = _egress(objects, workload["metadata"]["name"])
+        assert any(ports == [53, 53] for _, ports in allowed), workload["metadata"]["name"]
+
+
+def test_egress_follows_the_design_arrows(overlay: str) -> None:
+    objects = render(overlay)
+
+    def pods(allowed: list[tuple[Obj, list[int]]]) -> set[tuple[str, int]]:
+        result: set[tuple[str, int]] = set()
+        for peer, ports in allowed:
+            assert set(peer) == {"podSelector"}, peer
+            (name,) = peer["podSelector"]["matchLabels"].values()
+            result.update((name, port) for port in ports)
+        return result
+
+    gateway = _without_dns(_egress(objects, "gateway"))
+    assert pods(gateway) == {("auth", 50051), ("ledger", 50052), ("envoy", 8080)}
+    envoy = _without_dns(_egress(objects, "envoy"))
+    assert pods(envoy) == {("auth", 50051), ("ledger", 50052), ("synth", 50053)}
+    assert _without_dns(_egress(objects, "synth")) == []
+
+
+def test_auth_and_ledger_reach_postgres_and_nothing_else(overlay: str) -> None:
+    objects = render(overlay)
+    for name in ("auth", "ledger"):
+        allowed = _without_dns(_egress(objects, name))
+        assert [ports for _, ports in allowed] == [[5432]], name
+        (peer,) = [peer for peer, _ in allowed]
+        if overlay == "dev":
+            assert peer == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "postgres"}}}
+        else:
+            cidr = peer["ipBlock"]["cidr"]
+            assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+/\d+", cidr) and cidr != "0.0.0.0/0"
+
+
+def test_dev_postgres_admits_only_the_database_clients() -> None:
+    objects = render("dev")
+    sources = _ingress_sources(objects, "postgres")
+    assert sources == [
+        ({"podSelector": {"matchLabels": {"kokoropay.io/database-client": "true"}}}, [5432])
+    ]
+    clients = [
+        w["metadata"]["name"]
+        for w in _workloads(objects)
+        if pod_labels(w).get("kokoropay.io/database-client") == "true"
+    ]
+    assert sorted(clients) == ["auth", "ledger"]
+    assert _without_dns(_egress(objects, "postgres")) == []
+    assert not of_kind(render("prod"), "StatefulSet")
+
+
+def test_only_the_weights_job_leaves_the_cluster(overlay: str) -> None:
+    objects = render(overlay)
+    for workload in _workloads(objects):
+        external = [
+            peer for peer, _ in _egress(objects, workload["metadata"]["name"]) if "ipBlock" in peer
+        ]
+        name = workload["metadata"]["name"]
+        if name == "synth-weights":
+            assert [p["ipBlock"]["cidr"] for p in external] == ["0.0.0.0/0"]
+            assert "10.0.0.0/8" in external[0]["ipBlock"]["except"]
+        elif name not in ("auth", "ledger"):
+            assert external == [], name
+
+
+# --- Envoy and the Services it balances over ------------------------------------------------
+
+
+def _envoy_config(objects: list[Obj]) -> Obj:
+    (config_map,) = [
+        o for o in of_kind(objects, "ConfigMap") if o["metadata"]["name"].startswith("envoy-config")
+    ]
+    config: Obj = yaml.safe_load(config_map["data"]["envoy.yaml"])
+    return config
+
+
+def test_envoy_mounts_the_generated_config(overlay: str) -> None:
+    objects = render(overlay)
+    envoy = named(objects, "Deployment", "envoy")
+    (volume,) = [v for v in pod_spec(envoy)["volumes"] if v["name"] == "config"]
+    config_map = volume["configMap"]["name"]
+    # The generator's hash suffix: a changed config rolls the pods.
+    assert re.fullmatch(r"envoy-config-[a-z0-9]{10}", config_map)
+    assert named(objects, "ConfigMap", config_map)
+    args = next(containers(envoy, init=False))["args"]
+    assert args[args.index("--config-path") + 1] == "/etc/envoy/envoy.yaml"
+
+
+def test_envoy_clusters_resolve_headless_services_of_the_right_pods(overlay: str) -> None:
+    objects = render(overlay)
+    config = _envoy_config(objects)
+    upstreams = [c for c in config["static_resources"]["clusters"] if c["type"] == "STRICT_DNS"]
+    assert {c["name"] for c in upstreams} == {"auth", "ledger", "synth"}
+    for cluster in upstreams:
+        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        service_name, namespace, *_ = address["address"].split(".")
+        assert namespace == NAMESPACE
+        service = named(objects, "Service", service_name)
+        assert service["spec"]["clusterIP"] == "None", service_name
+        assert service["spec"]["selector"] == {"app.kubernetes.io/name": cluster["name"]}
+        (port,) = [p for p in service["spec"]["ports"] if p["port"] == address["port_value"]]
+        container = next(containers(named(objects, "Deployment", cluster["name"]), init=False))
+        assert port["targetPort"] in {p["name"] for p in container["ports"]}
+        assert {"containerPort": address["port_value"]}.items() <= next(
+            p for p in container["ports"] if p["name"] == port["targetPort"]
+        ).items()
+
+
+def test_the_gateway_dials_services_that_exist(overlay: str) -> None:
+    objects = render(overlay)
+    gateway = env(next(containers(named(objects, "Deployment", "gateway"), init=False)))
+    expected = {"AUTH": "auth", "LEDGER": "ledger", "SYNTH": "envoy"}
+    for upstream, service_name in expected.items():
+        host, port = gateway[f"GATEWAY_{upstream}_ADDRESS"].rsplit(":", 1)
+        assert host == f"{service_name}.{NAMESPACE}.svc.cluster.local"
+        service = named(objects, "Service", service_name)
+        assert service["spec"].get("clusterIP") != "None"
+        assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+
+
+def test_envoy_answers_health_checks_with_synth(overlay: str) -> None:
+    # The gateway's /readyz checks "synth" through Envoy, so health must route to synth.
+    config = _envoy_config(render(overlay))
+    listener = config["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    health = [r for r in routes if r["match"].get("prefix") == "/grpc.health.v1.Health/"]
+    assert [r["route"]["cluster"] for r in health] == ["synth"]
+
+
+# --- scaling -----------------------------------------------------------------------------
+
+
+def test_prod_autoscales_gateway_on_cpu_and_synth_on_streams() -> None:
+    objects = render("prod")
+    autoscalers = {h["metadata"]["name"]: h for h in of_kind(objects, "HorizontalPodAutoscaler")}
+    assert set(autoscalers) == {"gateway", "envoy", "synth"}
+    for name, hpa in autoscalers.items():
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        assert hpa["spec"]["minReplicas"] >= 2
+        # The HPA owns the count; a count in the Deployment would fight it at every apply.
+        assert "replicas" not in named(objects, "Deployment", name)["spec"]
+    (gateway_metric,) = autoscalers["gateway"]["spec"]["metrics"]
+    assert gateway_metric["resource"]["name"] == "cpu"
+    (synth_metric,) = autoscalers["synth"]["spec"]["metrics"]
+    assert synth_metric["type"] == "External"
+    assert synth_metric["external"]["metric"]["name"] == "envoy_cluster_upstream_rq_active"
+    assert synth_metric["external"]["target"]["type"] == "AverageValue"
+    # Envoy's stats must be scrapeable for that metric to exist.
+    annotations = named(objects, "Deployment", "envoy")["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert annotations["prometheus.io/port"] == "9902"
+
+
+def test_dev_runs_one_of_each_without_autoscaling() -> None:
+    objects = render("dev")
+    assert not of_kind(objects, "HorizontalPodAutoscaler")
+    for workload in _long_running(objects):
+        assert workload["spec"]["replicas"] == 1, workload["metadata"]["name"]
+
+
+def test_prod_runs_several_of_each() -> None:
+    objects = render("prod")
+    for name in ("auth", "ledger"):
+        assert named(objects, "Deployment", name)["spec"]["replicas"] >= 2
+
+
+def test_prod_images_come_from_a_registry_at_a_fixed_version() -> None:
+    for workload in _workloads(render("prod")):
+        for container in containers(workload):
+            image = container["image"]
+            name, _, tag = image.rpartition(":")
+            assert "/" in name.split("/", 1)[-1] or "." in name.split("/")[0], image
+            assert tag and tag != "latest", image
+
+
+def test_inline_python_in_pods_compiles(overlay: str) -> None:
+    # The weights wait and Envoy's drain hook are `python -c` scripts inside YAML.
+    scripts = []
+    for workload in _workloads(render(overlay)):
+        for container in containers(workload):
+            hook = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
+            for command in (container.get("command", []), hook.get("command", [])):
+                if command[:2] == ["python", "-c"]:
+                    scripts.append((workload["metadata"]["name"], command[2]))
+    assert len(scripts) == 2
+    for name, script in scripts:
+        compile(script, name, "exec")

@@ -1,0 +1,130 @@
+"""The whole mesh as separate processes: real PostgreSQL, the real model, the real gateway.
+
+One mesh per session (the model loads once). Customers are created the way an operator does it,
+through auth and ledger over gRPC; tests then speak to the gateway only as a client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import httpx
+import pytest
+
+from services.cli.admin import AdminClient
+from services.cli.mesh import LocalMesh
+from tests.support.paths import REPO_ROOT
+from tests.support.postgres import create_database
+
+WEIGHTS_MANIFEST = REPO_ROOT / ".data" / "weights" / "manifest.json"
+
+
+@dataclass(frozen=True)
+class Customer:
+    account_id: str
+    key: str
+    key_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+NewCustomer = Callable[..., Awaitable[Customer]]
+
+
+@pytest.fixture(scope="session")
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, log_dir: Path
+) -> Iterator[LocalMesh]:
+    if not WEIGHTS_MANIFEST.exists():
+        pytest.skip("the Kokoro weights are not under .data/weights (run `make weights`)")
+    mesh = LocalMesh(
+        data_dir=tmp_path_factory.mktemp("mesh"),
+        database_url=create_database(postgres_url, prefix="e2e"),
+        log_dir=log_dir,
+    )
+    mesh.start()
+    yield mesh
+    mesh.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(mesh: LocalMesh) -> str:
+    """What a customer puts in their client: the gateway's `…/v1`."""
+    return f"{mesh.addresses['gateway']}/v1"
+
+
+@pytest.fixture(scope="session")
+async def admin(mesh: LocalMesh) -> AsyncIterator[AdminClient]:
+    async with AdminClient(
+        mesh.grpc_address("auth"), mesh.grpc_address("ledger"), mesh.operator_token
+    ) as admin:
+        yield admin
+
+
+@pytest.fixture(scope="session")
+def new_customer(admin: AdminClient) -> NewCustomer:
+    """Creates an account with `credits` (and the unlimited flag) and one live key."""
+
+    async def create(credits: int = 0, unlimited: bool = False) -> Customer:
+        account, _ = await admin.create_account(f"e2e-{uuid.uuid4().hex[:12]}", credits, unlimited)
+        created = await admin.create_key(account.id, name="e2e")
+        return Customer(account.id, created.plaintext, created.key.id)
+
+    return create
+
+
+@pytest.fixture
+async def http(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=300) as client:
+        yield client
+
+
+async def balance_of(http: httpx.AsyncClient, customer: Customer) -> int:
+    response = await http.get("/balance", headers=customer.headers)
+    assert response.status_code == 200, response.text
+    return int(response.json()["balance"])
+
+
+async def balance_becomes(
+    http: httpx.AsyncClient, customer: Customer, expected: int, timeout: float = 30.0
+) -> None:
+    """Settlement ends just after the response does; wait for the balance to reach `expected`."""
+    deadline = time.monotonic() + timeout
+    while (current := await balance_of(http, customer)) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"balance is {current}, expected {expected}")
+        await asyncio.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    container: str  # FFmpeg's demuxer name: mp3, ogg, aac, flac, wav, s16le
+    sample_rate: int
+    seconds: float
+
+
+def decode(data: bytes, audio_format: str = "mp3") -> DecodedAudio:
+    """Decode every frame with PyAV (FFmpeg): a truncated or garbled stream raises."""
+    if audio_format == "pcm":
+        # Headerless, so described here: 16-bit little-endian, 24 kHz, mono.
+        options = {"sample_rate": "24000", "ch_layout": "mono"}
+        container = av.open(io.BytesIO(data), "r", format="s16le", options=options)
+    else:
+        container = av.open(io.BytesIO(data), "r")
+    with container:
+        stream = container.streams.audio[0]
+        samples = 0
+        sample_rate = 0
+        for frame in container.decode(stream):
+            samples += frame.samples
+            sample_rate = frame.sample_rate
+        return DecodedAudio(container.format.name, sample_rate, samples / sample_rate)

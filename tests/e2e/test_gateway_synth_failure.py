@@ -1,0 +1,79 @@
+"""Synthesis dies: the customer gets a broken stream or a 502, and never pays for it.
+
+The synth process is killed (SIGKILL, like an OOM-killed pod) during a long request, then
+requests are made while it is down; afterwards it is started again on the same port and the
+test waits until the gateway is ready, so the session's other tests find the mesh whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from services.cli.mesh import START_TIMEOUT_SECONDS, LocalMesh
+from tests.e2e.conftest import NewCustomer, balance_becomes, balance_of
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+# Long enough that synthesis is still running when the first audio has arrived.
+LONG_TEXT = " ".join(
+    f"Sentence number {n} is here so that the model keeps talking for a good while."
+    for n in range(1, 13)
+)
+
+
+@pytest.fixture
+async def synth_restarted_after(mesh: LocalMesh) -> AsyncIterator[None]:
+    yield
+    synth = mesh.process("synth")
+    if synth.process is not None and synth.process.poll() is None:
+        return
+    await asyncio.to_thread(synth.start, True, START_TIMEOUT_SECONDS.get("synth", 600.0))
+    deadline = time.monotonic() + 300
+    async with httpx.AsyncClient(base_url=mesh.addresses["gateway"]) as client:
+        while (await client.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, "gateway not ready after synth restarted"
+            await asyncio.sleep(0.5)
+
+
+async def test_synth_killed_mid_stream_cuts_the_stream_and_refunds(
+    mesh: LocalMesh,
+    http: httpx.AsyncClient,
+    new_customer: NewCustomer,
+    synth_restarted_after: None,
+) -> None:
+    customer = await new_customer(credits=5_000)
+    body = {"input": LONG_TEXT, "voice": "af_sky", "response_format": "wav"}
+    received = 0
+    async with http.stream(
+        "POST", "/audio/speech", headers=customer.headers, json=body
+    ) as response:
+        assert response.status_code == 200
+        chunks = response.aiter_raw()
+        received += len(await chunks.__anext__())
+        await asyncio.to_thread(mesh.process("synth").kill)
+        # The body must not end cleanly: the client has to be able to tell it is incomplete.
+        with pytest.raises(httpx.RemoteProtocolError):
+            async for chunk in chunks:
+                received += len(chunk)
+    assert received > 0
+    await balance_becomes(http, customer, 5_000)
+
+    # While synth is down: a clean 502 before any audio, refunded, and safe to retry.
+    failed = await http.post(
+        "/audio/speech",
+        headers=customer.headers,
+        json={"input": "Anyone there?", "voice": "af_sky"},
+    )
+    assert failed.status_code == 502
+    assert "refunded" in failed.json()["detail"]
+    assert failed.headers["x-should-retry"] == "true"
+    await balance_becomes(http, customer, 5_000)
+    assert await balance_of(http, customer) == 5_000
+    ready = await http.get(str(mesh.addresses["gateway"]) + "/readyz")
+    assert ready.status_code == 503
+    assert "synth" in ready.json()["detail"]

@@ -1,0 +1,172 @@
+"""Bad input is refused with INVALID_ARGUMENT or NOT_FOUND and writes nothing; admin RPCs need
+the operator token."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+from kokoropay.ledger.v1 import ledger_pb2 as E
+
+from services.common.channels import operator_metadata
+from tests.support.ledger import ADMIN, Ledger
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+LONG = "k" * 129
+UNKNOWN = "acct_never_opened"
+
+
+# Stands for the id of an account that is open, with credits and an open hold.
+OPEN = "<open account>"
+
+
+def _case(name: str, request: Any, code: grpc.StatusCode) -> Any:
+    return pytest.param(request, code, id=name)
+
+
+def _grant(**fields: Any) -> E.GrantRequest:
+    """A good Grant but for `fields`."""
+    return E.GrantRequest(**{"account_id": OPEN, "amount": 5, "idempotency_key": "g", **fields})
+
+
+def _reserve(**fields: Any) -> E.ReserveRequest:
+    """A good Reserve but for `fields`."""
+    return E.ReserveRequest(**{"account_id": OPEN, "amount": 7, "idempotency_key": "k", **fields})
+
+
+CASES = [
+    _case("open: empty id", E.OpenAccountRequest(), INVALID),
+    _case("open: id too long", E.OpenAccountRequest(account_id="a" * 129), INVALID),
+    _case("open: NUL in id", E.OpenAccountRequest(account_id="a\x00b"), INVALID),
+    _case("balance: empty id", E.GetBalanceRequest(), INVALID),
+    _case("balance: unknown", E.GetBalanceRequest(account_id=UNKNOWN), NOT_FOUND),
+    _case("grant: zero", _grant(amount=0), INVALID),
+    _case("grant: negative", _grant(amount=-5), INVALID),
+    _case("grant: too large", _grant(amount=10**12 + 1), INVALID),
+    _case("grant: no key", _grant(idempotency_key=""), INVALID),
+    _case("grant: key too long", _grant(idempotency_key=LONG), INVALID),
+    _case("grant: no account", _grant(account_id=""), INVALID),
+    _case("grant: unknown account", _grant(account_id=UNKNOWN), NOT_FOUND),
+    _case("unlimited: no account", E.SetUnlimitedRequest(unlimited=True), INVALID),
+    _case(
+        "unlimited: unknown", E.SetUnlimitedRequest(account_id=UNKNOWN, unlimited=True), NOT_FOUND
+    ),
+    _case("reserve: zero", _reserve(amount=0), INVALID),
+    _case("reserve: negative", _reserve(amount=-7), INVALID),
+    _case("reserve: no key", _reserve(idempotency_key=""), INVALID),
+    _case("reserve: key too long", _reserve(idempotency_key=LONG), INVALID),
+    _case("reserve: newline in key", _reserve(idempotency_key="k\n"), INVALID),
+    _case("reserve: ttl too large", _reserve(ttl_seconds=6 * 3600 + 1), INVALID),
+    _case("reserve: no account", _reserve(account_id=""), INVALID),
+    _case("reserve: unknown account", _reserve(account_id=UNKNOWN), NOT_FOUND),
+    _case("capture: no hold", E.CaptureRequest(), INVALID),
+    _case("capture: hold id too long", E.CaptureRequest(hold_id="h" * 129), INVALID),
+    _case("capture: unknown hold", E.CaptureRequest(hold_id="hold_unknown"), NOT_FOUND),
+    _case("release: no hold", E.ReleaseRequest(), INVALID),
+    _case("release: unknown hold", E.ReleaseRequest(hold_id="hold_unknown"), NOT_FOUND),
+    _case("entries: no account", E.ListEntriesRequest(), INVALID),
+    _case("entries: unknown account", E.ListEntriesRequest(account_id=UNKNOWN), NOT_FOUND),
+    _case("entries: forged token", E.ListEntriesRequest(account_id=OPEN, page_token="x"), INVALID),
+]
+
+
+async def _table_counts(database_url: str) -> tuple[int, ...]:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cursor = await conn.execute(
+            "SELECT (SELECT count(*) FROM ledger.accounts), (SELECT count(*) FROM ledger.holds),"
+            " (SELECT count(*) FROM ledger.entries)"
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return tuple(row)
+
+
+@pytest.mark.parametrize("request_template,code", CASES)
+async def test_bad_input_is_refused_and_writes_nothing(
+    ledger: Ledger, ledger_database_url: str, request_template: Any, code: grpc.StatusCode
+) -> None:
+    account = await ledger.open_account(credits=100)
+    await ledger.reserve(account, 7)
+    request = type(request_template)()
+    request.CopyFrom(request_template)
+    if getattr(request, "account_id", None) == OPEN:
+        request.account_id = account
+    method = getattr(ledger.stub, type(request).__name__.removesuffix("Request"))
+    balance = await ledger.balance(account)
+    entries = await ledger.entries(account)
+    counts = await _table_counts(ledger_database_url)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await method(request, metadata=ADMIN)
+
+    assert caught.value.code() == code, caught.value.details()
+    assert await ledger.balance(account) == balance
+    assert await ledger.entries(account) == entries
+    assert await _table_counts(ledger_database_url) == counts
+
+
+async def test_the_longest_allowed_ids_and_keys_are_accepted(ledger: Ledger) -> None:
+    account = "a" * 128
+    await ledger.stub.OpenAccount(E.OpenAccountRequest(account_id=account), metadata=ADMIN)
+    await ledger.grant(account, 10, key="g" * 128)
+
+    hold = await ledger.reserve(account, 7, key="k" * 128, ttl_seconds=6 * 3600)
+
+    assert hold.idempotency_key == "k" * 128
+    assert hold.expire_time.seconds - hold.create_time.seconds == 6 * 3600
+
+
+async def test_ttl_zero_means_the_default(ledger: Ledger) -> None:
+    account = await ledger.open_account(credits=10)
+
+    hold = await ledger.reserve(account, 7, ttl_seconds=0)
+
+    assert hold.expire_time.seconds - hold.create_time.seconds == 900
+
+
+ADMIN_CALLS = [
+    ("OpenAccount", lambda account: E.OpenAccountRequest(account_id=account + "-new")),
+    ("Grant", lambda account: E.GrantRequest(account_id=account, amount=5, idempotency_key="x")),
+    ("SetUnlimited", lambda account: E.SetUnlimitedRequest(account_id=account, unlimited=True)),
+]
+WRONG_CREDENTIALS = {
+    "none": (),
+    "wrong token": operator_metadata("not-the-operator-token"),
+    "not bearer": (("authorization", "test-operator-token"),),
+}
+
+
+@pytest.mark.parametrize("method,request_for", ADMIN_CALLS, ids=[m for m, _ in ADMIN_CALLS])
+@pytest.mark.parametrize("credentials", WRONG_CREDENTIALS, ids=list(WRONG_CREDENTIALS))
+async def test_admin_rpcs_need_the_operator_token(
+    ledger: Ledger,
+    ledger_database_url: str,
+    method: str,
+    request_for: Callable[[str], Any],
+    credentials: str,
+) -> None:
+    account = await ledger.open_account(credits=100)
+    counts = await _table_counts(ledger_database_url)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(ledger.stub, method)(
+            request_for(account), metadata=WRONG_CREDENTIALS[credentials]
+        )
+
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    balance = await ledger.balance(account)
+    assert (balance.balance, balance.unlimited) == (100, False)
+    assert await _table_counts(ledger_database_url) == counts
+
+
+async def test_spending_rpcs_need_no_operator_token(ledger: Ledger) -> None:
+    account = await ledger.open_account(credits=10)
+
+    hold = await ledger.reserve(account, 7)  # no metadata at all
+    await ledger.stub.Capture(E.CaptureRequest(hold_id=hold.id))
+
+    assert (await ledger.balance(account)).balance == 3

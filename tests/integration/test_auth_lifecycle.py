@@ -1,0 +1,144 @@
+"""How the auth process starts, announces itself, stops, restarts, and refuses to start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
+
+from services.common.channels import operator_metadata
+from services.common.errors import error_reason
+from services.common.settings import DATA_DIR, REPO_ROOT
+from tests.support.auth import AuthSecrets, start_auth
+
+SERVICE = "kokoropay.auth.v1.AuthService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_serving_with_reflection_then_not_serving_on_sigterm(
+    database_url: str, log_dir: Path
+) -> None:
+    auth = start_auth(database_url, AuthSecrets.generate(), log_dir)
+    try:
+        with grpc.insecure_channel(auth.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", SERVICE):
+                check = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+                assert check.status == SERVING
+
+            reflected = ProtoReflectionDescriptorDatabase(channel)
+            assert SERVICE in reflected.get_services()
+            methods = descriptor_pool.DescriptorPool(reflected).FindServiceByName(SERVICE).methods
+            assert {m.name for m in methods} >= {"CreateKey", "RevokeKey", "VerifyKey"}
+
+            updates = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=20)
+            assert next(updates).status == SERVING
+            auth.terminate()
+            assert next(updates).status == NOT_SERVING
+            # An open Watch is an in-flight RPC; letting it go lets the drain finish early.
+            updates.cancel()
+        assert auth.process is not None
+        assert auth.process.wait(timeout=15) == 0
+    finally:
+        auth.stop()
+
+
+def test_keys_survive_a_restart_but_not_a_new_hash_secret(database_url: str, log_dir: Path) -> None:
+    auth_secrets = AuthSecrets.generate()
+    first = start_auth(database_url, auth_secrets, log_dir)
+    try:
+        with grpc.insecure_channel(first.address) as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            operator = operator_metadata(auth_secrets.operator_token)
+            account = stub.CreateAccount(
+                auth_pb2.CreateAccountRequest(name="durable"), metadata=operator, timeout=10
+            ).account
+            created = stub.CreateKey(
+                auth_pb2.CreateKeyRequest(account_id=account.id), metadata=operator, timeout=10
+            )
+    finally:
+        assert first.stop() == 0
+
+    def verify_with(key_hash_secret: str) -> auth_pb2.VerifyKeyResponse:
+        restarted_secrets = AuthSecrets(auth_secrets.operator_token, key_hash_secret)
+        restarted = start_auth(database_url, restarted_secrets, log_dir)
+        try:
+            with grpc.insecure_channel(restarted.address) as channel:
+                response: auth_pb2.VerifyKeyResponse = auth_pb2_grpc.AuthServiceStub(
+                    channel
+                ).VerifyKey(auth_pb2.VerifyKeyRequest(key=created.plaintext), timeout=10)
+                return response
+        finally:
+            restarted.stop()
+
+    # Migrations already applied: the second start must find nothing to do and keep the rows.
+    assert verify_with(auth_secrets.key_hash_secret).account_id == account.id
+    with pytest.raises(grpc.RpcError) as raised:
+        verify_with(AuthSecrets.generate().key_hash_secret)
+    assert error_reason(raised.value) == "KEY_INVALID"
+
+
+def _start_up_error(env: dict[str, str]) -> tuple[int, list[str]]:
+    """Exit status and stderr lines of `python -m services.auth` with exactly these settings."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("AUTH_") and name not in ("DATABASE_URL", "KOKOROPAY_OPERATOR_TOKEN")
+    }
+    finished = subprocess.run(
+        [sys.executable, "-m", "services.auth"],
+        cwd=REPO_ROOT,
+        env={**inherited, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return finished.returncode, finished.stderr.strip().splitlines()
+
+
+GOOD = {
+    "DATABASE_URL": "postgresql://unused.invalid/db",
+    "KOKOROPAY_OPERATOR_TOKEN": "operator-token-for-start-up-tests",
+    "AUTH_KEY_HASH_SECRET": "a-key-hash-secret-long-enough",
+}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line", "needs_absent_file"),
+    [
+        ({"DATABASE_URL": ""}, "error: auth needs DATABASE_URL", None),
+        ({"AUTH_KEY_HASH_SECRET": "short"}, "error: the key hash secret must be at least", None),
+        (
+            {"AUTH_KEY_HASH_SECRET": ""},
+            "error: auth needs AUTH_KEY_HASH_SECRET or the file .data/key-hash-secret",
+            "key-hash-secret",
+        ),
+        (
+            {"KOKOROPAY_OPERATOR_TOKEN": ""},
+            "error: auth needs KOKOROPAY_OPERATOR_TOKEN or the file .data/operator-token",
+            "operator-token",
+        ),
+    ],
+    ids=["no database", "weak hash secret", "no hash secret", "no operator token"],
+)
+def test_bad_configuration_stops_start_up_with_one_line(
+    overrides: dict[str, str], line: str, needs_absent_file: str | None
+) -> None:
+    if needs_absent_file and (DATA_DIR / needs_absent_file).exists():
+        pytest.skip(f"a local .data/{needs_absent_file} supplies the secret")
+
+    status, stderr = _start_up_error({**GOOD, **overrides})
+
+    assert status != 0
+    assert len(stderr) == 1 and stderr[0].startswith(line), stderr

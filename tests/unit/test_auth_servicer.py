@@ -1,0 +1,136 @@
+"""The servicer against a recording fake store: what reaches the store, and what never does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import pytest
+from kokoropay.auth.v1 import auth_pb2
+
+from services.auth import ids
+from services.auth.keys import KeyHasher, generate_key
+from services.auth.servicer import ADMIN_METHODS, PUBLIC_METHODS, AuthServicer, name_problem
+from services.auth.store import ApiKey, KeyMatch
+from services.common.errors import error_reason
+
+HASHER = KeyHasher("unit-test-secret-long-enough")
+
+
+class Aborted(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, trailing_metadata: Any) -> None:
+        self._code = code
+        self._trailing = trailing_metadata
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def trailing_metadata(self) -> Any:
+        return self._trailing
+
+
+class Context:
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()):
+        raise Aborted(code, trailing_metadata)
+
+
+class RecordingStore:
+    """Remembers every call; knows one key hash."""
+
+    def __init__(self, known: dict[bytes, KeyMatch] | None = None) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.known = known or {}
+
+    async def find_key(self, key_hash: bytes) -> KeyMatch | None:
+        self.calls.append(("find_key", (key_hash,)))
+        return self.known.get(key_hash)
+
+    async def create_key(self, account_id: str, name: str, prefix: str, key_hash: bytes) -> ApiKey:
+        self.calls.append(("create_key", (account_id, name, prefix, key_hash)))
+        now = datetime.now(UTC)
+        return ApiKey(ids.new_id(ids.KEY), account_id, name, prefix, now, None)
+
+
+async def verify(servicer: AuthServicer, key: str) -> auth_pb2.VerifyKeyResponse:
+    return await servicer.VerifyKey(auth_pb2.VerifyKeyRequest(key=key), Context())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", ["", "garbage", "kp_live_short", "kp_live_" + "x" * 100_000])
+async def test_strings_not_shaped_like_keys_never_reach_the_store(key: str) -> None:
+    store = RecordingStore()
+    servicer = AuthServicer(store, HASHER)  # type: ignore[arg-type]
+
+    with pytest.raises(Aborted) as raised:
+        await verify(servicer, key)
+
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_reason(raised.value) == "KEY_INVALID"
+    assert store.calls == []
+
+
+async def test_verify_looks_keys_up_by_keyed_hash_only() -> None:
+    live, revoked = generate_key().plaintext, generate_key().plaintext
+    store = RecordingStore(
+        {
+            HASHER.hash(live): KeyMatch("key_live", "acct_a", revoked=False),
+            HASHER.hash(revoked): KeyMatch("key_old", "acct_a", revoked=True),
+        }
+    )
+    servicer = AuthServicer(store, HASHER)  # type: ignore[arg-type]
+
+    response = await verify(servicer, live)
+    with pytest.raises(Aborted) as raised:
+        await verify(servicer, revoked)
+
+    assert (response.account_id, response.key_id) == ("acct_a", "key_live")
+    assert error_reason(raised.value) == "KEY_REVOKED"
+    assert store.calls == [
+        ("find_key", (HASHER.hash(live),)),
+        ("find_key", (HASHER.hash(revoked),)),
+    ]
+
+
+async def test_create_key_hands_the_store_a_hash_and_prefix_never_the_plaintext() -> None:
+    store = RecordingStore()
+    servicer = AuthServicer(store, HASHER)  # type: ignore[arg-type]
+    account_id = ids.new_id(ids.ACCOUNT)
+
+    response = await servicer.CreateKey(
+        auth_pb2.CreateKeyRequest(account_id=account_id, name="ci"),
+        Context(),  # type: ignore[arg-type]
+    )
+
+    [(_, stored)] = store.calls
+    assert stored == (account_id, "ci", response.plaintext[:12], HASHER.hash(response.plaintext))
+    secret_part = response.plaintext[12:]
+    assert not any(isinstance(arg, str) and secret_part in arg for arg in stored)
+
+
+def test_every_method_but_verify_key_is_admin_only() -> None:
+    service = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
+    every = {f"/kokoropay.auth.v1.AuthService/{method.name}" for method in service.methods}
+    assert {"/kokoropay.auth.v1.AuthService/VerifyKey"} == PUBLIC_METHODS
+    assert every - PUBLIC_METHODS == ADMIN_METHODS
+    assert "/kokoropay.auth.v1.AuthService/CreateKey" in ADMIN_METHODS
+
+
+@pytest.mark.parametrize(
+    ("name", "required", "accepted"),
+    [
+        ("acme", True, True),
+        ("Acme Corp. (EU)", True, True),
+        ("é" * 64, True, True),
+        ("", True, False),
+        ("", False, True),
+        ("x" * 65, True, False),
+        ("x" * 65, False, False),
+        ("line\nbreak", True, False),
+        ("nul\x00", False, False),
+        ("zero\u200bwidth", True, False),
+        (" leading", True, False),
+        ("trailing ", True, False),
+    ],
+)
+def test_name_rules(name: str, required: bool, accepted: bool) -> None:
+    assert (name_problem(name, required=required) is None) == accepted

@@ -1,0 +1,91 @@
+"""The status table, the retry hints, the settings and the voice grammar, on their own."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from services.common.settings import load_settings
+from services.gateway.catalog import Catalog
+from services.gateway.clients import UpstreamError
+from services.gateway.errors import GRPC_TO_HTTP, http_status, should_retry
+from services.gateway.settings import GatewaySettings
+from tests.unit.test_gateway_fakes import FakeSynth
+
+
+def test_every_grpc_status_but_ok_has_an_http_status() -> None:
+    assert set(GRPC_TO_HTTP) == set(grpc.StatusCode) - {grpc.StatusCode.OK}
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "status"),
+    [
+        (grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED", 401),
+        (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS", 402),
+        (grpc.StatusCode.FAILED_PRECONDITION, None, 400),
+        (grpc.StatusCode.INVALID_ARGUMENT, None, 400),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, None, 400),
+        (grpc.StatusCode.UNAVAILABLE, None, 503),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, None, 504),
+        (grpc.StatusCode.INTERNAL, None, 502),
+    ],
+)
+def test_status_table(code: grpc.StatusCode, reason: str | None, status: int) -> None:
+    assert http_status(UpstreamError("ledger", code, "m", reason)) == status
+
+
+@pytest.mark.parametrize(
+    ("status", "retry"),
+    [(400, False), (401, False), (402, False), (404, False), (408, True), (429, True)]
+    + [(500, None), (502, True), (503, True), (504, True), (200, None)],
+)
+def test_retry_hints(status: int, retry: bool | None) -> None:
+    assert should_retry(status) is retry
+
+
+def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GATEWAY_PORT", "GATEWAY_HOST", "GATEWAY_MAX_INPUT_CHARS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(GatewaySettings)
+    assert settings.bind_address == "127.0.0.1:8000"
+    assert (settings.auth_address, settings.ledger_address, settings.synth_address) == (
+        "127.0.0.1:50051",
+        "127.0.0.1:50052",
+        "127.0.0.1:50053",
+    )
+    assert settings.max_input_chars == 4096
+    assert settings.hold_ttl_seconds(4096) == 300 + 1024
+
+
+def test_a_bad_setting_stops_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_MAX_INPUT_CHARS", "lots")
+    with pytest.raises(SystemExit) as stopped:
+        load_settings(GatewaySettings)
+    message = str(stopped.value)
+    assert "GATEWAY_MAX_INPUT_CHARS" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("voice", "problem"),
+    [
+        ("af_sky", None),
+        ("alloy", None),
+        (" af_sky ", None),
+        ("af_bella(2)+af_sky(1)", None),
+        ("af_bella + af_sky", None),
+        ("af+am_michael(0.5)", None),
+        ("+".join(["af_sky"] * 8), None),
+        ("+".join(["af_sky"] * 9), "at most 8"),
+        ("af_sky(0)", "positive"),
+        ("af_sky(-1)", "cannot read"),
+        ("af_sky(", "cannot read"),
+        ("af_nobody", "unknown voice 'af_nobody'"),
+        ("", "cannot read"),
+    ],
+)
+async def test_voice_expressions(voice: str, problem: str | None) -> None:
+    found = await Catalog(FakeSynth(), ttl=60).voice_problem(voice)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found

@@ -1,0 +1,319 @@
+"""In-memory auth, ledger and synth behind the gateway's client Protocols, and ways to serve it.
+
+Only the gateway's unit tests use these; the end-to-end tests run the real services. The fakes
+keep the rules the real services document in their protos (idempotent Reserve, Capture refused
+for a released hold, ErrorInfo reasons), so the serving layer is exercised against the contract.
+(Named test_gateway_* to sit with the gateway's tests; it holds no tests itself.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from services.cli.processes import free_port
+from services.common.logs import request_id_var
+from services.gateway.app import create_app
+from services.gateway.clients import (
+    AudioPiece,
+    Balance,
+    Hold,
+    HoldState,
+    Model,
+    Principal,
+    SynthesisRequest,
+    UpstreamError,
+    Upstreams,
+    Voice,
+)
+from services.gateway.settings import GatewaySettings
+
+GOOD_KEY = "kp_live_" + "a" * 40
+REVOKED_KEY = "kp_live_" + "r" * 40
+ACCOUNT = "acct_test"
+
+
+class FakeAuth:
+    def __init__(self) -> None:
+        self.keys = {GOOD_KEY: Principal(ACCOUNT, "key_good")}
+        self.revoked = {REVOKED_KEY: Principal(ACCOUNT, "key_revoked")}
+        self.request_ids: list[str] = []
+        self.serving = True
+
+    async def verify_key(self, key: str) -> Principal:
+        self.request_ids.append(request_id_var.get())
+        if key in self.revoked:
+            raise UpstreamError(
+                "auth", grpc.StatusCode.UNAUTHENTICATED, "API key has been revoked", "KEY_REVOKED"
+            )
+        if key not in self.keys:
+            raise UpstreamError(
+                "auth", grpc.StatusCode.UNAUTHENTICATED, "invalid API key", "KEY_INVALID"
+            )
+        return self.keys[key]
+
+    async def ready(self) -> bool:
+        return self.serving
+
+
+@dataclass
+class FakeHold:
+    id: str
+    account_id: str
+    amount: int
+    key: str
+    state: HoldState = HoldState.HELD
+
+    def frozen(self) -> Hold:
+        return Hold(self.id, self.amount, self.state)
+
+
+@dataclass
+class FakeLedger:
+    """Balances and holds with the ledger's rules; `calls` records every call in order."""
+
+    balances: dict[str, int] = field(default_factory=lambda: {ACCOUNT: 1000})
+    unlimited: set[str] = field(default_factory=set)
+    holds: dict[str, FakeHold] = field(default_factory=dict)
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+    # Status codes the next reserve calls fail with, before doing anything.
+    reserve_failures: list[grpc.StatusCode] = field(default_factory=list)
+    # The next hold to be captured has "expired" first.
+    expire_before_capture: bool = False
+    request_ids: list[str] = field(default_factory=list)
+    serving: bool = True
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def balance_of(self, account_id: str = ACCOUNT) -> int:
+        return self.balances[account_id]
+
+    def open_holds(self) -> list[FakeHold]:
+        return [h for h in self.holds.values() if h.state == HoldState.HELD]
+
+    def captured(self) -> int:
+        return sum(h.amount for h in self.holds.values() if h.state == HoldState.CAPTURED)
+
+    async def get_balance(self, account_id: str) -> Balance:
+        self.calls.append(("get_balance", account_id))
+        if account_id not in self.balances:
+            raise UpstreamError("ledger", grpc.StatusCode.NOT_FOUND, "no such account")
+        held = sum(h.amount for h in self.open_holds() if h.account_id == account_id)
+        return Balance(self.balances[account_id], held, account_id in self.unlimited)
+
+    async def reserve(
+        self, account_id: str, amount: int, idempotency_key: str, ttl_seconds: int
+    ) -> Hold:
+        self.calls.append(("reserve", account_id, str(amount), idempotency_key))
+        self.request_ids.append(request_id_var.get())
+        if self.reserve_failures:
+            raise UpstreamError("ledger", self.reserve_failures.pop(0), "injected failure")
+        for hold in self.holds.values():
+            if hold.account_id == account_id and hold.key == idempotency_key:
+                if hold.amount != amount:
+                    raise UpstreamError(
+                        "ledger",
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        "key reused",
+                        "IDEMPOTENCY_KEY_REUSED",
+                    )
+                return hold.frozen()
+        if account_id not in self.balances:
+            raise UpstreamError("ledger", grpc.StatusCode.NOT_FOUND, "no such account")
+        unlimited = account_id in self.unlimited
+        if not unlimited and self.balances[account_id] < amount:
+            raise UpstreamError(
+                "ledger",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "insufficient credits",
+                "INSUFFICIENT_CREDITS",
+            )
+        if not unlimited:
+            self.balances[account_id] -= amount
+        hold = FakeHold(f"hold_{next(self._ids)}", account_id, amount, idempotency_key)
+        self.holds[hold.id] = hold
+        return hold.frozen()
+
+    async def capture(self, hold_id: str) -> Hold:
+        self.calls.append(("capture", hold_id))
+        hold = self.holds[hold_id]
+        if self.expire_before_capture and hold.state == HoldState.HELD:
+            self.expire_before_capture = False  # this hold only
+            self._refund(hold, HoldState.EXPIRED)
+        if hold.state in (HoldState.RELEASED, HoldState.EXPIRED):
+            reason = "HOLD_RELEASED" if hold.state == HoldState.RELEASED else "HOLD_EXPIRED"
+            raise UpstreamError("ledger", grpc.StatusCode.FAILED_PRECONDITION, reason, reason)
+        hold.state = HoldState.CAPTURED
+        return hold.frozen()
+
+    async def release(self, hold_id: str) -> Hold:
+        self.calls.append(("release", hold_id))
+        hold = self.holds[hold_id]
+        if hold.state == HoldState.CAPTURED:
+            raise UpstreamError(
+                "ledger", grpc.StatusCode.FAILED_PRECONDITION, "captured", "HOLD_CAPTURED"
+            )
+        if hold.state == HoldState.HELD:
+            self._refund(hold, HoldState.RELEASED)
+        return hold.frozen()
+
+    async def ready(self) -> bool:
+        return self.serving
+
+    def _refund(self, hold: FakeHold, state: HoldState) -> None:
+        hold.state = state
+        if hold.account_id not in self.unlimited:
+            self.balances[hold.account_id] += hold.amount
+
+
+# What a scripted stream does at each step: give a piece, fail, or wait for a signal.
+Step = AudioPiece | UpstreamError | asyncio.Event
+
+
+def pieces_for(request: SynthesisRequest, count: int = 3) -> list[Step]:
+    """`count` pieces whose characters_consumed reach the whole text on the last."""
+    n = len(request.text)
+    return [
+        AudioPiece(f"{request.audio_format}:{i};".encode(), (n * (i + 1)) // count)
+        for i in range(count)
+    ]
+
+
+class FakeStream:
+    def __init__(self, steps: list[Step]) -> None:
+        self._steps = list(steps)
+        self.cancelled = False
+        self.finished = False
+
+    async def next(self) -> AudioPiece | None:
+        while self._steps:
+            step = self._steps.pop(0)
+            if isinstance(step, asyncio.Event):
+                await step.wait()
+                continue
+            if isinstance(step, UpstreamError):
+                raise step
+            return step
+        self.finished = True
+        return None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def synth_error(
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL, message: str = "boom"
+) -> UpstreamError:
+    return UpstreamError("synth", code, message)
+
+
+VOICES = [
+    Voice("af_heart", "en-us", "female", "builtin", ""),
+    Voice("af_bella", "en-us", "female", "builtin", ""),
+    Voice("af_sky", "en-us", "female", "builtin", ""),
+    Voice("af_sarah", "en-us", "female", "builtin", ""),
+    Voice("am_michael", "en-us", "male", "builtin", ""),
+    Voice("af", "en-us", "female", "blend", "af_bella(1)+af_sarah(1)"),
+    Voice("alloy", "en-us", "female", "alias", "af_alloy"),
+]
+MODELS = [Model("kokoro", ("tts-1", "tts-1-hd", "gpt-4o-mini-tts"), "Kokoro-82M v1.0", 24000)]
+
+
+class FakeSynth:
+    def __init__(self) -> None:
+        # How each request's stream behaves; replace to script failures and pauses.
+        self.script: Callable[[SynthesisRequest], list[Step]] = pieces_for
+        self.requests: list[SynthesisRequest] = []
+        self.streams: list[FakeStream] = []
+        self.request_ids: list[str] = []
+        self.serving = True
+        self.list_calls = 0
+
+    def synthesize(self, request: SynthesisRequest) -> FakeStream:
+        self.requests.append(request)
+        self.request_ids.append(request_id_var.get())
+        stream = FakeStream(self.script(request))
+        self.streams.append(stream)
+        return stream
+
+    async def list_voices(self) -> list[Voice]:
+        self.list_calls += 1
+        if not self.serving:
+            raise UpstreamError("synth", grpc.StatusCode.UNAVAILABLE, "connection refused")
+        return list(VOICES)
+
+    async def list_models(self) -> list[Model]:
+        self.list_calls += 1
+        if not self.serving:
+            raise UpstreamError("synth", grpc.StatusCode.UNAVAILABLE, "connection refused")
+        return list(MODELS)
+
+    async def ready(self) -> bool:
+        return self.serving
+
+
+@dataclass
+class FakeMesh:
+    auth: FakeAuth
+    ledger: FakeLedger
+    synth: FakeSynth
+    app: FastAPI
+
+
+def fake_mesh(**settings: object) -> FakeMesh:
+    auth, ledger, synth = FakeAuth(), FakeLedger(), FakeSynth()
+    app = create_app(GatewaySettings(**settings), Upstreams(auth, ledger, synth))  # type: ignore[arg-type]
+    return FakeMesh(auth, ledger, synth, app)
+
+
+def asgi_client(mesh: FakeMesh) -> httpx.AsyncClient:
+    """An in-process client: fast, but it buffers bodies and raises the app's exceptions."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=mesh.app), base_url="http://gateway.test"
+    )
+
+
+def auth_header(key: str = GOOD_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+class _QuietServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the test process keeps its own signal handlers
+
+
+@contextlib.asynccontextmanager
+async def live_server(mesh: FakeMesh) -> AsyncIterator[str]:
+    """The app under real uvicorn on a free port, in this event loop; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        mesh.app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    server = _QuietServer(config)
+    task = asyncio.ensure_future(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until `condition()` holds: settlement finishes just after the response does."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
