@@ -124,6 +124,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(description="Unix time the model was released.")
     owned_by: str
+    # Not in OpenAI's shape; says which weights speak (e.g. int8-derived precision).
+    description: str = ""
 
 
 class ModelList(BaseModel):

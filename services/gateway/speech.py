@@ -45,6 +45,7 @@ from services.gateway.clients import (
     Hold,
     HoldState,
     LedgerClient,
+    Model,
     Principal,
     SynthesisRequest,
     UpstreamError,
@@ -213,9 +214,9 @@ class SpeechService:
             raise
         return SpeechDelivery(stream, first, order, charge, self._settler)
 
-    async def model_names(self) -> list[str]:
+    async def models(self) -> list[Model]:
         try:
-            return await self._catalog.model_names()
+            return await self._catalog.models()
         except UpstreamError as error:
             raise api_error(error) from error
 

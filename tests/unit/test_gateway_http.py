@@ -253,8 +253,10 @@ async def test_models_in_openai_list_shape_with_aliases(mesh: FakeMesh) -> None:
     assert body["object"] == "list"
     assert [m["id"] for m in body["data"]] == ["kokoro", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
     for model in body["data"]:
-        assert set(model) == {"id", "object", "created", "owned_by"}
+        assert set(model) == {"id", "object", "created", "owned_by", "description"}
         assert model["object"] == "model" and isinstance(model["created"], int)
+        # Which weights speak is the synth's to say; the gateway passes it on for every alias.
+        assert model["description"] == body["data"][0]["description"] != ""
 
 
 async def test_voices_are_listed_and_cached(mesh: FakeMesh) -> None:

@@ -21,10 +21,12 @@ OWNED_BY = "kokoro-pay"
     responses=error_responses(401, 502, 503, 504),
 )
 async def list_models(_: CurrentPrincipal, service: Service) -> ModelList:
-    names = await service.model_names()
-    return ModelList(
-        data=[ModelCard(id=name, created=MODEL_CREATED, owned_by=OWNED_BY) for name in names]
-    )
+    cards = [
+        ModelCard(id=name, created=MODEL_CREATED, owned_by=OWNED_BY, description=model.description)
+        for model in await service.models()
+        for name in (model.id, *model.aliases)
+    ]
+    return ModelList(data=cards)
 
 
 @router.get(
