@@ -1,0 +1,119 @@
+"""Kokoro-82M on torch: KModel from local files, voices from their .pt tensors.
+
+Text chunking and G2P happen before this; the backend only maps phonemes and a voice mix to
+audio, as `KPipeline.infer` does, so one model serves every language.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from typing import Literal
+
+import numpy as np
+import torch
+
+from services.synth.engine.backend import Samples
+from services.synth.models import SAMPLE_RATE
+from services.synth.voices import VoiceMix
+from services.synth.weights.layout import WeightsPaths
+
+_log = logging.getLogger("synth.engine")
+
+# KModel wants a repo id even with local files; it is never contacted.
+_REPO_ID = "hexgrad/Kokoro-82M"
+# Blended voice tensors kept, so a popular blend is mixed once.
+_BLEND_CACHE_SIZE = 64
+
+
+def choose_device(requested: Literal["auto", "cpu", "cuda"]) -> str:
+    """auto: CUDA when torch sees a GPU. Asking for CUDA without one is a start-up error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("SYNTH_DEVICE=cuda but torch sees no CUDA device")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+class KokoroBackend:
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, weights: WeightsPaths, device: str, torch_threads: int = 0) -> None:
+        self._weights = weights
+        self._device = device
+        self._torch_threads = torch_threads
+        self._model: torch.nn.Module | None = None
+        self._voices: dict[str, torch.Tensor] = {}
+        self._blends: OrderedDict[tuple[tuple[str, float], ...], torch.Tensor] = OrderedDict()
+        self._blends_lock = threading.Lock()
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def voice_names(self) -> list[str]:
+        return self._weights.voice_names
+
+    def load(self) -> None:
+        # Only local files: a hub lookup here would hang a pod without network.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from kokoro import KModel
+        from loguru import logger
+
+        logger.disable("kokoro")
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
+        with warnings.catch_warnings():
+            # KModel's own construction warns about its LSTM dropout and torch's weight_norm
+            # deprecation: nothing an operator can act on.
+            warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+            model = KModel(
+                repo_id=_REPO_ID,
+                config=str(self._weights.config_path),
+                model=str(self._weights.model_path),
+            )
+        self._model = model.to(self._device).eval()
+        for name in self._weights.voice_names:
+            pack = torch.load(self._weights.voice_path(name), map_location="cpu", weights_only=True)
+            self._voices[name] = pack.to(self._device)
+        _log.info(
+            "model loaded",
+            extra={
+                "device": self._device,
+                "voices": len(self._voices),
+                "torch_threads": torch.get_num_threads(),
+                "precision": self._weights.manifest.precision,
+            },
+        )
+
+    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Samples:
+        if self._model is None:
+            raise RuntimeError("generate() before load()")
+        pack = self._pack(voice)
+        with torch.inference_mode():
+            # The voice holds one style per input length: pick the one for this chunk.
+            audio = self._model(phonemes, pack[len(phonemes) - 1], speed)
+        return np.asarray(audio.float().numpy(), dtype=np.float32).reshape(-1)
+
+    def _pack(self, voice: VoiceMix) -> torch.Tensor:
+        if len(voice.components) == 1:
+            return self._voices[voice.components[0][0]]
+        key = voice.components
+        with self._blends_lock:
+            cached = self._blends.get(key)
+            if cached is not None:
+                self._blends.move_to_end(key)
+                return cached
+        blend = sum(
+            (self._voices[name] * weight for name, weight in voice.components),
+            start=torch.zeros_like(self._voices[voice.components[0][0]]),
+        )
+        with self._blends_lock:
+            self._blends[key] = blend
+            while len(self._blends) > _BLEND_CACHE_SIZE:
+                self._blends.popitem(last=False)
+        return blend

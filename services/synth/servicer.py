@@ -1,0 +1,178 @@
+"""SynthService over gRPC: validate, resolve the voice, stream encoded chunks as they are spoken."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import grpc
+from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
+
+from services.common.errors import abort
+from services.synth.audio.encoders import AudioFormat, StreamEncoder, open_encoder
+from services.synth.engine.manager import EngineManager, GeneratedChunk, SynthesisCancelled
+from services.synth.models import UnknownModelError, model_info, resolve_model
+from services.synth.voices import VoiceError, VoiceKind
+
+_log = logging.getLogger("synth.rpc")
+
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+
+_FORMATS: dict[int, AudioFormat] = {
+    synth_pb2.AUDIO_FORMAT_UNSPECIFIED: AudioFormat.MP3,
+    synth_pb2.AUDIO_FORMAT_MP3: AudioFormat.MP3,
+    synth_pb2.AUDIO_FORMAT_OPUS: AudioFormat.OPUS,
+    synth_pb2.AUDIO_FORMAT_AAC: AudioFormat.AAC,
+    synth_pb2.AUDIO_FORMAT_FLAC: AudioFormat.FLAC,
+    synth_pb2.AUDIO_FORMAT_WAV: AudioFormat.WAV,
+    synth_pb2.AUDIO_FORMAT_PCM: AudioFormat.PCM,
+}
+_VOICE_KINDS = {
+    VoiceKind.BUILTIN: synth_pb2.VOICE_KIND_BUILTIN,
+    VoiceKind.ALIAS: synth_pb2.VOICE_KIND_ALIAS,
+    VoiceKind.BLEND: synth_pb2.VOICE_KIND_BLEND,
+}
+
+
+class SynthServicer(synth_pb2_grpc.SynthServiceServicer):
+    def __init__(self, engine: EngineManager, *, max_input_chars: int, precision: str) -> None:
+        self._engine = engine
+        self._max_input_chars = max_input_chars
+        self._model = model_info(precision)
+
+    async def Synthesize(
+        self, request: synth_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[synth_pb2.AudioChunk]:
+        text = request.text
+        if not text.strip():
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "text is empty")
+        if len(text) > self._max_input_chars:
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"text has {len(text)} characters; this server takes at most "
+                f"{self._max_input_chars} per request",
+                reason="INPUT_TOO_LONG",
+            )
+        speed = request.speed or 1.0
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"speed {request.speed:g} is outside {MIN_SPEED}–{MAX_SPEED}",
+            )
+        audio_format = _FORMATS.get(request.format)
+        if audio_format is None:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown format {request.format}"
+            )
+        try:
+            model = resolve_model(request.model)
+            voice = self._engine.catalog.resolve(request.voice)
+        except (UnknownModelError, VoiceError) as error:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+        started = time.perf_counter()
+        first_chunk_ms: float | None = None
+        cancelled = SynthesisCancelled()
+        # Fires however the RPC ends (client cancel, deadline, disconnect): the worker stops.
+        context.add_done_callback(lambda _: cancelled.set())
+        encoder = open_encoder(audio_format, self._engine.sample_rate)
+        sample_rate = self._engine.sample_rate
+        samples_sent = 0
+        sequence = 0
+        chunks = self._engine.stream(text, voice, speed, cancelled)
+        async with aclosing(chunks):
+            async for chunk in _reporting_failures(chunks, context):
+                if not len(chunk.audio) and not chunk.is_last:
+                    continue  # a chunk of bare punctuation says nothing
+                audio = await _encode(encoder, chunk)
+                message = synth_pb2.AudioChunk(
+                    audio=audio,
+                    sequence=sequence,
+                    start_seconds=samples_sent / sample_rate,
+                    duration_seconds=len(chunk.audio) / sample_rate,
+                    characters_consumed=chunk.text_end,
+                )
+                samples_sent += len(chunk.audio)
+                sequence += 1
+                if chunk.is_last:
+                    message.summary.CopyFrom(
+                        synth_pb2.SynthesisSummary(
+                            characters=len(text),
+                            audio_seconds=samples_sent / sample_rate,
+                            voice=voice.expression,
+                            model=model,
+                        )
+                    )
+                if first_chunk_ms is None:
+                    first_chunk_ms = (time.perf_counter() - started) * 1e3
+                yield message
+        _log.info(
+            "synthesized %d characters, %.2f s of audio",
+            len(text),
+            samples_sent / sample_rate,
+            extra={
+                "voice": voice.expression,
+                "format": audio_format.value,
+                "chunks": sequence,
+                "first_chunk_ms": round(first_chunk_ms or 0.0, 1),
+                "total_ms": round((time.perf_counter() - started) * 1e3, 1),
+            },
+        )
+
+    async def ListVoices(
+        self, request: synth_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
+    ) -> synth_pb2.ListVoicesResponse:
+        return synth_pb2.ListVoicesResponse(
+            voices=[
+                synth_pb2.Voice(
+                    id=entry.id,
+                    language=entry.language,
+                    gender=entry.gender,
+                    kind=_VOICE_KINDS[entry.kind],
+                    target=entry.target,
+                )
+                for entry in self._engine.catalog.entries()
+            ]
+        )
+
+    async def ListModels(
+        self, request: synth_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> synth_pb2.ListModelsResponse:
+        info = self._model
+        return synth_pb2.ListModelsResponse(
+            models=[
+                synth_pb2.Model(
+                    id=info.id,
+                    aliases=list(info.aliases),
+                    description=info.description,
+                    sample_rate=info.sample_rate,
+                )
+            ]
+        )
+
+
+async def _reporting_failures(
+    chunks: AsyncIterator[GeneratedChunk], context: grpc.aio.ServicerContext
+) -> AsyncIterator[GeneratedChunk]:
+    """The chunks, with a model failure ended as INTERNAL (logged with its traceback)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception:
+        _log.exception("synthesis failed")
+        await abort(context, grpc.StatusCode.INTERNAL, "synthesis failed")
+
+
+async def _encode(encoder: StreamEncoder, chunk: GeneratedChunk) -> bytes:
+    """This chunk's bytes (and the stream's tail on the last), encoded off the event loop."""
+
+    def encode() -> bytes:
+        data = encoder.encode(chunk.audio) if len(chunk.audio) else b""
+        return data + encoder.finish() if chunk.is_last else data
+
+    return await asyncio.to_thread(encode)

@@ -1,0 +1,48 @@
+"""synth's settings, from `SYNTH_*` environment variables, built once in `main()`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+# Kokoro's voice tensors hold one style vector per input length, 1..510 phonemes: no chunk may
+# be longer, whatever the settings say.
+MODEL_MAX_PHONEMES = 510
+
+
+class SynthSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="SYNTH_", extra="ignore", frozen=True)
+
+    port: int = Field(default=50053, ge=1, le=65535)
+    # A folder in hexgrad's layout (config.json, kokoro-v1_0.pth, voices/*.pt); unset means the
+    # weights `make weights` resolved under .data/weights.
+    weights_dir: Path | None = None
+    # auto: CUDA when torch sees a GPU, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Syntheses running at once; further requests wait for a slot. One uses every CPU core.
+    max_concurrent: int = Field(default=1, ge=1, le=64)
+    # torch intra-op threads; 0 keeps torch's default (one per core).
+    torch_threads: int = Field(default=0, ge=0, le=256)
+    # Longer inputs are refused with RESOURCE_EXHAUSTED.
+    max_input_chars: int = Field(default=20_000, ge=1, le=1_000_000)
+    # Phoneme budget of the first chunk: small, so the first audio comes fast.
+    first_chunk_phonemes: int = Field(default=50, ge=10, le=MODEL_MAX_PHONEMES)
+    # Budget the later chunks grow to (doubling from the first): the model's best length.
+    chunk_phonemes: int = Field(default=200, ge=10, le=MODEL_MAX_PHONEMES)
+    # Chunks the model may run ahead of the stream's consumer; bounds memory for slow clients.
+    lookahead_chunks: int = Field(default=1, ge=1, le=16)
+    # Synthesize a sentence at start-up so the first request does not pay for lazy setup.
+    warm_up: bool = True
+
+    @field_validator("chunk_phonemes")
+    @classmethod
+    def _not_below_the_first_chunk(cls, value: int, info: ValidationInfo) -> int:
+        first = info.data.get("first_chunk_phonemes")
+        if first is not None and value < first:
+            raise ValueError(f"must be at least SYNTH_FIRST_CHUNK_PHONEMES ({first})")
+        return value

@@ -1,0 +1,1 @@
+"""Text to phoneme chunks: normalize, split at sentences and clauses, phonemize, pack."""

@@ -1,0 +1,41 @@
+"""synth's settings: defaults, the SYNTH_ prefix, and refusals of budgets that cannot work."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.synth.settings import MODEL_MAX_PHONEMES, SynthSettings
+
+
+def test_defaults() -> None:
+    settings = SynthSettings()
+    assert settings.port == 50053 and settings.device == "auto"
+    assert settings.max_concurrent == 1 and settings.max_input_chars == 20_000
+    assert (settings.first_chunk_phonemes, settings.chunk_phonemes) == (50, 200)
+
+
+def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNTH_DEVICE", "cpu")
+    monkeypatch.setenv("SYNTH_MAX_CONCURRENT", "4")
+    monkeypatch.setenv("SYNTH_FIRST_CHUNK_PHONEMES", "80")
+    settings = SynthSettings()
+    assert (settings.device, settings.max_concurrent, settings.first_chunk_phonemes) == (
+        "cpu",
+        4,
+        80,
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"chunk_phonemes": MODEL_MAX_PHONEMES + 1},
+        {"first_chunk_phonemes": 300, "chunk_phonemes": 200},
+        {"device": "tpu"},
+        {"max_concurrent": 0},
+    ],
+)
+def test_impossible_values_are_refused(values: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        SynthSettings(**values)  # type: ignore[arg-type]
