@@ -29,10 +29,6 @@ def _secret_or_exit(value: SecretStr | None, env_name: str, file_name: str) -> s
 def main() -> None:
     settings = load_settings(AuthSettings)
     configure_logging("auth", settings.log_level)
-    if not settings.database_url:
-        sys.exit("error: auth needs DATABASE_URL (a PostgreSQL connection URL)")
-    if settings.pool_min_size > settings.pool_max_size:
-        sys.exit("error: AUTH_POOL_MIN_SIZE must not exceed AUTH_POOL_MAX_SIZE")
     operator_token = _secret_or_exit(
         settings.operator_token,
         "KOKOROPAY_OPERATOR_TOKEN",

@@ -7,12 +7,11 @@ everything but VerifyKey, including any method added later unless it is listed a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
 
 import grpc
-from google.protobuf import timestamp_pb2
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from services.auth import ids
@@ -27,6 +26,7 @@ from services.auth.store import (
     KeyNotFound,
 )
 from services.common.errors import abort
+from services.common.timestamps import timestamp
 
 SERVICE_NAME: str = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 # Callable without operator credentials: the gateway verifies customers' keys.
@@ -40,6 +40,7 @@ ADMIN_METHODS = (
 )
 
 DOMAIN = "auth.kokoropay"
+_log = logging.getLogger("auth.servicer")
 MAX_NAME_LENGTH = 64
 
 
@@ -185,22 +186,24 @@ async def _check_account_id(context: grpc.aio.ServicerContext, account_id: str) 
 
 @asynccontextmanager
 async def _database(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """An unreachable database is UNAVAILABLE (retryable), not an UNKNOWN crash."""
+    """An unreachable database is UNAVAILABLE (retryable); any other failure is INTERNAL.
+
+    The database's own words (SQL, constraint names) stay in the log, next to the request id.
+    """
     try:
         yield
     except DatabaseUnavailable:
         await abort(context, grpc.StatusCode.UNAVAILABLE, "the auth database is unavailable")
-
-
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        _log.exception("auth request failed")
+        await abort(context, grpc.StatusCode.INTERNAL, "the auth service failed; see its logs")
 
 
 def _account_message(account: Account) -> auth_pb2.Account:
     return auth_pb2.Account(
-        id=account.id, name=account.name, create_time=_timestamp(account.create_time)
+        id=account.id, name=account.name, create_time=timestamp(account.create_time)
     )
 
 
@@ -210,8 +213,8 @@ def _key_message(key: ApiKey) -> auth_pb2.ApiKey:
         account_id=key.account_id,
         name=key.name,
         prefix=key.prefix,
-        create_time=_timestamp(key.create_time),
+        create_time=timestamp(key.create_time),
     )
     if key.revoke_time is not None:
-        message.revoke_time.CopyFrom(_timestamp(key.revoke_time))
+        message.revoke_time.CopyFrom(timestamp(key.revoke_time))
     return message

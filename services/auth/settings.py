@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -12,8 +12,8 @@ class AuthSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore", frozen=True)
 
     port: int = Field(default=50051, ge=1, le=65535)
-    # Required; checked in main() so the message names DATABASE_URL, not AUTH_DATABASE_URL.
-    database_url: str = Field(default="", validation_alias="DATABASE_URL")
+    # A PostgreSQL connection URL. Required.
+    database_url: str = Field(validation_alias="DATABASE_URL", min_length=1)
     # VerifyKey runs on every gateway request; a few warm connections keep it one round trip.
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=10, ge=1, le=100)
@@ -25,3 +25,9 @@ class AuthSettings(ServiceSettings):
     operator_token: SecretStr | None = Field(
         default=None, validation_alias="KOKOROPAY_OPERATOR_TOKEN"
     )
+
+    @model_validator(mode="after")
+    def _pool_sizes_agree(self) -> AuthSettings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("AUTH_POOL_MIN_SIZE exceeds AUTH_POOL_MAX_SIZE")
+        return self

@@ -20,6 +20,7 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from services.auth import ids
+from services.common.postgres import open_pool
 
 SCHEMA = "auth"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -72,24 +73,31 @@ _KEY_COLUMNS = "id, account_id, name, prefix, create_time, revoke_time"
 
 class AuthStore:
     def __init__(self, dsn: str, *, min_size: int, max_size: int, acquire_timeout: float) -> None:
-        self._pool = AsyncConnectionPool(
-            dsn,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=acquire_timeout,
-            kwargs={"autocommit": True},
-            open=False,
-        )
+        self._dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._acquire_timeout = acquire_timeout
+        self._pool: AsyncConnectionPool | None = None
 
     async def open(self) -> None:
         """Fill the pool; fails fast with the server's message when the database is unreachable."""
-        await self._pool.open(wait=True, timeout=15)
+        self._pool = await open_pool(
+            self._dsn,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            autocommit=True,
+            timeout=self._acquire_timeout,
+            application_name="kokoropay-auth",
+        )
 
     async def close(self) -> None:
-        await self._pool.close()
+        if self._pool is not None:
+            await self._pool.close()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        if self._pool is None:
+            raise RuntimeError("AuthStore.open() has not run")
         try:
             async with self._pool.connection() as conn:
                 yield conn

@@ -64,11 +64,26 @@ class AdminClient:
     async def create_account(
         self, name: str, credits: int = 0, unlimited: bool = False
     ) -> tuple[auth_pb2.Account, ledger_pb2.GetBalanceResponse]:
-        account = (
-            await self.auth.CreateAccount(
+        """Create the account in auth, open its balance, grant the opening credits.
+
+        Resumable: when the name already exists (a run that stopped after auth, or a repeat),
+        that account is opened again, which the ledger treats as a no-op, and the opening
+        grant, keyed on the account id, adds nothing the second time.
+        """
+        try:
+            response = await self.auth.CreateAccount(
                 auth_pb2.CreateAccountRequest(name=name), metadata=self._metadata
             )
-        ).account
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            account = (
+                await self.auth.GetAccount(
+                    auth_pb2.GetAccountRequest(name=name), metadata=self._metadata
+                )
+            ).account
+        else:
+            account = response.account
         balance = (
             await self.ledger.OpenAccount(
                 ledger_pb2.OpenAccountRequest(account_id=account.id), metadata=self._metadata

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from services.cli import envoy_config
 from services.cli.admin import AdminClient
 from services.common.settings import DATA_DIR, read_secret
 
@@ -106,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     account = commands.add_parser("account", help="manage accounts").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    create = account.add_parser("create", help="create an account with optional credits")
+    create = account.add_parser(
+        "create",
+        help="create an account with optional credits; re-running it for an existing name "
+        "finishes an interrupted creation and grants the opening credits only once",
+    )
     create.add_argument("name")
     create.add_argument("--credits", type=_non_negative_int, default=0)
     create.add_argument("--unlimited", action="store_true", help="never refuse its requests")
@@ -139,12 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     balance.add_argument("account", help="account name or id")
     balance.set_defaults(handler=show_balance)
 
-    try:
-        from services.cli import envoy_config
-    except ImportError:  # written alongside; absent in a partial checkout
-        pass
-    else:
-        envoy_config.add_parser(commands)
+    envoy_config.add_parser(commands)
     return parser
 
 

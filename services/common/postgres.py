@@ -24,21 +24,30 @@ async def open_pool(
     max_size: int = 10,
     autocommit: bool = False,
     timeout: float = 30.0,
+    application_name: str | None = None,
 ) -> AsyncConnectionPool:
     """An open pool; fails fast with the server's message when the database is unreachable.
 
     `autocommit` suits stores whose reads are single statements (no BEGIN/COMMIT round trips);
-    they open explicit transactions where several statements must agree.
+    they open explicit transactions where several statements must agree. `timeout` bounds the
+    wait for a free connection; `application_name` labels the sessions in pg_stat_activity.
     """
+    kwargs: dict[str, object] = {"autocommit": autocommit}
+    if application_name is not None:
+        kwargs["application_name"] = application_name
     pool = AsyncConnectionPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         open=False,
         timeout=timeout,
-        kwargs={"autocommit": autocommit},
+        kwargs=kwargs,
     )
-    await pool.open(wait=True, timeout=15)
+    try:
+        await pool.open(wait=True, timeout=15)
+    except BaseException:
+        await pool.close()  # its workers keep retrying otherwise
+        raise
     return pool
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pydantic import Field, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # `.data/` at the repository root holds the local run's database, secrets and weights.
@@ -43,10 +44,16 @@ def load_settings(settings_type: type[S]) -> S:
     try:
         return settings_type()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{_env_name(settings_type, err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(settings_type, err) for err in exc.errors())
         sys.exit(f"error: invalid settings: {problems}")
+
+
+def _problem(settings_type: type[BaseSettings], error: ErrorDetails) -> str:
+    """One error as `VARIABLE: what is wrong`; a cross-field check names its variables itself."""
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:
+        return message
+    return f"{_env_name(settings_type, error['loc'])}: {message}"
 
 
 def _env_name(settings_type: type[BaseSettings], loc: tuple[int | str, ...]) -> str:

@@ -1,8 +1,9 @@
 """What synth speaks with, cached: voices and models, for listing and for validating requests.
 
 A request naming an unknown voice or model is refused here, before anything is reserved. The
-cache is refreshed after `ttl` seconds by one caller while the others keep using the old lists;
-when synth cannot be reached the old lists are served rather than none.
+cache is refreshed after `ttl` seconds by one fetch while callers keep using the old lists;
+when synth cannot be reached the old lists are served rather than none, and synth is not asked
+again for a few seconds. With nothing cached yet, concurrent callers share one fetch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ T = TypeVar("T")
 # synth's blend grammar (services/synth/voices.py): `name` or `name(weight)` joined by `+`.
 _COMPONENT = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(?:\(\s*([0-9]*\.?[0-9]+)\s*\))?\s*$")
 _MAX_COMPONENTS = 8
+# After a failed refresh the old lists are served this long before synth is asked again.
+RETRY_AFTER_SECONDS = 5.0
 
 
 @dataclass
@@ -30,27 +33,51 @@ class _Entry(Generic[T]):
 
 
 class _Cached(Generic[T]):
-    def __init__(self, fetch: Callable[[], Awaitable[T]], ttl: float) -> None:
+    """One fetch at a time; a stale value is served while it runs and after it fails."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[T]],
+        ttl: float,
+        *,
+        retry_after: float = RETRY_AFTER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._fetch = fetch
         self._ttl = ttl
+        self._retry_after = retry_after
+        self._clock = clock
         self._entry: _Entry[T] | None = None
-        self._lock = asyncio.Lock()
+        self._retry_at = float("-inf")
+        self._refreshing: asyncio.Future[T] | None = None
 
     async def get(self) -> T:
         entry = self._entry
-        if entry is not None and time.monotonic() - entry.fetched_at < self._ttl:
-            return entry.value
-        async with self._lock:
-            if self._entry is not entry and self._entry is not None:
-                return self._entry.value  # another caller refreshed it meanwhile
-            try:
-                value = await self._fetch()
-            except Exception:
-                if entry is None:
-                    raise
+        if entry is not None:
+            now = self._clock()
+            fresh = now - entry.fetched_at < self._ttl
+            if fresh or now < self._retry_at or self._refreshing is not None:
                 return entry.value
-            self._entry = _Entry(value, time.monotonic())
-            return value
+        if self._refreshing is None:
+            refreshing = asyncio.ensure_future(self._refresh())
+            # Retrieve a failure nobody awaits any more (its callers were cancelled).
+            refreshing.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._refreshing = refreshing
+        # Shielded: a caller that gives up does not cancel the fetch the others wait on.
+        return await asyncio.shield(self._refreshing)
+
+    async def _refresh(self) -> T:
+        try:
+            value = await self._fetch()
+        except Exception:
+            self._retry_at = self._clock() + self._retry_after
+            if self._entry is None:
+                raise
+            return self._entry.value
+        finally:
+            self._refreshing = None
+        self._entry = _Entry(value, self._clock())
+        return value
 
 
 class Catalog:

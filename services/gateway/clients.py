@@ -66,6 +66,10 @@ class Hold:
     id: str
     amount: int
     state: HoldState
+    # Credits a Capture spent (at most `amount`); 0 unless captured.
+    captured: int = 0
+    # Reserve found the hold its key had placed before, rather than placing it now.
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,9 @@ class LedgerClient(Protocol):
         self, account_id: str, amount: int, idempotency_key: str, ttl_seconds: int
     ) -> Hold: ...
 
-    async def capture(self, hold_id: str) -> Hold: ...
+    async def capture(self, hold_id: str, amount: int | None = None) -> Hold:
+        """Spend `amount` credits of the hold (None: all) and return the rest, atomically."""
+        ...
 
     async def release(self, hold_id: str) -> Hold: ...
 
@@ -186,6 +192,9 @@ async def _call(service: str, call: Awaitable[T]) -> T:
         return await call
     except grpc.RpcError as error:
         raise _upstream_error(service, error) from error
+    except grpc.aio.UsageError as error:
+        # The channel was closed under the call (the gateway is shutting down).
+        raise UpstreamError(service, grpc.StatusCode.UNAVAILABLE, str(error)) from error
 
 
 async def _serving(channel: grpc.aio.Channel, timeout: float) -> bool:
@@ -198,11 +207,13 @@ async def _serving(channel: grpc.aio.Channel, timeout: float) -> bool:
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def _hold(message: ledger_pb2.Hold) -> Hold:
+def _hold(message: ledger_pb2.Hold, *, replayed: bool = False) -> Hold:
     return Hold(
         id=message.id,
         amount=message.amount,
         state=_HOLD_STATES.get(message.state, HoldState.HELD),
+        captured=message.captured_amount,
+        replayed=replayed,
     )
 
 
@@ -250,10 +261,10 @@ class GrpcLedgerClient:
             ttl_seconds=ttl_seconds,
         )
         response = await _call("ledger", self._stub.Reserve(request, timeout=self._timeout))
-        return _hold(response.hold)
+        return _hold(response.hold, replayed=response.replayed)
 
-    async def capture(self, hold_id: str) -> Hold:
-        request = ledger_pb2.CaptureRequest(hold_id=hold_id)
+    async def capture(self, hold_id: str, amount: int | None = None) -> Hold:
+        request = ledger_pb2.CaptureRequest(hold_id=hold_id, amount=amount or 0)
         response = await _call("ledger", self._stub.Capture(request, timeout=self._timeout))
         return _hold(response.hold)
 

@@ -23,18 +23,32 @@ class GatewaySettings(ServiceSettings):
     default_voice: str = Field(default="af_heart", min_length=1)
     # Deadline of each auth and ledger call: they are one indexed query each.
     rpc_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    # A hold must outlive the request it pays for, queueing for the model included; one that
-    # expires first is charged again at the end (see speech.py), never given away.
+    # Margin on every hold's deadline beyond the request's own longest run (see
+    # hold_ttl_seconds): settling, its retries included, and clock skew.
     hold_ttl_base_seconds: int = Field(default=300, ge=1, le=6 * 3600)
-    # About four times the time a client playing the audio in real time takes per character.
+    # The longest a stream may take per input character once the first audio is out: about
+    # four times what a client playing the audio in real time takes.
     hold_ttl_per_char_seconds: float = Field(default=0.25, ge=0, le=60)
     # How long the first audio may take, waiting for a free model slot included.
     first_chunk_timeout_seconds: float = Field(default=300.0, gt=0, le=3600)
     # Voices and models change only when synth is redeployed.
     catalog_ttl_seconds: float = Field(default=60.0, ge=0, le=86_400)
+    # Longest wait for the client to take one piece of the body; a client that stops reading
+    # longer is treated as gone (charged for what it received) and its synth slot freed.
+    send_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Budget of each health check behind /readyz.
     ready_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
 
     def hold_ttl_seconds(self, characters: int) -> int:
-        """Seconds the ledger keeps a hold for an input of `characters` code points."""
-        return self.hold_ttl_base_seconds + math.ceil(self.hold_ttl_per_char_seconds * characters)
+        """Seconds the ledger keeps a hold for an input of `characters` code points.
+
+        The hold must outlive the whole request: the wait for the first audio (model queue
+        included, up to first_chunk_timeout_seconds), then the longest stream for that input
+        (per_char * characters), then settlement (the base margin). A hold that still lapses is
+        charged anew at settlement, a last resort only.
+        """
+        return (
+            math.ceil(self.first_chunk_timeout_seconds)
+            + math.ceil(self.hold_ttl_per_char_seconds * characters)
+            + self.hold_ttl_base_seconds
+        )

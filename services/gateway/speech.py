@@ -8,18 +8,23 @@ Billing rules, in one place:
 - A request costs len(input) credits, counted in Unicode code points.
 - Everything that can be checked before Reserve is (length, voice, model, speed, format), so a
   bad request changes nothing.
-- The stream completed: the hold is captured. If the hold lapsed first (a very slow stream), the
-  amount is reserved and captured anew: the audio was delivered, so it is paid for.
-- Synthesis failed (our side): the hold is released, whatever was sent. Before the first byte
-  the client gets a 502; after it the connection is cut so the client sees a broken stream.
-- The client went away (its choice): the characters whose audio had been handed to it are
-  charged and the rest refunded; nothing is charged if no audio went out. Refunding everything
+- The stream completed: the hold is captured. The hold's deadline covers the whole request
+  (settings.hold_ttl_seconds); should it lapse anyway, the amount is reserved and captured anew
+  as a last resort: the audio was delivered, so it is paid for.
+- Synthesis failed, or the gateway cut the stream while shutting down (our side): the hold is
+  released, whatever was sent. Before the first byte the client gets a 502; after it the
+  connection is cut so the client sees a broken stream.
+- The client went away, or stopped reading for send_timeout_seconds (its choice): the characters
+  whose audio had been handed to it are charged and the rest refunded, in one ledger call
+  (Capture of part of the hold); nothing is charged if no audio went out. Refunding everything
   would let a client read all but the last sentence of a long text for free.
+- Settlement calls are retried with a short backoff, so a ledger restart does not make
+  delivered audio free; a hold left unsettled is returned by the ledger at its deadline.
 - Idempotency: without an `Idempotency-Key` header each request is its own ledger key,
   `req:<request id>`. With one, the ledger key is derived from it and the request's content, so
   a retry of the same request is charged at most once while the same key on other content is
   another purchase. A retry after a success is served again without a second charge; a retry
-  after a refund is charged (once).
+  after a refund is charged (once); a retry while the first is still running is a 409.
 """
 
 from __future__ import annotations
@@ -73,6 +78,11 @@ _AMBIGUOUS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
 _NOT_CAPTURABLE = frozenset({"HOLD_EXPIRED", "HOLD_RELEASED"})
 # Holds placed only to be captured at once.
 _SETTLE_HOLD_TTL_SECONDS = 60
+# Pauses between attempts of a request's Reserve: the client is waiting, so one quick retry.
+_RESERVE_RETRY_DELAYS: tuple[float, ...] = (0.0,)
+# Pauses between attempts of a settlement (about 8 s in all): enough to ride out a ledger
+# rolling restart, so completed audio is not left unpaid until the hold's deadline.
+SETTLE_RETRY_DELAYS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 class SynthesisInterrupted(Exception):
@@ -83,6 +93,10 @@ class Outcome(enum.Enum):
     COMPLETED = "completed"  # every piece was handed to the client
     FAILED = "failed"  # synthesis failed: our fault, full refund
     CLIENT_LEFT = "client_left"  # the client disconnected: pay for what it was given
+
+
+class ClientStalled(Exception):
+    """The client took no body piece for send_timeout_seconds: treated as having left."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,8 @@ class SpeechService:
         self._catalog = catalog
         self._settings = settings
         self._settler = Settler(upstreams.ledger)
+        # Deliveries started and not yet finished; drain() waits for them.
+        self._live: set[SpeechDelivery] = set()
 
     async def authenticate(self, key: str | None) -> Principal:
         if not key:
@@ -212,7 +228,13 @@ class SpeechService:
                     502, "speech synthesis did not start in time; nothing was charged"
                 ) from failure
             raise
-        return SpeechDelivery(stream, first, order, charge, self._settler)
+        delivery = SpeechDelivery(stream, first, order, charge, self._settler, self._live)
+        self._live.add(delivery)
+        return delivery
+
+    @property
+    def send_timeout_seconds(self) -> float:
+        return self._settings.send_timeout_seconds
 
     async def models(self) -> list[Model]:
         try:
@@ -226,22 +248,38 @@ class SpeechService:
         except UpstreamError as error:
             raise api_error(error) from error
 
-    async def drain(self) -> None:
-        """Wait for settlements still running (at shutdown)."""
+    async def drain(self, timeout: float = 10.0) -> None:
+        """At shutdown: let deliveries still running finish and settle, then wait for every
+        settlement. Deliveries not finished within `timeout` were cut by us: refunded."""
+        if self._live:
+            waits = [asyncio.ensure_future(d.finished.wait()) for d in self._live]
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for wait in pending:
+                wait.cancel()
+        for delivery in list(self._live):
+            delivery.server_stopped()
+            await delivery.finish()
         await self._settler.drain()
 
     async def _reserve(self, principal: Principal, order: SpeechOrder, ledger_key: str) -> Charge:
         ttl = self._settings.hold_ttl_seconds(order.characters)
 
+        attempts = 0
+
         def reserve(key: str) -> Callable[[], Awaitable[Hold]]:
-            return lambda: self._ledger.reserve(principal.account_id, order.characters, key, ttl)
+            async def call() -> Hold:
+                nonlocal attempts
+                attempts += 1
+                return await self._ledger.reserve(principal.account_id, order.characters, key, ttl)
+
+            return call
 
         try:
-            hold = await _idempotent(reserve(ledger_key))
+            hold = await _idempotent(reserve(ledger_key), _RESERVE_RETRY_DELAYS)
             if hold.state in (HoldState.RELEASED, HoldState.EXPIRED):
                 # This very request was refunded before; trying again is a new purchase.
                 ledger_key = f"{ledger_key}:{uuid.uuid4().hex[:12]}"
-                hold = await _idempotent(reserve(ledger_key))
+                hold = await _idempotent(reserve(ledger_key), _RESERVE_RETRY_DELAYS)
         except UpstreamError as error:
             if error.reason == "INSUFFICIENT_CREDITS" or error.code == grpc.StatusCode.NOT_FOUND:
                 raise ApiError(
@@ -250,6 +288,15 @@ class SpeechService:
                     "(one per character of input); top up your balance",
                 ) from error
             raise api_error(error) from error
+        # After a retried Reserve, a replayed hold may be the one our first attempt placed.
+        if hold.state == HoldState.HELD and hold.replayed and attempts == 1:
+            # The same request is being served right now (or its delivery has yet to settle):
+            # a second synthesis under that hold would deliver twice for one charge.
+            raise ApiError(
+                409,
+                "a request with this Idempotency-Key and content is still in progress; "
+                "retry once it has finished",
+            )
         if hold.state == HoldState.CAPTURED:
             _log.info("a paid request again: not charged twice", extra={"ledger_key": ledger_key})
             return Charge(principal.account_id, order.characters, ledger_key, hold_id=None)
@@ -269,6 +316,7 @@ class SpeechDelivery:
         order: SpeechOrder,
         charge: Charge,
         settler: Settler,
+        live: set[SpeechDelivery] | None = None,
     ) -> None:
         self._stream = stream
         self._first = first
@@ -278,6 +326,9 @@ class SpeechDelivery:
         self._delivered_characters = 0
         self._outcome: Outcome | None = None
         self._finished = False
+        self._live = live
+        # Set once finish() has settled the charge.
+        self.finished = asyncio.Event()
 
     @property
     def content_type(self) -> str:
@@ -302,9 +353,19 @@ class SpeechDelivery:
         self._stream.cancel()
         # No outcome recorded: the body was abandoned before its end, so the client left.
         outcome = self._outcome or Outcome.CLIENT_LEFT
-        await self._settler.settle(
-            self._charge, outcome, delivered_characters=self._delivered_characters
-        )
+        try:
+            await self._settler.settle(
+                self._charge, outcome, delivered_characters=self._delivered_characters
+            )
+        finally:
+            if self._live is not None:
+                self._live.discard(self)
+            self.finished.set()
+
+    def server_stopped(self) -> None:
+        """The gateway cut the response (shutdown): our failure, refunded, unless it was over."""
+        if self._outcome is None:
+            self._outcome = Outcome.FAILED
 
     async def _pieces(self) -> AsyncIterator[AudioPiece]:
         piece: AudioPiece | None = self._first
@@ -373,40 +434,40 @@ class Settler:
         charged = 0
         try:
             if outcome is Outcome.COMPLETED:
-                await self._capture(charge, hold_id)
+                await self._capture(charge, hold_id, charge.amount)
                 charged = charge.amount
             elif outcome is Outcome.CLIENT_LEFT and delivered_characters > 0:
+                # One ledger call spends the part delivered and returns the rest atomically.
                 charged = min(delivered_characters, charge.amount)
-                if charged == charge.amount:
-                    await self._capture(charge, hold_id)
-                else:
-                    await _idempotent(lambda: self._ledger.release(hold_id))
-                    await self._charge_anew(charge, f"{charge.ledger_key}:part", charged)
+                await self._capture(charge, hold_id, charged)
             else:
-                await _idempotent(lambda: self._ledger.release(hold_id))
+                await _idempotent(lambda: self._ledger.release(hold_id), SETTLE_RETRY_DELAYS)
         except UpstreamError as error:
             # The hold stays until its deadline, when the ledger returns the credits itself.
             _log.error("could not settle a hold: %s", error, extra=extra)
             return
         _log.info("settled: charged %d of %d credits", charged, charge.amount, extra=extra)
 
-    async def _capture(self, charge: Charge, hold_id: str) -> None:
+    async def _capture(self, charge: Charge, hold_id: str, amount: int) -> None:
+        part = None if amount >= charge.amount else amount
         try:
-            await _idempotent(lambda: self._ledger.capture(hold_id))
+            await _idempotent(lambda: self._ledger.capture(hold_id, part), SETTLE_RETRY_DELAYS)
         except UpstreamError as error:
             if error.reason not in _NOT_CAPTURABLE:
                 raise
+            # Last resort: the deadline covers the request, so this takes a stalled settlement.
             _log.warning("hold %s could not be captured (%s); charging anew", hold_id, error.reason)
-            await self._charge_anew(charge, f"{charge.ledger_key}:late", charge.amount)
+            await self._charge_anew(charge, f"{charge.ledger_key}:late", amount)
 
     async def _charge_anew(self, charge: Charge, ledger_key: str, amount: int) -> None:
         hold = await _idempotent(
             lambda: self._ledger.reserve(
                 charge.account_id, amount, ledger_key, _SETTLE_HOLD_TTL_SECONDS
-            )
+            ),
+            SETTLE_RETRY_DELAYS,
         )
         if hold.state == HoldState.HELD:
-            await _idempotent(lambda: self._ledger.capture(hold.id))
+            await _idempotent(lambda: self._ledger.capture(hold.id), SETTLE_RETRY_DELAYS)
 
 
 def synthesis_error(error: UpstreamError) -> ApiError:
@@ -418,13 +479,17 @@ def synthesis_error(error: UpstreamError) -> ApiError:
     return ApiError(502, "upstream synthesis error; any charge for this request was refunded")
 
 
-async def _idempotent(call: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await call()
-    except UpstreamError as error:
-        if error.code not in _AMBIGUOUS:
-            raise
-        return await call()
+async def _idempotent(call: Callable[[], Awaitable[T]], delays: tuple[float, ...]) -> T:
+    """`call()`, repeated after each of `delays` while it fails ambiguously."""
+    for delay in delays:
+        try:
+            return await call()
+        except UpstreamError as error:
+            if error.code not in _AMBIGUOUS:
+                raise
+            _log.warning("ledger call failed (%s); retrying in %.2fs", error.code.name, delay)
+        await asyncio.sleep(delay)
+    return await call()
 
 
 def _sse(data: str) -> bytes:

@@ -8,6 +8,7 @@ Refusals a caller branches on carry a google.rpc.ErrorInfo (domain "ledger.kokor
 | Release of a captured hold                | FAILED_PRECONDITION | HOLD_CAPTURED          |
 | Capture of a released hold                | FAILED_PRECONDITION | HOLD_RELEASED          |
 | Capture of an expired hold                | FAILED_PRECONDITION | HOLD_EXPIRED           |
+| Capture again, of another amount          | FAILED_PRECONDITION | HOLD_CAPTURED          |
 | idempotency key reused with another amount| ALREADY_EXISTS      | IDEMPOTENCY_KEY_REUSED |
 
 IDEMPOTENCY_KEY_REUSED is ALREADY_EXISTS rather than FAILED_PRECONDITION: retrying cannot help
@@ -21,19 +22,19 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 from services.common.errors import abort
+from services.common.timestamps import timestamp as _timestamp
 from services.ledger import validation
 from services.ledger.paging import decode_page_token, encode_page_token
 from services.ledger.store import (
     AccountNotFound,
     Balance,
+    CaptureExceedsHold,
     Entry,
     Hold,
     HoldClosed,
@@ -65,12 +66,6 @@ _ENTRY_KINDS = {
 }
 
 
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def balance_message(balance: Balance) -> ledger_pb2.GetBalanceResponse:
     return ledger_pb2.GetBalanceResponse(
         balance=balance.balance, held=balance.held, unlimited=balance.unlimited
@@ -86,6 +81,7 @@ def hold_message(hold: Hold) -> ledger_pb2.Hold:
         idempotency_key=hold.idempotency_key,
         expire_time=_timestamp(hold.expire_time),
         create_time=_timestamp(hold.create_time),
+        captured_amount=hold.captured or 0,
     )
 
 
@@ -106,7 +102,7 @@ async def _refuse(context: grpc.aio.ServicerContext, error: Exception) -> NoRetu
     """Abort the RPC with the status (and reason) the contract gives `error`."""
     message = str(error)
     match error:
-        case InvalidArgument():
+        case InvalidArgument() | CaptureExceedsHold():
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
         case AccountNotFound() | HoldNotFound():
             await abort(context, grpc.StatusCode.NOT_FOUND, message)
@@ -216,15 +212,19 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ttl_seconds = validation.hold_ttl(
             request.ttl_seconds, self._default_ttl_seconds, self._max_ttl_seconds
         )
-        hold, balance = await self._store.reserve(account_id, amount, key, ttl_seconds)
-        return ledger_pb2.ReserveResponse(hold=hold_message(hold), balance=balance_message(balance))
+        hold, balance, replayed = await self._store.reserve(account_id, amount, key, ttl_seconds)
+        return ledger_pb2.ReserveResponse(
+            hold=hold_message(hold), balance=balance_message(balance), replayed=replayed
+        )
 
     @_answers_refusals
     async def Capture(
         self, request: ledger_pb2.CaptureRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.CaptureResponse:
         hold_id = validation.require_id(request.hold_id, "hold_id")
-        return ledger_pb2.CaptureResponse(hold=hold_message(await self._store.capture(hold_id)))
+        amount = validation.capture_amount(request.amount)
+        hold = await self._store.capture(hold_id, amount)
+        return ledger_pb2.CaptureResponse(hold=hold_message(hold))
 
     @_answers_refusals
     async def Release(

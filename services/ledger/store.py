@@ -62,6 +62,8 @@ class Hold:
     idempotency_key: str
     expire_time: datetime
     create_time: datetime
+    # What Capture spent (1..amount) once captured; None in any other state.
+    captured: int | None
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,11 @@ class HoldClosed(LedgerError):
     def __init__(self, hold: Hold, action: str) -> None:
         super().__init__(f"cannot {action} hold {hold.id}: it is already {hold.state}")
         self.hold = hold
+
+
+class CaptureExceedsHold(LedgerError):
+    def __init__(self, hold: Hold, amount: int) -> None:
+        super().__init__(f"cannot capture {amount} credits of hold {hold.id}: it has {hold.amount}")
 
 
 class LedgerUnavailable(LedgerError):
@@ -272,6 +279,35 @@ SELECT closed.account_id, %(kind)s,
 FROM closed, credited
 """
 
+# Capture of `amount` credits (NULL: all of them). The part not spent goes back to the balance
+# (if the hold drew it) with a RELEASE entry after the CAPTURE one, so the balance stays the sum
+# of the non-CAPTURE entries. An amount above the hold's matches nothing and writes nothing.
+_CAPTURE_IF_HELD: LiteralString = """
+WITH closed AS (
+    UPDATE ledger.holds
+    SET state = 'captured', close_time = now(), captured = coalesce(%(amount)s, amount)
+    WHERE id = %(hold_id)s AND state = 'held' AND coalesce(%(amount)s, amount) <= amount
+    RETURNING id, account_id, amount, captured,
+              CASE WHEN drawn = 0 THEN 0 ELSE amount - captured END AS refund
+), credited AS (
+    UPDATE ledger.accounts a SET balance = a.balance + closed.refund, held = a.held - closed.amount
+    FROM closed
+    WHERE a.id = closed.account_id
+    RETURNING a.balance
+)
+INSERT INTO ledger.entries (account_id, kind, amount, balance_after, hold_id)
+SELECT account_id, kind, amount, balance_after, hold_id FROM (
+    SELECT 1 AS step, closed.account_id, 'capture' AS kind, closed.captured AS amount,
+           credited.balance - closed.refund AS balance_after, closed.id AS hold_id
+    FROM closed, credited
+    UNION ALL
+    SELECT 2, closed.account_id, 'release', closed.refund, credited.balance, closed.id
+    FROM closed, credited
+    WHERE closed.captured < closed.amount
+) written
+ORDER BY step
+"""
+
 _SET_UNLIMITED_IF_CHANGED: LiteralString = """
 WITH flagged AS (
     UPDATE ledger.accounts SET unlimited = %(unlimited)s
@@ -375,7 +411,8 @@ class LedgerStore:
 
     async def reserve(
         self, account_id: str, amount: int, key: str, ttl_seconds: int
-    ) -> tuple[Hold, Balance]:
+    ) -> tuple[Hold, Balance, bool]:
+        """The hold placed, or found for a repeated key (then True), and the balance after."""
         params = {
             "account_id": account_id,
             "amount": amount,
@@ -398,15 +435,32 @@ class LedgerStore:
             original = _hold(earlier[0])
             if original.amount != amount:
                 raise IdempotencyKeyReused(key, original.amount, amount)
-            return original, after
+            return original, after, True
         if not placed:
             raise InsufficientCredits(after.balance, amount)
-        return _hold(placed[0]), after
+        return _hold(placed[0]), after, False
 
-    async def capture(self, hold_id: str) -> Hold:
-        """The hold, captured now or before; HoldClosed if it was released or expired."""
-        hold = await self._close(hold_id, "captured")
-        if hold.state != "captured":
+    async def capture(self, hold_id: str, amount: int | None = None) -> Hold:
+        """The hold, captured now or before for `amount` (None: all of it), the rest returned.
+
+        HoldClosed if it was released or expired, or captured for another amount;
+        CaptureExceedsHold if `amount` is more than it holds.
+        """
+        params = {"hold_id": hold_id, "amount": amount}
+        _, expired, _, current = await self._run(
+            (_LOCK_ACCOUNT_OF_HOLD, params),
+            _expire_overdue(hold_id=hold_id),
+            (_CAPTURE_IF_HELD, params),
+            (_HOLD_BY_ID, params),
+        )
+        if not current:
+            raise HoldNotFound(hold_id)
+        hold = _hold(current[0])
+        self._log_expired(hold.account_id, expired)
+        wanted = hold.amount if amount is None else amount
+        if hold.state == "held":
+            raise CaptureExceedsHold(hold, wanted)
+        if hold.state != "captured" or hold.captured != wanted:
             raise HoldClosed(hold, "capture")
         return hold
 

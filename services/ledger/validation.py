@@ -47,6 +47,13 @@ def require_amount(value: int) -> int:
     return value
 
 
+def capture_amount(value: int) -> int | None:
+    """Credits a Capture spends: 0 means the whole hold (None); else positive."""
+    if value == 0:
+        return None
+    return require_amount(value)
+
+
 def hold_ttl(requested: int, default: int, maximum: int) -> int:
     """Seconds a hold lives: 0 asks for the server's default; above `maximum` is refused."""
     if requested == 0:

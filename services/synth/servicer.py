@@ -20,6 +20,9 @@ from services.synth.voices import VoiceError, VoiceKind
 _log = logging.getLogger("synth.rpc")
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
+# Well under gRPC's default 4 MiB receive limit: a long chunk of PCM/WAV at a slow speed
+# encodes to more than that, so its bytes travel in several messages.
+MAX_MESSAGE_AUDIO_BYTES = 1 << 20
 
 _FORMATS: dict[int, AudioFormat] = {
     synth_pb2.AUDIO_FORMAT_UNSPECIFIED: AudioFormat.MP3,
@@ -84,33 +87,45 @@ class SynthServicer(synth_pb2_grpc.SynthServiceServicer):
         sample_rate = self._engine.sample_rate
         samples_sent = 0
         sequence = 0
+        characters_sent = 0
         chunks = self._engine.stream(text, voice, speed, cancelled)
-        async with aclosing(chunks):
-            async for chunk in _reporting_failures(chunks, context):
-                if not len(chunk.audio) and not chunk.is_last:
-                    continue  # a chunk of bare punctuation says nothing
-                audio = await _encode(encoder, chunk)
-                message = synth_pb2.AudioChunk(
-                    audio=audio,
-                    sequence=sequence,
-                    start_seconds=samples_sent / sample_rate,
-                    duration_seconds=len(chunk.audio) / sample_rate,
-                    characters_consumed=chunk.text_end,
-                )
-                samples_sent += len(chunk.audio)
-                sequence += 1
-                if chunk.is_last:
-                    message.summary.CopyFrom(
-                        synth_pb2.SynthesisSummary(
-                            characters=len(text),
-                            audio_seconds=samples_sent / sample_rate,
-                            voice=voice.expression,
-                            model=model,
+        try:
+            async with aclosing(chunks):
+                async for chunk in _reporting_failures(chunks, context):
+                    if not len(chunk.audio) and not chunk.is_last:
+                        continue  # a chunk of bare punctuation says nothing
+                    audio = await _encode(encoder, chunk)
+                    chunk_start = samples_sent / sample_rate
+                    chunk_seconds = len(chunk.audio) / sample_rate
+                    pieces = split_audio(audio)
+                    for index, (offset, piece) in enumerate(pieces):
+                        last_piece = index == len(pieces) - 1
+                        share = len(piece) / len(audio) if audio else 1.0
+                        message = synth_pb2.AudioChunk(
+                            audio=piece,
+                            sequence=sequence,
+                            start_seconds=chunk_start + chunk_seconds * offset / max(len(audio), 1),
+                            duration_seconds=chunk_seconds * share,
+                            # Characters count as spoken once all of their audio has gone.
+                            characters_consumed=chunk.text_end if last_piece else characters_sent,
                         )
-                    )
-                if first_chunk_ms is None:
-                    first_chunk_ms = (time.perf_counter() - started) * 1e3
-                yield message
+                        sequence += 1
+                        if chunk.is_last and last_piece:
+                            message.summary.CopyFrom(
+                                synth_pb2.SynthesisSummary(
+                                    characters=len(text),
+                                    audio_seconds=(samples_sent + len(chunk.audio)) / sample_rate,
+                                    voice=voice.expression,
+                                    model=model,
+                                )
+                            )
+                        if first_chunk_ms is None:
+                            first_chunk_ms = (time.perf_counter() - started) * 1e3
+                        yield message
+                    samples_sent += len(chunk.audio)
+                    characters_sent = chunk.text_end
+        finally:
+            encoder.close()
         _log.info(
             "synthesized %d characters, %.2f s of audio",
             len(text),
@@ -166,6 +181,13 @@ async def _reporting_failures(
     except Exception:
         _log.exception("synthesis failed")
         await abort(context, grpc.StatusCode.INTERNAL, "synthesis failed")
+
+
+def split_audio(audio: bytes, limit: int = MAX_MESSAGE_AUDIO_BYTES) -> list[tuple[int, bytes]]:
+    """(offset, piece) pairs of at most `limit` bytes that concatenate to `audio`; one if empty."""
+    if not audio:
+        return [(0, b"")]
+    return [(offset, audio[offset : offset + limit]) for offset in range(0, len(audio), limit)]
 
 
 async def _encode(encoder: StreamEncoder, chunk: GeneratedChunk) -> bytes:

@@ -81,6 +81,15 @@ def test_a_repeated_grant_with_one_idempotency_key_adds_once(mesh: LocalMesh) ->
     assert "balance 40 credits" in kokoro_pay(mesh, "balance", "retrier").stdout
 
 
+def test_account_create_can_be_rerun_and_grants_the_opening_credits_once(
+    mesh: LocalMesh,
+) -> None:
+    for _ in range(2):
+        result = kokoro_pay(mesh, "account", "create", "resumed", "--credits", "70")
+        assert result.returncode == 0, result.stderr
+        assert "balance 70 credits" in result.stdout
+
+
 def test_unlimited_accounts_say_so(mesh: LocalMesh) -> None:
     result = kokoro_pay(mesh, "account", "create", "house", "--unlimited")
     assert result.returncode == 0, result.stderr

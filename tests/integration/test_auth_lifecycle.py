@@ -117,7 +117,12 @@ GOOD = {
 @pytest.mark.parametrize(
     ("overrides", "line", "needs_absent_file"),
     [
-        ({"DATABASE_URL": ""}, "error: auth needs DATABASE_URL", None),
+        ({"DATABASE_URL": ""}, "error: invalid settings: DATABASE_URL:", None),
+        (
+            {"AUTH_POOL_MIN_SIZE": "20", "AUTH_POOL_MAX_SIZE": "5"},
+            "error: invalid settings: AUTH_POOL_MIN_SIZE exceeds AUTH_POOL_MAX_SIZE",
+            None,
+        ),
         ({"AUTH_KEY_HASH_SECRET": "short"}, "error: the key hash secret must be at least", None),
         (
             {"AUTH_KEY_HASH_SECRET": ""},
@@ -130,7 +135,7 @@ GOOD = {
             "operator-token",
         ),
     ],
-    ids=["no database", "weak hash secret", "no hash secret", "no operator token"],
+    ids=["no database", "pool sizes", "weak hash secret", "no hash secret", "no operator token"],
 )
 def test_bad_configuration_stops_start_up_with_one_line(
     overrides: dict[str, str], line: str, needs_absent_file: str | None

@@ -6,6 +6,8 @@ import re
 import time
 
 from services.auth import ids
+from services.common.ids import is_id
+from services.ledger.ids import HOLD, new_hold_id
 
 
 def test_ids_name_their_kind_and_are_ulid_shaped() -> None:
@@ -30,3 +32,8 @@ def test_is_id_tells_kinds_and_junk_apart() -> None:
     assert not ids.is_id(ids.KEY, account)
     for junk in ("", "acct_", "acct_nope", account + "0", account.lower(), account[:-1] + "U"):
         assert not ids.is_id(ids.ACCOUNT, junk), junk
+
+
+def test_hold_ids_come_from_the_same_generator() -> None:
+    hold = new_hold_id()
+    assert is_id(HOLD, hold) and not ids.is_id(ids.KEY, hold)

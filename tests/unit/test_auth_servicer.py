@@ -18,10 +18,13 @@ from services.common.errors import error_reason
 HASHER = KeyHasher("unit-test-secret-long-enough")
 
 
-class Aborted(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, trailing_metadata: Any) -> None:
+class Aborted(grpc.aio.AbortError):
+    """What grpc.aio's context.abort raises, remembering the status."""
+
+    def __init__(self, code: grpc.StatusCode, trailing_metadata: Any, details: str = "") -> None:
         self._code = code
         self._trailing = trailing_metadata
+        self.details = details
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -32,7 +35,7 @@ class Aborted(grpc.RpcError):
 
 class Context:
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()):
-        raise Aborted(code, trailing_metadata)
+        raise Aborted(code, trailing_metadata, details)
 
 
 class RecordingStore:
@@ -134,3 +137,19 @@ def test_every_method_but_verify_key_is_admin_only() -> None:
 )
 def test_name_rules(name: str, required: bool, accepted: bool) -> None:
     assert (name_problem(name, required=required) is None) == accepted
+
+
+class BrokenStore:
+    async def get_account_by_name(self, name: str) -> Any:
+        raise RuntimeError('relation "auth.accounts" does not exist: SELECT id, name FROM ...')
+
+
+async def test_an_unexpected_store_failure_is_internal_without_the_database_words(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    servicer = AuthServicer(BrokenStore(), HASHER)  # type: ignore[arg-type]
+    with pytest.raises(Aborted) as aborted:
+        await servicer.GetAccount(auth_pb2.GetAccountRequest(name="acme"), Context())  # type: ignore[arg-type]
+    assert aborted.value.code() == grpc.StatusCode.INTERNAL
+    assert "SELECT" not in aborted.value.details and "auth.accounts" not in aborted.value.details
+    assert "SELECT" in caplog.text  # the details are logged

@@ -7,7 +7,7 @@ import pytest
 
 from services.common.settings import load_settings
 from services.gateway.catalog import Catalog
-from services.gateway.clients import UpstreamError
+from services.gateway.clients import UpstreamError, _call
 from services.gateway.errors import GRPC_TO_HTTP, http_status, should_retry
 from services.gateway.settings import GatewaySettings
 from tests.unit.test_gateway_fakes import FakeSynth
@@ -54,7 +54,9 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         "127.0.0.1:50053",
     )
     assert settings.max_input_chars == 4096
-    assert settings.hold_ttl_seconds(4096) == 300 + 1024
+    # The first-chunk wait, the longest stream for 4096 characters, then the settling margin.
+    assert settings.hold_ttl_seconds(4096) == 300 + 1024 + 300
+    assert settings.send_timeout_seconds == 30
 
 
 def test_a_bad_setting_stops_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,3 +91,13 @@ async def test_voice_expressions(voice: str, problem: str | None) -> None:
         assert found is None
     else:
         assert found is not None and problem in found
+
+
+async def test_a_call_on_a_closed_channel_is_an_upstream_error() -> None:
+    async def closed() -> None:
+        raise grpc.aio.UsageError("Channel is closed.")
+
+    with pytest.raises(UpstreamError) as caught:
+        await _call("ledger", closed())
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.service == "ledger"

@@ -71,9 +71,10 @@ class FakeHold:
     amount: int
     key: str
     state: HoldState = HoldState.HELD
+    captured: int = 0
 
-    def frozen(self) -> Hold:
-        return Hold(self.id, self.amount, self.state)
+    def frozen(self, *, replayed: bool = False) -> Hold:
+        return Hold(self.id, self.amount, self.state, self.captured, replayed)
 
 
 @dataclass
@@ -86,6 +87,8 @@ class FakeLedger:
     calls: list[tuple[str, ...]] = field(default_factory=list)
     # Status codes the next reserve calls fail with, before doing anything.
     reserve_failures: list[grpc.StatusCode] = field(default_factory=list)
+    # Status codes the next capture calls fail with, before doing anything.
+    capture_failures: list[grpc.StatusCode] = field(default_factory=list)
     # The next hold to be captured has "expired" first.
     expire_before_capture: bool = False
     request_ids: list[str] = field(default_factory=list)
@@ -99,7 +102,7 @@ class FakeLedger:
         return [h for h in self.holds.values() if h.state == HoldState.HELD]
 
     def captured(self) -> int:
-        return sum(h.amount for h in self.holds.values() if h.state == HoldState.CAPTURED)
+        return sum(h.captured for h in self.holds.values() if h.state == HoldState.CAPTURED)
 
     async def get_balance(self, account_id: str) -> Balance:
         self.calls.append(("get_balance", account_id))
@@ -120,11 +123,11 @@ class FakeLedger:
                 if hold.amount != amount:
                     raise UpstreamError(
                         "ledger",
-                        grpc.StatusCode.FAILED_PRECONDITION,
+                        grpc.StatusCode.ALREADY_EXISTS,
                         "key reused",
                         "IDEMPOTENCY_KEY_REUSED",
                     )
-                return hold.frozen()
+                return hold.frozen(replayed=True)
         if account_id not in self.balances:
             raise UpstreamError("ledger", grpc.StatusCode.NOT_FOUND, "no such account")
         unlimited = account_id in self.unlimited
@@ -141,16 +144,31 @@ class FakeLedger:
         self.holds[hold.id] = hold
         return hold.frozen()
 
-    async def capture(self, hold_id: str) -> Hold:
-        self.calls.append(("capture", hold_id))
+    async def capture(self, hold_id: str, amount: int | None = None) -> Hold:
+        self.calls.append(
+            ("capture", hold_id) if amount is None else ("capture", hold_id, str(amount))
+        )
+        if self.capture_failures:
+            raise UpstreamError("ledger", self.capture_failures.pop(0), "injected failure")
         hold = self.holds[hold_id]
+        wanted = hold.amount if amount is None else amount
+        if not 0 < wanted <= hold.amount:
+            raise UpstreamError("ledger", grpc.StatusCode.INVALID_ARGUMENT, "bad amount")
         if self.expire_before_capture and hold.state == HoldState.HELD:
             self.expire_before_capture = False  # this hold only
             self._refund(hold, HoldState.EXPIRED)
         if hold.state in (HoldState.RELEASED, HoldState.EXPIRED):
             reason = "HOLD_RELEASED" if hold.state == HoldState.RELEASED else "HOLD_EXPIRED"
             raise UpstreamError("ledger", grpc.StatusCode.FAILED_PRECONDITION, reason, reason)
-        hold.state = HoldState.CAPTURED
+        if hold.state == HoldState.CAPTURED:
+            if hold.captured != wanted:
+                raise UpstreamError(
+                    "ledger", grpc.StatusCode.FAILED_PRECONDITION, "captured", "HOLD_CAPTURED"
+                )
+            return hold.frozen()
+        # The part not spent goes back, in the same step.
+        self._refund(hold, HoldState.CAPTURED, hold.amount - wanted)
+        hold.captured = wanted
         return hold.frozen()
 
     async def release(self, hold_id: str) -> Hold:
@@ -167,10 +185,10 @@ class FakeLedger:
     async def ready(self) -> bool:
         return self.serving
 
-    def _refund(self, hold: FakeHold, state: HoldState) -> None:
+    def _refund(self, hold: FakeHold, state: HoldState, amount: int | None = None) -> None:
         hold.state = state
         if hold.account_id not in self.unlimited:
-            self.balances[hold.account_id] += hold.amount
+            self.balances[hold.account_id] += hold.amount if amount is None else amount
 
 
 # What a scripted stream does at each step: give a piece, fail, or wait for a signal.

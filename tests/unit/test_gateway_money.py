@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import grpc
 import pytest
 
+from services.gateway import speech
 from services.gateway.clients import HoldState, SynthesisRequest
 from services.gateway.protocol import SpeechRequest
 from tests.unit.test_gateway_fakes import (
@@ -203,7 +204,9 @@ async def test_a_lapsed_hold_is_charged_anew_at_the_end(mesh: FakeMesh) -> None:
     assert mesh.ledger.captured() == 5
 
 
-async def test_parallel_requests_never_overspend(mesh: FakeMesh) -> None:
+async def test_requests_beyond_the_balance_are_402(mesh: FakeMesh) -> None:
+    # The fake ledger cannot race; overspending under concurrency is the ledger's own test
+    # (tests/integration/ledger/test_concurrency.py). This checks the 402 mapping.
     mesh.ledger.balances[ACCOUNT] = 55
     async with asgi_client(mesh) as client:
         responses = await asyncio.gather(
@@ -236,3 +239,37 @@ async def test_a_request_cancelled_while_waiting_for_audio_is_refunded(mesh: Fak
     assert mesh.synth.streams[0].cancelled
     assert [h.state for h in mesh.ledger.holds.values()] == [HoldState.RELEASED]
     assert mesh.ledger.balance_of() == 1000
+
+
+async def test_a_repeat_of_a_keyed_request_still_in_progress_is_409(mesh: FakeMesh) -> None:
+    gate = asyncio.Event()
+
+    def script(request: SynthesisRequest) -> list[Step]:
+        first, *rest = pieces_for(request)
+        return [first, gate, *rest]
+
+    mesh.synth.script = script
+    body = {"input": "hello world"}
+    first = asyncio.ensure_future(speak(mesh, body, **{"Idempotency-Key": "k"}))
+    while not mesh.synth.streams:
+        await asyncio.sleep(0.01)
+    status, content = await speak(mesh, body, **{"Idempotency-Key": "k"})
+    assert status == 409
+    assert b"in progress" in content
+    gate.set()
+    assert (await first)[0] == 200
+    assert len(mesh.synth.requests) == 1
+    assert mesh.ledger.balance_of() == 1000 - 11
+    assert mesh.ledger.captured() == 11
+
+
+async def test_a_capture_failing_during_a_ledger_restart_is_retried(
+    mesh: FakeMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(speech, "SETTLE_RETRY_DELAYS", (0.01, 0.01, 0.01, 0.01))
+    mesh.ledger.capture_failures = [grpc.StatusCode.UNAVAILABLE] * 3
+    status, _ = await speak(mesh, {"input": "hello"})
+    assert status == 200
+    assert mesh.ledger.captured() == 5
+    assert mesh.ledger.balance_of() == 1000 - 5
+    assert [c[0] for c in mesh.ledger.calls].count("capture") == 4

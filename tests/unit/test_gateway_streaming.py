@@ -13,10 +13,13 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from starlette.types import Message
 
 from services.cli.processes import free_port
 from services.gateway.__main__ import GatewayServer
 from services.gateway.clients import HoldState, SynthesisRequest
+from services.gateway.protocol import SpeechRequest
+from services.gateway.routes.speech import DeliveryResponse
 from tests.unit.test_gateway_fakes import (
     GOOD_KEY,
     FakeMesh,
@@ -108,6 +111,10 @@ async def test_client_disconnect_cancels_synthesis_and_charges_what_was_delivere
         await eventually(lambda: mesh.ledger.open_holds() == [] and mesh.ledger.captured() > 0)
     assert mesh.ledger.captured() == 7
     assert mesh.ledger.balance_of() == 1000 - 7
+    # One partial Capture settles it: the refunded rest is never up for grabs in between.
+    [hold] = mesh.ledger.holds.values()
+    settling = [c for c in mesh.ledger.calls if c[0] in ("capture", "release", "reserve")]
+    assert settling[1:] == [("capture", hold.id, "7")]
 
 
 async def test_openai_client_streams_to_a_file_unchanged(mesh: FakeMesh, tmp_path: Path) -> None:
@@ -192,3 +199,69 @@ async def test_sigterm_drains_streams_in_flight(mesh: FakeMesh) -> None:
         assert b"".join([chunk async for chunk in chunks]) == b"mp3:1;mp3:2;"
     await serving
     assert mesh.ledger.captured() == 11
+
+
+async def test_a_stream_cut_by_shutdown_is_refunded(mesh: FakeMesh) -> None:
+    never = asyncio.Event()
+
+    def script(request: SynthesisRequest) -> list[Step]:
+        first, *rest = pieces_for(request)
+        return [first, never, *rest]
+
+    mesh.synth.script = script
+    port = free_port()
+    config = uvicorn.Config(
+        mesh.app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=0.2
+    )
+    server = GatewayServer(config, mesh.app.state.draining)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    serving = asyncio.ensure_future(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+        client.stream(
+            "POST", SPEECH, json={"input": "hello world"}, headers=auth_header()
+        ) as response,
+    ):
+        chunks = response.aiter_raw()
+        assert await chunks.__anext__() == b"mp3:0;"
+        server.handle_exit(signal.SIGTERM, None)
+        with contextlib.suppress(httpx.HTTPError):
+            async for _ in chunks:
+                pass
+    await serving
+    # We cut the stream, not the client: nothing is charged, and drain saw it settled.
+    assert [h.state for h in mesh.ledger.holds.values()] == [HoldState.RELEASED]
+    assert mesh.ledger.balance_of() == 1000
+
+
+async def test_a_client_that_stops_reading_is_treated_as_gone(mesh: FakeMesh) -> None:
+    service = mesh.app.state.speech
+    principal = await service.authenticate(GOOD_KEY)
+    order = await service.validate(SpeechRequest(input="hello world"))
+    delivery = await service.start(
+        principal, order, request_id="r1", request_id_is_ours=True, idempotency_key=None
+    )
+    bodies: list[bytes] = []
+    stalled = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if bodies:
+                await stalled.wait()  # the client's window is full and stays full
+            bodies.append(message["body"])
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+    response = DeliveryResponse(delivery, send_timeout=0.1)
+    await asyncio.wait_for(response(scope, receive, send), 5)
+
+    assert bodies == [b"mp3:0;"]
+    assert mesh.synth.streams[0].cancelled
+    # The first piece (3 of 11 characters) was taken; the rest is refunded.
+    assert mesh.ledger.captured() == 3
+    assert mesh.ledger.balance_of() == 1000 - 3

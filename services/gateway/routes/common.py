@@ -39,7 +39,8 @@ _ERROR_MEANINGS = {
     400: "Invalid JSON body, missing or empty `input`, or another invalid field.",
     401: "Missing, invalid, or revoked API key.",
     402: "Insufficient credits — top up your balance.",
-    409: "The request conflicts with an earlier one using the same Idempotency-Key.",
+    409: "A request with the same Idempotency-Key and content is still in progress; retry "
+    "once it has finished.",
     502: "Upstream synthesis error. Any charge for this request is refunded.",
     503: "A service behind the gateway is unavailable; nothing was charged. Retry later.",
     504: "A service behind the gateway did not answer in time; nothing was charged.",

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from services.gateway.middleware import request_id_of
 from services.gateway.protocol import CONTENT_TYPES, SSE_CONTENT_TYPE, SpeechRequest
 from services.gateway.routes.common import Credentials, Service, error_responses
-from services.gateway.speech import SpeechDelivery
+from services.gateway.speech import ClientStalled, SpeechDelivery
 
 router = APIRouter(tags=["speech"])
+_log = logging.getLogger("gateway.speech")
 
 _AUDIO_SCHEMA = {"type": "string", "format": "binary"}
 # With `stream_format: sse`: deltas of base64 audio, then the usage.
@@ -50,9 +53,14 @@ _OK: dict[int | str, dict[str, Any]] = {
 
 
 class DeliveryResponse(StreamingResponse):
-    """Streams a delivery and settles its charge once the response is over, however it ended."""
+    """Streams a delivery and settles its charge once the response is over, however it ended.
 
-    def __init__(self, delivery: SpeechDelivery) -> None:
+    Each body piece must be taken by the client within `send_timeout` seconds; a client that
+    stops reading is treated as gone, so it cannot hold a synth slot forever. A cancellation
+    from outside (the server shutting down) cuts the stream on our side: refunded.
+    """
+
+    def __init__(self, delivery: SpeechDelivery, send_timeout: float) -> None:
         super().__init__(
             delivery.body(),
             media_type=delivery.content_type,
@@ -64,10 +72,27 @@ class DeliveryResponse(StreamingResponse):
             },
         )
         self.delivery = delivery
+        self.send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_in_time(message: Message) -> None:
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            try:
+                async with asyncio.timeout(self.send_timeout):
+                    await send(message)
+            except TimeoutError as stalled:
+                raise ClientStalled(f"client took no audio for {self.send_timeout}s") from stalled
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_in_time)
+        except ClientStalled as stalled:
+            # Returning without completing the response makes the server close the connection.
+            _log.warning("%s; treated as gone", stalled)
+        except asyncio.CancelledError:
+            self.delivery.server_stopped()
+            raise
         finally:
             await self.delivery.finish()
 
@@ -77,7 +102,8 @@ class DeliveryResponse(StreamingResponse):
     summary="Speak text",
     description=(
         "Send input text and a voice; the response body is the raw audio stream. "
-        "Cost is one credit per input character (Unicode code point)."
+        "Cost is one credit per input character (Unicode code point). "
+        "With an `Idempotency-Key`, a repeat of a request still in progress is a 409."
     ),
     response_class=StreamingResponse,
     responses={**_OK, **error_responses(400, 401, 402, 409, 502, 503, 504)},
@@ -110,4 +136,4 @@ async def create_speech(
         request_id_is_ours=request_id_is_ours,
         idempotency_key=idempotency_key,
     )
-    return DeliveryResponse(delivery)
+    return DeliveryResponse(delivery, service.send_timeout_seconds)

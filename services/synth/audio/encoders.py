@@ -13,6 +13,9 @@ model's and the decoded duration exceeds the PCM's only by the last frame's padd
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -70,6 +73,10 @@ class StreamEncoder(Protocol):
         """The rest of the stream; the encoder is unusable afterwards."""
         ...
 
+    def close(self) -> None:
+        """Release the encoder without finishing; safe at any time, from any thread, repeatedly."""
+        ...
+
 
 def _to_int16(samples: Samples) -> npt.NDArray[np.int16]:
     return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
@@ -83,6 +90,9 @@ class PcmEncoder:
 
     def finish(self) -> bytes:
         return b""
+
+    def close(self) -> None:
+        pass
 
 
 class _DrainedSink:
@@ -122,8 +132,51 @@ class PyAVEncoder:
         if codec.bit_rate is not None:
             self._stream.bit_rate = codec.bit_rate
         self._samples_in = 0
+        self._guard = threading.Lock()
+        self._busy = False
+        self._closed = False
+        self._close_when_idle = False
 
     def encode(self, samples: Samples) -> bytes:
+        with self._in_use():
+            return self._encode(samples)
+
+    def finish(self) -> bytes:
+        with self._in_use():
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            self._release()
+            return self._sink.drain()
+
+    def close(self) -> None:
+        # A cancelled RPC closes from the event loop while a worker thread may still be
+        # encoding: PyAV is not thread-safe, so that thread releases the container when done.
+        with self._guard:
+            if self._busy:
+                self._close_when_idle = True
+            else:
+                self._release()
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        with self._guard:
+            if self._closed:
+                raise RuntimeError("the encoder is closed")
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._busy = False
+                if self._close_when_idle:
+                    self._release()
+
+    def _release(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._container.close()
+
+    def _encode(self, samples: Samples) -> bytes:
         if self._to_skip:
             skipped = min(self._to_skip, len(samples))
             samples = samples[skipped:]
@@ -139,12 +192,6 @@ class PyAVEncoder:
             self._samples_in += len(samples)
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
-        return self._sink.drain()
-
-    def finish(self) -> bytes:
-        for packet in self._stream.encode(None):
-            self._container.mux(packet)
-        self._container.close()
         return self._sink.drain()
 
 

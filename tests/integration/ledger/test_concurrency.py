@@ -119,6 +119,44 @@ async def test_capture_and_release_racing_on_a_hold_one_wins(ledger: Ledger) -> 
     _assert_journal_chains(entries, balance.balance)
 
 
+async def test_partial_capture_and_release_racing_on_a_hold_one_wins(ledger: Ledger) -> None:
+    account = await ledger.open_account(credits=1000)
+    holds = [await ledger.reserve(account, 10) for _ in range(20)]
+
+    # Three partial Captures (4 of 10 credits) and three Releases of every hold, all at once.
+    calls: list[tuple[str, str, Awaitable[object]]] = []
+    for hold in holds:
+        for _ in range(3):
+            capture = ledger.stub.Capture(ledger_pb2.CaptureRequest(hold_id=hold.id, amount=4))
+            release = ledger.stub.Release(ledger_pb2.ReleaseRequest(hold_id=hold.id))
+            calls += [(hold.id, "capture", capture), (hold.id, "release", release)]
+    outcomes = await asyncio.gather(*(_outcome(call) for _, _, call in calls))
+
+    captured = 0
+    for hold in holds:
+        results = {
+            (action, outcome)
+            for (hold_id, action, _), outcome in zip(calls, outcomes, strict=True)
+            if hold_id == hold.id
+        }
+        assert results in (
+            {("capture", "OK"), ("release", "HOLD_CAPTURED")},
+            {("release", "OK"), ("capture", "HOLD_RELEASED")},
+        )
+        captured += ("capture", "OK") in results
+
+    balance = await ledger.balance(account)
+    # A captured hold spent 4 credits and returned 6; a released one returned all 10.
+    assert (balance.balance, balance.held) == (1000 - 4 * captured, 0)
+    entries = await ledger.entries(account)
+    returns = [e.hold_id for e in entries if e.kind == ledger_pb2.ENTRY_KIND_RELEASE]
+    assert sorted(returns) == sorted(hold.id for hold in holds)
+    spends = [e.amount for e in entries if e.kind == ledger_pb2.ENTRY_KIND_CAPTURE]
+    assert spends == [4] * captured
+    assert spendable_per_journal(entries) == balance.balance
+    _assert_journal_chains(entries, balance.balance)
+
+
 async def test_grant_repeated_20_times_at_once_credits_once(ledger: Ledger) -> None:
     account = await ledger.open_account()
     request = ledger_pb2.GrantRequest(account_id=account, amount=100, idempotency_key="topup-1")

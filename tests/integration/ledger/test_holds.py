@@ -52,6 +52,99 @@ async def test_capture_spends_the_hold_once(ledger: Ledger) -> None:
     ]
 
 
+async def test_partial_capture_spends_the_part_and_returns_the_rest_at_once(
+    ledger: Ledger,
+) -> None:
+    account = await ledger.open_account(credits=100)
+    hold = await ledger.reserve(account, 30)
+
+    first = await ledger.stub.Capture(E.CaptureRequest(hold_id=hold.id, amount=12))
+    again = await ledger.stub.Capture(E.CaptureRequest(hold_id=hold.id, amount=12))
+
+    assert first.hold.state == again.hold.state == E.HOLD_STATE_CAPTURED
+    assert first.hold.captured_amount == again.hold.captured_amount == 12
+    balance = await ledger.balance(account)
+    assert (balance.balance, balance.held) == (88, 0)
+    entries = await ledger.entries(account)
+    assert [(e.kind, e.amount, e.balance_after) for e in reversed(entries)] == [
+        (E.ENTRY_KIND_GRANT, 100, 100),
+        (E.ENTRY_KIND_HOLD, -30, 70),
+        (E.ENTRY_KIND_CAPTURE, 12, 70),
+        (E.ENTRY_KIND_RELEASE, 18, 88),  # the unspent rest, in the same transaction
+    ]
+    assert spendable_per_journal(entries) == 88
+
+
+async def test_capture_of_the_whole_amount_writes_no_release(ledger: Ledger) -> None:
+    account = await ledger.open_account(credits=100)
+    hold = await ledger.reserve(account, 30)
+
+    first = await ledger.stub.Capture(E.CaptureRequest(hold_id=hold.id, amount=30))
+    # 0 means the whole hold: the same Capture.
+    again = await ledger.stub.Capture(E.CaptureRequest(hold_id=hold.id))
+
+    assert first.hold.captured_amount == again.hold.captured_amount == 30
+    assert _kinds(await ledger.entries(account))[-1] == E.ENTRY_KIND_CAPTURE
+    assert (await ledger.balance(account)).balance == 70
+
+
+async def test_capture_again_with_another_amount_is_refused_and_changes_nothing(
+    ledger: Ledger,
+) -> None:
+    account = await ledger.open_account(credits=100)
+    hold = await ledger.reserve(account, 30)
+    await ledger.stub.Capture(E.CaptureRequest(hold_id=hold.id, amount=10))
+
+    for amount in (0, 11, 30):
+        refusal = await _refusal(
+            ledger.stub.Capture(E.CaptureRequest(hold_id=hold.id, amount=amount))
+        )
+        assert refusal.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(refusal) == "HOLD_CAPTURED"
+
+    assert (await ledger.balance(account)).balance == 90
+
+
+async def test_capture_of_more_than_the_hold_is_refused_and_keeps_it_held(
+    ledger: Ledger,
+) -> None:
+    account = await ledger.open_account(credits=100)
+    hold = await ledger.reserve(account, 30)
+
+    for amount in (31, -1):
+        refusal = await _refusal(
+            ledger.stub.Capture(E.CaptureRequest(hold_id=hold.id, amount=amount))
+        )
+        assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    balance = await ledger.balance(account)
+    assert (balance.balance, balance.held) == (70, 30)
+    captured = await ledger.stub.Capture(E.CaptureRequest(hold_id=hold.id, amount=30))
+    assert captured.hold.captured_amount == 30
+
+
+async def test_partial_capture_on_an_unlimited_account_returns_nothing_drawn(
+    ledger: Ledger,
+) -> None:
+    account = await ledger.open_account(credits=5)
+    await ledger.stub.SetUnlimited(
+        E.SetUnlimitedRequest(account_id=account, unlimited=True), metadata=ADMIN
+    )
+    hold = await ledger.reserve(account, 500)
+
+    captured = await ledger.stub.Capture(E.CaptureRequest(hold_id=hold.id, amount=200))
+
+    assert captured.hold.captured_amount == 200
+    after = await ledger.balance(account)
+    assert (after.balance, after.held) == (5, 0)
+    entries = await ledger.entries(account)
+    assert [(e.kind, e.amount, e.balance_after) for e in reversed(entries)][-2:] == [
+        (E.ENTRY_KIND_CAPTURE, 200, 5),
+        (E.ENTRY_KIND_RELEASE, 0, 5),
+    ]
+    assert spendable_per_journal(entries) == 5
+
+
 async def test_release_returns_the_credits_once(ledger: Ledger) -> None:
     account = await ledger.open_account(credits=100)
     hold = await ledger.reserve(account, 30)

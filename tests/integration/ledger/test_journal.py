@@ -98,7 +98,7 @@ async def test_a_closed_hold_cannot_be_reopened_or_refunded_twice(
     with pytest.raises(errors.UniqueViolation):
         await sql.execute(
             "INSERT INTO ledger.entries (account_id, kind, amount, balance_after, hold_id)"
-            " VALUES (%s, 'release', 30, 100, %s)",
+            " VALUES (%s, 'capture', 30, 70, %s)",
             [account, hold.id],
         )
 

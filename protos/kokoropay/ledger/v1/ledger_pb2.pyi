@@ -41,7 +41,7 @@ ENTRY_KIND_EXPIRE: EntryKind
 ENTRY_KIND_UNLIMITED: EntryKind
 
 class Hold(_message.Message):
-    __slots__ = ("id", "account_id", "amount", "state", "idempotency_key", "expire_time", "create_time")
+    __slots__ = ("id", "account_id", "amount", "state", "idempotency_key", "expire_time", "create_time", "captured_amount")
     ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class Hold(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     id: str
     account_id: str
     amount: int
@@ -56,7 +57,8 @@ class Hold(_message.Message):
     idempotency_key: str
     expire_time: _timestamp_pb2.Timestamp
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[int] = ..., state: _Optional[_Union[HoldState, str]] = ..., idempotency_key: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    captured_amount: int
+    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[int] = ..., state: _Optional[_Union[HoldState, str]] = ..., idempotency_key: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_amount: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
     __slots__ = ("id", "account_id", "kind", "amount", "balance_after", "hold_id", "idempotency_key", "create_time")
@@ -151,18 +153,22 @@ class ReserveRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("hold", "balance")
+    __slots__ = ("hold", "balance", "replayed")
     HOLD_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     hold: Hold
     balance: GetBalanceResponse
-    def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
-    __slots__ = ("hold_id",)
+    __slots__ = ("hold_id", "amount")
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
     hold_id: str
-    def __init__(self, hold_id: _Optional[str] = ...) -> None: ...
+    amount: int
+    def __init__(self, hold_id: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
 
 class CaptureResponse(_message.Message):
     __slots__ = ("hold",)

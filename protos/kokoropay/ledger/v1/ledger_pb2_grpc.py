@@ -118,7 +118,9 @@ class LedgerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Capture(self, request, context):
-        """Settles a hold: its credits are spent. Idempotent. Refused for a released or expired hold.
+        """Settles a hold: its credits, or the part named by `amount`, are spent and the rest returned,
+        in one transaction. Idempotent: a repeat with the same amount returns the captured hold; one
+        with another amount is refused (HOLD_CAPTURED). Refused for a released or expired hold.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
