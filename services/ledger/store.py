@@ -260,13 +260,12 @@ SELECT * FROM hold
 """
 
 # `state = 'held'` closes a hold once even without the account lock (and the holds trigger
-# refuses any other transition). Capture keeps what the hold drew: it is spent. Release and
-# expiry give it back.
-_CLOSE_HOLD_IF_HELD: LiteralString = """
+# refuses any other transition). Release gives back what the hold drew.
+_RELEASE_IF_HELD: LiteralString = """
 WITH closed AS (
-    UPDATE ledger.holds SET state = %(state)s, close_time = now()
+    UPDATE ledger.holds SET state = 'released', close_time = now()
     WHERE id = %(hold_id)s AND state = 'held'
-    RETURNING id, account_id, amount, CASE WHEN %(spent)s THEN 0 ELSE drawn END AS refund
+    RETURNING id, account_id, amount, drawn AS refund
 ), credited AS (
     UPDATE ledger.accounts a SET balance = a.balance + closed.refund, held = a.held - closed.amount
     FROM closed
@@ -274,8 +273,7 @@ WITH closed AS (
     RETURNING a.balance
 )
 INSERT INTO ledger.entries (account_id, kind, amount, balance_after, hold_id)
-SELECT closed.account_id, %(kind)s,
-       CASE WHEN %(spent)s THEN closed.amount ELSE closed.refund END, credited.balance, closed.id
+SELECT closed.account_id, 'release', closed.refund, credited.balance, closed.id
 FROM closed, credited
 """
 
@@ -326,9 +324,6 @@ LIMIT %(limit)s
 """
 
 _ACCOUNT_EXISTS: LiteralString = "SELECT id FROM ledger.accounts WHERE id = %(account_id)s"
-
-# The journal kind written when a hold reaches each final state.
-_CLOSING_KIND = {"captured": "capture", "released": "release"}
 
 
 async def _send(conn: AsyncConnection[Any], statement: Statement) -> AsyncCursor[Row]:
@@ -465,8 +460,21 @@ class LedgerStore:
         return hold
 
     async def release(self, hold_id: str) -> Hold:
-        """The hold, released now or before, or expired; HoldClosed if it was captured."""
-        hold = await self._close(hold_id, "released")
+        """The hold, released now or before, or expired; HoldClosed if it was captured.
+
+        A hold past its deadline is expired first, never released.
+        """
+        params = {"hold_id": hold_id}
+        _, expired, _, current = await self._run(
+            (_LOCK_ACCOUNT_OF_HOLD, params),
+            _expire_overdue(hold_id=hold_id),
+            (_RELEASE_IF_HELD, params),
+            (_HOLD_BY_ID, params),
+        )
+        if not current:
+            raise HoldNotFound(hold_id)
+        hold = _hold(current[0])
+        self._log_expired(hold.account_id, expired)
         if hold.state == "captured":
             raise HoldClosed(hold, "release")
         return hold
@@ -493,29 +501,6 @@ class LedgerStore:
             self._log_expired(account_id, expired)
             count += len(expired)
         return count
-
-    async def _close(self, hold_id: str, state: str) -> Hold:
-        """Move a held hold to `state`; the hold as it then stands, whatever its state.
-
-        A hold past its deadline is expired first, never captured or released.
-        """
-        params = {
-            "hold_id": hold_id,
-            "state": state,
-            "kind": _CLOSING_KIND[state],
-            "spent": state == "captured",
-        }
-        _, expired, _, current = await self._run(
-            (_LOCK_ACCOUNT_OF_HOLD, params),
-            _expire_overdue(hold_id=hold_id),
-            (_CLOSE_HOLD_IF_HELD, params),
-            (_HOLD_BY_ID, params),
-        )
-        if not current:
-            raise HoldNotFound(hold_id)
-        hold = _hold(current[0])
-        self._log_expired(hold.account_id, expired)
-        return hold
 
     @staticmethod
     def _log_expired(account_id: str, expired: list[Row]) -> None:
