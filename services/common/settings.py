@@ -7,6 +7,7 @@ instead of surfacing later as a confusing failure.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TypeVar
@@ -65,8 +66,11 @@ def _env_name(settings_type: type[BaseSettings], loc: tuple[int | str, ...]) -> 
 
 
 def read_secret(value: str | None, file_name: str) -> str | None:
-    """A secret from the environment, else from `.data/<file_name>` written by the local run."""
+    """A secret from the environment, else from `.data/<file_name>` written by the local run.
+
+    KOKOROPAY_SECRETS_DIR names another folder for those files (tests point it at an empty one).
+    """
     if value:
         return value
-    path = DATA_DIR / file_name
+    path = Path(os.environ.get("KOKOROPAY_SECRETS_DIR") or DATA_DIR) / file_name
     return path.read_text().strip() if path.exists() else None

@@ -18,7 +18,7 @@ from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from services.common.channels import operator_metadata
 from services.common.errors import error_reason
-from services.common.settings import DATA_DIR, REPO_ROOT
+from services.common.settings import REPO_ROOT
 from tests.support.auth import AuthSecrets, start_auth
 
 SERVICE = "kokoropay.auth.v1.AuthService"
@@ -115,35 +115,30 @@ GOOD = {
 
 
 @pytest.mark.parametrize(
-    ("overrides", "line", "needs_absent_file"),
+    ("overrides", "line"),
     [
-        ({"DATABASE_URL": ""}, "error: invalid settings: DATABASE_URL:", None),
+        ({"DATABASE_URL": ""}, "error: invalid settings: DATABASE_URL:"),
         (
             {"AUTH_POOL_MIN_SIZE": "20", "AUTH_POOL_MAX_SIZE": "5"},
             "error: invalid settings: AUTH_POOL_MIN_SIZE exceeds AUTH_POOL_MAX_SIZE",
-            None,
         ),
-        ({"AUTH_KEY_HASH_SECRET": "short"}, "error: the key hash secret must be at least", None),
+        ({"AUTH_KEY_HASH_SECRET": "short"}, "error: the key hash secret must be at least"),
         (
             {"AUTH_KEY_HASH_SECRET": ""},
             "error: auth needs AUTH_KEY_HASH_SECRET or the file .data/key-hash-secret",
-            "key-hash-secret",
         ),
         (
             {"KOKOROPAY_OPERATOR_TOKEN": ""},
             "error: auth needs KOKOROPAY_OPERATOR_TOKEN or the file .data/operator-token",
-            "operator-token",
         ),
     ],
     ids=["no database", "pool sizes", "weak hash secret", "no hash secret", "no operator token"],
 )
 def test_bad_configuration_stops_start_up_with_one_line(
-    overrides: dict[str, str], line: str, needs_absent_file: str | None
+    overrides: dict[str, str], line: str, tmp_path: Path
 ) -> None:
-    if needs_absent_file and (DATA_DIR / needs_absent_file).exists():
-        pytest.skip(f"a local .data/{needs_absent_file} supplies the secret")
-
-    status, stderr = _start_up_error({**GOOD, **overrides})
+    # An empty secrets folder, so a local run's .data/ files cannot supply what is missing.
+    status, stderr = _start_up_error({**GOOD, "KOKOROPAY_SECRETS_DIR": str(tmp_path), **overrides})
 
     assert status != 0
     assert len(stderr) == 1 and stderr[0].startswith(line), stderr

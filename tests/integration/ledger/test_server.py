@@ -11,14 +11,13 @@ from pathlib import Path
 
 import grpc
 import psycopg
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
 from services.cli.processes import ServiceProcess, free_port, health_status
-from services.common.settings import DATA_DIR, REPO_ROOT
+from services.common.settings import REPO_ROOT
 from tests.support.ledger import OPERATOR_TOKEN, Ledger, ledger_process
 from tests.support.postgres import create_database
 
@@ -93,11 +92,17 @@ def _run_ledger(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.skipif(
-    (DATA_DIR / "operator-token").exists(), reason="a local run left an operator token file"
-)
-def test_without_an_operator_token_it_exits_with_one_clear_line(database_url: str) -> None:
-    result = _run_ledger({"DATABASE_URL": database_url, "KOKOROPAY_OPERATOR_TOKEN": ""})
+def test_without_an_operator_token_it_exits_with_one_clear_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    # An empty secrets folder, so a local run's .data/operator-token cannot supply one.
+    result = _run_ledger(
+        {
+            "DATABASE_URL": database_url,
+            "KOKOROPAY_OPERATOR_TOKEN": "",
+            "KOKOROPAY_SECRETS_DIR": str(tmp_path),
+        }
+    )
 
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
