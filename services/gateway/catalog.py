@@ -9,19 +9,16 @@ again for a few seconds. With nothing cached yet, concurrent callers share one f
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from services.common.voice_expressions import VoiceExpressionError, parse_voice_expression
 from services.gateway.clients import Model, SynthClient, Voice
 
 T = TypeVar("T")
 
-# synth's blend grammar (services/synth/voices.py): `name` or `name(weight)` joined by `+`.
-_COMPONENT = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(?:\(\s*([0-9]*\.?[0-9]+)\s*\))?\s*$")
-_MAX_COMPONENTS = 8
 # After a failed refresh the old lists are served this long before synth is asked again.
 RETRY_AFTER_SECONDS = 5.0
 
@@ -99,22 +96,13 @@ class Catalog:
     async def voice_problem(self, expression: str) -> str | None:
         """Why synth would refuse `expression`, or None when it names known voices."""
         known = {voice.id for voice in await self.voices()}
-        text = expression.strip()
-        if text in known:
+        if expression.strip() in known:
             return None
-        parts = text.split("+")
-        if len(parts) > _MAX_COMPONENTS:
-            return f"a blend may mix at most {_MAX_COMPONENTS} voices"
-        for part in parts:
-            match = _COMPONENT.match(part)
-            if match is None:
-                return (
-                    f"cannot read {part.strip()!r} in voice {text!r}; "
-                    "expected e.g. 'af_bella' or 'af_bella(2)+af_sky(1)'"
-                )
-            name, weight = match.group(1), match.group(2)
+        try:
+            components = parse_voice_expression(expression)
+        except VoiceExpressionError as error:
+            return str(error)
+        for name, _ in components:
             if name not in known:
                 return f"unknown voice {name!r}; see /v1/audio/voices"
-            if weight is not None and float(weight) <= 0:
-                return f"voice weight must be positive in {part.strip()!r}"
         return None

@@ -13,6 +13,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from services.common.voice_expressions import VoiceExpressionError, parse_voice_expression
+
 
 @dataclass(frozen=True)
 class Language:
@@ -79,9 +81,6 @@ OPENAI_ALIASES: dict[str, str] = {
 DEFAULT_ALIASES: dict[str, str] = {**HOSTED_ALIASES, **OPENAI_ALIASES}
 
 _BUILTIN_NAME = re.compile(r"^[a-z][fm]_[a-z0-9]+$")
-_COMPONENT = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(?:\(\s*([0-9]*\.?[0-9]+)\s*\))?\s*$")
-# Blends beyond a handful of voices are a mistake or an attempt to make us do busy work.
-_MAX_COMPONENTS = 8
 # The error message lists this many ids before pointing at ListVoices.
 _SUGGESTIONS = 8
 
@@ -192,24 +191,12 @@ class VoiceCatalog:
         return rows
 
     def _mix(self, expression: str, *, allow_aliases: bool) -> VoiceMix:
-        text = expression.strip()
-        if not text:
-            raise VoiceError("voice is required")
-        parts = text.split("+")
-        if len(parts) > _MAX_COMPONENTS:
-            raise VoiceError(f"a blend may mix at most {_MAX_COMPONENTS} voices")
+        try:
+            components = parse_voice_expression(expression)
+        except VoiceExpressionError as error:
+            raise VoiceError(str(error)) from error
         weights: dict[str, float] = {}
-        for part in parts:
-            match = _COMPONENT.match(part)
-            if match is None:
-                raise VoiceError(
-                    f"cannot read {part.strip()!r} in voice {text!r}; "
-                    "expected e.g. 'af_bella' or 'af_bella(2)+af_sky(1)'"
-                )
-            name, weight_text = match.group(1), match.group(2)
-            weight = float(weight_text) if weight_text is not None else 1.0
-            if weight <= 0:
-                raise VoiceError(f"voice weight must be positive in {part.strip()!r}")
+        for name, weight in components:
             for builtin, share in self._expand(name, allow_aliases):
                 weights[builtin] = weights.get(builtin, 0.0) + weight * share
         total = sum(weights.values())

@@ -82,7 +82,7 @@ def test_a_bad_setting_stops_with_one_line(monkeypatch: pytest.MonkeyPatch) -> N
         ("af_sky(-1)", "cannot read"),
         ("af_sky(", "cannot read"),
         ("af_nobody", "unknown voice 'af_nobody'"),
-        ("", "cannot read"),
+        ("", "voice is required"),
     ],
 )
 async def test_voice_expressions(voice: str, problem: str | None) -> None:
