@@ -48,6 +48,18 @@ def http_status(url: str, timeout: float = 1.0) -> str | None:
         return None
 
 
+class ServiceFailed(RuntimeError):
+    """A service that died or never became ready; `summary` is one line for a person."""
+
+    def __init__(self, service: ServiceProcess, what: str) -> None:
+        logs = service.logs()
+        last_line = next((line for line in reversed(logs.splitlines()) if line.strip()), "")
+        reason = last_line.strip().removeprefix("error: ")[:300]
+        self.summary = f"{service.name} {what}: {reason} (log: {service.log_path})"
+        # The tail goes into the exception text so a failing test shows what happened.
+        super().__init__(f"{self.summary}\n{logs[-4000:]}")
+
+
 class ServiceProcess:
     """`python -m services.<name>` on a free port, stopped with SIGTERM like a pod."""
 
@@ -93,11 +105,11 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.logs()[-4000:]}")
+                raise ServiceFailed(self, "exited during start-up")
             if self.status() == status:
                 return
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not {status} after {timeout}s:\n{self.logs()[-4000:]}")
+        raise ServiceFailed(self, f"not {status} after {timeout:.0f}s")
 
     def status(self) -> str | None:
         """SERVING / NOT_SERVING / None (nothing answers), for gRPC and HTTP services alike."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from services.cli.admin import AdminClient
 from services.cli.embedded_database import local_database
 from services.cli.mesh import DEFAULT_PORTS, SERVICES, LocalMesh
+from services.cli.processes import ServiceFailed
 
 LOCAL_ACCOUNT = "local"
 LOCAL_CREDITS = 100_000
@@ -77,10 +78,10 @@ def run_up(data_dir: Path) -> int:
                 if dead := mesh.exited():
                     print(f"error: {', '.join(dead)} stopped; see .data/logs/", file=sys.stderr)
                     return 1
-        except (RuntimeError, TimeoutError) as error:
+        except ServiceFailed as error:
             if stop.is_set():  # Ctrl-C during start-up: the services exited on the same signal
                 return 0
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {error.summary}", file=sys.stderr)
             return 1
         finally:
             print("stopping…", flush=True)

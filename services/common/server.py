@@ -48,7 +48,7 @@ class ServiceSpec:
 
 
 async def serve(spec: ServiceSpec, bind_address: str, grace_seconds: float) -> None:
-    """Run until SIGTERM/SIGINT, then drain and stop. Raises if the port cannot be bound."""
+    """Run until SIGTERM/SIGINT, then drain and stop. Exits with one line if the port is taken."""
     readiness = ReadinessInterceptor()
     server = grpc.aio.server(
         interceptors=[RequestIdInterceptor(), readiness, *spec.interceptors],
@@ -68,8 +68,12 @@ async def serve(spec: ServiceSpec, bind_address: str, grace_seconds: float) -> N
     for name in ("", *spec.names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    if server.add_insecure_port(bind_address) == 0:
-        raise RuntimeError(f"cannot listen on {bind_address}")
+    try:
+        bound = server.add_insecure_port(bind_address)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise SystemExit(f"error: cannot listen on {bind_address}: is another process using it?")
     await server.start()
     _log.info("listening on %s", bind_address, extra={"address": bind_address})
 
