@@ -84,7 +84,7 @@ async def measure(pairs: list[Pair], seconds: float, run: Run) -> int:
 
 def direct_pair(store: LedgerStore, account: str) -> Pair:
     async def pair() -> None:
-        hold, _ = await store.reserve(account, PRICE, uuid.uuid4().hex, 60)
+        hold, _, _ = await store.reserve(account, PRICE, uuid.uuid4().hex, 60)
         await store.capture(hold.id)
 
     return pair
