@@ -441,17 +441,8 @@ class LedgerStore:
         HoldClosed if it was released or expired, or captured for another amount;
         CaptureExceedsHold if `amount` is more than it holds.
         """
-        params = {"hold_id": hold_id, "amount": amount}
-        _, expired, _, current = await self._run(
-            (_LOCK_ACCOUNT_OF_HOLD, params),
-            _expire_overdue(hold_id=hold_id),
-            (_CAPTURE_IF_HELD, params),
-            (_HOLD_BY_ID, params),
-        )
-        if not current:
-            raise HoldNotFound(hold_id)
-        hold = _hold(current[0])
-        self._log_expired(hold.account_id, expired)
+        capture = (_CAPTURE_IF_HELD, {"hold_id": hold_id, "amount": amount})
+        hold = await self._settle(hold_id, capture)
         wanted = hold.amount if amount is None else amount
         if hold.state == "held":
             raise CaptureExceedsHold(hold, wanted)
@@ -464,17 +455,7 @@ class LedgerStore:
 
         A hold past its deadline is expired first, never released.
         """
-        params = {"hold_id": hold_id}
-        _, expired, _, current = await self._run(
-            (_LOCK_ACCOUNT_OF_HOLD, params),
-            _expire_overdue(hold_id=hold_id),
-            (_RELEASE_IF_HELD, params),
-            (_HOLD_BY_ID, params),
-        )
-        if not current:
-            raise HoldNotFound(hold_id)
-        hold = _hold(current[0])
-        self._log_expired(hold.account_id, expired)
+        hold = await self._settle(hold_id, (_RELEASE_IF_HELD, {"hold_id": hold_id}))
         if hold.state == "captured":
             raise HoldClosed(hold, "release")
         return hold
@@ -501,6 +482,25 @@ class LedgerStore:
             self._log_expired(account_id, expired)
             count += len(expired)
         return count
+
+    async def _settle(self, hold_id: str, close: Statement) -> Hold:
+        """Run `close` on a hold under its account's lock, overdue holds expired first.
+
+        The hold as it then stands, whatever its state: `close` only acts on a held hold, and
+        callers judge the outcome from the state.
+        """
+        params = {"hold_id": hold_id}
+        _, expired, _, current = await self._run(
+            (_LOCK_ACCOUNT_OF_HOLD, params),
+            _expire_overdue(hold_id=hold_id),
+            close,
+            (_HOLD_BY_ID, params),
+        )
+        if not current:
+            raise HoldNotFound(hold_id)
+        hold = _hold(current[0])
+        self._log_expired(hold.account_id, expired)
+        return hold
 
     @staticmethod
     def _log_expired(account_id: str, expired: list[Row]) -> None:
