@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 	envoy-config lock clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml requirements.lock
@@ -42,10 +42,11 @@ weights: $(INSTALLED) ## Resolve the Kokoro-82M weights into .data/weights/ (off
 run: $(INSTALLED) $(WEIGHTS) ## Start the whole mesh locally (embedded PostgreSQL unless DATABASE_URL)
 	$(VENV)/bin/kokoro-pay up
 
-lint: $(INSTALLED) ## ruff, mypy and the import boundaries
+lint: $(INSTALLED) ## ruff, mypy and the import boundaries (lint-imports, contracts in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-logo
 
 test: $(INSTALLED) $(WEIGHTS) lint ## Lint, then every test: unit, integration, e2e, deploy
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -53,11 +54,17 @@ test: $(INSTALLED) $(WEIGHTS) lint ## Lint, then every test: unit, integration, 
 unit: $(INSTALLED) ## Only the fast unit tests
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+integration: $(INSTALLED) $(WEIGHTS) ## Only the integration tests (each service on real PostgreSQL, Envoy, the model)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+e2e: $(INSTALLED) $(WEIGHTS) ## Only the end-to-end tests (the whole mesh through the REST API)
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
 bench: $(INSTALLED) $(WEIGHTS) ## Benchmarks, each against a baseline measured in the same run
 	$(PY) -m bench
 
 images: ## Build the container images (one line and exit 0 where no container engine runs)
-	docker/build-images.sh
+	@docker/build-images.sh
 
 envoy-config: $(INSTALLED) ## Regenerate deploy/k8s/base/envoy/envoy.yaml from the running mesh (make run first)
 	@mkdir -p build

@@ -29,15 +29,13 @@ from pathlib import Path
 
 import grpc
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from psycopg_pool import AsyncConnectionPool
 
 from services.cli.processes import ServiceProcess
 from services.common.channels import operator_metadata
-from services.common.postgres import apply_migrations
+from services.ledger.settings import LedgerSettings
 from services.ledger.store import LedgerStore
 from tests.support.postgres import create_database, postgres_server_url
 
-MIGRATIONS = Path(__file__).resolve().parents[1] / "services" / "ledger" / "migrations"
 CREDITS = 10**12
 PRICE = 7
 # (clients, accounts): every client on its own account, then all 64 on one hot account.
@@ -105,12 +103,17 @@ def service_pair(stub: ledger_pb2_grpc.LedgerServiceStub, account: str) -> Pair:
 async def run(
     service: ServiceProcess, operator_token: str, baseline_dsn: str, args: argparse.Namespace
 ) -> list[tuple[int, int, Run, Run]]:
-    await apply_migrations(baseline_dsn, "ledger", MIGRATIONS)
-    pool: AsyncConnectionPool = AsyncConnectionPool(
-        baseline_dsn, min_size=args.pool_size, max_size=args.pool_size, open=False
+    # The baseline: the service's own store, opened the way the service opens it, in-process.
+    store = LedgerStore()
+    await store.open(
+        LedgerSettings.model_validate(
+            {
+                "DATABASE_URL": baseline_dsn,
+                "pool_min_size": args.pool_size,
+                "pool_max_size": args.pool_size,
+            }
+        )
     )
-    await pool.open(wait=True)
-    store = LedgerStore(pool)
     operator = operator_metadata(operator_token)
     results = []
     try:
@@ -147,7 +150,7 @@ async def run(
             await check_spent(store, service, accounts, done_direct, done_served)
             results.append((clients, account_count, direct, served))
     finally:
-        await pool.close()
+        await store.close()
     return results
 
 
@@ -201,7 +204,7 @@ def main() -> None:
             {
                 "DATABASE_URL": create_database(server_url, prefix="bench"),
                 "KOKOROPAY_OPERATOR_TOKEN": operator_token,
-                "LEDGER_POOL_SIZE": str(args.pool_size),
+                "LEDGER_POOL_MAX_SIZE": str(args.pool_size),
                 "LEDGER_POOL_MIN_SIZE": str(args.pool_size),
             },
             Path(log_dir),

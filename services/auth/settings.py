@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.common.mesh import KEY_HASH_SECRET_ENV, KEY_HASH_SECRET_FILE, PORTS
+from services.common.settings import DatabaseSettings, read_secret
 
 
-class AuthSettings(ServiceSettings):
+class AuthSettings(DatabaseSettings):
     model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore", frozen=True)
 
-    port: int = Field(default=50051, ge=1, le=65535)
-    # A PostgreSQL connection URL. Required.
-    database_url: str = Field(validation_alias="DATABASE_URL", min_length=1)
-    # VerifyKey runs on every gateway request; a few warm connections keep it one round trip.
-    pool_min_size: int = Field(default=2, ge=1, le=100)
-    pool_max_size: int = Field(default=10, ge=1, le=100)
-    # How long an RPC waits for a free connection before answering UNAVAILABLE.
-    pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    port: int = Field(default=PORTS["auth"], ge=1, le=65535)
     # Keys the HMAC under which keys are stored; else `.data/key-hash-secret`.
-    key_hash_secret: SecretStr | None = None
-    # Guards the admin RPCs; else `.data/operator-token`.
-    operator_token: SecretStr | None = Field(
-        default=None, validation_alias="KOKOROPAY_OPERATOR_TOKEN"
-    )
+    key_hash_secret: SecretStr | None = Field(default=None, validation_alias=KEY_HASH_SECRET_ENV)
 
-    @model_validator(mode="after")
-    def _pool_sizes_agree(self) -> AuthSettings:
-        if self.pool_min_size > self.pool_max_size:
-            raise ValueError("AUTH_POOL_MIN_SIZE exceeds AUTH_POOL_MAX_SIZE")
-        return self
+    def key_hash_secret_value(self) -> str | None:
+        configured = self.key_hash_secret.get_secret_value() if self.key_hash_secret else None
+        return read_secret(configured, KEY_HASH_SECRET_FILE)

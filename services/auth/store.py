@@ -1,4 +1,4 @@
-"""All of auth's SQL: accounts and keys in the `auth` schema.
+"""All of auth's SQL: accounts and keys in the `auth` schema, and the pool it runs on.
 
 Every operation is a single statement (or, for ListKeys, reads that need no isolation since
 accounts are never deleted), so connections run in autocommit: VerifyKey costs exactly one
@@ -20,7 +20,9 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from services.auth import ids
-from services.common.postgres import open_pool
+from services.common.errors import NotFound, ServiceError, Unavailable
+from services.common.postgres import open_database
+from services.common.settings import DatabaseSettings
 
 SCHEMA = "auth"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -52,42 +54,47 @@ class KeyMatch:
     revoked: bool
 
 
-class AccountNameTaken(Exception):
-    pass
+class AccountNameTaken(ServiceError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"an account named {name!r} already exists")
 
 
-class AccountNotFound(Exception):
-    pass
+class AccountNotFound(NotFound):
+    def __init__(self, account: str) -> None:
+        super().__init__("no such account")
+        self.account = account
 
 
-class KeyNotFound(Exception):
-    pass
+class KeyNotFound(NotFound):
+    def __init__(self, key_id: str) -> None:
+        super().__init__("no such key")
+        self.key_id = key_id
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(Unavailable):
     """PostgreSQL could not be reached, or no connection freed up in time."""
+
+    def __init__(self) -> None:
+        super().__init__("the auth database is unavailable")
 
 
 _KEY_COLUMNS = "id, account_id, name, prefix, create_time, revoke_time"
 
 
 class AuthStore:
-    def __init__(self, dsn: str, *, min_size: int, max_size: int, acquire_timeout: float) -> None:
-        self._dsn = dsn
-        self._min_size = min_size
-        self._max_size = max_size
-        self._acquire_timeout = acquire_timeout
+    """Nothing connects until `open`, so the service listens (NOT_SERVING) before the database."""
+
+    def __init__(self) -> None:
         self._pool: AsyncConnectionPool | None = None
 
-    async def open(self) -> None:
-        """Fill the pool; fails fast with the server's message when the database is unreachable."""
-        self._pool = await open_pool(
-            self._dsn,
-            min_size=self._min_size,
-            max_size=self._max_size,
-            autocommit=True,
-            timeout=self._acquire_timeout,
+    async def open(self, database: DatabaseSettings) -> None:
+        """Migrate the schema, then fill the pool; fails fast when the database is unreachable."""
+        self._pool = await open_database(
+            database,
+            schema=SCHEMA,
+            migrations=MIGRATIONS_DIR,
             application_name="kokoropay-auth",
+            autocommit=True,
         )
 
     async def close(self) -> None:
@@ -102,7 +109,7 @@ class AuthStore:
             async with self._pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as exc:  # PoolTimeout included
-            raise DatabaseUnavailable(str(exc)) from exc
+            raise DatabaseUnavailable() from exc
 
     async def create_account(self, name: str) -> Account:
         try:

@@ -115,6 +115,11 @@ class AdminClient:
     async def balance(self, account_id: str) -> ledger_pb2.GetBalanceResponse:
         return await self.ledger.GetBalance(ledger_pb2.GetBalanceRequest(account_id=account_id))
 
+    async def recent_entries(self, account_id: str) -> list[ledger_pb2.Entry]:
+        """The newest page of the account's journal, newest first."""
+        request = ledger_pb2.ListEntriesRequest(account_id=account_id)
+        return list((await self.ledger.ListEntries(request, metadata=self._metadata)).entries)
+
     async def create_key(self, account_id: str, name: str = "") -> CreatedKey:
         response = await self.auth.CreateKey(
             auth_pb2.CreateKeyRequest(account_id=account_id, name=name), metadata=self._metadata

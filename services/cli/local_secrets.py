@@ -11,8 +11,12 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-OPERATOR_TOKEN_FILE = "operator-token"
-KEY_HASH_SECRET_FILE = "key-hash-secret"
+from services.common.mesh import (
+    KEY_HASH_SECRET_ENV,
+    KEY_HASH_SECRET_FILE,
+    OPERATOR_TOKEN_ENV,
+    OPERATOR_TOKEN_FILE,
+)
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,8 @@ def _read_or_create(path: Path) -> str:
 def ensure_local_secrets(data_dir: Path) -> LocalSecrets:
     data_dir.mkdir(parents=True, exist_ok=True)
     return LocalSecrets(
-        operator_token=os.environ.get("KOKOROPAY_OPERATOR_TOKEN")
+        operator_token=os.environ.get(OPERATOR_TOKEN_ENV)
         or _read_or_create(data_dir / OPERATOR_TOKEN_FILE),
-        key_hash_secret=os.environ.get("AUTH_KEY_HASH_SECRET")
+        key_hash_secret=os.environ.get(KEY_HASH_SECRET_ENV)
         or _read_or_create(data_dir / KEY_HASH_SECRET_FILE),
     )

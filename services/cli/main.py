@@ -9,28 +9,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
 
-from services.cli import envoy_config
 from services.cli.admin import AdminClient
-from services.common.settings import DATA_DIR, read_secret
+from services.cli.envoy import command as envoy_config
+from services.cli.settings import CliSettings
+from services.common.settings import DATA_DIR, load_settings
 
 
 def _admin() -> AdminClient:
-    token = read_secret(os.environ.get("KOKOROPAY_OPERATOR_TOKEN"), "operator-token")
-    if not token:
-        raise SystemExit(
-            "error: no operator token: set KOKOROPAY_OPERATOR_TOKEN or run `make run` once"
-        )
+    settings = load_settings(CliSettings)
     return AdminClient(
-        os.environ.get("KOKOROPAY_AUTH_ADDRESS", "127.0.0.1:50051"),
-        os.environ.get("KOKOROPAY_LEDGER_ADDRESS", "127.0.0.1:50052"),
-        token,
+        settings.auth_address, settings.ledger_address, settings.operator_token_value()
     )
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from services.cli.local_secrets import ensure_local_secrets
 from services.cli.processes import ServiceProcess, free_port
+from services.common.mesh import KEY_HASH_SECRET_ENV, OPERATOR_TOKEN_ENV
 
 # Start order matters only for reporting: the gateway waits on its upstreams by itself.
 SERVICES = ("auth", "ledger", "synth", "gateway")
-DEFAULT_PORTS = {"auth": 50051, "ledger": 50052, "synth": 50053, "gateway": 8000}
 # Loading and warming up the model dominates start-up on a CPU.
 START_TIMEOUT_SECONDS = {"synth": 600.0}
 
@@ -43,8 +43,8 @@ class LocalMesh:
         self.addresses["gateway"] = f"http://127.0.0.1:{self.ports['gateway']}"
         shared_env = {
             "DATABASE_URL": database_url,
-            "KOKOROPAY_OPERATOR_TOKEN": secrets.operator_token,
-            "AUTH_KEY_HASH_SECRET": secrets.key_hash_secret,
+            OPERATOR_TOKEN_ENV: secrets.operator_token,
+            KEY_HASH_SECRET_ENV: secrets.key_hash_secret,
             "GATEWAY_AUTH_ADDRESS": self.grpc_address("auth"),
             "GATEWAY_LEDGER_ADDRESS": self.grpc_address("ledger"),
             "GATEWAY_SYNTH_ADDRESS": self.grpc_address("synth"),

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from services.cli.admin import AdminClient
 from services.cli.embedded_database import local_database
-from services.cli.mesh import DEFAULT_PORTS, SERVICES, LocalMesh
+from services.cli.mesh import SERVICES, LocalMesh
 from services.cli.processes import ServiceFailed
+from services.common.mesh import PORTS
 
 LOCAL_ACCOUNT = "local"
 LOCAL_CREDITS = 100_000
@@ -68,7 +69,7 @@ def run_up(data_dir: Path) -> int:
             data_dir=data_dir,
             database_url=database_url,
             log_dir=data_dir / "logs",
-            ports=DEFAULT_PORTS,
+            ports=PORTS,
         )
         print(f"starting {', '.join(SERVICES)} (the model takes a while to load)…", flush=True)
         try:

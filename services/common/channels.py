@@ -8,14 +8,8 @@ from typing import Any
 import grpc
 
 from services.common.interceptors import REQUEST_ID_KEY
+from services.common.keepalive import CHANNEL_OPTIONS
 from services.common.logs import request_id_var
-
-# Matches the server's keepalive allowance, so long streams survive idle proxies.
-_CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
 
 
 def _with_request_id(details: Any) -> Any:
@@ -44,7 +38,7 @@ class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
 def open_channel(address: str) -> grpc.aio.Channel:
     """An insecure channel (TLS is the mesh's job in a cluster) that forwards request ids."""
     return grpc.aio.insecure_channel(
-        address, options=_CHANNEL_OPTIONS, interceptors=[_UnaryUnary(), _UnaryStream()]
+        address, options=CHANNEL_OPTIONS, interceptors=[_UnaryUnary(), _UnaryStream()]
     )
 
 

@@ -1,53 +1,126 @@
-"""Domain errors over gRPC: a status code plus a machine-readable reason.
+"""Domain errors over gRPC, the same way in every service.
 
-A caller that must branch (insufficient credits, revoked key) reads the reason from a
-`google.rpc.ErrorInfo` carried in the standard `grpc-status-details-bin` trailer, never by
-parsing the message.
+A servicer never aborts by hand: it raises. The bootstrap (services/common/server.py) installs
+an `ErrorInterceptor` with the service's one `ErrorTable`, which answers each exception with
+the status the table gives its class. An exception that carries a `reason` (a `ServiceError`
+such as insufficient credits or a revoked key) also reaches the caller as a
+`google.rpc.ErrorInfo` in the standard `grpc-status-details-bin` trailer, under the domain
+`<service>.kokoropay`, so callers branch on the reason and never parse the message. Anything
+the table does not name is logged with the request id and answered INTERNAL without details.
 """
 
 from __future__ import annotations
 
-from typing import NoReturn
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-_DETAILS_KEY = "grpc-status-details-bin"
+from services.common.interceptors import Around, AroundInterceptor
+
+_log = logging.getLogger("rpc.errors")
 
 
-async def abort(
-    context: grpc.aio.ServicerContext,
-    code: grpc.StatusCode,
-    message: str,
-    *,
-    reason: str | None = None,
-    domain: str = "kokoropay",
-    metadata: dict[str, str] | None = None,
-) -> NoReturn:
-    """End the RPC with `code`; with a reason, attach it as ErrorInfo."""
-    if reason is None:
-        await context.abort(code, message)
-    info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata or {}))
-    status = status_pb2.Status(code=code.value[0], message=message, details=[info])
-    await context.abort(
-        code, message, trailing_metadata=((_DETAILS_KEY, status.SerializeToString()),)
-    )
-    raise AssertionError("unreachable: context.abort raises")  # for type checkers
+class ServiceError(Exception):
+    """A refusal the caller is told about; `reason` and `metadata` make it machine-readable."""
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(ServiceError):
+    """A request field is missing or malformed; nothing was read or written."""
+
+
+class NotFound(ServiceError):
+    """The request names something that does not exist."""
+
+
+class Unavailable(ServiceError):
+    """A dependency (the database, the model) cannot serve now; a retry may succeed."""
+
+
+@dataclass(frozen=True)
+class ErrorTable:
+    """How one service answers the exceptions its handlers raise."""
+
+    # Names the ErrorInfo domain, `<service>.kokoropay`, and the INTERNAL message.
+    service: str
+    # Exception class → status; a subclass inherits its nearest listed ancestor's status.
+    statuses: Mapping[type[Exception], grpc.StatusCode] = field(default_factory=dict)
+
+    @property
+    def domain(self) -> str:
+        return f"{self.service}.kokoropay"
+
+    def status_of(self, error: Exception) -> grpc.StatusCode | None:
+        for cls in type(error).__mro__:
+            if cls in self.statuses:
+                return self.statuses[cls]
+        return None
+
+    def rpc_status(self, code: grpc.StatusCode, error: Exception) -> grpc.Status:
+        """The status to end the call with: code, message, and ErrorInfo when there is a reason."""
+        status = status_pb2.Status(code=code.value[0], message=str(error))
+        reason = getattr(error, "reason", None)
+        if reason:
+            info = any_pb2.Any()
+            info.Pack(
+                error_details_pb2.ErrorInfo(
+                    reason=reason, domain=self.domain, metadata=getattr(error, "metadata", {})
+                )
+            )
+            status.details.append(info)
+        return rpc_status.to_status(status)
+
+
+class ErrorInterceptor(AroundInterceptor):
+    """Answers what a handler raises according to the service's `ErrorTable`."""
+
+    def __init__(self, table: ErrorTable) -> None:
+        self._table = table
+
+    def around(self, details: grpc.HandlerCallDetails) -> Around:
+        table = self._table
+
+        @asynccontextmanager
+        async def answered(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            try:
+                yield
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                code = table.status_of(error)
+                if code is None:
+                    _log.exception("%s request failed", table.service)
+                    message = f"the {table.service} service failed; see its logs"
+                    await context.abort(grpc.StatusCode.INTERNAL, message)
+                await context.abort_with_status(table.rpc_status(code, error))
+
+        return answered
 
 
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     """The ErrorInfo a server attached to a failed call, if any."""
-    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    for key, value in trailing or ():
-        if key == _DETAILS_KEY:
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    return info
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, AttributeError):  # inconsistent trailer, or not a call at all
+        return None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
     return None
 
 

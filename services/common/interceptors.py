@@ -1,4 +1,7 @@
-"""Server interceptors every service installs: request ids, operator auth, readiness.
+"""Server interceptors every service installs: request ids and readiness.
+
+Access (services/common/access.py) and error answers (services/common/errors.py) are
+interceptors too, built on `wrap_handler` here.
 
 Each one wraps the method handler rather than acting in `intercept_service` itself, so what it
 sets (a context variable) or refuses (an abort) happens inside the RPC's own task, for unary
@@ -7,12 +10,11 @@ and streaming methods alike.
 
 from __future__ import annotations
 
-import hmac
 import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -28,7 +30,7 @@ Around = Callable[[Any, grpc.aio.ServicerContext], AbstractAsyncContextManager[N
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
-def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
+def metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
     for item in details.invocation_metadata or ():
         if item[0] == key:
             value = item[1]
@@ -36,7 +38,7 @@ def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
     return None
 
 
-def _wrapped(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
+def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
     """The same handler with `around` entered for the whole call. Client streaming is unused."""
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
@@ -68,8 +70,12 @@ def _wrapped(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHa
     return handler
 
 
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):
-    """Carries `x-request-id` into logs (generating one if absent) and logs each RPC once."""
+# Health and reflection answer probes and tools before start-up ends, and without credentials.
+ALWAYS_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class AroundInterceptor(grpc.aio.ServerInterceptor):
+    """Enters the context manager `around` chooses for a call (None: the call as it is)."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -77,8 +83,30 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        request_id = _metadata_value(handler_call_details, REQUEST_ID_KEY) or uuid.uuid4().hex
+        around = self.around(handler_call_details)
+        return handler if around is None else wrap_handler(handler, around)
+
+    def around(self, details: grpc.HandlerCallDetails) -> Around | None:
+        raise NotImplementedError
+
+
+def refusal(code: grpc.StatusCode, message: str) -> Around:
+    """Ends the call with `code` before the handler runs."""
+
+    @asynccontextmanager
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        await context.abort(code, message)
+        yield
+
+    return refuse
+
+
+class RequestIdInterceptor(AroundInterceptor):
+    """Carries `x-request-id` into logs (generating one if absent) and logs each RPC once."""
+
+    def around(self, details: grpc.HandlerCallDetails) -> Around:
+        method = details.method
+        request_id = metadata_value(details, REQUEST_ID_KEY) or uuid.uuid4().hex
 
         @asynccontextmanager
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
@@ -98,64 +126,20 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):
                     },
                 )
 
-        return _wrapped(handler, traced)
+        return traced
 
 
-class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Admin methods require `authorization: Bearer <operator token>`."""
-
-    def __init__(self, admin_methods: Collection[str], operator_token: str) -> None:
-        if not operator_token:
-            raise ValueError("an operator token is required")
-        self._admin_methods = frozenset(admin_methods)
-        self._expected = f"Bearer {operator_token}".encode()
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method not in self._admin_methods:
-            return handler
-        presented = (_metadata_value(handler_call_details, "authorization") or "").encode()
-        authorized = hmac.compare_digest(presented, self._expected)
-
-        @asynccontextmanager
-        async def require_operator(
-            request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[None]:
-            if not authorized:
-                await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED, "operator token missing or wrong"
-                )
-            yield
-
-        return _wrapped(handler, require_operator)
-
-
-class ReadinessInterceptor(grpc.aio.ServerInterceptor):
+class ReadinessInterceptor(AroundInterceptor):
     """Refuses service RPCs with UNAVAILABLE until start-up work has finished.
 
     The server listens before the database pool or the model is ready so health checks can
     report NOT_SERVING meanwhile; health and reflection always pass.
     """
 
-    _ALWAYS_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
     def __init__(self) -> None:
         self.ready = False
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or self.ready:
-            return handler
-        if handler_call_details.method.startswith(self._ALWAYS_OPEN):
-            return handler
-
-        @asynccontextmanager
-        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "service is starting")
-            yield
-
-        return _wrapped(handler, refuse)
+    def around(self, details: grpc.HandlerCallDetails) -> Around | None:
+        if self.ready or details.method.startswith(ALWAYS_OPEN):
+            return None
+        return refusal(grpc.StatusCode.UNAVAILABLE, "service is starting")

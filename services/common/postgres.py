@@ -1,8 +1,9 @@
-"""PostgreSQL for the services that own data (auth, ledger): a pool and schema migrations.
+"""PostgreSQL for the services that own data (auth, ledger): schema migrations and a pool.
 
-Each service owns one schema and a folder of numbered `.sql` files. Migrations run at start-up
-inside one transaction holding a per-schema advisory lock, so replicas starting together apply
-each file exactly once: the second waits, then finds nothing left to do.
+Each service's store owns one schema and a folder of numbered `.sql` files, and opens its
+database through `open_database`: migrations first, then the pool. Migrations run inside one
+transaction holding a per-schema advisory lock, so replicas starting together apply each file
+exactly once: the second waits, then finds nothing left to do.
 """
 
 from __future__ import annotations
@@ -14,7 +15,29 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from services.common.settings import DatabaseSettings
+
 _log = logging.getLogger("postgres")
+
+
+async def open_database(
+    settings: DatabaseSettings,
+    *,
+    schema: str,
+    migrations: Path,
+    application_name: str,
+    autocommit: bool = False,
+) -> AsyncConnectionPool:
+    """Bring `schema` up to date with the `migrations` folder, then open the service's pool."""
+    await apply_migrations(settings.database_url, schema, migrations)
+    return await open_pool(
+        settings.database_url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        autocommit=autocommit,
+        timeout=settings.pool_timeout_seconds,
+        application_name=application_name,
+    )
 
 
 async def open_pool(

@@ -2,8 +2,10 @@
 
 Start-up: listen at once (health NOT_SERVING, service RPCs refused with UNAVAILABLE), run the
 service's own start-up (database pool and migrations, or model load and warm-up), then mark
-SERVING. SIGTERM or SIGINT: NOT_SERVING first so load balancers stop sending, let in-flight RPCs
-drain for the grace period, then release the service's resources.
+SERVING. Every call passes the same interceptors: request id, readiness, who may call it (the
+access each RPC declares in its .proto), and the service's error table. SIGTERM or SIGINT:
+NOT_SERVING first so load balancers stop sending, let in-flight RPCs drain for the grace
+period, then release the service's resources.
 """
 
 from __future__ import annotations
@@ -18,41 +20,65 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.access import AccessInterceptor, AccessPolicy
+from services.common.errors import ErrorInterceptor, ErrorTable
 from services.common.interceptors import ReadinessInterceptor, RequestIdInterceptor
+from services.common.keepalive import SERVER_OPTIONS
+from services.common.mesh import OPERATOR_TOKEN_ENV, OPERATOR_TOKEN_FILE
 
 _log = logging.getLogger("server")
-
-# Long synthesis streams must not be cut by keepalive defaults; these let clients ping freely.
-_SERVER_OPTIONS = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
 
 
 @dataclass
 class ServiceSpec:
     """What a service brings to the shared bootstrap."""
 
-    # Fully-qualified gRPC service names, for health and reflection.
+    # Fully-qualified gRPC service names, for health, reflection and access declarations.
     names: Sequence[str]
     # Adds the servicers to the server; called before it listens.
     register: Callable[[grpc.aio.Server], None]
+    # How the service answers what its handlers raise; names the service in logs and errors.
+    errors: ErrorTable
+    # Proves the operator to RPCs that only it may call (see services/common/access.py).
+    operator_token: str | None = None
     # Work to finish before SERVING (open pools, migrate, load the model).
     startup: Callable[[], Awaitable[None]] | None = None
     # Releases resources after the drain.
     shutdown: Callable[[], Awaitable[None]] | None = None
-    # Extra interceptors (e.g. operator auth), after request ids and readiness.
+    # Extra interceptors, after request ids, readiness, access and error answers.
     interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
 
 
-async def serve(spec: ServiceSpec, bind_address: str, grace_seconds: float) -> None:
-    """Run until SIGTERM/SIGINT, then drain and stop. Exits with one line if the port is taken."""
+@dataclass
+class BuiltServer:
+    """A server with every shared piece in place, not yet listening."""
+
+    server: grpc.aio.Server
+    readiness: ReadinessInterceptor
+    health: health.aio.HealthServicer
+
+
+def build_server(spec: ServiceSpec) -> BuiltServer:
+    """The service's servicers behind the shared interceptors, with health and reflection.
+
+    Exits with one line when an RPC only the operator may call has no operator token to check.
+    """
+    policy = AccessPolicy.of_names(spec.names)
+    if policy.any_needs_operator and not spec.operator_token:
+        raise SystemExit(
+            f"error: {spec.errors.service} needs {OPERATOR_TOKEN_ENV} or the file "
+            f".data/{OPERATOR_TOKEN_FILE} (make run writes it)"
+        )
     readiness = ReadinessInterceptor()
     server = grpc.aio.server(
-        interceptors=[RequestIdInterceptor(), readiness, *spec.interceptors],
-        options=_SERVER_OPTIONS,
+        interceptors=[
+            RequestIdInterceptor(),
+            readiness,
+            AccessInterceptor(policy, spec.operator_token),
+            ErrorInterceptor(spec.errors),
+            *spec.interceptors,
+        ],
+        options=SERVER_OPTIONS,
     )
     spec.register(server)
     health_servicer = health.aio.HealthServicer()
@@ -65,6 +91,13 @@ async def serve(spec: ServiceSpec, bind_address: str, grace_seconds: float) -> N
         ],
         server,
     )
+    return BuiltServer(server, readiness, health_servicer)
+
+
+async def serve(spec: ServiceSpec, bind_address: str, grace_seconds: float) -> None:
+    """Run until SIGTERM/SIGINT, then drain and stop. Exits with one line if the port is taken."""
+    built = build_server(spec)
+    server, readiness, health_servicer = built.server, built.readiness, built.health
     for name in ("", *spec.names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 

@@ -15,8 +15,8 @@ from services.gateway.clients import Upstreams
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware
 from services.gateway.routes import account, catalog, health, speech
+from services.gateway.serving import SpeechSeller
 from services.gateway.settings import GatewaySettings
-from services.gateway.speech import SpeechService
 
 DESCRIPTION = """\
 OpenAI-compatible text to speech on Kokoro-82M, paid per input character from prepaid credits.
@@ -73,13 +73,13 @@ _SHOULD_RETRY_HEADER = {
 
 def create_app(settings: GatewaySettings, clients: Upstreams) -> FastAPI:
     """The gateway over `clients`: gRPC ones when served, in-memory fakes in unit tests."""
-    service = SpeechService(clients, Catalog(clients.synth, settings.catalog_ttl_seconds), settings)
+    seller = SpeechSeller(clients, Catalog(clients.synth, settings.catalog_ttl_seconds), settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         # Uvicorn has drained the connections; charges still being settled finish first.
-        await service.drain()
+        await seller.drain()
 
     app = GatewayApp(
         title="kokoro-pay",
@@ -92,7 +92,7 @@ def create_app(settings: GatewaySettings, clients: Upstreams) -> FastAPI:
         servers=[{"url": "/", "description": "this gateway"}],
     )
     app.max_input_chars = settings.max_input_chars
-    app.state.speech = service
+    app.state.seller = seller
     app.state.upstreams = clients
     # Set when the process is asked to stop, so /readyz sends new traffic elsewhere.
     app.state.draining = asyncio.Event()

@@ -1,8 +1,9 @@
 """What the gateway needs from auth, ledger and synth: interfaces, and their gRPC implementations.
 
-The serving layer (speech.py) depends only on the Protocols and the plain values below, so it
-can be exercised with in-memory fakes; `GrpcUpstreams` is what runs. Every failed call surfaces
-as `UpstreamError`, carrying the gRPC status and the ErrorInfo reason that errors.py maps to HTTP.
+The serving layer (serving.py, billing.py, delivery.py) depends only on the Protocols and the
+plain values below, so it can be exercised with in-memory fakes; `GrpcUpstreams` is what runs.
+Every failed call surfaces as `UpstreamError`, carrying the gRPC status and the ErrorInfo reason
+that errors.py maps to HTTP.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 FastAPI's own 422 never reaches a client: request validation failures become the contract's 400.
 Upstream failures are translated by one table from gRPC status (and ErrorInfo reason, where the
-caller must branch on it) to HTTP status. Messages of 4xx answers are written for the caller and
-passed on; 5xx answers say which service failed and nothing about its insides.
+caller must branch on it) to HTTP status; the few calls whose failures read differently to the
+client (synth's, Reserve's) and the gateway's own refusals are named below it, so every status
+the gateway answers is chosen in this module. Messages of 4xx answers are written for the caller
+and passed on; 5xx answers say which service failed and nothing about its insides.
 """
 
 from __future__ import annotations
@@ -96,6 +98,51 @@ def api_error(error: UpstreamError) -> ApiError:
         what = "speech synthesis" if error.service == "synth" else f"the {error.service} service"
         return ApiError(status, f"{what} failed ({error.code.name.lower()}); please retry")
     return ApiError(status, error.message or error.code.name.lower())
+
+
+def synthesis_error(error: UpstreamError) -> ApiError:
+    """A synth failure as the client sees it: its own mistakes as 4xx, anything else 502."""
+    status = http_status(error)
+    if status < 500:
+        return ApiError(status, error.message or "invalid request")
+    _log.warning("synthesis failed: %s", error, extra={"grpc_code": error.code.name})
+    return ApiError(502, "upstream synthesis error; any charge for this request was refunded")
+
+
+def reserve_error(error: UpstreamError, cost: int) -> ApiError:
+    """A refused Reserve: no credits, or no account opened yet, is a 402 naming the cost."""
+    if error.reason == "INSUFFICIENT_CREDITS" or error.code == grpc.StatusCode.NOT_FOUND:
+        return ApiError(
+            402,
+            f"insufficient credits: this request costs {cost} credits "
+            "(one per character of input); top up your balance",
+        )
+    return api_error(error)
+
+
+# The gateway's own refusals, decided before or instead of an upstream call.
+
+
+def missing_key() -> ApiError:
+    return ApiError(401, "missing API key: send `Authorization: Bearer kp_live_…`")
+
+
+def invalid_order(problem: str) -> ApiError:
+    """A request pydantic accepted but the settings or synth's lists refuse."""
+    return ApiError(400, problem)
+
+
+def still_in_progress() -> ApiError:
+    """A repeat of a keyed request whose hold is still held: serving it would deliver twice."""
+    return ApiError(
+        409,
+        "a request with this Idempotency-Key and content is still in progress; "
+        "retry once it has finished",
+    )
+
+
+def synthesis_not_started() -> ApiError:
+    return ApiError(502, "speech synthesis did not start in time; nothing was charged")
 
 
 def error_response(status: int, detail: str) -> JSONResponse:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.common.mesh import PORTS, local_address
 from services.common.settings import ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
-    port: int = Field(default=8000, ge=1, le=65535)
-    auth_address: str = Field(default="127.0.0.1:50051", min_length=1)
-    ledger_address: str = Field(default="127.0.0.1:50052", min_length=1)
-    synth_address: str = Field(default="127.0.0.1:50053", min_length=1)
+    port: int = Field(default=PORTS["gateway"], ge=1, le=65535)
+    auth_address: str = Field(default=local_address("auth"), min_length=1)
+    ledger_address: str = Field(default=local_address("ledger"), min_length=1)
+    synth_address: str = Field(default=local_address("synth"), min_length=1)
     # OpenAI's own limit; longer inputs are refused with 400 before anything is charged.
     max_input_chars: int = Field(default=4096, ge=1, le=1_000_000)
     # Spoken when a request names no voice (OpenAI requires one; we are lenient).
@@ -29,6 +31,12 @@ class GatewaySettings(ServiceSettings):
     # The longest a stream may take per input character once the first audio is out: about
     # four times what a client playing the audio in real time takes.
     hold_ttl_per_char_seconds: float = Field(default=0.25, ge=0, le=60)
+    # Pauses between attempts of a settlement (Capture, Release) that failed ambiguously, about
+    # 8 s in all: enough to ride out a ledger rolling restart, so completed audio is not left
+    # unpaid until the hold's deadline. Their sum must stay well inside hold_ttl_base_seconds.
+    settle_retry_delays_seconds: tuple[Annotated[float, Field(ge=0, le=60)], ...] = Field(
+        default=(0.25, 0.5, 1.0, 2.0, 4.0), max_length=10
+    )
     # How long the first audio may take, waiting for a free model slot included.
     first_chunk_timeout_seconds: float = Field(default=300.0, gt=0, le=3600)
     # Voices and models change only when synth is redeployed.

@@ -1,6 +1,8 @@
 """LedgerService over gRPC: checks requests, calls the store, answers in the contract's terms.
 
-Refusals a caller branches on carry a google.rpc.ErrorInfo (domain "ledger.kokoropay"):
+Handlers raise; `ERRORS` is the one table that turns what they raise into a status
+(services/common/errors.py). Who may call each RPC is declared in ledger.proto. Refusals a
+caller branches on carry a google.rpc.ErrorInfo (domain "ledger.kokoropay"):
 
 | refusal                                   | status              | reason                 |
 |-------------------------------------------|---------------------|------------------------|
@@ -19,36 +21,36 @@ unknown accounts and holds NOT_FOUND, and neither writes anything.
 
 from __future__ import annotations
 
-import functools
-import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
-
 import grpc
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
-from services.common.errors import abort
+from services.common.errors import ErrorTable, InvalidArgument, NotFound, Unavailable
 from services.common.timestamps import timestamp as _timestamp
 from services.ledger import validation
 from services.ledger.paging import decode_page_token, encode_page_token
 from services.ledger.store import (
-    AccountNotFound,
     Balance,
-    CaptureExceedsHold,
     Entry,
     Hold,
     HoldClosed,
-    HoldNotFound,
     IdempotencyKeyReused,
     InsufficientCredits,
-    LedgerError,
     LedgerStore,
-    LedgerUnavailable,
 )
-from services.ledger.validation import InvalidArgument
 
-DOMAIN = "ledger.kokoropay"
-_log = logging.getLogger("ledger.servicer")
+SERVICE_NAME: str = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
+
+ERRORS = ErrorTable(
+    "ledger",
+    {
+        InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,  # CaptureExceedsHold included
+        NotFound: grpc.StatusCode.NOT_FOUND,
+        InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,
+        HoldClosed: grpc.StatusCode.FAILED_PRECONDITION,
+        IdempotencyKeyReused: grpc.StatusCode.ALREADY_EXISTS,
+        Unavailable: grpc.StatusCode.UNAVAILABLE,
+    },
+)
 
 _HOLD_STATES = {
     "held": ledger_pb2.HOLD_STATE_HELD,
@@ -98,76 +100,12 @@ def entry_message(entry: Entry) -> ledger_pb2.Entry:
     )
 
 
-async def _refuse(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
-    """Abort the RPC with the status (and reason) the contract gives `error`."""
-    message = str(error)
-    match error:
-        case InvalidArgument() | CaptureExceedsHold():
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
-        case AccountNotFound() | HoldNotFound():
-            await abort(context, grpc.StatusCode.NOT_FOUND, message)
-        case InsufficientCredits(balance=balance, requested=requested):
-            await abort(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                message,
-                reason="INSUFFICIENT_CREDITS",
-                domain=DOMAIN,
-                metadata={"balance": str(balance), "requested": str(requested)},
-            )
-        case IdempotencyKeyReused():
-            await abort(
-                context,
-                grpc.StatusCode.ALREADY_EXISTS,
-                message,
-                reason="IDEMPOTENCY_KEY_REUSED",
-                domain=DOMAIN,
-            )
-        case HoldClosed(hold=hold):
-            await abort(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                message,
-                reason=f"HOLD_{hold.state.upper()}",
-                domain=DOMAIN,
-                metadata={"hold_id": hold.id},
-            )
-        case LedgerUnavailable():
-            await abort(context, grpc.StatusCode.UNAVAILABLE, message)
-    raise error
-
-
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-Handler = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]
-
-
-def _answers_refusals(handler: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Turn the validation and store exceptions a handler raises into contract statuses."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
-        try:
-            return await handler(self, request, context)
-        except (InvalidArgument, LedgerError) as error:
-            await _refuse(context, error)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            # The database's own words stay in the log, next to the request id.
-            _log.exception("ledger request failed")
-            await abort(context, grpc.StatusCode.INTERNAL, "the ledger failed; see its logs")
-
-    return wrapper
-
-
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     def __init__(self, store: LedgerStore, default_ttl_seconds: int, max_ttl_seconds: int) -> None:
         self._store = store
         self._default_ttl_seconds = default_ttl_seconds
         self._max_ttl_seconds = max_ttl_seconds
 
-    @_answers_refusals
     async def OpenAccount(
         self, request: ledger_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.OpenAccountResponse:
@@ -175,14 +113,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         balance = await self._store.open_account(account_id)
         return ledger_pb2.OpenAccountResponse(balance=balance_message(balance))
 
-    @_answers_refusals
     async def GetBalance(
         self, request: ledger_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.GetBalanceResponse:
         account_id = validation.require_id(request.account_id, "account_id")
         return balance_message(await self._store.balance(account_id))
 
-    @_answers_refusals
     async def Grant(
         self, request: ledger_pb2.GrantRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.GrantResponse:
@@ -194,7 +130,6 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             entry=entry_message(entry), balance=balance_message(balance)
         )
 
-    @_answers_refusals
     async def SetUnlimited(
         self, request: ledger_pb2.SetUnlimitedRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.SetUnlimitedResponse:
@@ -202,7 +137,6 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         balance = await self._store.set_unlimited(account_id, request.unlimited)
         return ledger_pb2.SetUnlimitedResponse(balance=balance_message(balance))
 
-    @_answers_refusals
     async def Reserve(
         self, request: ledger_pb2.ReserveRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.ReserveResponse:
@@ -217,7 +151,6 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             hold=hold_message(hold), balance=balance_message(balance), replayed=replayed
         )
 
-    @_answers_refusals
     async def Capture(
         self, request: ledger_pb2.CaptureRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.CaptureResponse:
@@ -226,14 +159,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         hold = await self._store.capture(hold_id, amount)
         return ledger_pb2.CaptureResponse(hold=hold_message(hold))
 
-    @_answers_refusals
     async def Release(
         self, request: ledger_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.ReleaseResponse:
         hold_id = validation.require_id(request.hold_id, "hold_id")
         return ledger_pb2.ReleaseResponse(hold=hold_message(await self._store.release(hold_id)))
 
-    @_answers_refusals
     async def ListEntries(
         self, request: ledger_pb2.ListEntriesRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.ListEntriesResponse:

@@ -1,4 +1,5 @@
-"""All of the ledger's SQL: balances, holds and the journal in the `ledger` schema.
+"""All of the ledger's SQL: balances, holds and the journal in the `ledger` schema, and the
+pool it runs on.
 
 Each write is one transaction sent as one batch (psycopg pipeline mode: one round trip). Its
 first statement locks the account's row (`SELECT … FOR UPDATE`), so concurrent requests on
@@ -27,13 +28,20 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, LiteralString
 
 from psycopg import AsyncConnection, AsyncCursor, OperationalError
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from services.common.errors import InvalidArgument, NotFound, ServiceError, Unavailable
+from services.common.postgres import open_database
+from services.common.settings import DatabaseSettings
 from services.ledger.ids import new_hold_id
+
+SCHEMA = "ledger"
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 _log = logging.getLogger("ledger.store")
 
@@ -79,48 +87,53 @@ class Entry:
     create_time: datetime
 
 
-class LedgerError(Exception):
-    """A request the ledger refuses for a reason the caller can act on."""
-
-
-class AccountNotFound(LedgerError):
+class AccountNotFound(NotFound):
     def __init__(self, account_id: str) -> None:
         super().__init__(f"account {account_id!r} has no balance: it was never opened")
 
 
-class HoldNotFound(LedgerError):
+class HoldNotFound(NotFound):
     def __init__(self, hold_id: str) -> None:
         super().__init__(f"no hold {hold_id!r}")
 
 
-class IdempotencyKeyReused(LedgerError):
+class IdempotencyKeyReused(ServiceError):
     def __init__(self, key: str, original_amount: int, amount: int) -> None:
         super().__init__(
-            f"idempotency key {key!r} was already used for {original_amount} credits, not {amount}"
+            f"idempotency key {key!r} was already used for {original_amount} credits, not {amount}",
+            reason="IDEMPOTENCY_KEY_REUSED",
         )
 
 
-class InsufficientCredits(LedgerError):
+class InsufficientCredits(ServiceError):
     def __init__(self, balance: int, requested: int) -> None:
-        super().__init__(f"insufficient credits: {requested} requested, {balance} available")
+        super().__init__(
+            f"insufficient credits: {requested} requested, {balance} available",
+            reason="INSUFFICIENT_CREDITS",
+            metadata={"balance": str(balance), "requested": str(requested)},
+        )
         self.balance = balance
         self.requested = requested
 
 
-class HoldClosed(LedgerError):
+class HoldClosed(ServiceError):
     """The hold is already captured, released or expired, and the request needs otherwise."""
 
     def __init__(self, hold: Hold, action: str) -> None:
-        super().__init__(f"cannot {action} hold {hold.id}: it is already {hold.state}")
+        super().__init__(
+            f"cannot {action} hold {hold.id}: it is already {hold.state}",
+            reason=f"HOLD_{hold.state.upper()}",
+            metadata={"hold_id": hold.id},
+        )
         self.hold = hold
 
 
-class CaptureExceedsHold(LedgerError):
+class CaptureExceedsHold(InvalidArgument):
     def __init__(self, hold: Hold, amount: int) -> None:
         super().__init__(f"cannot capture {amount} credits of hold {hold.id}: it has {hold.amount}")
 
 
-class LedgerUnavailable(LedgerError):
+class LedgerUnavailable(Unavailable):
     """The database could not be reached, or no connection freed up in time; worth a retry."""
 
 
@@ -338,13 +351,28 @@ def _expire_overdue(*, account_id: str | None = None, hold_id: str | None = None
 
 
 class LedgerStore:
-    """The ledger's operations, each one transaction and one round trip to PostgreSQL."""
+    """The ledger's operations, each one transaction and one round trip to PostgreSQL.
 
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        self._pool = pool
+    Nothing connects until `open`, so the service listens (NOT_SERVING) before the database.
+    """
+
+    def __init__(self) -> None:
+        self._pool: AsyncConnectionPool[Any] | None = None
+
+    async def open(self, database: DatabaseSettings) -> None:
+        """Migrate the schema, then fill the pool; fails fast when the database is unreachable."""
+        self._pool = await open_database(
+            database, schema=SCHEMA, migrations=MIGRATIONS_DIR, application_name="kokoropay-ledger"
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
 
     async def _run(self, *statements: Statement) -> list[list[Row]]:
         """Run `statements` in order as one transaction in one round trip; each one's rows."""
+        if self._pool is None:
+            raise RuntimeError("LedgerStore.open() has not run")
         try:
             async with self._pool.connection() as conn, conn.pipeline():
                 async with conn.transaction():

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import unicodedata
 
+from services.common.errors import InvalidArgument
+
+__all__ = ["InvalidArgument"]  # raised by every check here
+
 # Identifiers and idempotency keys are stored as given; longer ones are a caller's bug.
 MAX_ID_LENGTH = 128
 MAX_KEY_LENGTH = 128
@@ -12,10 +16,6 @@ MAX_KEY_LENGTH = 128
 MAX_AMOUNT = 10**12
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-
-
-class InvalidArgument(ValueError):
-    """A request field is missing or out of range; the message names it."""
 
 
 def _printable(value: str, field: str, max_length: int) -> str:

@@ -20,11 +20,10 @@ def main() -> None:
     # Imported here, after settings: torch and the model stack are slow to import.
     from services.synth.engine.kokoro_backend import KokoroBackend, choose_device
     from services.synth.engine.manager import EngineManager
-    from services.synth.engine.model_files import find_weights
-    from services.synth.servicer import SynthServicer
+    from services.synth.engine.model_files import WeightsError, find_weights
+    from services.synth.servicer import ERRORS, SynthServicer
     from services.synth.text.chunking import ChunkBudgets
     from services.synth.text.g2p import build_phonemizers
-    from services.synth.weights.errors import WeightsError
 
     try:
         weights = find_weights(settings.weights_dir)
@@ -47,6 +46,8 @@ def main() -> None:
     spec = ServiceSpec(
         names=[SERVICE_NAME],
         register=lambda server: synth_pb2_grpc.add_SynthServiceServicer_to_server(servicer, server),
+        errors=ERRORS,
+        operator_token=settings.operator_token_value(),
         startup=engine.start,
         shutdown=engine.close,
     )

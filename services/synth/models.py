@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODEL_ID = "kokoro"
+# Where hexgrad publishes the model: `make weights` downloads from it, and KModel and KPipeline
+# want the id even when every file is local (they never contact it then).
+HUB_REPO_ID = "hexgrad/Kokoro-82M"
 # OpenAI's speech model names, so OpenAI clients work unchanged; all speak with Kokoro.
 MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 SAMPLE_RATE = 24_000

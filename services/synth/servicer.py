@@ -1,4 +1,9 @@
-"""SynthService over gRPC: validate, resolve the voice, stream encoded chunks as they are spoken."""
+"""SynthService over gRPC: validate, resolve the voice, stream encoded chunks as they are spoken.
+
+Handlers raise; `ERRORS` is the one table that turns what they raise into a status
+(services/common/errors.py), a model failure mid-stream included (INTERNAL, logged with its
+traceback). Who may call each RPC is declared in synth.proto.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,34 @@ from contextlib import aclosing
 import grpc
 from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 
-from services.common.errors import abort
+from services.common.errors import ErrorTable, InvalidArgument, ServiceError
 from services.synth.audio.encoders import AudioFormat, StreamEncoder, open_encoder
 from services.synth.engine.manager import EngineManager, GeneratedChunk, SynthesisCancelled
 from services.synth.models import UnknownModelError, model_info, resolve_model
 from services.synth.voices import VoiceError, VoiceKind
 
 _log = logging.getLogger("synth.rpc")
+
+SERVICE_NAME: str = synth_pb2.DESCRIPTOR.services_by_name["SynthService"].full_name
+
+
+class InputTooLong(ServiceError):
+    def __init__(self, characters: int, limit: int) -> None:
+        super().__init__(
+            f"text has {characters} characters; this server takes at most {limit} per request",
+            reason="INPUT_TOO_LONG",
+        )
+
+
+ERRORS = ErrorTable(
+    "synth",
+    {
+        InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+        UnknownModelError: grpc.StatusCode.INVALID_ARGUMENT,
+        VoiceError: grpc.StatusCode.INVALID_ARGUMENT,
+        InputTooLong: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    },
+)
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 # Well under gRPC's default 4 MiB receive limit: a long chunk of PCM/WAV at a slow speed
@@ -51,32 +77,17 @@ class SynthServicer(synth_pb2_grpc.SynthServiceServicer):
     ) -> AsyncIterator[synth_pb2.AudioChunk]:
         text = request.text
         if not text.strip():
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "text is empty")
+            raise InvalidArgument("text is empty")
         if len(text) > self._max_input_chars:
-            await abort(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"text has {len(text)} characters; this server takes at most "
-                f"{self._max_input_chars} per request",
-                reason="INPUT_TOO_LONG",
-            )
+            raise InputTooLong(len(text), self._max_input_chars)
         speed = request.speed or 1.0
         if not MIN_SPEED <= speed <= MAX_SPEED:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"speed {request.speed:g} is outside {MIN_SPEED}–{MAX_SPEED}",
-            )
+            raise InvalidArgument(f"speed {request.speed:g} is outside {MIN_SPEED}–{MAX_SPEED}")
         audio_format = _FORMATS.get(request.format)
         if audio_format is None:
-            await abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown format {request.format}"
-            )
-        try:
-            model = resolve_model(request.model)
-            voice = self._engine.catalog.resolve(request.voice)
-        except (UnknownModelError, VoiceError) as error:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise InvalidArgument(f"unknown format {request.format}")
+        model = resolve_model(request.model)
+        voice = self._engine.catalog.resolve(request.voice)
 
         started = time.perf_counter()
         first_chunk_ms: float | None = None
@@ -91,7 +102,7 @@ class SynthServicer(synth_pb2_grpc.SynthServiceServicer):
         chunks = self._engine.stream(text, voice, speed, cancelled)
         try:
             async with aclosing(chunks):
-                async for chunk in _reporting_failures(chunks, context):
+                async for chunk in chunks:
                     if not len(chunk.audio) and not chunk.is_last:
                         continue  # a chunk of bare punctuation says nothing
                     audio = await _encode(encoder, chunk)
@@ -169,18 +180,6 @@ class SynthServicer(synth_pb2_grpc.SynthServiceServicer):
                 )
             ]
         )
-
-
-async def _reporting_failures(
-    chunks: AsyncIterator[GeneratedChunk], context: grpc.aio.ServicerContext
-) -> AsyncIterator[GeneratedChunk]:
-    """The chunks, with a model failure ended as INTERNAL (logged with its traceback)."""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except Exception:
-        _log.exception("synthesis failed")
-        await abort(context, grpc.StatusCode.INTERNAL, "synthesis failed")
 
 
 def split_audio(audio: bytes, limit: int = MAX_MESSAGE_AUDIO_BYTES) -> list[tuple[int, bytes]]:

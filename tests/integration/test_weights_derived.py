@@ -21,12 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from services.synth.weights import (
-    WeightsError,
-    WeightsPaths,
-    install_en_core_web_sm_alias,
-    locate_weights,
-)
+from services.synth.engine.model_files import WeightsError, WeightsPaths, locate_weights
+from services.synth.models import HUB_REPO_ID
+from services.synth.text.g2p_spacy_alias import install_en_core_web_sm_alias
 from services.synth.weights.derive import onnx_path
 
 pytestmark = pytest.mark.model
@@ -34,7 +31,6 @@ pytestmark = pytest.mark.model
 SAMPLE_RATE = 24_000
 PHRASE = "The quick brown fox jumps over the lazy dog."
 VOICE = "af_heart"
-REPO_ID = "hexgrad/Kokoro-82M"
 ONNX_ISTFT_GAIN = 1.5
 DURATION_SUMS_OUTPUT = "/encoder/predictor/ReduceSum_output_0"
 
@@ -73,9 +69,9 @@ def utterance(weights: WeightsPaths) -> Iterator[Utterance]:
     install_en_core_web_sm_alias()
     torch.manual_seed(0)  # the harmonic source adds noise
     model = KModel(
-        repo_id=REPO_ID, config=str(weights.config_path), model=str(weights.model_path)
+        repo_id=HUB_REPO_ID, config=str(weights.config_path), model=str(weights.model_path)
     ).eval()
-    pipeline = KPipeline(lang_code="a", repo_id=REPO_ID, model=model)
+    pipeline = KPipeline(lang_code="a", repo_id=HUB_REPO_ID, model=model)
     voice = pipeline.load_voice(str(weights.voice_path(VOICE)))
     result = next(iter(pipeline(PHRASE, voice=voice)))
     phonemes = result.phonemes

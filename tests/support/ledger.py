@@ -75,7 +75,8 @@ class Ledger:
             page = await self.stub.ListEntries(
                 ledger_pb2.ListEntriesRequest(
                     account_id=account_id, page_size=500, page_token=token
-                )
+                ),
+                metadata=ADMIN,
             )
             entries.extend(page.entries)
             token = page.next_page_token

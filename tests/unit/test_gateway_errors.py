@@ -8,9 +8,15 @@ import pytest
 from services.common.settings import load_settings
 from services.gateway.catalog import Catalog
 from services.gateway.clients import UpstreamError, _call
-from services.gateway.errors import GRPC_TO_HTTP, http_status, should_retry
+from services.gateway.errors import (
+    GRPC_TO_HTTP,
+    http_status,
+    reserve_error,
+    should_retry,
+    synthesis_error,
+)
 from services.gateway.settings import GatewaySettings
-from tests.unit.test_gateway_fakes import FakeSynth
+from tests.support.gateway_fakes import FakeSynth
 
 
 def test_every_grpc_status_but_ok_has_an_http_status() -> None:
@@ -32,6 +38,35 @@ def test_every_grpc_status_but_ok_has_an_http_status() -> None:
 )
 def test_status_table(code: grpc.StatusCode, reason: str | None, status: int) -> None:
     assert http_status(UpstreamError("ledger", code, "m", reason)) == status
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "status"),
+    [
+        (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS", 402),
+        (grpc.StatusCode.NOT_FOUND, None, 402),  # a key issued before its account was opened
+        (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED", 409),
+        (grpc.StatusCode.UNAVAILABLE, None, 503),
+    ],
+)
+def test_a_refused_reserve(code: grpc.StatusCode, reason: str | None, status: int) -> None:
+    answer = reserve_error(UpstreamError("ledger", code, "m", reason), cost=7)
+    assert answer.status == status
+    if status == 402:
+        assert "costs 7 credits" in answer.detail
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (grpc.StatusCode.UNAVAILABLE, 502),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 502),
+        (grpc.StatusCode.INTERNAL, 502),
+    ],
+)
+def test_a_synth_failure_is_the_callers_or_a_502(code: grpc.StatusCode, status: int) -> None:
+    assert synthesis_error(UpstreamError("synth", code, "m")).status == status
 
 
 @pytest.mark.parametrize(
@@ -57,6 +92,8 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     # The first-chunk wait, the longest stream for 4096 characters, then the settling margin.
     assert settings.hold_ttl_seconds(4096) == 300 + 1024 + 300
     assert settings.send_timeout_seconds == 30
+    # Settlement retries span about 8 s, well inside the hold's settling margin.
+    assert settings.settle_retry_delays_seconds == (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def test_a_bad_setting_stops_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,21 +9,9 @@ import httpx
 import pytest
 
 from services.gateway.protocol import CONTENT_TYPES
-from tests.unit.test_gateway_fakes import (
-    GOOD_KEY,
-    REVOKED_KEY,
-    FakeMesh,
-    asgi_client,
-    auth_header,
-    fake_mesh,
-)
+from tests.support.gateway_fakes import GOOD_KEY, REVOKED_KEY, FakeMesh, auth_header
 
 SPEECH = "/v1/audio/speech"
-
-
-@pytest.fixture
-def mesh() -> FakeMesh:
-    return fake_mesh()
 
 
 def assert_client_error(response: httpx.Response, status: int) -> str:
@@ -57,40 +45,46 @@ def assert_client_error(response: httpx.Response, status: int) -> str:
         (b'{"input": "hi", "voice": "nobody"}', {}, "unknown voice"),
         (b'{"input": "hi", "voice": "af_sky+nobody(2)"}', {}, "unknown voice 'nobody'"),
         (b'{"input": "hi", "voice": "af_sky((2)"}', {}, "cannot read"),
+        (b'{"input": "hi", "voice": "af_sky(0)"}', {}, "positive"),
         (b'{"input": "hi", "model": "tts-2"}', {}, "unknown model"),
+        (b'{"input": "hi", "model": "whisper-1"}', {}, "unknown model"),
+        (b'{"input": "hi", "speed": 4.5}', {}, "speed"),
+        (json.dumps({"input": "x" * 4097}).encode(), {}, "limit is 4096"),
         (b'{"input": "hi"}', {"content-type": "text/plain"}, "JSON object"),
         (b'{"input": "hi"}', {"Idempotency-Key": ""}, "Idempotency-Key"),
     ],
 )
 async def test_bad_requests_are_400_in_the_envelope(
-    mesh: FakeMesh, content: bytes, headers: dict[str, str], expected: str
+    mesh: FakeMesh,
+    client: httpx.AsyncClient,
+    content: bytes,
+    headers: dict[str, str],
+    expected: str,
 ) -> None:
-    async with asgi_client(mesh) as client:
-        response = await client.post(SPEECH, content=content, headers={**auth_header(), **headers})
+    response = await client.post(SPEECH, content=content, headers={**auth_header(), **headers})
     assert expected in assert_client_error(response, 400)
+    # A bad request changes nothing.
     assert mesh.ledger.calls == []
+    assert mesh.synth.requests == []
 
 
-async def test_too_long_input_names_the_limit() -> None:
-    mesh = fake_mesh(max_input_chars=10)
-    async with asgi_client(mesh) as client:
-        response = await client.post(SPEECH, json={"input": "x" * 11}, headers=auth_header())
+@pytest.mark.parametrize("gateway_settings", [{"max_input_chars": 10}])
+async def test_too_long_input_names_the_limit(client: httpx.AsyncClient) -> None:
+    response = await client.post(SPEECH, json={"input": "x" * 11}, headers=auth_header())
     assert "limit is 10" in assert_client_error(response, 400)
 
 
-async def test_a_lone_surrogate_is_400_not_a_crash(mesh: FakeMesh) -> None:
-    async with asgi_client(mesh) as client:
-        response = await client.post(
-            SPEECH,
-            content=b'{"input": "bad \\ud800 text"}',
-            headers={**auth_header(), "content-type": "application/json"},
-        )
+async def test_a_lone_surrogate_is_400_not_a_crash(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        SPEECH,
+        content=b'{"input": "bad \\ud800 text"}',
+        headers={**auth_header(), "content-type": "application/json"},
+    )
     assert_client_error(response, 400)
 
 
-async def test_json_without_content_type_is_accepted(mesh: FakeMesh) -> None:
-    async with asgi_client(mesh) as client:
-        response = await client.post(SPEECH, content=b'{"input": "hi"}', headers=auth_header())
+async def test_json_without_content_type_is_accepted(client: httpx.AsyncClient) -> None:
+    response = await client.post(SPEECH, content=b'{"input": "hi"}', headers=auth_header())
     assert response.status_code == 200
 
 
@@ -108,23 +102,28 @@ async def test_json_without_content_type_is_accepted(mesh: FakeMesh) -> None:
     [("POST", SPEECH), ("GET", "/v1/balance"), ("GET", "/v1/models"), ("GET", "/v1/audio/voices")],
 )
 async def test_every_v1_endpoint_needs_a_live_key(
-    mesh: FakeMesh, method: str, path: str, headers: dict[str, str], expected: str
+    mesh: FakeMesh,
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    expected: str,
 ) -> None:
-    async with asgi_client(mesh) as client:
-        response = await client.request(method, path, json={"input": "hi"}, headers=headers)
+    response = await client.request(method, path, json={"input": "hi"}, headers=headers)
     assert expected in assert_client_error(response, 401)
     assert mesh.ledger.calls == []
 
 
-async def test_request_id_is_generated_echoed_and_forwarded(mesh: FakeMesh) -> None:
-    async with asgi_client(mesh) as client:
-        generated = await client.post(SPEECH, json={"input": "hi"}, headers=auth_header())
-        echoed = await client.post(
-            SPEECH, json={"input": "hi"}, headers={**auth_header(), "x-request-id": "trace-1"}
-        )
-        insane = await client.get(
-            "/v1/balance", headers={**auth_header(), "x-request-id": "bad id\twith spaces"}
-        )
+async def test_request_id_is_generated_echoed_and_forwarded(
+    mesh: FakeMesh, client: httpx.AsyncClient
+) -> None:
+    generated = await client.post(SPEECH, json={"input": "hi"}, headers=auth_header())
+    echoed = await client.post(
+        SPEECH, json={"input": "hi"}, headers={**auth_header(), "x-request-id": "trace-1"}
+    )
+    insane = await client.get(
+        "/v1/balance", headers={**auth_header(), "x-request-id": "bad id\twith spaces"}
+    )
     request_id = generated.headers["x-request-id"]
     assert len(request_id) == 32 and int(request_id, 16) >= 0
     assert echoed.headers["x-request-id"] == "trace-1"
@@ -145,10 +144,9 @@ async def test_request_id_is_generated_echoed_and_forwarded(mesh: FakeMesh) -> N
     ],
 )
 async def test_every_response_has_a_request_id(
-    mesh: FakeMesh, method: str, path: str, status: int
+    client: httpx.AsyncClient, method: str, path: str, status: int
 ) -> None:
-    async with asgi_client(mesh) as client:
-        response = await client.request(method, path, headers=auth_header())
+    response = await client.request(method, path, headers=auth_header())
     assert response.status_code == status
     assert response.headers["x-request-id"]
     if status >= 400:
@@ -160,6 +158,7 @@ async def test_an_unexpected_error_is_a_500_in_the_envelope(mesh: FakeMesh) -> N
         raise RuntimeError("bug")
 
     mesh.ledger.get_balance = broken  # type: ignore[method-assign,assignment]
+    # Unlike the `client` fixture's, this transport answers the app's exceptions as a server does.
     transport = httpx.ASGITransport(app=mesh.app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
         response = await client.get("/v1/balance", headers=auth_header())
@@ -169,11 +168,12 @@ async def test_an_unexpected_error_is_a_500_in_the_envelope(mesh: FakeMesh) -> N
 
 
 @pytest.mark.parametrize("audio_format", sorted(CONTENT_TYPES))
-async def test_content_type_follows_the_format(mesh: FakeMesh, audio_format: str) -> None:
-    async with asgi_client(mesh) as client:
-        response = await client.post(
-            SPEECH, json={"input": "hi", "response_format": audio_format}, headers=auth_header()
-        )
+async def test_content_type_follows_the_format(
+    mesh: FakeMesh, client: httpx.AsyncClient, audio_format: str
+) -> None:
+    response = await client.post(
+        SPEECH, json={"input": "hi", "response_format": audio_format}, headers=auth_header()
+    )
     assert response.status_code == 200
     assert response.headers["content-type"] == CONTENT_TYPES[audio_format]
     assert response.content.startswith(f"{audio_format}:0;".encode())
@@ -191,7 +191,7 @@ def test_content_types_are_the_registered_ones() -> None:
     }
 
 
-async def test_openai_fields_reach_synth(mesh: FakeMesh) -> None:
+async def test_openai_fields_reach_synth(mesh: FakeMesh, client: httpx.AsyncClient) -> None:
     body = {
         "model": "tts-1-hd",
         "input": "hi",
@@ -200,8 +200,7 @@ async def test_openai_fields_reach_synth(mesh: FakeMesh) -> None:
         "instructions": "whisper, please",  # accepted, ignored
         "some_future_field": True,
     }
-    async with asgi_client(mesh) as client:
-        response = await client.post(SPEECH, json=body, headers=auth_header())
+    response = await client.post(SPEECH, json=body, headers=auth_header())
     assert response.status_code == 200
     request = mesh.synth.requests[-1]
     assert request.model == "tts-1-hd"
@@ -209,19 +208,19 @@ async def test_openai_fields_reach_synth(mesh: FakeMesh) -> None:
     assert request.speed == 1.5
 
 
-async def test_no_voice_means_the_default_voice(mesh: FakeMesh) -> None:
-    async with asgi_client(mesh) as client:
-        await client.post(SPEECH, json={"input": "hi"}, headers=auth_header())
+async def test_no_voice_means_the_default_voice(mesh: FakeMesh, client: httpx.AsyncClient) -> None:
+    await client.post(SPEECH, json={"input": "hi"}, headers=auth_header())
     assert mesh.synth.requests[-1].voice == "af_heart"
 
 
-async def test_sse_events_carry_the_audio_then_usage(mesh: FakeMesh) -> None:
-    async with asgi_client(mesh) as client:
-        response = await client.post(
-            SPEECH,
-            json={"input": "héllo 👋", "stream_format": "sse", "response_format": "wav"},
-            headers=auth_header(),
-        )
+async def test_sse_events_carry_the_audio_then_usage(
+    mesh: FakeMesh, client: httpx.AsyncClient
+) -> None:
+    response = await client.post(
+        SPEECH,
+        json={"input": "héllo 👋", "stream_format": "sse", "response_format": "wav"},
+        headers=auth_header(),
+    )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     blocks = response.text.split("\n\n")
@@ -239,16 +238,14 @@ async def test_sse_events_carry_the_audio_then_usage(mesh: FakeMesh) -> None:
     assert mesh.ledger.captured() == 7
 
 
-async def test_balance(mesh: FakeMesh) -> None:
+async def test_balance(mesh: FakeMesh, client: httpx.AsyncClient) -> None:
     mesh.ledger.unlimited.add("acct_test")
-    async with asgi_client(mesh) as client:
-        response = await client.get("/v1/balance", headers=auth_header())
+    response = await client.get("/v1/balance", headers=auth_header())
     assert response.json() == {"balance": 1000, "unlimited": True}
 
 
-async def test_models_in_openai_list_shape_with_aliases(mesh: FakeMesh) -> None:
-    async with asgi_client(mesh) as client:
-        response = await client.get("/v1/models", headers=auth_header(GOOD_KEY))
+async def test_models_in_openai_list_shape_with_aliases(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/models", headers=auth_header(GOOD_KEY))
     body = response.json()
     assert body["object"] == "list"
     assert [m["id"] for m in body["data"]] == ["kokoro", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
@@ -259,10 +256,9 @@ async def test_models_in_openai_list_shape_with_aliases(mesh: FakeMesh) -> None:
         assert model["description"] == body["data"][0]["description"] != ""
 
 
-async def test_voices_are_listed_and_cached(mesh: FakeMesh) -> None:
-    async with asgi_client(mesh) as client:
-        first = await client.get("/v1/audio/voices", headers=auth_header())
-        await client.get("/v1/audio/voices", headers=auth_header())
+async def test_voices_are_listed_and_cached(mesh: FakeMesh, client: httpx.AsyncClient) -> None:
+    first = await client.get("/v1/audio/voices", headers=auth_header())
+    await client.get("/v1/audio/voices", headers=auth_header())
     voices = first.json()["voices"]
     assert voices[0] == {
         "id": "af_heart",
@@ -277,30 +273,27 @@ async def test_voices_are_listed_and_cached(mesh: FakeMesh) -> None:
     assert mesh.synth.list_calls == 1
 
 
-async def test_listing_with_synth_down_is_503(mesh: FakeMesh) -> None:
+async def test_listing_with_synth_down_is_503(mesh: FakeMesh, client: httpx.AsyncClient) -> None:
     mesh.synth.serving = False
-    async with asgi_client(mesh) as client:
-        response = await client.get("/v1/audio/voices", headers=auth_header())
+    response = await client.get("/v1/audio/voices", headers=auth_header())
     assert response.status_code == 503
     assert response.headers["x-should-retry"] == "true"
 
 
-async def test_health_and_readiness(mesh: FakeMesh) -> None:
-    async with asgi_client(mesh) as client:
-        assert (await client.get("/healthz")).json() == {"status": "ok"}
-        assert (await client.get("/readyz")).status_code == 200
-        mesh.synth.serving = False
-        not_ready = await client.get("/readyz")
-        assert not_ready.status_code == 503
-        assert "synth" in not_ready.json()["detail"]
-        mesh.synth.serving = True
-        mesh.app.state.draining.set()
-        assert (await client.get("/readyz")).status_code == 503
+async def test_health_and_readiness(mesh: FakeMesh, client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).status_code == 200
+    mesh.synth.serving = False
+    not_ready = await client.get("/readyz")
+    assert not_ready.status_code == 503
+    assert "synth" in not_ready.json()["detail"]
+    mesh.synth.serving = True
+    mesh.app.state.draining.set()
+    assert (await client.get("/readyz")).status_code == 503
 
 
-async def test_openapi_describes_the_contract(mesh: FakeMesh) -> None:
-    async with asgi_client(mesh) as client:
-        document = (await client.get("/openapi.json")).json()
+async def test_openapi_describes_the_contract(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
     assert document["components"]["securitySchemes"]["apiKey"] == {
         "type": "http",
         "scheme": "bearer",
@@ -333,10 +326,11 @@ async def test_openapi_describes_the_contract(mesh: FakeMesh) -> None:
         assert "security" not in document["paths"][path]["get"]
 
 
-async def test_server_timing_separates_the_gateway_from_the_model(mesh: FakeMesh) -> None:
-    async with asgi_client(mesh) as client:
-        speech = await client.post(SPEECH, json={"input": "hi"}, headers=auth_header())
-        balance = await client.get("/v1/balance", headers=auth_header())
+async def test_server_timing_separates_the_gateway_from_the_model(
+    client: httpx.AsyncClient,
+) -> None:
+    speech = await client.post(SPEECH, json={"input": "hi"}, headers=auth_header())
+    balance = await client.get("/v1/balance", headers=auth_header())
     phases = [entry.split(";")[0] for entry in speech.headers["server-timing"].split(", ")]
     assert phases == ["auth", "catalog", "reserve", "synth"]
     assert all(";dur=" in entry for entry in speech.headers["server-timing"].split(", "))

@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from services.common.settings import load_settings
 from services.ledger.settings import LedgerSettings
 
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEDGER_POOL_SIZE", raising=False)
     monkeypatch.setenv("DATABASE_URL", "postgresql://ledger@db/ledger")
     monkeypatch.delenv("KOKOROPAY_OPERATOR_TOKEN", raising=False)
-    for name in ("PORT", "HOST", "DEFAULT_HOLD_TTL_SECONDS", "MAX_HOLD_TTL_SECONDS", "POOL_SIZE"):
+    for name in ("PORT", "HOST", "DEFAULT_HOLD_TTL_SECONDS", "MAX_HOLD_TTL_SECONDS"):
         monkeypatch.delenv(f"LEDGER_{name}", raising=False)
 
 
@@ -49,5 +51,30 @@ def test_a_default_ttl_above_the_maximum_is_refused(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LEDGER_DEFAULT_HOLD_TTL_SECONDS", "7200")
     monkeypatch.setenv("LEDGER_MAX_HOLD_TTL_SECONDS", "3600")
 
-    with pytest.raises(ValidationError, match="DEFAULT_HOLD_TTL_SECONDS exceeds"):
+    # The message names variables that exist, prefix and all.
+    with pytest.raises(
+        ValidationError, match="LEDGER_DEFAULT_HOLD_TTL_SECONDS exceeds LEDGER_MAX_HOLD_TTL_SECONDS"
+    ):
         LedgerSettings()
+
+
+def test_pool_sizes_use_the_same_names_as_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGER_POOL_MIN_SIZE", "20")
+    monkeypatch.setenv("LEDGER_POOL_MAX_SIZE", "5")
+
+    with pytest.raises(ValidationError, match="LEDGER_POOL_MIN_SIZE exceeds LEDGER_POOL_MAX_SIZE"):
+        LedgerSettings()
+
+
+def test_a_renamed_variable_stops_start_up_naming_the_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LEDGER_POOL_SIZE", "10")
+
+    with pytest.raises(SystemExit) as exited:
+        load_settings(LedgerSettings)
+
+    assert str(exited.value) == (
+        "error: LEDGER_POOL_SIZE was renamed to LEDGER_POOL_MAX_SIZE;"
+        " set LEDGER_POOL_MAX_SIZE instead"
+    )

@@ -11,16 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from services.synth.weights import WeightsError, locate_weights, resolve_weights
-from services.synth.weights.hub import hub_answers
-from services.synth.weights.layout import MANIFEST_FILE, layout_files
-from services.synth.weights.manifest import (
+from services.synth.engine.manifest import (
     Manifest,
     describe_files,
     file_problems,
     read_manifest,
     write_manifest,
 )
+from services.synth.engine.model_files import (
+    MANIFEST_FILE,
+    WeightsError,
+    layout_files,
+    locate_weights,
+)
+from services.synth.weights.hub import hub_answers
+from services.synth.weights.resolve import resolve_weights
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.gateway.protocol import BalanceBody
-from services.gateway.routes.common import CurrentPrincipal, Service, error_responses
+from services.gateway.routes.common import CurrentPrincipal, Seller, error_responses
 
 router = APIRouter(tags=["account"])
 
@@ -16,6 +16,6 @@ router = APIRouter(tags=["account"])
     response_model=BalanceBody,
     responses=error_responses(401, 502, 503, 504),
 )
-async def get_balance(principal: CurrentPrincipal, service: Service) -> BalanceBody:
-    balance = await service.balance(principal)
+async def get_balance(principal: CurrentPrincipal, seller: Seller) -> BalanceBody:
+    balance = await seller.balance(principal)
     return BalanceBody(balance=balance.balance, unlimited=balance.unlimited)

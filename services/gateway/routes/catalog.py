@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.gateway.protocol import ModelCard, ModelList, VoiceCard, VoiceList
-from services.gateway.routes.common import CurrentPrincipal, Service, error_responses
+from services.gateway.routes.common import CurrentPrincipal, Seller, error_responses
 
 router = APIRouter(tags=["catalog"])
 
@@ -20,10 +20,10 @@ OWNED_BY = "kokoro-pay"
     response_model=ModelList,
     responses=error_responses(401, 502, 503, 504),
 )
-async def list_models(_: CurrentPrincipal, service: Service) -> ModelList:
+async def list_models(_: CurrentPrincipal, seller: Seller) -> ModelList:
     cards = [
         ModelCard(id=name, created=MODEL_CREATED, owned_by=OWNED_BY, description=model.description)
-        for model in await service.models()
+        for model in await seller.models()
         for name in (model.id, *model.aliases)
     ]
     return ModelList(data=cards)
@@ -35,8 +35,8 @@ async def list_models(_: CurrentPrincipal, service: Service) -> ModelList:
     response_model=VoiceList,
     responses=error_responses(401, 502, 503, 504),
 )
-async def list_voices(_: CurrentPrincipal, service: Service) -> VoiceList:
-    voices = await service.voices()
+async def list_voices(_: CurrentPrincipal, seller: Seller) -> VoiceList:
+    voices = await seller.voices()
     return VoiceList(
         voices=[
             VoiceCard(

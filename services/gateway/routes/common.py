@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.gateway.clients import Principal
 from services.gateway.protocol import ErrorBody
-from services.gateway.speech import SpeechService
+from services.gateway.serving import SpeechSeller
 
 # auto_error=False: a missing key is answered by the serving layer, in the one error envelope.
 bearer = HTTPBearer(
@@ -21,16 +21,16 @@ bearer = HTTPBearer(
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 
 
-def speech_service(request: Request) -> SpeechService:
-    service: SpeechService = request.app.state.speech
-    return service
+def speech_seller(request: Request) -> SpeechSeller:
+    seller: SpeechSeller = request.app.state.seller
+    return seller
 
 
-Service = Annotated[SpeechService, Depends(speech_service)]
+Seller = Annotated[SpeechSeller, Depends(speech_seller)]
 
 
-async def authenticated(credentials: Credentials, service: Service) -> Principal:
-    return await service.authenticate(credentials.credentials if credentials else None)
+async def authenticated(credentials: Credentials, seller: Seller) -> Principal:
+    return await seller.authenticate(credentials.credentials if credentials else None)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticated)]

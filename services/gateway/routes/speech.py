@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from starlette.responses import StreamingResponse
-from starlette.types import Message, Receive, Scope, Send
 
+from services.gateway.delivery import DeliveryResponse
 from services.gateway.middleware import request_id_of
 from services.gateway.protocol import CONTENT_TYPES, SSE_CONTENT_TYPE, SpeechRequest
-from services.gateway.routes.common import Credentials, Service, error_responses
-from services.gateway.speech import ClientStalled, SpeechDelivery
+from services.gateway.routes.common import Credentials, Seller, error_responses
 
 router = APIRouter(tags=["speech"])
-_log = logging.getLogger("gateway.speech")
 
 _AUDIO_SCHEMA = {"type": "string", "format": "binary"}
 # With `stream_format: sse`: deltas of base64 audio, then the usage.
@@ -52,51 +48,6 @@ _OK: dict[int | str, dict[str, Any]] = {
 }
 
 
-class DeliveryResponse(StreamingResponse):
-    """Streams a delivery and settles its charge once the response is over, however it ended.
-
-    Each body piece must be taken by the client within `send_timeout` seconds; a client that
-    stops reading is treated as gone, so it cannot hold a synth slot forever. A cancellation
-    from outside (the server shutting down) cuts the stream on our side: refunded.
-    """
-
-    def __init__(self, delivery: SpeechDelivery, send_timeout: float) -> None:
-        super().__init__(
-            delivery.body(),
-            media_type=delivery.content_type,
-            headers={
-                "cache-control": "no-store",
-                # Proxies such as nginx must pass audio on as it comes, not buffer it.
-                "x-accel-buffering": "no",
-                "x-billed-characters": str(delivery.characters),
-            },
-        )
-        self.delivery = delivery
-        self.send_timeout = send_timeout
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_in_time(message: Message) -> None:
-            if message["type"] != "http.response.body":
-                await send(message)
-                return
-            try:
-                async with asyncio.timeout(self.send_timeout):
-                    await send(message)
-            except TimeoutError as stalled:
-                raise ClientStalled(f"client took no audio for {self.send_timeout}s") from stalled
-
-        try:
-            await super().__call__(scope, receive, send_in_time)
-        except ClientStalled as stalled:
-            # Returning without completing the response makes the server close the connection.
-            _log.warning("%s; treated as gone", stalled)
-        except asyncio.CancelledError:
-            self.delivery.server_stopped()
-            raise
-        finally:
-            await self.delivery.finish()
-
-
 @router.post(
     "/v1/audio/speech",
     summary="Speak text",
@@ -112,7 +63,7 @@ async def create_speech(
     body: SpeechRequest,
     request: Request,
     credentials: Credentials,
-    service: Service,
+    seller: Seller,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -124,16 +75,16 @@ async def create_speech(
     ] = None,
 ) -> DeliveryResponse:
     # The key is checked here rather than in a dependency so that a malformed body is a 400
-    # whoever sends it (DESIGN.md: parse and validate, then VerifyKey), and checks that need
-    # synth's lists run only for customers.
-    principal = await service.authenticate(credentials.credentials if credentials else None)
-    order = await service.validate(body)
+    # whoever sends it (docs/architecture.md: parse and validate, then VerifyKey), and checks that
+    # need synth's lists run only for customers.
+    principal = await seller.authenticate(credentials.credentials if credentials else None)
+    order = await seller.validate(body)
     request_id, request_id_is_ours = request_id_of(request.scope)
-    delivery = await service.start(
+    delivery = await seller.sell(
         principal,
         order,
         request_id=request_id,
         request_id_is_ours=request_id_is_ours,
         idempotency_key=idempotency_key,
     )
-    return DeliveryResponse(delivery, service.send_timeout_seconds)
+    return DeliveryResponse(delivery, seller.send_timeout_seconds)

@@ -1,1 +1,2 @@
-"""The model's lifecycle: a backend that loads, warms up and speaks, owned by one manager."""
+"""The model's lifecycle: a backend that loads, warms up and speaks, owned by one manager, and
+the weights folder it loads (`model_files.py`, `manifest.py`)."""

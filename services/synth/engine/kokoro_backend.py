@@ -17,14 +17,12 @@ import numpy as np
 import torch
 
 from services.synth.engine.backend import Samples
-from services.synth.models import SAMPLE_RATE
+from services.synth.engine.model_files import WeightsPaths
+from services.synth.models import HUB_REPO_ID, SAMPLE_RATE
 from services.synth.voices import VoiceMix
-from services.synth.weights.layout import WeightsPaths
 
 _log = logging.getLogger("synth.engine")
 
-# KModel wants a repo id even with local files; it is never contacted.
-_REPO_ID = "hexgrad/Kokoro-82M"
 # Blended voice tensors kept, so a popular blend is mixed once.
 _BLEND_CACHE_SIZE = 64
 
@@ -72,7 +70,7 @@ class KokoroBackend:
             # deprecation: nothing an operator can act on.
             warnings.simplefilter("ignore", (UserWarning, FutureWarning))
             model = KModel(
-                repo_id=_REPO_ID,
+                repo_id=HUB_REPO_ID,
                 config=str(self._weights.config_path),
                 model=str(self._weights.model_path),
             )

@@ -15,13 +15,10 @@ import logging
 import threading
 from collections.abc import Iterable
 
+from services.synth.models import HUB_REPO_ID
 from services.synth.text.chunking import Phonemize
 
 _log = logging.getLogger("synth.g2p")
-
-# Kokoro's config repository; KPipeline only uses it to pick the G2P version and to download
-# voices, which we never ask it to do.
-_REPO_ID = "hexgrad/Kokoro-82M"
 
 
 class _LockedPhonemizer:
@@ -43,7 +40,7 @@ class _LockedPhonemizer:
 
 def _build(language_code: str) -> Phonemize:
     if language_code in "ab":
-        from services.synth.weights.g2p_spacy_alias import install_en_core_web_sm_alias
+        from services.synth.text.g2p_spacy_alias import install_en_core_web_sm_alias
 
         install_en_core_web_sm_alias()
     from kokoro import KPipeline
@@ -54,7 +51,9 @@ def _build(language_code: str) -> Phonemize:
     logger.disable("kokoro")
 
     # A "quiet" pipeline (model=False): only its G2P, built exactly as KPipeline builds it.
-    pipeline = KPipeline(lang_code=language_code, repo_id=_REPO_ID, model=False)
+    # KPipeline uses the repo id only to pick the G2P version and to download voices, which we
+    # never ask it to do.
+    pipeline = KPipeline(lang_code=language_code, repo_id=HUB_REPO_ID, model=False)
     return _LockedPhonemizer(pipeline.g2p)
 
 

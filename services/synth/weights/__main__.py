@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from services.synth.weights.errors import WeightsError
-from services.synth.weights.resolve import default_cache_dir, resolve_weights
+from services.synth.engine.model_files import WeightsError, default_cache_dir
+from services.synth.weights.resolve import resolve_weights
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

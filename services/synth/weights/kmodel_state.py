@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import torch
 
+from services.synth.models import HUB_REPO_ID
 from services.synth.weights.key_mapping import (
     KMODEL_MODULES,
     FloatArray,
@@ -23,8 +24,6 @@ from services.synth.weights.key_mapping import (
     split_weight_norm,
 )
 from services.synth.weights.onnx_export import ExportedTensor, read_exported_tensors
-
-HUB_REPO_ID = "hexgrad/Kokoro-82M"
 
 # Parameters the export cannot hold because they never touch the output.
 # AlbertModel computes a pooled [CLS] vector that KModel throws away, so the export

@@ -132,6 +132,8 @@ ADMIN_CALLS = [
     ("OpenAccount", lambda account: E.OpenAccountRequest(account_id=account + "-new")),
     ("Grant", lambda account: E.GrantRequest(account_id=account, amount=5, idempotency_key="x")),
     ("SetUnlimited", lambda account: E.SetUnlimitedRequest(account_id=account, unlimited=True)),
+    # Reads of another account's journal are the dashboard's and the operator's alone.
+    ("ListEntries", lambda account: E.ListEntriesRequest(account_id=account)),
 ]
 WRONG_CREDENTIALS = {
     "none": (),

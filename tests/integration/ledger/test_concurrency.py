@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Awaitable
 
 import grpc
+import pytest
 from kokoropay.ledger.v1 import ledger_pb2
 
 from services.common.errors import error_reason
@@ -79,15 +80,25 @@ async def _outcome(call: Awaitable[object]) -> str:
     return "OK"
 
 
-async def test_capture_and_release_racing_on_a_hold_one_wins(ledger: Ledger) -> None:
+@pytest.mark.parametrize(
+    "capture_amount", [0, 4], ids=["whole capture", "partial capture of 4 credits"]
+)
+async def test_capture_and_release_racing_on_a_hold_one_wins(
+    ledger: Ledger, capture_amount: int
+) -> None:
     account = await ledger.open_account(credits=1000)
-    holds = [await ledger.reserve(account, 7) for _ in range(20)]
+    holds = [await ledger.reserve(account, 10) for _ in range(20)]
+    # A captured hold spends what was captured (all 10 when no amount is named), returning the
+    # rest; a released one returns all 10.
+    spent_per_capture = capture_amount or 10
 
     # Three Captures and three Releases of every hold, all 120 calls at once.
     calls: list[tuple[str, str, Awaitable[object]]] = []
     for hold in holds:
         for _ in range(3):
-            capture = ledger.stub.Capture(ledger_pb2.CaptureRequest(hold_id=hold.id))
+            capture = ledger.stub.Capture(
+                ledger_pb2.CaptureRequest(hold_id=hold.id, amount=capture_amount)
+            )
             release = ledger.stub.Release(ledger_pb2.ReleaseRequest(hold_id=hold.id))
             calls += [(hold.id, "capture", capture), (hold.id, "release", release)]
     outcomes = await asyncio.gather(*(_outcome(call) for _, _, call in calls))
@@ -107,52 +118,16 @@ async def test_capture_and_release_racing_on_a_hold_one_wins(ledger: Ledger) -> 
         captured += ("capture", "OK") in results
 
     balance = await ledger.balance(account)
-    assert (balance.balance, balance.held) == (1000 - 7 * captured, 0)
+    assert (balance.balance, balance.held) == (1000 - spent_per_capture * captured, 0)
     entries = await ledger.entries(account)
-    closing = [
+    spends = [e.amount for e in entries if e.kind == ledger_pb2.ENTRY_KIND_CAPTURE]
+    assert spends == [spent_per_capture] * captured
+    closed = {
         e.hold_id
         for e in entries
         if e.kind in (ledger_pb2.ENTRY_KIND_CAPTURE, ledger_pb2.ENTRY_KIND_RELEASE)
-    ]
-    assert sorted(closing) == sorted(hold.id for hold in holds)
-    assert spendable_per_journal(entries) == balance.balance
-    _assert_journal_chains(entries, balance.balance)
-
-
-async def test_partial_capture_and_release_racing_on_a_hold_one_wins(ledger: Ledger) -> None:
-    account = await ledger.open_account(credits=1000)
-    holds = [await ledger.reserve(account, 10) for _ in range(20)]
-
-    # Three partial Captures (4 of 10 credits) and three Releases of every hold, all at once.
-    calls: list[tuple[str, str, Awaitable[object]]] = []
-    for hold in holds:
-        for _ in range(3):
-            capture = ledger.stub.Capture(ledger_pb2.CaptureRequest(hold_id=hold.id, amount=4))
-            release = ledger.stub.Release(ledger_pb2.ReleaseRequest(hold_id=hold.id))
-            calls += [(hold.id, "capture", capture), (hold.id, "release", release)]
-    outcomes = await asyncio.gather(*(_outcome(call) for _, _, call in calls))
-
-    captured = 0
-    for hold in holds:
-        results = {
-            (action, outcome)
-            for (hold_id, action, _), outcome in zip(calls, outcomes, strict=True)
-            if hold_id == hold.id
-        }
-        assert results in (
-            {("capture", "OK"), ("release", "HOLD_CAPTURED")},
-            {("release", "OK"), ("capture", "HOLD_RELEASED")},
-        )
-        captured += ("capture", "OK") in results
-
-    balance = await ledger.balance(account)
-    # A captured hold spent 4 credits and returned 6; a released one returned all 10.
-    assert (balance.balance, balance.held) == (1000 - 4 * captured, 0)
-    entries = await ledger.entries(account)
-    returns = [e.hold_id for e in entries if e.kind == ledger_pb2.ENTRY_KIND_RELEASE]
-    assert sorted(returns) == sorted(hold.id for hold in holds)
-    spends = [e.amount for e in entries if e.kind == ledger_pb2.ENTRY_KIND_CAPTURE]
-    assert spends == [4] * captured
+    }
+    assert closed == {hold.id for hold in holds}
     assert spendable_per_journal(entries) == balance.balance
     _assert_journal_chains(entries, balance.balance)
 

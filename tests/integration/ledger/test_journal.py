@@ -11,7 +11,7 @@ import pytest
 from kokoropay.ledger.v1 import ledger_pb2 as E
 from psycopg import errors
 
-from tests.support.ledger import Ledger
+from tests.support.ledger import ADMIN, Ledger
 
 
 async def test_entries_come_newest_first_in_pages(ledger: Ledger) -> None:
@@ -23,7 +23,7 @@ async def test_entries_come_newest_first_in_pages(ledger: Ledger) -> None:
     token = ""
     while True:
         page = await ledger.stub.ListEntries(
-            E.ListEntriesRequest(account_id=account, page_size=2, page_token=token)
+            E.ListEntriesRequest(account_id=account, page_size=2, page_token=token), metadata=ADMIN
         )
         pages.append([entry.amount for entry in page.entries])
         token = page.next_page_token
@@ -42,7 +42,7 @@ async def test_default_page_is_fifty_entries(ledger: Ledger) -> None:
     for _ in range(51):
         await ledger.grant(account, 1)
 
-    page = await ledger.stub.ListEntries(E.ListEntriesRequest(account_id=account))
+    page = await ledger.stub.ListEntries(E.ListEntriesRequest(account_id=account), metadata=ADMIN)
 
     assert len(page.entries) == 50
     assert page.next_page_token

@@ -106,7 +106,8 @@ def test_without_an_operator_token_it_exits_with_one_clear_line(
 
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        "error: no operator token: set KOKOROPAY_OPERATOR_TOKEN or write .data/operator-token"
+        "error: ledger needs KOKOROPAY_OPERATOR_TOKEN or the file .data/operator-token"
+        " (make run writes it)"
     ]
 
 

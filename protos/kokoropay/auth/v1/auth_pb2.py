@@ -23,43 +23,56 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from kokoropay.common.v1 import access_pb2 as kokoropay_dot_common_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ckokoropay/auth/v1/auth.proto\x12\x11kokoropay.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"$\n\x14\x43reateAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x15\x43reateAccountResponse\x12+\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1a.kokoropay.auth.v1.Account\"C\n\x11GetAccountRequest\x12\x14\n\naccount_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\x08\n\x06lookup\"A\n\x12GetAccountResponse\x12+\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1a.kokoropay.auth.v1.Account\"4\n\x10\x43reateKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"N\n\x11\x43reateKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.kokoropay.auth.v1.ApiKey\x12\x11\n\tplaintext\x18\x02 \x01(\t\"%\n\x0fListKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\";\n\x10ListKeysResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.kokoropay.auth.v1.ApiKey\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\";\n\x11RevokeKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.kokoropay.auth.v1.ApiKey\"\x1f\n\x10VerifyKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"7\n\x11VerifyKeyResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t2\xa9\x04\n\x0b\x41uthService\x12\x62\n\rCreateAccount\x12\'.kokoropay.auth.v1.CreateAccountRequest\x1a(.kokoropay.auth.v1.CreateAccountResponse\x12Y\n\nGetAccount\x12$.kokoropay.auth.v1.GetAccountRequest\x1a%.kokoropay.auth.v1.GetAccountResponse\x12V\n\tCreateKey\x12#.kokoropay.auth.v1.CreateKeyRequest\x1a$.kokoropay.auth.v1.CreateKeyResponse\x12S\n\x08ListKeys\x12\".kokoropay.auth.v1.ListKeysRequest\x1a#.kokoropay.auth.v1.ListKeysResponse\x12V\n\tRevokeKey\x12#.kokoropay.auth.v1.RevokeKeyRequest\x1a$.kokoropay.auth.v1.RevokeKeyResponse\x12V\n\tVerifyKey\x12#.kokoropay.auth.v1.VerifyKeyRequest\x1a$.kokoropay.auth.v1.VerifyKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ckokoropay/auth/v1/auth.proto\x12\x11kokoropay.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kokoropay/common/v1/access.proto\"T\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"$\n\x14\x43reateAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x15\x43reateAccountResponse\x12+\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1a.kokoropay.auth.v1.Account\"C\n\x11GetAccountRequest\x12\x14\n\naccount_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\x08\n\x06lookup\"A\n\x12GetAccountResponse\x12+\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1a.kokoropay.auth.v1.Account\"4\n\x10\x43reateKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"N\n\x11\x43reateKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.kokoropay.auth.v1.ApiKey\x12\x11\n\tplaintext\x18\x02 \x01(\t\"%\n\x0fListKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\";\n\x10ListKeysResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.kokoropay.auth.v1.ApiKey\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\";\n\x11RevokeKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.kokoropay.auth.v1.ApiKey\"\x1f\n\x10VerifyKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"7\n\x11VerifyKeyResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t2\xe0\x04\n\x0b\x41uthService\x12k\n\rCreateAccount\x12\'.kokoropay.auth.v1.CreateAccountRequest\x1a(.kokoropay.auth.v1.CreateAccountResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12\x63\n\nGetAccount\x12$.kokoropay.auth.v1.GetAccountRequest\x1a%.kokoropay.auth.v1.GetAccountResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x12_\n\tCreateKey\x12#.kokoropay.auth.v1.CreateKeyRequest\x1a$.kokoropay.auth.v1.CreateKeyResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12\\\n\x08ListKeys\x12\".kokoropay.auth.v1.ListKeysRequest\x1a#.kokoropay.auth.v1.ListKeysResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12_\n\tRevokeKey\x12#.kokoropay.auth.v1.RevokeKeyRequest\x1a$.kokoropay.auth.v1.RevokeKeyResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12_\n\tVerifyKey\x12#.kokoropay.auth.v1.VerifyKeyRequest\x1a$.kokoropay.auth.v1.VerifyKeyResponse\"\x07\xca\xf3\x18\x03\n\x01\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kokoropay.auth.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNT']._serialized_start=84
-  _globals['_ACCOUNT']._serialized_end=168
-  _globals['_APIKEY']._serialized_start=171
-  _globals['_APIKEY']._serialized_end=339
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=341
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=377
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=379
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=447
-  _globals['_GETACCOUNTREQUEST']._serialized_start=449
-  _globals['_GETACCOUNTREQUEST']._serialized_end=516
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=518
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=583
-  _globals['_CREATEKEYREQUEST']._serialized_start=585
-  _globals['_CREATEKEYREQUEST']._serialized_end=637
-  _globals['_CREATEKEYRESPONSE']._serialized_start=639
-  _globals['_CREATEKEYRESPONSE']._serialized_end=717
-  _globals['_LISTKEYSREQUEST']._serialized_start=719
-  _globals['_LISTKEYSREQUEST']._serialized_end=756
-  _globals['_LISTKEYSRESPONSE']._serialized_start=758
-  _globals['_LISTKEYSRESPONSE']._serialized_end=817
-  _globals['_REVOKEKEYREQUEST']._serialized_start=819
-  _globals['_REVOKEKEYREQUEST']._serialized_end=853
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=855
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=914
-  _globals['_VERIFYKEYREQUEST']._serialized_start=916
-  _globals['_VERIFYKEYREQUEST']._serialized_end=947
-  _globals['_VERIFYKEYRESPONSE']._serialized_start=949
-  _globals['_VERIFYKEYRESPONSE']._serialized_end=1004
-  _globals['_AUTHSERVICE']._serialized_start=1007
-  _globals['_AUTHSERVICE']._serialized_end=1560
+  _globals['_AUTHSERVICE'].methods_by_name['CreateAccount']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['CreateAccount']._serialized_options = b'\312\363\030\003\n\001\001'
+  _globals['_AUTHSERVICE'].methods_by_name['GetAccount']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['GetAccount']._serialized_options = b'\312\363\030\004\n\002\004\001'
+  _globals['_AUTHSERVICE'].methods_by_name['CreateKey']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['CreateKey']._serialized_options = b'\312\363\030\003\n\001\001'
+  _globals['_AUTHSERVICE'].methods_by_name['ListKeys']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['ListKeys']._serialized_options = b'\312\363\030\003\n\001\001'
+  _globals['_AUTHSERVICE'].methods_by_name['RevokeKey']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['RevokeKey']._serialized_options = b'\312\363\030\003\n\001\001'
+  _globals['_AUTHSERVICE'].methods_by_name['VerifyKey']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['VerifyKey']._serialized_options = b'\312\363\030\003\n\001\002'
+  _globals['_ACCOUNT']._serialized_start=118
+  _globals['_ACCOUNT']._serialized_end=202
+  _globals['_APIKEY']._serialized_start=205
+  _globals['_APIKEY']._serialized_end=373
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=375
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=411
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=413
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=481
+  _globals['_GETACCOUNTREQUEST']._serialized_start=483
+  _globals['_GETACCOUNTREQUEST']._serialized_end=550
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=552
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=617
+  _globals['_CREATEKEYREQUEST']._serialized_start=619
+  _globals['_CREATEKEYREQUEST']._serialized_end=671
+  _globals['_CREATEKEYRESPONSE']._serialized_start=673
+  _globals['_CREATEKEYRESPONSE']._serialized_end=751
+  _globals['_LISTKEYSREQUEST']._serialized_start=753
+  _globals['_LISTKEYSREQUEST']._serialized_end=790
+  _globals['_LISTKEYSRESPONSE']._serialized_start=792
+  _globals['_LISTKEYSRESPONSE']._serialized_end=851
+  _globals['_REVOKEKEYREQUEST']._serialized_start=853
+  _globals['_REVOKEKEYREQUEST']._serialized_end=887
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=889
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=948
+  _globals['_VERIFYKEYREQUEST']._serialized_start=950
+  _globals['_VERIFYKEYREQUEST']._serialized_end=981
+  _globals['_VERIFYKEYRESPONSE']._serialized_start=983
+  _globals['_VERIFYKEYRESPONSE']._serialized_end=1038
+  _globals['_AUTHSERVICE']._serialized_start=1041
+  _globals['_AUTHSERVICE']._serialized_end=1649
 # @@protoc_insertion_point(module_scope)

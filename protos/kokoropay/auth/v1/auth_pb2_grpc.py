@@ -72,35 +72,35 @@ class AuthServiceServicer:
     """
 
     def CreateAccount(self, request, context):
-        """Creates an account. Admin. ALREADY_EXISTS when the name is taken.
+        """Creates an account. ALREADY_EXISTS when the name is taken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAccount(self, request, context):
-        """Looks an account up by id or by name. Admin. NOT_FOUND when neither matches.
+        """Looks an account up by id or by name. NOT_FOUND when neither matches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateKey(self, request, context):
-        """Issues a new key for an account; the response is the only place its plaintext appears. Admin.
+        """Issues a new key for an account; the response is the only place its plaintext appears.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListKeys(self, request, context):
-        """Lists an account's keys, revoked ones included, newest first. Admin.
+        """Lists an account's keys, revoked ones included, newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeKey(self, request, context):
-        """Revokes a key; the very next VerifyKey of it fails. Idempotent. Admin.
+        """Revokes a key; the very next VerifyKey of it fails. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

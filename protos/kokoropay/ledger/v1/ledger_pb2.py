@@ -23,55 +23,72 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from kokoropay.common.v1 import access_pb2 as kokoropay_dot_common_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kokoropay/ledger/v1/ledger.proto\x12\x13kokoropay.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x01\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.HoldState\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61ptured_amount\x18\x08 \x01(\x03\"\xd7\x01\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.EntryKind\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x15\n\rbalance_after\x18\x05 \x01(\x03\x12\x0f\n\x07hold_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x12OpenAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"O\n\x13OpenAccountResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"F\n\x12GetBalanceResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x0c\n\x04held\x18\x02 \x01(\x03\x12\x11\n\tunlimited\x18\x03 \x01(\x08\"K\n\x0cGrantRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"t\n\rGrantResponse\x12)\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"<\n\x13SetUnlimitedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tunlimited\x18\x02 \x01(\x08\"P\n\x14SetUnlimitedResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"b\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\r\"\x86\x01\n\x0fReserveResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"1\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\":\n\x0f\x43\x61ptureResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"!\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\":\n\x0fReleaseResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"O\n\x12ListEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x13ListEntriesResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x86\x01\n\tHoldState\x12\x1a\n\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fHOLD_STATE_HELD\x10\x01\x12\x17\n\x13HOLD_STATE_CAPTURED\x10\x02\x12\x17\n\x13HOLD_STATE_RELEASED\x10\x03\x12\x16\n\x12HOLD_STATE_EXPIRED\x10\x04*\xb3\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NTRY_KIND_GRANT\x10\x01\x12\x13\n\x0f\x45NTRY_KIND_HOLD\x10\x02\x12\x16\n\x12\x45NTRY_KIND_CAPTURE\x10\x03\x12\x16\n\x12\x45NTRY_KIND_RELEASE\x10\x04\x12\x15\n\x11\x45NTRY_KIND_EXPIRE\x10\x05\x12\x18\n\x14\x45NTRY_KIND_UNLIMITED\x10\x06\x32\xe9\x05\n\rLedgerService\x12`\n\x0bOpenAccount\x12\'.kokoropay.ledger.v1.OpenAccountRequest\x1a(.kokoropay.ledger.v1.OpenAccountResponse\x12]\n\nGetBalance\x12&.kokoropay.ledger.v1.GetBalanceRequest\x1a\'.kokoropay.ledger.v1.GetBalanceResponse\x12N\n\x05Grant\x12!.kokoropay.ledger.v1.GrantRequest\x1a\".kokoropay.ledger.v1.GrantResponse\x12\x63\n\x0cSetUnlimited\x12(.kokoropay.ledger.v1.SetUnlimitedRequest\x1a).kokoropay.ledger.v1.SetUnlimitedResponse\x12T\n\x07Reserve\x12#.kokoropay.ledger.v1.ReserveRequest\x1a$.kokoropay.ledger.v1.ReserveResponse\x12T\n\x07\x43\x61pture\x12#.kokoropay.ledger.v1.CaptureRequest\x1a$.kokoropay.ledger.v1.CaptureResponse\x12T\n\x07Release\x12#.kokoropay.ledger.v1.ReleaseRequest\x1a$.kokoropay.ledger.v1.ReleaseResponse\x12`\n\x0bListEntries\x12\'.kokoropay.ledger.v1.ListEntriesRequest\x1a(.kokoropay.ledger.v1.ListEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kokoropay/ledger/v1/ledger.proto\x12\x13kokoropay.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kokoropay/common/v1/access.proto\"\xf9\x01\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.HoldState\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61ptured_amount\x18\x08 \x01(\x03\"\xd7\x01\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.EntryKind\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x15\n\rbalance_after\x18\x05 \x01(\x03\x12\x0f\n\x07hold_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x12OpenAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"O\n\x13OpenAccountResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"F\n\x12GetBalanceResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x0c\n\x04held\x18\x02 \x01(\x03\x12\x11\n\tunlimited\x18\x03 \x01(\x08\"K\n\x0cGrantRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"t\n\rGrantResponse\x12)\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"<\n\x13SetUnlimitedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tunlimited\x18\x02 \x01(\x08\"P\n\x14SetUnlimitedResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"b\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\r\"\x86\x01\n\x0fReserveResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"1\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\":\n\x0f\x43\x61ptureResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"!\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\":\n\x0fReleaseResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"O\n\x12ListEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x13ListEntriesResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x86\x01\n\tHoldState\x12\x1a\n\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fHOLD_STATE_HELD\x10\x01\x12\x17\n\x13HOLD_STATE_CAPTURED\x10\x02\x12\x17\n\x13HOLD_STATE_RELEASED\x10\x03\x12\x16\n\x12HOLD_STATE_EXPIRED\x10\x04*\xb3\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NTRY_KIND_GRANT\x10\x01\x12\x13\n\x0f\x45NTRY_KIND_HOLD\x10\x02\x12\x16\n\x12\x45NTRY_KIND_CAPTURE\x10\x03\x12\x16\n\x12\x45NTRY_KIND_RELEASE\x10\x04\x12\x15\n\x11\x45NTRY_KIND_EXPIRE\x10\x05\x12\x18\n\x14\x45NTRY_KIND_UNLIMITED\x10\x06\x32\xb8\x06\n\rLedgerService\x12j\n\x0bOpenAccount\x12\'.kokoropay.ledger.v1.OpenAccountRequest\x1a(.kokoropay.ledger.v1.OpenAccountResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x12h\n\nGetBalance\x12&.kokoropay.ledger.v1.GetBalanceRequest\x1a\'.kokoropay.ledger.v1.GetBalanceResponse\"\t\xca\xf3\x18\x05\n\x03\x02\x04\x01\x12W\n\x05Grant\x12!.kokoropay.ledger.v1.GrantRequest\x1a\".kokoropay.ledger.v1.GrantResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12l\n\x0cSetUnlimited\x12(.kokoropay.ledger.v1.SetUnlimitedRequest\x1a).kokoropay.ledger.v1.SetUnlimitedResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12^\n\x07Reserve\x12#.kokoropay.ledger.v1.ReserveRequest\x1a$.kokoropay.ledger.v1.ReserveResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12^\n\x07\x43\x61pture\x12#.kokoropay.ledger.v1.CaptureRequest\x1a$.kokoropay.ledger.v1.CaptureResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12^\n\x07Release\x12#.kokoropay.ledger.v1.ReleaseRequest\x1a$.kokoropay.ledger.v1.ReleaseResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12j\n\x0bListEntries\x12\'.kokoropay.ledger.v1.ListEntriesRequest\x1a(.kokoropay.ledger.v1.ListEntriesResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kokoropay.ledger.v1.ledger_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOLDSTATE']._serialized_start=1753
-  _globals['_HOLDSTATE']._serialized_end=1887
-  _globals['_ENTRYKIND']._serialized_start=1890
-  _globals['_ENTRYKIND']._serialized_end=2069
-  _globals['_HOLD']._serialized_start=91
-  _globals['_HOLD']._serialized_end=340
-  _globals['_ENTRY']._serialized_start=343
-  _globals['_ENTRY']._serialized_end=558
-  _globals['_OPENACCOUNTREQUEST']._serialized_start=560
-  _globals['_OPENACCOUNTREQUEST']._serialized_end=600
-  _globals['_OPENACCOUNTRESPONSE']._serialized_start=602
-  _globals['_OPENACCOUNTRESPONSE']._serialized_end=681
-  _globals['_GETBALANCEREQUEST']._serialized_start=683
-  _globals['_GETBALANCEREQUEST']._serialized_end=722
-  _globals['_GETBALANCERESPONSE']._serialized_start=724
-  _globals['_GETBALANCERESPONSE']._serialized_end=794
-  _globals['_GRANTREQUEST']._serialized_start=796
-  _globals['_GRANTREQUEST']._serialized_end=871
-  _globals['_GRANTRESPONSE']._serialized_start=873
-  _globals['_GRANTRESPONSE']._serialized_end=989
-  _globals['_SETUNLIMITEDREQUEST']._serialized_start=991
-  _globals['_SETUNLIMITEDREQUEST']._serialized_end=1051
-  _globals['_SETUNLIMITEDRESPONSE']._serialized_start=1053
-  _globals['_SETUNLIMITEDRESPONSE']._serialized_end=1133
-  _globals['_RESERVEREQUEST']._serialized_start=1135
-  _globals['_RESERVEREQUEST']._serialized_end=1233
-  _globals['_RESERVERESPONSE']._serialized_start=1236
-  _globals['_RESERVERESPONSE']._serialized_end=1370
-  _globals['_CAPTUREREQUEST']._serialized_start=1372
-  _globals['_CAPTUREREQUEST']._serialized_end=1421
-  _globals['_CAPTURERESPONSE']._serialized_start=1423
-  _globals['_CAPTURERESPONSE']._serialized_end=1481
-  _globals['_RELEASEREQUEST']._serialized_start=1483
-  _globals['_RELEASEREQUEST']._serialized_end=1516
-  _globals['_RELEASERESPONSE']._serialized_start=1518
-  _globals['_RELEASERESPONSE']._serialized_end=1576
-  _globals['_LISTENTRIESREQUEST']._serialized_start=1578
-  _globals['_LISTENTRIESREQUEST']._serialized_end=1657
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=1659
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=1750
-  _globals['_LEDGERSERVICE']._serialized_start=2072
-  _globals['_LEDGERSERVICE']._serialized_end=2817
+  _globals['_LEDGERSERVICE'].methods_by_name['OpenAccount']._loaded_options = None
+  _globals['_LEDGERSERVICE'].methods_by_name['OpenAccount']._serialized_options = b'\312\363\030\004\n\002\004\001'
+  _globals['_LEDGERSERVICE'].methods_by_name['GetBalance']._loaded_options = None
+  _globals['_LEDGERSERVICE'].methods_by_name['GetBalance']._serialized_options = b'\312\363\030\005\n\003\002\004\001'
+  _globals['_LEDGERSERVICE'].methods_by_name['Grant']._loaded_options = None
+  _globals['_LEDGERSERVICE'].methods_by_name['Grant']._serialized_options = b'\312\363\030\003\n\001\001'
+  _globals['_LEDGERSERVICE'].methods_by_name['SetUnlimited']._loaded_options = None
+  _globals['_LEDGERSERVICE'].methods_by_name['SetUnlimited']._serialized_options = b'\312\363\030\003\n\001\001'
+  _globals['_LEDGERSERVICE'].methods_by_name['Reserve']._loaded_options = None
+  _globals['_LEDGERSERVICE'].methods_by_name['Reserve']._serialized_options = b'\312\363\030\004\n\002\002\003'
+  _globals['_LEDGERSERVICE'].methods_by_name['Capture']._loaded_options = None
+  _globals['_LEDGERSERVICE'].methods_by_name['Capture']._serialized_options = b'\312\363\030\004\n\002\002\003'
+  _globals['_LEDGERSERVICE'].methods_by_name['Release']._loaded_options = None
+  _globals['_LEDGERSERVICE'].methods_by_name['Release']._serialized_options = b'\312\363\030\004\n\002\002\003'
+  _globals['_LEDGERSERVICE'].methods_by_name['ListEntries']._loaded_options = None
+  _globals['_LEDGERSERVICE'].methods_by_name['ListEntries']._serialized_options = b'\312\363\030\004\n\002\004\001'
+  _globals['_HOLDSTATE']._serialized_start=1787
+  _globals['_HOLDSTATE']._serialized_end=1921
+  _globals['_ENTRYKIND']._serialized_start=1924
+  _globals['_ENTRYKIND']._serialized_end=2103
+  _globals['_HOLD']._serialized_start=125
+  _globals['_HOLD']._serialized_end=374
+  _globals['_ENTRY']._serialized_start=377
+  _globals['_ENTRY']._serialized_end=592
+  _globals['_OPENACCOUNTREQUEST']._serialized_start=594
+  _globals['_OPENACCOUNTREQUEST']._serialized_end=634
+  _globals['_OPENACCOUNTRESPONSE']._serialized_start=636
+  _globals['_OPENACCOUNTRESPONSE']._serialized_end=715
+  _globals['_GETBALANCEREQUEST']._serialized_start=717
+  _globals['_GETBALANCEREQUEST']._serialized_end=756
+  _globals['_GETBALANCERESPONSE']._serialized_start=758
+  _globals['_GETBALANCERESPONSE']._serialized_end=828
+  _globals['_GRANTREQUEST']._serialized_start=830
+  _globals['_GRANTREQUEST']._serialized_end=905
+  _globals['_GRANTRESPONSE']._serialized_start=907
+  _globals['_GRANTRESPONSE']._serialized_end=1023
+  _globals['_SETUNLIMITEDREQUEST']._serialized_start=1025
+  _globals['_SETUNLIMITEDREQUEST']._serialized_end=1085
+  _globals['_SETUNLIMITEDRESPONSE']._serialized_start=1087
+  _globals['_SETUNLIMITEDRESPONSE']._serialized_end=1167
+  _globals['_RESERVEREQUEST']._serialized_start=1169
+  _globals['_RESERVEREQUEST']._serialized_end=1267
+  _globals['_RESERVERESPONSE']._serialized_start=1270
+  _globals['_RESERVERESPONSE']._serialized_end=1404
+  _globals['_CAPTUREREQUEST']._serialized_start=1406
+  _globals['_CAPTUREREQUEST']._serialized_end=1455
+  _globals['_CAPTURERESPONSE']._serialized_start=1457
+  _globals['_CAPTURERESPONSE']._serialized_end=1515
+  _globals['_RELEASEREQUEST']._serialized_start=1517
+  _globals['_RELEASEREQUEST']._serialized_end=1550
+  _globals['_RELEASERESPONSE']._serialized_start=1552
+  _globals['_RELEASERESPONSE']._serialized_end=1610
+  _globals['_LISTENTRIESREQUEST']._serialized_start=1612
+  _globals['_LISTENTRIESREQUEST']._serialized_end=1691
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=1693
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=1784
+  _globals['_LEDGERSERVICE']._serialized_start=2106
+  _globals['_LEDGERSERVICE']._serialized_end=2930
 # @@protoc_insertion_point(module_scope)

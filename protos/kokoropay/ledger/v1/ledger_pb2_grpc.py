@@ -82,7 +82,7 @@ class LedgerServiceServicer:
     """
 
     def OpenAccount(self, request, context):
-        """Opens a balance for an account id issued by auth. Idempotent. Admin.
+        """Opens a balance for an account id issued by auth. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,14 +96,14 @@ class LedgerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Grant(self, request, context):
-        """Adds credits. Idempotent by idempotency_key. Admin.
+        """Adds credits. Idempotent by idempotency_key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetUnlimited(self, request, context):
-        """Marks an account as never refused (usage is still journaled). Admin.
+        """Marks an account as never refused (usage is still journaled).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,38 +1,25 @@
-"""`kokoro-pay envoy-config`: an Envoy gRPC front proxy configuration, read off the services.
+"""The Envoy bootstrap (v3) for what discovery found: one route per service, one cluster per target.
 
-Each `--target NAME=HOST:PORT` is asked over gRPC reflection which services it serves; every
-service becomes ONE route (`/<package.Service>/` → the cluster NAME) and every target one
-cluster of HTTP/2 upstreams. What reflection says also decides the route's timeouts: a service
-with a server-streaming method (synth's Synthesize) gets no response timeout, only a long stream
-cap and an idle timeout, because a 4096-character synthesis streams for minutes. Unary-only
-services get a short timeout, so a hung pod fails the call instead of holding it.
-
-`--descriptor-out` writes the discovered FileDescriptorSet (with imports), the input of Envoy's
-gRPC-JSON transcoder and of `grpcurl -protoset`. `--from-descriptors` reads the services from the
-compiled `kokoropay` stubs instead of live servers: for regenerating the checked-in deploy
-configuration where the mesh cannot run; both ways produce the same routes.
+Every service becomes ONE route (`/<package.Service>/` → the cluster of its target) and every
+target one cluster of HTTP/2 upstreams. What the service declares decides the route's timeouts:
+a service with a server-streaming method (synth's Synthesize) gets no response timeout, only a
+long stream cap and an idle timeout, because a 4096-character synthesis streams for minutes.
+Unary-only services get a short timeout, so a hung pod fails the call instead of holding it.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool
-from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
+from services.cli.envoy.discovery import MESH_SERVICES, ConfigError, Service
+from services.common.keepalive import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS
 
-# Served by every kokoro-pay process, so no single cluster owns them; see `--health-upstream`.
-_MESH_SERVICES = (
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-    "grpc.reflection.v1.ServerReflection",
-)
+
+def _seconds(milliseconds: int) -> str:
+    return f"{milliseconds / 1000:g}s"
+
 
 # Unary RPCs are one indexed query each; a pod that takes longer is stuck, not busy.
 UNARY_TIMEOUT = "15s"
@@ -40,9 +27,12 @@ UNARY_TIMEOUT = "15s"
 STREAM_MAX_DURATION = "1800s"
 # Time with no bytes either way. Generous: the first chunk waits for a free model slot.
 STREAM_IDLE_TIMEOUT = "300s"
-# Matches the services' keepalive allowance (services/common/server.py), so idle streams
-# through the proxy are neither cut by middleboxes nor refused as ping floods.
-UPSTREAM_KEEPALIVE = {"interval": "30s", "timeout": "10s"}
+# The services' own keepalive (services/common/keepalive.py), so idle streams through the proxy
+# are neither cut by middleboxes nor refused as ping floods.
+UPSTREAM_KEEPALIVE = {
+    "interval": _seconds(KEEPALIVE_TIME_MS),
+    "timeout": _seconds(KEEPALIVE_TIMEOUT_MS),
+}
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -59,10 +49,6 @@ _DOWNSTREAM_CONNECTIONS = (
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
     "DownstreamConnectionsConfig"
 )
-
-
-class ConfigError(Exception):
-    """A target cannot be discovered, or the targets do not make one consistent proxy."""
 
 
 @dataclass(frozen=True)
@@ -82,24 +68,6 @@ class Address:
 
 
 @dataclass(frozen=True)
-class Service:
-    """One gRPC service as reflection describes it."""
-
-    name: str
-    methods: tuple[str, ...]
-    streaming: bool
-
-    @classmethod
-    def from_descriptor(cls, descriptor: ServiceDescriptor) -> Service:
-        methods = descriptor.methods
-        return cls(
-            name=descriptor.full_name,
-            methods=tuple(m.name for m in methods),
-            streaming=any(m.server_streaming or m.client_streaming for m in methods),
-        )
-
-
-@dataclass(frozen=True)
 class Upstream:
     """One Envoy cluster: the pods of one kokoro-pay service and the gRPC services they serve."""
 
@@ -110,80 +78,6 @@ class Upstream:
     @property
     def streaming(self) -> bool:
         return any(service.streaming for service in self.services)
-
-
-@dataclass(frozen=True)
-class Discovery:
-    services: tuple[Service, ...]
-    files: tuple[FileDescriptor, ...]
-
-
-def _collect_files(roots: Iterable[FileDescriptor]) -> list[FileDescriptor]:
-    """The files and everything they import, each after its imports (as protoc orders a set)."""
-    ordered: list[FileDescriptor] = []
-    seen: set[str] = set()
-
-    def visit(file: FileDescriptor) -> None:
-        if file.name in seen:
-            return
-        seen.add(file.name)
-        for dependency in file.dependencies:
-            visit(dependency)
-        ordered.append(file)
-
-    for root in roots:
-        visit(root)
-    return ordered
-
-
-def _discovery(pool: descriptor_pool.DescriptorPool, names: Iterable[str]) -> Discovery:
-    descriptors = [pool.FindServiceByName(name) for name in sorted(names)]
-    return Discovery(
-        services=tuple(Service.from_descriptor(d) for d in descriptors),
-        files=tuple(_collect_files(d.file for d in descriptors)),
-    )
-
-
-def discover(address: str, timeout: float = 10.0) -> Discovery:
-    """Ask a running server, over gRPC reflection, what it serves."""
-    # Imported here: only this path needs the reflection client.
-    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-        ProtoReflectionDescriptorDatabase,
-    )
-
-    with grpc.insecure_channel(address) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise ConfigError(f"nothing answers at {address} after {timeout:g}s") from None
-        database = ProtoReflectionDescriptorDatabase(channel)
-        pool = descriptor_pool.DescriptorPool(database)
-        try:
-            names = [n for n in database.get_services() if n not in _MESH_SERVICES]
-            return _discovery(pool, names)
-        except grpc.RpcError as error:
-            raise ConfigError(
-                f"reflection failed at {address}: {error.code().name} {error.details()}"
-            ) from None
-
-
-def from_descriptors(name: str) -> Discovery:
-    """What `kokoropay.<name>.v1` declares, from the compiled stubs (no server needed)."""
-    try:
-        module = importlib.import_module(f"kokoropay.{name}.v1.{name}_pb2")
-    except ImportError:
-        raise ConfigError(f"no compiled descriptors for {name!r} (kokoropay.{name}.v1)") from None
-    file: FileDescriptor = module.DESCRIPTOR
-    names = [service.full_name for service in file.services_by_name.values()]
-    return _discovery(descriptor_pool.Default(), names)
-
-
-def descriptor_set(files: Iterable[FileDescriptor]) -> descriptor_pb2.FileDescriptorSet:
-    """One self-contained set: every file once, imports before the files that use them."""
-    result = descriptor_pb2.FileDescriptorSet()
-    for file in _collect_files(files):
-        file.CopyToProto(result.file.add())
-    return result
 
 
 def _socket(address: Address) -> dict[str, Any]:
@@ -305,7 +199,7 @@ def _grpc_listener(
                 health_upstream.name,
                 streaming=True,
             )
-            for name in _MESH_SERVICES
+            for name in MESH_SERVICES
         ]
     http_filters: list[dict[str, Any]] = [
         {
@@ -493,125 +387,3 @@ def render_yaml(config: dict[str, Any], provenance: str) -> str:
         f"# {provenance}\n"
     )
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100)
-
-
-def _pair(text: str) -> tuple[str, Address]:
-    name, sep, address = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=HOST:PORT, got {text!r}")
-    try:
-        return name, Address.parse(address)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _address(text: str) -> Address:
-    try:
-        return Address.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def generate(args: argparse.Namespace) -> tuple[str, descriptor_pb2.FileDescriptorSet]:
-    """The YAML text and the descriptor set the arguments ask for."""
-    targets: list[tuple[str, Address]] = args.target
-    names = [name for name, _ in targets]
-    if len(set(names)) != len(names):
-        raise ConfigError("each --target NAME may be given once")
-    overrides: dict[str, Address] = dict(args.upstream or [])
-    unknown = set(overrides) - set(names)
-    if unknown:
-        raise ConfigError(f"--upstream names no --target: {', '.join(sorted(unknown))}")
-
-    upstreams: list[Upstream] = []
-    files: list[FileDescriptor] = []
-    for name, address in sorted(targets):
-        found = from_descriptors(name) if args.from_descriptors else discover(str(address))
-        upstreams.append(Upstream(name, overrides.get(name, address), found.services))
-        files.extend(found.files)
-    config = build_config(
-        upstreams,
-        listen=args.listen,
-        admin=args.admin,
-        ops_listen=args.ops_listen,
-        health_upstream=args.health_upstream,
-        transcode_descriptor=args.transcode_descriptor,
-    )
-    source = "compiled kokoropay descriptors" if args.from_descriptors else "gRPC reflection"
-    provenance = f"Services read from {source}: " + ", ".join(
-        f"{u.name} ({', '.join(s.name for s in u.services)})" for u in upstreams
-    )
-    return render_yaml(config, provenance), descriptor_set(files)
-
-
-async def run(args: argparse.Namespace) -> None:
-    try:
-        text, descriptors = generate(args)
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    if args.out == "-":
-        sys.stdout.write(text)
-    else:
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    if args.descriptor_out:
-        Path(args.descriptor_out).write_bytes(descriptors.SerializeToString(deterministic=True))
-        print(f"wrote {args.descriptor_out} ({len(descriptors.file)} files)", file=sys.stderr)
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `envoy-config` on the kokoro-pay command line."""
-    parser = subparsers.add_parser(
-        "envoy-config",
-        help="generate the Envoy gRPC proxy config from the running services' reflection",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    parser.add_argument(
-        "--target",
-        type=_pair,
-        action="append",
-        required=True,
-        metavar="NAME=HOST:PORT",
-        help="a running service to discover (repeat: --target auth=127.0.0.1:50051 …)",
-    )
-    parser.add_argument(
-        "--upstream",
-        type=_pair,
-        action="append",
-        metavar="NAME=HOST:PORT",
-        help="the address Envoy should use for NAME when it differs from where it was "
-        "discovered, e.g. synth=synth-headless.kokoropay.svc.cluster.local:50053",
-    )
-    parser.add_argument(
-        "--from-descriptors",
-        action="store_true",
-        help="read each NAME's services from the compiled kokoropay.NAME.v1 stubs instead of "
-        "asking a running server (the --target addresses are then the cluster addresses)",
-    )
-    parser.add_argument("--listen", type=_address, default=Address("0.0.0.0", 8080))
-    parser.add_argument(
-        "--admin",
-        type=_address,
-        default=Address("127.0.0.1", 9901),
-        help="the admin interface; keep it on loopback (default %(default)s)",
-    )
-    parser.add_argument(
-        "--ops-listen",
-        type=_address,
-        default=Address("0.0.0.0", 9902),
-        help="read-only GET /ready and /stats/prometheus for probes and scraping",
-    )
-    parser.add_argument(
-        "--health-upstream",
-        metavar="NAME",
-        help="the target that answers grpc.health.v1 and reflection through the proxy "
-        "(default: the only target; none when there are several)",
-    )
-    parser.add_argument(
-        "--transcode-descriptor",
-        metavar="PATH",
-        help="enable gRPC-JSON transcoding with the descriptor set at PATH (as Envoy sees it)",
-    )
-    parser.add_argument("--out", default="envoy.yaml", help="'-' for stdout")
-    parser.add_argument("--descriptor-out", metavar="PATH", help="write a FileDescriptorSet")
-    parser.set_defaults(handler=run)

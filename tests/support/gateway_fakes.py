@@ -1,25 +1,21 @@
-"""In-memory auth, ledger and synth behind the gateway's client Protocols, and ways to serve it.
+"""In-memory auth, ledger and synth behind the gateway's client Protocols, and the app over them.
 
 Only the gateway's unit tests use these; the end-to-end tests run the real services. The fakes
 keep the rules the real services document in their protos (idempotent Reserve, Capture refused
 for a released hold, ErrorInfo reasons), so the serving layer is exercised against the contract.
-(Named test_gateway_* to sit with the gateway's tests; it holds no tests itself.)
+The fixtures that serve them are in gateway_fixtures.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
-import httpx
-import uvicorn
 from fastapi import FastAPI
 
-from services.cli.processes import free_port
 from services.common.logs import request_id_var
 from services.gateway.app import create_app
 from services.gateway.clients import (
@@ -34,6 +30,7 @@ from services.gateway.clients import (
     Upstreams,
     Voice,
 )
+from services.gateway.serving import SpeechSeller
 from services.gateway.settings import GatewaySettings
 
 GOOD_KEY = "kp_live_" + "a" * 40
@@ -204,6 +201,16 @@ def pieces_for(request: SynthesisRequest, count: int = 3) -> list[Step]:
     ]
 
 
+def pieces_with(step: Step, *, after: int) -> Callable[[SynthesisRequest], list[Step]]:
+    """A script: pieces_for's pieces with `step` (a wait or a failure) after the first `after`."""
+
+    def script(request: SynthesisRequest) -> list[Step]:
+        pieces = pieces_for(request)
+        return [*pieces[:after], step, *pieces[after:]]
+
+    return script
+
+
 class FakeStream:
     def __init__(self, steps: list[Step]) -> None:
         self._steps = list(steps)
@@ -284,54 +291,18 @@ class FakeMesh:
     synth: FakeSynth
     app: FastAPI
 
+    @property
+    def seller(self) -> SpeechSeller:
+        seller: SpeechSeller = self.app.state.seller
+        return seller
+
 
 def fake_mesh(**settings: object) -> FakeMesh:
+    """The gateway app over fresh fakes, built with `settings` (GatewaySettings fields)."""
     auth, ledger, synth = FakeAuth(), FakeLedger(), FakeSynth()
     app = create_app(GatewaySettings(**settings), Upstreams(auth, ledger, synth))  # type: ignore[arg-type]
     return FakeMesh(auth, ledger, synth, app)
 
 
-def asgi_client(mesh: FakeMesh) -> httpx.AsyncClient:
-    """An in-process client: fast, but it buffers bodies and raises the app's exceptions."""
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=mesh.app), base_url="http://gateway.test"
-    )
-
-
 def auth_header(key: str = GOOD_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-class _QuietServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the test process keeps its own signal handlers
-
-
-@contextlib.asynccontextmanager
-async def live_server(mesh: FakeMesh) -> AsyncIterator[str]:
-    """The app under real uvicorn on a free port, in this event loop; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        mesh.app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
-    server = _QuietServer(config)
-    task = asyncio.ensure_future(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until `condition()` holds: settlement finishes just after the response does."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)

@@ -1,7 +1,8 @@
 """A randomly initialised Kokoro in hexgrad's layout: same shapes, same speed, noise for speech.
 
-For timing where the real weights are not at hand (a GPU machine with only config.json). Its
-manifest says "random-init" so nothing that lists it can pass it off as the model.
+For timing where the real weights are not at hand (a GPU machine with only config.json):
+`python -m bench.synth_bench --random-weights CONFIG_JSON`. Its manifest says "random-init" so
+nothing that lists it can pass it off as the model.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from pathlib import Path
 
 import torch
 
-from services.synth.weights.layout import (
+from services.synth.engine.manifest import Manifest, describe_files, write_manifest
+from services.synth.engine.model_files import (
     CONFIG_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     VOICES_DIR,
     layout_files,
 )
-from services.synth.weights.manifest import Manifest, describe_files, write_manifest
+from services.synth.models import HUB_REPO_ID
 
 RANDOM_PRECISION = "random-init (for timing only)"
 _VOICE_SHAPE = (510, 1, 256)
@@ -55,7 +57,7 @@ def write_random_weights(
         empty = Path(scratch) / "empty.pth"
         torch.save({}, empty)
         # An empty state dict leaves KModel with torch's default initialisation.
-        model = KModel(repo_id="hexgrad/Kokoro-82M", config=str(config_json), model=str(empty))
+        model = KModel(repo_id=HUB_REPO_ID, config=str(config_json), model=str(empty))
     _speak_at_a_natural_rate(model)
     state = {name: getattr(model, name).state_dict() for name in _KMODEL_MODULES}
     torch.save(state, destination / MODEL_FILE)

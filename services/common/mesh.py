@@ -1,0 +1,24 @@
+"""Where the mesh's parts listen by default and what its secrets are called.
+
+Every default port and secret file name is written here once: the services' settings, the
+gateway's upstream addresses, the local runner and the operator CLI all read them from here.
+"""
+
+from __future__ import annotations
+
+# Default ports on one machine; in a cluster each service keeps its own but the Service objects
+# (deploy/k8s) publish the same numbers.
+PORTS: dict[str, int] = {"auth": 50051, "ledger": 50052, "synth": 50053, "gateway": 8000}
+
+
+def local_address(service: str) -> str:
+    """`host:port` of a service on this machine at its default port."""
+    return f"127.0.0.1:{PORTS[service]}"
+
+
+# Secret files the local run writes under `.data/` (KOKOROPAY_SECRETS_DIR elsewhere); each is
+# also settable through the environment variable beside it.
+OPERATOR_TOKEN_FILE = "operator-token"
+OPERATOR_TOKEN_ENV = "KOKOROPAY_OPERATOR_TOKEN"
+KEY_HASH_SECRET_FILE = "key-hash-secret"
+KEY_HASH_SECRET_ENV = "AUTH_KEY_HASH_SECRET"

@@ -1,0 +1,184 @@
+"""Getting a started synthesis to the client, then settling its charge.
+
+`SpeechDelivery` relays synth's pieces as raw audio or as SSE events and records how the
+stream ended; `DeliveryResponse` sends that body over HTTP, gives up on a client that stops
+reading, and settles once the response is over, however it ended. Synthesis failing after audio
+went out cannot become an error answer any more: the connection is cut, so the client sees a
+broken stream rather than a short file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.responses import StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from services.gateway.billing import Billing, Charge, Outcome, SpeechOrder
+from services.gateway.clients import AudioPiece, AudioStream, UpstreamError
+from services.gateway.protocol import (
+    CONTENT_TYPES,
+    SSE_CONTENT_TYPE,
+    SpeechAudioDelta,
+    SpeechAudioDone,
+    SpeechUsage,
+)
+
+_log = logging.getLogger("gateway.delivery")
+
+
+class SynthesisInterrupted(Exception):
+    """Synthesis failed after audio went out: the response can only be cut, not completed."""
+
+
+class ClientStalled(Exception):
+    """The client took no body piece for send_timeout_seconds: treated as having left."""
+
+
+class SpeechDelivery:
+    """A started synthesis: relays the pieces as they come, then settles the charge.
+
+    `body()` is the HTTP body; `finish()` must run once the response is over, however it ended.
+    """
+
+    def __init__(
+        self,
+        stream: AudioStream,
+        first: AudioPiece,
+        order: SpeechOrder,
+        charge: Charge,
+        billing: Billing,
+        live: set[SpeechDelivery] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._first = first
+        self._order = order
+        self._charge = charge
+        self._billing = billing
+        self._delivered_characters = 0
+        self._outcome: Outcome | None = None
+        self._finished = False
+        self._live = live
+        # Set once finish() has settled the charge.
+        self.finished = asyncio.Event()
+
+    @property
+    def content_type(self) -> str:
+        if self._order.stream_format == "sse":
+            return SSE_CONTENT_TYPE
+        return CONTENT_TYPES[self._order.audio_format]
+
+    @property
+    def characters(self) -> int:
+        return self._order.characters
+
+    def body(self) -> AsyncIterator[bytes]:
+        if self._order.stream_format == "sse":
+            return self._events()
+        return self._audio()
+
+    async def finish(self) -> None:
+        """Stop synthesis if it still runs, then capture or refund. Safe to call twice."""
+        if self._finished:
+            return
+        self._finished = True
+        self._stream.cancel()
+        # No outcome recorded: the body was abandoned before its end, so the client left.
+        outcome = self._outcome or Outcome.CLIENT_LEFT
+        try:
+            await self._billing.settle(
+                self._charge, outcome, delivered_characters=self._delivered_characters
+            )
+        finally:
+            if self._live is not None:
+                self._live.discard(self)
+            self.finished.set()
+
+    def server_stopped(self) -> None:
+        """The gateway cut the response (shutdown): our failure, refunded, unless it was over."""
+        if self._outcome is None:
+            self._outcome = Outcome.FAILED
+
+    async def _pieces(self) -> AsyncIterator[AudioPiece]:
+        piece: AudioPiece | None = self._first
+        while piece is not None:
+            yield piece
+            # Resumed only when the consumer wants more: the piece has been handed over.
+            self._delivered_characters = max(self._delivered_characters, piece.characters_consumed)
+            try:
+                piece = await self._stream.next()
+            except UpstreamError as error:
+                self._outcome = Outcome.FAILED
+                _log.warning(
+                    "synthesis failed mid-stream: %s",
+                    error,
+                    extra={"delivered_characters": self._delivered_characters},
+                )
+                raise SynthesisInterrupted(str(error)) from error
+        self._outcome = Outcome.COMPLETED
+
+    async def _audio(self) -> AsyncIterator[bytes]:
+        async for piece in self._pieces():
+            if piece.audio:
+                yield piece.audio
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        async for piece in self._pieces():
+            if piece.audio:
+                delta = SpeechAudioDelta(audio=base64.b64encode(piece.audio).decode("ascii"))
+                yield _sse(delta.model_dump_json())
+        n = self._order.characters
+        done = SpeechAudioDone(usage=SpeechUsage(input_tokens=n, total_tokens=n, characters=n))
+        yield _sse(done.model_dump_json())
+
+
+def _sse(data: str) -> bytes:
+    return f"data: {data}\n\n".encode()
+
+
+class DeliveryResponse(StreamingResponse):
+    """Streams a delivery and settles its charge once the response is over, however it ended.
+
+    Each body piece must be taken by the client within `send_timeout` seconds; a client that
+    stops reading is treated as gone, so it cannot hold a synth slot forever. A cancellation
+    from outside (the server shutting down) cuts the stream on our side: refunded.
+    """
+
+    def __init__(self, delivery: SpeechDelivery, send_timeout: float) -> None:
+        super().__init__(
+            delivery.body(),
+            media_type=delivery.content_type,
+            headers={
+                "cache-control": "no-store",
+                # Proxies such as nginx must pass audio on as it comes, not buffer it.
+                "x-accel-buffering": "no",
+                "x-billed-characters": str(delivery.characters),
+            },
+        )
+        self.delivery = delivery
+        self.send_timeout = send_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_in_time(message: Message) -> None:
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            try:
+                async with asyncio.timeout(self.send_timeout):
+                    await send(message)
+            except TimeoutError as stalled:
+                raise ClientStalled(f"client took no audio for {self.send_timeout}s") from stalled
+
+        try:
+            await super().__call__(scope, receive, send_in_time)
+        except ClientStalled as stalled:
+            # Returning without completing the response makes the server close the connection.
+            _log.warning("%s; treated as gone", stalled)
+        except asyncio.CancelledError:
+            self.delivery.server_stopped()
+            raise
+        finally:
+            await self.delivery.finish()
