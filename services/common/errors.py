@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.common.interceptors import Around, AroundInterceptor
+from services.common.status import rich_status, service_domain
 
 _log = logging.getLogger("rpc.errors")
 
@@ -61,7 +61,7 @@ class ErrorTable:
 
     @property
     def domain(self) -> str:
-        return f"{self.service}.kokoropay"
+        return service_domain(self.service)
 
     def status_of(self, error: Exception) -> grpc.StatusCode | None:
         for cls in type(error).__mro__:
@@ -71,17 +71,13 @@ class ErrorTable:
 
     def rpc_status(self, code: grpc.StatusCode, error: Exception) -> grpc.Status:
         """The status to end the call with: code, message, and ErrorInfo when there is a reason."""
-        status = status_pb2.Status(code=code.value[0], message=str(error))
-        reason = getattr(error, "reason", None)
-        if reason:
-            info = any_pb2.Any()
-            info.Pack(
-                error_details_pb2.ErrorInfo(
-                    reason=reason, domain=self.domain, metadata=getattr(error, "metadata", {})
-                )
-            )
-            status.details.append(info)
-        return rpc_status.to_status(status)
+        return rich_status(
+            code,
+            str(error),
+            reason=getattr(error, "reason", None),
+            domain=self.domain,
+            metadata=getattr(error, "metadata", None),
+        )
 
 
 class ErrorInterceptor(AroundInterceptor):

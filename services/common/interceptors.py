@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from services.common.logs import request_id_var
+from services.common.status import NOT_SERVING, rich_status, service_domain
 
 REQUEST_ID_KEY = "x-request-id"
 _log = logging.getLogger("rpc")
@@ -90,11 +91,13 @@ class AroundInterceptor(grpc.aio.ServerInterceptor):
         raise NotImplementedError
 
 
-def refusal(code: grpc.StatusCode, message: str) -> Around:
-    """Ends the call with `code` before the handler runs."""
+def refusal(code: grpc.StatusCode, message: str, status: grpc.Status | None = None) -> Around:
+    """Ends the call with `code` (or the rich `status`) before the handler runs."""
 
     @asynccontextmanager
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        if status is not None:
+            await context.abort_with_status(status)
         await context.abort(code, message)
         yield
 
@@ -130,16 +133,28 @@ class RequestIdInterceptor(AroundInterceptor):
 
 
 class ReadinessInterceptor(AroundInterceptor):
-    """Refuses service RPCs with UNAVAILABLE until start-up work has finished.
+    """Refuses service RPCs with UNAVAILABLE, reason NOT_SERVING, until start-up work has
+    finished and again once a stop has begun.
 
     The server listens before the database pool or the model is ready so health checks can
-    report NOT_SERVING meanwhile; health and reflection always pass.
+    report NOT_SERVING meanwhile; health and reflection always pass. The reason lets a caller
+    tell "not serving: retry soon" from a service that failed or vanished.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, service: str = "kokoropay") -> None:
         self.ready = False
+        self._domain = service_domain(service)
+        self._message = "the service is starting: not serving yet"
+
+    def draining(self) -> None:
+        """From now on, refuse new calls: the service is stopping."""
+        self.ready = False
+        self._message = "the service is stopping: not serving any more"
 
     def around(self, details: grpc.HandlerCallDetails) -> Around | None:
         if self.ready or details.method.startswith(ALWAYS_OPEN):
             return None
-        return refusal(grpc.StatusCode.UNAVAILABLE, "service is starting")
+        status = rich_status(
+            grpc.StatusCode.UNAVAILABLE, self._message, reason=NOT_SERVING, domain=self._domain
+        )
+        return refusal(grpc.StatusCode.UNAVAILABLE, self._message, status)

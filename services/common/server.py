@@ -69,7 +69,7 @@ def build_server(spec: ServiceSpec) -> BuiltServer:
             f"error: {spec.errors.service} needs {OPERATOR_TOKEN_ENV} or the file "
             f".data/{OPERATOR_TOKEN_FILE} (make run writes it)"
         )
-    readiness = ReadinessInterceptor()
+    readiness = ReadinessInterceptor(spec.errors.service)
     server = grpc.aio.server(
         interceptors=[
             RequestIdInterceptor(),
@@ -133,6 +133,7 @@ async def serve(spec: ServiceSpec, bind_address: str, grace_seconds: float) -> N
             await stopping.wait()
     finally:
         _log.info("stopping: NOT_SERVING, draining for up to %.1fs", grace_seconds)
+        readiness.draining()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace_seconds)
         if startup is not None and not startup.done():

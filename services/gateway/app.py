@@ -13,7 +13,7 @@ from starlette.types import ASGIApp
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Upstreams
 from services.gateway.errors import install_error_handlers
-from services.gateway.middleware import RequestContextMiddleware
+from services.gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from services.gateway.routes import account, catalog, health, speech
 from services.gateway.serving import SpeechSeller
 from services.gateway.settings import GatewaySettings
@@ -24,8 +24,6 @@ If you can call OpenAI's `/v1/audio/speech`, you can call this: change the base 
 your `kp_live_…` key as a Bearer token. Errors are `{"detail": "…"}`; every response carries
 `x-request-id`. Client errors carry `x-should-retry: false`, transient ones `true`.
 """
-# Generous for any JSON a 4096-character input can take (\\uXXXX escapes included).
-MAX_BODY_BYTES = 1 << 20
 
 
 class GatewayApp(FastAPI):
@@ -33,9 +31,11 @@ class GatewayApp(FastAPI):
     an OpenAPI document that says what clients really get."""
 
     max_input_chars = 4096
+    max_body_bytes = 128 * 1024
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestContextMiddleware(super().build_middleware_stack())
+        inner = BodyLimitMiddleware(super().build_middleware_stack(), self.max_body_bytes)
+        return RequestContextMiddleware(inner)
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
@@ -88,10 +88,10 @@ def create_app(settings: GatewaySettings, clients: Upstreams) -> FastAPI:
         lifespan=lifespan,
         # Clients that send JSON without a Content-Type still get their audio.
         strict_content_type=False,
-        max_body_size=max(MAX_BODY_BYTES, settings.max_input_chars * 12 + 4096),
         servers=[{"url": "/", "description": "this gateway"}],
     )
     app.max_input_chars = settings.max_input_chars
+    app.max_body_bytes = settings.max_body_bytes
     app.state.seller = seller
     app.state.upstreams = clients
     # Set when the process is asked to stop, so /readyz sends new traffic elsewhere.

@@ -15,18 +15,20 @@
   (settings.settle_retry_delays_seconds), so a ledger restart does not make delivered audio
   free; a hold left unsettled is returned by the ledger at its deadline.
 - Idempotency: without an `Idempotency-Key` header each request is its own ledger key,
-  `req:<request id>`. With one, the ledger key is derived from it and the request's content, so
-  a retry of the same request is charged at most once while the same key on other content is
-  another purchase. A retry after a success is served again without a second charge; a retry
-  after a refund is charged (once); a retry while the first is still running is a 409.
+  `req:<request id>`. With one, the key names one request for 24 hours, kept by the ledger (a
+  keyed Reserve, ledger.proto's KeyedRequest): each attempt is a hold of at most what the key
+  has not paid yet, charged for the characters it delivered, so the key's total never passes
+  len(input); one attempt at a time (another gets 409); the same key on a request that differs
+  in any field as understood (input, voice and model after alias and blend resolution, speed,
+  response_format, stream_format) gets 400; once the whole price is paid, two retries are served
+  again free, then 409.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
-import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,8 +37,16 @@ from typing import Any, TypeVar
 
 import grpc
 
-from services.gateway.clients import Hold, HoldState, LedgerClient, Principal, UpstreamError
-from services.gateway.errors import reserve_error, still_in_progress
+from services.gateway.clients import (
+    Hold,
+    HoldState,
+    KeyedRequest,
+    LedgerClient,
+    Principal,
+    UpstreamError,
+)
+from services.gateway.errors import reserve_error
+from services.gateway.fingerprint import fingerprint
 
 _log = logging.getLogger("gateway.billing")
 T = TypeVar("T")
@@ -61,24 +71,31 @@ class SpeechOrder:
     speed: float
     audio_format: str
     stream_format: str
+    # The voice and model as synth understands them (aliases and blends resolved, weights
+    # normalized): what decides whether two requests under one Idempotency-Key are the same.
+    resolved_voice: str = ""
+    resolved_model: str = ""
 
     @property
     def characters(self) -> int:
         return len(self.text)  # a Python str is a sequence of code points
 
     def fingerprint(self) -> str:
-        """Identifies the content, so one Idempotency-Key cannot pay for two different things."""
-        fields = [self.text, self.voice, self.model, self.speed, self.audio_format]
-        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
+        """The request as understood: one Idempotency-Key names one of these."""
+        return fingerprint(
+            [
+                ("input", self.text),
+                ("voice", self.resolved_voice or self.voice),
+                ("model", self.resolved_model or self.model),
+                ("speed", repr(float(self.speed))),
+                ("response_format", self.audio_format),
+                ("stream_format", self.stream_format),
+            ]
+        )
 
 
-def ledger_key(
-    order: SpeechOrder, *, request_id: str, request_id_is_ours: bool, idempotency_key: str | None
-) -> str:
-    """The key the request's Reserve is made under; the same key is charged at most once."""
-    if idempotency_key is not None:
-        digest = hashlib.sha256(f"{idempotency_key}\0{order.fingerprint()}".encode())
-        return f"idem:{digest.hexdigest()}"
+def ledger_key(*, request_id: str, request_id_is_ours: bool) -> str:
+    """The key one attempt's Reserve is made under: the ledger's retries of it stay one hold."""
     if request_id_is_ours:
         return f"req:{request_id}"
     # A client may send one x-request-id twice; that must not make two requests one.
@@ -90,10 +107,17 @@ class Charge:
     """What a request holds on the ledger."""
 
     account_id: str
+    # Credits held for this attempt: len(input), or what its Idempotency-Key has left to pay.
     amount: int
     ledger_key: str
-    # None for a retry of a request already paid for: nothing to capture or release.
+    # None for a free replay of a keyed request already paid for: nothing to settle.
     hold_id: str | None
+    # The customer's keyed request this attempt belongs to, if it named one.
+    keyed: KeyedRequest | None = None
+
+    @property
+    def replay(self) -> bool:
+        return self.hold_id is None
 
 
 class Outcome(enum.Enum):
@@ -122,44 +146,47 @@ class Billing:
         self._running: set[asyncio.Task[None]] = set()
 
     async def hold(
-        self, principal: Principal, order: SpeechOrder, ledger_key: str, ttl_seconds: int
+        self,
+        principal: Principal,
+        order: SpeechOrder,
+        ledger_key: str,
+        ttl_seconds: int,
+        idempotency_key: str | None = None,
     ) -> Charge:
-        """Reserve the order's cost under `ledger_key`: 402 without the credits, 409 while
-        the same keyed request is still being served."""
-        attempts = 0
-
-        def reserve(key: str) -> Callable[[], Awaitable[Hold]]:
-            async def call() -> Hold:
-                nonlocal attempts
-                attempts += 1
-                return await self._ledger.reserve(
-                    principal.account_id, order.characters, key, ttl_seconds
-                )
-
-            return call
-
+        """Reserve the order's cost under `ledger_key` (402 without the credits); with an
+        Idempotency-Key, as one attempt at the request it names (400, 409, or a free replay)."""
+        account = principal.account_id
         try:
-            hold = await _idempotent(reserve(ledger_key), self._reserve_retry_delays)
-            if hold.state in (HoldState.RELEASED, HoldState.EXPIRED):
-                # This very request was refunded before; trying again is a new purchase.
-                ledger_key = f"{ledger_key}:{uuid.uuid4().hex[:12]}"
-                hold = await _idempotent(reserve(ledger_key), self._reserve_retry_delays)
+            if idempotency_key is None:
+                cost = order.characters
+                hold = await _idempotent(
+                    lambda: self._ledger.reserve(account, cost, ledger_key, ttl_seconds),
+                    self._reserve_retry_delays,
+                )
+                return Charge(account, hold.amount, ledger_key, hold.id)
+            keyed = KeyedRequest(idempotency_key, order.fingerprint(), order.characters)
+            reservation = await _idempotent(
+                lambda: self._ledger.reserve_keyed(
+                    account, order.characters, ledger_key, ttl_seconds, keyed
+                ),
+                self._reserve_retry_delays,
+            )
         except UpstreamError as error:
-            raise reserve_error(error, order.characters) from error
-        # After a retried Reserve, a replayed hold may be the one our first attempt placed.
-        if hold.state == HoldState.HELD and hold.replayed and attempts == 1:
-            # The same request is being served right now (or its delivery has yet to settle):
-            # a second synthesis under that hold would deliver twice for one charge.
-            raise still_in_progress()
-        if hold.state == HoldState.CAPTURED:
-            _log.info("a paid request again: not charged twice", extra={"ledger_key": ledger_key})
-            return Charge(principal.account_id, order.characters, ledger_key, hold_id=None)
-        return Charge(principal.account_id, order.characters, ledger_key, hold_id=hold.id)
+            raise reserve_error(error, order.characters, order.fingerprint()) from error
+        if reservation.hold is None:
+            _log.info(
+                "a paid keyed request again: served free (%d replays left)",
+                reservation.replays_left,
+                extra={"ledger_key": ledger_key},
+            )
+            return Charge(account, 0, ledger_key, None, keyed)
+        hold = reservation.hold
+        return Charge(account, hold.amount, ledger_key, hold.id, keyed)
 
     async def settle(self, charge: Charge, outcome: Outcome, *, delivered_characters: int) -> None:
         """Capture, capture in part, or release the hold, as `outcome` says."""
         if charge.hold_id is None:
-            return
+            return  # a free replay
         task = asyncio.ensure_future(
             self._settle(charge, charge.hold_id, outcome, delivered_characters)
         )
@@ -210,13 +237,34 @@ class Billing:
             await self._charge_anew(charge, f"{charge.ledger_key}:late", amount)
 
     async def _charge_anew(self, charge: Charge, ledger_key: str, amount: int) -> None:
-        hold = await self._retried(
-            lambda: self._ledger.reserve(
-                charge.account_id, amount, ledger_key, _SETTLE_HOLD_TTL_SECONDS
+        """Charge `amount` for audio delivered under a lapsed hold; what the balance no longer
+        covers is logged as unpaid rather than driven below zero."""
+        try:
+            hold = await self._late_hold(charge, ledger_key, amount)
+        except UpstreamError as error:
+            available = int(error.metadata.get("balance", "0") or 0)
+            if error.reason != "INSUFFICIENT_CREDITS" or available <= 0:
+                raise
+            _log.error("late charge short: %d of %d credits unpaid", amount - available, amount)
+            hold = await self._late_hold(charge, f"{ledger_key}:short", available)
+        if hold is not None and hold.state == HoldState.HELD:
+            await self._retried(lambda: self._ledger.capture(hold.id))
+
+    async def _late_hold(self, charge: Charge, ledger_key: str, amount: int) -> Hold | None:
+        if charge.keyed is None:
+            return await self._retried(
+                lambda: self._ledger.reserve(
+                    charge.account_id, amount, ledger_key, _SETTLE_HOLD_TTL_SECONDS
+                )
+            )
+        # Within what the Idempotency-Key has left to pay; None when it has paid its price.
+        late = dataclasses.replace(charge.keyed, late_charge=True)
+        reservation = await self._retried(
+            lambda: self._ledger.reserve_keyed(
+                charge.account_id, amount, ledger_key, _SETTLE_HOLD_TTL_SECONDS, late
             )
         )
-        if hold.state == HoldState.HELD:
-            await self._retried(lambda: self._ledger.capture(hold.id))
+        return reservation.hold
 
     async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
         return await _idempotent(call, self._settle_retry_delays)

@@ -93,6 +93,34 @@ class Catalog:
         models = await self.models()
         return [m.id for m in models] + [alias for m in models for alias in m.aliases]
 
+    async def resolved_model(self, name: str) -> str:
+        """The id of the model `name` names (an id or one of its aliases)."""
+        for model in await self.models():
+            if name == model.id or name in model.aliases:
+                return model.id
+        return name
+
+    async def resolved_voice(self, expression: str) -> str:
+        """`expression` as the builtin voices it mixes: aliases and blends expanded, weights
+        normalized to sum to 1 and merged, names sorted. Two expressions that speak alike
+        resolve alike (`alloy` is `af_alloy`; `a(2)+b(1)` is `b(2)+a(4)`)."""
+        voices = {voice.id: voice for voice in await self.voices()}
+        weights: dict[str, float] = {}
+
+        def add(text: str, share: float, depth: int) -> None:
+            components = parse_voice_expression(text)
+            total = sum(weight for _, weight in components)
+            for name, weight in components:
+                part = share * weight / total
+                voice = voices.get(name)
+                if voice is not None and voice.kind != "builtin" and voice.target and depth < 4:
+                    add(voice.target, part, depth + 1)
+                else:
+                    weights[name] = weights.get(name, 0.0) + part
+
+        add(expression.strip(), 1.0, 0)
+        return "+".join(f"{name}({weight:.6f})" for name, weight in sorted(weights.items()))
+
     async def voice_problem(self, expression: str) -> str | None:
         """Why synth would refuse `expression`, or None when it names known voices."""
         known = {voice.id for voice in await self.voices()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
@@ -21,23 +21,29 @@ from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 
 from services.common.channels import open_channel
-from services.common.errors import error_reason
+from services.common.errors import error_info
 
 T = TypeVar("T")
 VoiceKind = Literal["builtin", "alias", "blend"]
 
 
 class UpstreamError(Exception):
-    """A call to auth, ledger or synth failed; `code` and `reason` say how."""
+    """A call to auth, ledger or synth failed; `code` and `reason` (with its metadata) say how."""
 
     def __init__(
-        self, service: str, code: grpc.StatusCode, message: str, reason: str | None = None
+        self,
+        service: str,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(f"{service}: {code.name}: {message}")
         self.service = service
         self.code = code
         self.message = message
         self.reason = reason
+        self.metadata = dict(metadata or {})
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,29 @@ class Hold:
     captured: int = 0
     # Reserve found the hold its key had placed before, rather than placing it now.
     replayed: bool = False
+
+
+@dataclass(frozen=True)
+class KeyedRequest:
+    """A customer's request named by its Idempotency-Key, as the ledger keeps it."""
+
+    key: str
+    # The request as understood (fingerprint.py); the same key on another one is refused.
+    fingerprint: str
+    # len(input): the most the key is ever charged, over all its attempts.
+    price: int
+    # A charge for audio an attempt delivered after its hold lapsed: never a replay.
+    late_charge: bool = False
+
+
+@dataclass(frozen=True)
+class KeyedReservation:
+    """What a keyed Reserve did: an attempt's hold, or none (a free replay, or nothing left)."""
+
+    hold: Hold | None
+    replay: bool
+    charged_before: int
+    replays_left: int
 
 
 @dataclass(frozen=True)
@@ -130,6 +159,17 @@ class LedgerClient(Protocol):
         self, account_id: str, amount: int, idempotency_key: str, ttl_seconds: int
     ) -> Hold: ...
 
+    async def reserve_keyed(
+        self,
+        account_id: str,
+        amount: int,
+        idempotency_key: str,
+        ttl_seconds: int,
+        keyed: KeyedRequest,
+    ) -> KeyedReservation:
+        """Hold for one attempt at a keyed request, at most what its key may still be charged."""
+        ...
+
     async def capture(self, hold_id: str, amount: int | None = None) -> Hold:
         """Spend `amount` credits of the hold (None: all) and return the rest, atomically."""
         ...
@@ -185,7 +225,10 @@ _VOICE_KINDS: dict[int, VoiceKind] = {
 def _upstream_error(service: str, error: grpc.RpcError) -> UpstreamError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    return UpstreamError(service, code, details or "", error_reason(error))
+    info = error_info(error)
+    if info is None:
+        return UpstreamError(service, code, details or "")
+    return UpstreamError(service, code, details or "", info.reason, info.metadata)
 
 
 async def _call(service: str, call: Awaitable[T]) -> T:
@@ -263,6 +306,35 @@ class GrpcLedgerClient:
         )
         response = await _call("ledger", self._stub.Reserve(request, timeout=self._timeout))
         return _hold(response.hold, replayed=response.replayed)
+
+    async def reserve_keyed(
+        self,
+        account_id: str,
+        amount: int,
+        idempotency_key: str,
+        ttl_seconds: int,
+        keyed: KeyedRequest,
+    ) -> KeyedReservation:
+        request = ledger_pb2.ReserveRequest(
+            account_id=account_id,
+            amount=amount,
+            idempotency_key=idempotency_key,
+            ttl_seconds=ttl_seconds,
+            keyed=ledger_pb2.KeyedRequest(
+                key=keyed.key,
+                fingerprint=keyed.fingerprint,
+                price=keyed.price,
+                late_charge=keyed.late_charge,
+            ),
+        )
+        response = await _call("ledger", self._stub.Reserve(request, timeout=self._timeout))
+        hold = _hold(response.hold, replayed=response.replayed)
+        return KeyedReservation(
+            hold=hold if response.HasField("hold") else None,
+            replay=response.keyed.replay,
+            charged_before=response.keyed.charged_before,
+            replays_left=response.keyed.replays_left,
+        )
 
     async def capture(self, hold_id: str, amount: int | None = None) -> Hold:
         request = ledger_pb2.CaptureRequest(hold_id=hold_id, amount=amount or 0)

@@ -72,8 +72,10 @@ class SpeechDelivery:
         return CONTENT_TYPES[self._order.audio_format]
 
     @property
-    def characters(self) -> int:
-        return self._order.characters
+    def billable_characters(self) -> int:
+        """The most this response can cost: len(input), what an Idempotency-Key still owes,
+        or 0 for a free replay."""
+        return self._charge.amount
 
     def body(self) -> AsyncIterator[bytes]:
         if self._order.stream_format == "sse":
@@ -155,7 +157,7 @@ class DeliveryResponse(StreamingResponse):
                 "cache-control": "no-store",
                 # Proxies such as nginx must pass audio on as it comes, not buffer it.
                 "x-accel-buffering": "no",
-                "x-billed-characters": str(delivery.characters),
+                "x-billed-characters": str(delivery.billable_characters),
             },
         )
         self.delivery = delivery

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway.clients import UpstreamError
+from services.gateway.fingerprint import fields_that_differ
 
 _log = logging.getLogger("gateway.errors")
 
@@ -52,7 +53,16 @@ REASON_TO_HTTP: dict[str, int] = {
     "KEY_REVOKED": 401,
     "INSUFFICIENT_CREDITS": 402,
     "IDEMPOTENCY_KEY_REUSED": 409,
+    "REQUEST_KEY_REUSED": 400,
+    "ATTEMPT_IN_PROGRESS": 409,
+    "REQUEST_COMPLETED": 409,
+    # A service starting up or draining: nothing happened, retry soon.
+    "NOT_SERVING": 503,
 }
+
+# Seconds a client is told to wait when a service is not serving yet (warm-up takes longer on a
+# CPU, but the official client retries with backoff, and its retries are free).
+RETRY_AFTER_SECONDS = 5
 
 # Whether the official openai client should retry (it reads `x-should-retry` before the status).
 # Client errors never succeed on a retry. 502/503/504 are transient and nothing was charged for
@@ -70,12 +80,13 @@ def should_retry(status: int) -> bool | None:
 
 
 class ApiError(Exception):
-    """A failure answered with `status` and `{"detail": detail}`."""
+    """A failure answered with `status`, `{"detail": detail}` and any extra `headers`."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{status}: {detail}")
         self.status = status
         self.detail = detail
+        self.headers = headers or {}
 
 
 def http_status(error: UpstreamError) -> int:
@@ -86,6 +97,8 @@ def http_status(error: UpstreamError) -> int:
 
 def api_error(error: UpstreamError) -> ApiError:
     """The answer to a failed upstream call."""
+    if error.reason == "NOT_SERVING":
+        return not_serving(error.service)
     status = http_status(error)
     if status >= 500:
         _log.warning(
@@ -101,7 +114,10 @@ def api_error(error: UpstreamError) -> ApiError:
 
 
 def synthesis_error(error: UpstreamError) -> ApiError:
-    """A synth failure as the client sees it: its own mistakes as 4xx, anything else 502."""
+    """A synth failure as the client sees it: its own mistakes as 4xx; synth saying it is not
+    serving (warming up, draining) 503; failing or vanishing, the contract's 502."""
+    if error.reason == "NOT_SERVING":
+        return not_serving("synth")
     status = http_status(error)
     if status < 500:
         return ApiError(status, error.message or "invalid request")
@@ -109,13 +125,29 @@ def synthesis_error(error: UpstreamError) -> ApiError:
     return ApiError(502, "upstream synthesis error; any charge for this request was refunded")
 
 
-def reserve_error(error: UpstreamError, cost: int) -> ApiError:
-    """A refused Reserve: no credits, or no account opened yet, is a 402 naming the cost."""
+def reserve_error(error: UpstreamError, cost: int, fingerprint: str) -> ApiError:
+    """A refused Reserve: no credits (or no account opened yet) is a 402 naming the cost; an
+    Idempotency-Key already naming another request, in progress, or completed is a 400 or 409."""
     if error.reason == "INSUFFICIENT_CREDITS" or error.code == grpc.StatusCode.NOT_FOUND:
         return ApiError(
             402,
             f"insufficient credits: this request costs {cost} credits "
             "(one per character of input); top up your balance",
+        )
+    if error.reason == "REQUEST_KEY_REUSED":
+        differing = fields_that_differ(error.metadata.get("fingerprint", ""), fingerprint)
+        return ApiError(
+            400,
+            "this Idempotency-Key was used in the last 24 hours for a different request "
+            f"(it differs in: {', '.join(differing) or 'content'}); use a new key",
+        )
+    if error.reason == "ATTEMPT_IN_PROGRESS":
+        return still_in_progress()
+    if error.reason == "REQUEST_COMPLETED":
+        return ApiError(
+            409,
+            "the request with this Idempotency-Key already completed and its audio was served "
+            "again as often as a key allows; use a new key for a new request",
         )
     return api_error(error)
 
@@ -127,17 +159,31 @@ def missing_key() -> ApiError:
     return ApiError(401, "missing API key: send `Authorization: Bearer kp_live_…`")
 
 
+def invalid_key() -> ApiError:
+    return ApiError(401, "invalid API key")
+
+
 def invalid_order(problem: str) -> ApiError:
     """A request pydantic accepted but the settings or synth's lists refuse."""
     return ApiError(400, problem)
 
 
 def still_in_progress() -> ApiError:
-    """A repeat of a keyed request whose hold is still held: serving it would deliver twice."""
+    """A repeat of a keyed request while another attempt at it still runs."""
     return ApiError(
         409,
-        "a request with this Idempotency-Key and content is still in progress; "
-        "retry once it has finished",
+        "a request with this Idempotency-Key is still in progress; retry once it has finished",
+    )
+
+
+def not_serving(service: str) -> ApiError:
+    """A service said it is starting up or draining: nothing was done, so nothing was charged."""
+    what = "speech synthesis" if service == "synth" else f"the {service} service"
+    return ApiError(
+        503,
+        f"{what} is starting up or restarting and not serving yet; nothing was charged; "
+        f"retry in {RETRY_AFTER_SECONDS} seconds",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
@@ -173,7 +219,9 @@ def _describe(error: Any) -> str:
 
 async def _api_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.detail)
+    response = error_response(exc.status, exc.detail)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _validation_handler(_: Request, exc: Exception) -> JSONResponse:

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.logs import request_id_var
@@ -106,3 +108,41 @@ class RequestContextMiddleware:
             )
             _timings.reset(timings_token)
             request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """Refuses a request body over `limit` bytes with 413 in the contract's envelope.
+
+    A Content-Length over the limit is refused before a byte of the body is read; a chunked
+    body is counted as it arrives and refused as soon as it passes the limit (FastAPI passes an
+    HTTPException raised while it reads the body on to the error handlers, which answer JSON).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _detail(self) -> str:
+        return f"request body is larger than {self.limit} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse({"detail": self._detail()}, status_code=413)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, counted, send)

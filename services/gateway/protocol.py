@@ -7,9 +7,11 @@ a newer OpenAI field still gets its audio.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.common.voice_expressions import MAX_EXPRESSION_CHARS
 
 AudioFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 StreamFormat = Literal["audio", "sse"]
@@ -34,7 +36,7 @@ class VoiceRef(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: str = Field(min_length=1, max_length=512)
+    id: str = Field(min_length=1, max_length=MAX_EXPRESSION_CHARS)
 
 
 class SpeechRequest(BaseModel):
@@ -68,7 +70,7 @@ class SpeechRequest(BaseModel):
         min_length=1,
         max_length=128,
     )
-    voice: str | VoiceRef | None = Field(
+    voice: Annotated[str, Field(max_length=MAX_EXPRESSION_CHARS)] | VoiceRef | None = Field(
         default=None,
         description=(
             "A voice id or alias from /v1/audio/voices, or a blend such as "

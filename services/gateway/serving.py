@@ -13,6 +13,7 @@ request costs and how it is settled is billing.py's; relaying the audio is deliv
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import grpc
 
@@ -30,6 +31,7 @@ from services.gateway.clients import (
 from services.gateway.delivery import SpeechDelivery
 from services.gateway.errors import (
     api_error,
+    invalid_key,
     invalid_order,
     missing_key,
     synthesis_error,
@@ -38,6 +40,9 @@ from services.gateway.errors import (
 from services.gateway.middleware import timed
 from services.gateway.protocol import SpeechRequest
 from services.gateway.settings import GatewaySettings
+
+# Keys are 51 characters (`kp_live_` + 43); anything far longer is refused without a lookup.
+MAX_PRESENTED_KEY_CHARS = 256
 
 
 class SpeechSeller:
@@ -59,6 +64,9 @@ class SpeechSeller:
     async def authenticate(self, key: str | None) -> Principal:
         if not key:
             raise missing_key()
+        if len(key) > MAX_PRESENTED_KEY_CHARS:
+            # No key is this long; answered here, so junk never travels to auth.
+            raise invalid_key()
         try:
             with timed("auth"):
                 return await self._auth.verify_key(key)
@@ -93,14 +101,18 @@ class SpeechSeller:
             with timed("catalog"):
                 models = await self._catalog.model_names()
                 voice_problem = await self._catalog.voice_problem(order.voice)
+                if order.model in models and voice_problem is None:
+                    return dataclasses.replace(
+                        order,
+                        resolved_voice=await self._catalog.resolved_voice(order.voice),
+                        resolved_model=await self._catalog.resolved_model(order.model),
+                    )
         except UpstreamError as error:
             raise synthesis_error(error) from error
         if order.model not in models:
             known = ", ".join(models)
             raise invalid_order(f"unknown model {order.model!r}; known models: {known}")
-        if voice_problem is not None:
-            raise invalid_order(voice_problem)
-        return order
+        raise invalid_order(voice_problem or "invalid voice")
 
     async def sell(
         self,
@@ -112,15 +124,14 @@ class SpeechSeller:
         idempotency_key: str | None,
     ) -> SpeechDelivery:
         """Hold the credits and wait for the first audio; the delivery relays the rest."""
-        key = ledger_key(
-            order,
-            request_id=request_id,
-            request_id_is_ours=request_id_is_ours,
-            idempotency_key=idempotency_key,
-        )
+        key = ledger_key(request_id=request_id, request_id_is_ours=request_id_is_ours)
         with timed("reserve"):
             charge = await self._billing.hold(
-                principal, order, key, self._settings.hold_ttl_seconds(order.characters)
+                principal,
+                order,
+                key,
+                self._settings.hold_ttl_seconds(order.characters),
+                idempotency_key,
             )
         stream = self._synth.synthesize(
             SynthesisRequest(order.text, order.voice, order.model, order.speed, order.audio_format)

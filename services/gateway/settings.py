@@ -21,6 +21,11 @@ class GatewaySettings(ServiceSettings):
     synth_address: str = Field(default=local_address("synth"), min_length=1)
     # OpenAI's own limit; longer inputs are refused with 400 before anything is charged.
     max_input_chars: int = Field(default=4096, ge=1, le=1_000_000)
+    # Larger request bodies are refused with 413 {"detail": …} before they are read. The default
+    # admits 4,096 code points written as \uXXXX surrogate-pair escapes (12 bytes each) plus a
+    # full `instructions` field the same way; the Ingress's proxy-body-size (deploy/k8s) stays
+    # above it, so clients always get this JSON answer rather than the proxy's HTML page.
+    max_body_bytes: int = Field(default=128 * 1024, ge=64 * 1024, le=16 * 1024 * 1024)
     # Spoken when a request names no voice (OpenAI requires one; we are lenient).
     default_voice: str = Field(default="af_heart", min_length=1)
     # Deadline of each auth and ledger call: they are one indexed query each.

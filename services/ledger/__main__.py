@@ -20,9 +20,7 @@ def main() -> None:
     configure_logging("ledger", settings.log_level)
 
     store = LedgerStore()
-    servicer = LedgerServicer(
-        store, settings.default_hold_ttl_seconds, settings.max_hold_ttl_seconds
-    )
+    servicer = LedgerServicer(store, settings)
     sweeper = HoldSweeper(store, settings.sweep_interval_seconds, settings.sweep_batch_size)
 
     async def startup() -> None:

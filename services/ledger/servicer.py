@@ -12,6 +12,9 @@ caller branches on carry a google.rpc.ErrorInfo (domain "ledger.kokoropay"):
 | Capture of an expired hold                | FAILED_PRECONDITION | HOLD_EXPIRED           |
 | Capture again, of another amount          | FAILED_PRECONDITION | HOLD_CAPTURED          |
 | idempotency key reused with another amount| ALREADY_EXISTS      | IDEMPOTENCY_KEY_REUSED |
+| keyed request: key names another request  | ALREADY_EXISTS      | REQUEST_KEY_REUSED     |
+| keyed request: an attempt still held      | FAILED_PRECONDITION | ATTEMPT_IN_PROGRESS    |
+| keyed request: paid and replayed enough   | FAILED_PRECONDITION | REQUEST_COMPLETED      |
 
 IDEMPOTENCY_KEY_REUSED is ALREADY_EXISTS rather than FAILED_PRECONDITION: retrying cannot help
 and the key, not the balance, is at fault, so a caller (or the gateway's status table) that
@@ -28,7 +31,9 @@ from services.common.errors import ErrorTable, InvalidArgument, NotFound, Unavai
 from services.common.timestamps import timestamp as _timestamp
 from services.ledger import validation
 from services.ledger.paging import decode_page_token, encode_page_token
+from services.ledger.settings import LedgerSettings
 from services.ledger.store import (
+    AttemptInProgress,
     Balance,
     Entry,
     Hold,
@@ -36,6 +41,8 @@ from services.ledger.store import (
     IdempotencyKeyReused,
     InsufficientCredits,
     LedgerStore,
+    RequestCompleted,
+    RequestKeyReused,
 )
 
 SERVICE_NAME: str = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
@@ -48,6 +55,9 @@ ERRORS = ErrorTable(
         InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,
         HoldClosed: grpc.StatusCode.FAILED_PRECONDITION,
         IdempotencyKeyReused: grpc.StatusCode.ALREADY_EXISTS,
+        RequestKeyReused: grpc.StatusCode.ALREADY_EXISTS,
+        AttemptInProgress: grpc.StatusCode.FAILED_PRECONDITION,
+        RequestCompleted: grpc.StatusCode.FAILED_PRECONDITION,
         Unavailable: grpc.StatusCode.UNAVAILABLE,
     },
 )
@@ -101,10 +111,12 @@ def entry_message(entry: Entry) -> ledger_pb2.Entry:
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
-    def __init__(self, store: LedgerStore, default_ttl_seconds: int, max_ttl_seconds: int) -> None:
+    def __init__(self, store: LedgerStore, settings: LedgerSettings) -> None:
         self._store = store
-        self._default_ttl_seconds = default_ttl_seconds
-        self._max_ttl_seconds = max_ttl_seconds
+        self._default_ttl_seconds = settings.default_hold_ttl_seconds
+        self._max_ttl_seconds = settings.max_hold_ttl_seconds
+        self._request_key_window_seconds = settings.request_key_window_seconds
+        self._max_free_replays = settings.max_free_replays
 
     async def OpenAccount(
         self, request: ledger_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext
@@ -146,10 +158,37 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ttl_seconds = validation.hold_ttl(
             request.ttl_seconds, self._default_ttl_seconds, self._max_ttl_seconds
         )
-        hold, balance, replayed = await self._store.reserve(account_id, amount, key, ttl_seconds)
-        return ledger_pb2.ReserveResponse(
-            hold=hold_message(hold), balance=balance_message(balance), replayed=replayed
+        if not request.HasField("keyed"):
+            hold, balance, replayed = await self._store.reserve(
+                account_id, amount, key, ttl_seconds
+            )
+            return ledger_pb2.ReserveResponse(
+                hold=hold_message(hold), balance=balance_message(balance), replayed=replayed
+            )
+        keyed = request.keyed
+        reservation = await self._store.reserve_keyed(
+            account_id,
+            amount,
+            key,
+            ttl_seconds,
+            validation.keyed_request(
+                keyed.key, keyed.fingerprint, keyed.price, keyed.late_charge, amount
+            ),
+            window_seconds=self._request_key_window_seconds,
+            max_replays=self._max_free_replays,
         )
+        response = ledger_pb2.ReserveResponse(
+            balance=balance_message(reservation.balance),
+            replayed=reservation.replayed,
+            keyed=ledger_pb2.KeyedAttempt(
+                replay=reservation.replay,
+                charged_before=reservation.charged_before,
+                replays_left=reservation.replays_left,
+            ),
+        )
+        if reservation.hold is not None:
+            response.hold.CopyFrom(hold_message(reservation.hold))
+        return response
 
     async def Capture(
         self, request: ledger_pb2.CaptureRequest, context: grpc.aio.ServicerContext

@@ -26,6 +26,10 @@ class LedgerSettings(DatabaseSettings):
     sweep_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     # Accounts handled per sweeper transaction batch.
     sweep_batch_size: int = Field(default=100, ge=1, le=10_000)
+    # How long a customer's Idempotency-Key names one request; after it, the key is free again.
+    request_key_window_seconds: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
+    # Free replays of a keyed request once its price is paid (re-synthesized audio is GPU time).
+    max_free_replays: int = Field(default=2, ge=0, le=100)
 
     @model_validator(mode="after")
     def _ttls_agree(self) -> Self:

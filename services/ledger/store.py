@@ -15,6 +15,12 @@ statements before them wrote. Under that lock:
   the table's `CHECK (balance >= 0)`; the hold and its journal entry are written by the same
   statement, so either all three happen or none does.
 
+Keyed requests (a customer's Idempotency-Key): `reserve_keyed` places a hold that is one attempt
+at the request, under the same account lock, after the same expiry, in one transaction of a few
+round trips (its branches depend on what it reads). Attempts hold at most what the key may still
+be charged, one at a time; once the price is paid the key earns at most `max_replays` free
+replays. A trigger (migration 0003) refuses any capture that would take a key past its price.
+
 Unlimited accounts: a hold is placed, counted in `held` and journaled as usual, but draws nothing
 from the balance (`drawn = 0`, a HOLD entry of amount 0); its Capture is journaled with the
 credits spent. Their prepaid balance is therefore never driven negative and is intact if the
@@ -26,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -87,6 +95,30 @@ class Entry:
     create_time: datetime
 
 
+@dataclass(frozen=True)
+class KeyedRequest:
+    """What a keyed Reserve says of the customer's request (see ledger.proto)."""
+
+    key: str
+    fingerprint: str
+    price: int
+    late_charge: bool = False
+
+
+@dataclass(frozen=True)
+class KeyedReservation:
+    """What a keyed Reserve did: a hold (None for a replay or nothing left to charge)."""
+
+    hold: Hold | None
+    balance: Balance
+    # The attempt key had placed this hold before (a repeated call): nothing held now.
+    replayed: bool
+    # No hold: the price was paid; serve the request again for free.
+    replay: bool
+    charged_before: int
+    replays_left: int
+
+
 class AccountNotFound(NotFound):
     def __init__(self, account_id: str) -> None:
         super().__init__(f"account {account_id!r} has no balance: it was never opened")
@@ -114,6 +146,31 @@ class InsufficientCredits(ServiceError):
         )
         self.balance = balance
         self.requested = requested
+
+
+class RequestKeyReused(ServiceError):
+    def __init__(self, key: str, stored_fingerprint: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} already names another request",
+            reason="REQUEST_KEY_REUSED",
+            metadata={"fingerprint": stored_fingerprint},
+        )
+
+
+class AttemptInProgress(ServiceError):
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"an attempt at the request keyed {key!r} is still in progress",
+            reason="ATTEMPT_IN_PROGRESS",
+        )
+
+
+class RequestCompleted(ServiceError):
+    def __init__(self, key: str, replays: int) -> None:
+        super().__init__(
+            f"the request keyed {key!r} was paid in full and served again {replays} times",
+            reason="REQUEST_COMPLETED",
+        )
 
 
 class HoldClosed(ServiceError):
@@ -258,10 +315,11 @@ WITH debited AS (
                         WHERE account_id = %(account_id)s AND idempotency_key = %(key)s)
     RETURNING balance, unlimited
 ), hold AS (
-    INSERT INTO ledger.holds (id, account_id, amount, drawn, idempotency_key, expire_time)
+    INSERT INTO ledger.holds
+        (id, account_id, amount, drawn, idempotency_key, expire_time, keyed_request_id)
     SELECT %(hold_id)s, %(account_id)s, %(amount)s,
            CASE WHEN debited.unlimited THEN 0 ELSE %(amount)s END, %(key)s,
-           now() + %(ttl_seconds)s * interval '1 second'
+           now() + %(ttl_seconds)s * interval '1 second', %(keyed_request_id)s
     FROM debited
     RETURNING *
 ), entry AS (
@@ -319,6 +377,31 @@ SELECT account_id, kind, amount, balance_after, hold_id FROM (
 ORDER BY step
 """
 
+_LIVE_KEYED_REQUEST: LiteralString = """
+SELECT * FROM ledger.keyed_requests
+WHERE account_id = %(account_id)s AND key = %(request_key)s AND expire_time > now()
+ORDER BY create_time DESC
+LIMIT 1
+"""
+
+_NEW_KEYED_REQUEST: LiteralString = """
+INSERT INTO ledger.keyed_requests (account_id, key, fingerprint, price, expire_time)
+VALUES (%(account_id)s, %(request_key)s, %(fingerprint)s, %(price)s,
+        now() + %(window_seconds)s * interval '1 second')
+RETURNING *
+"""
+
+# What the request's attempts captured so far, and whether one is still held.
+_KEYED_ATTEMPTS: LiteralString = """
+SELECT coalesce(sum(captured) FILTER (WHERE state = 'captured'), 0)::bigint AS charged,
+       coalesce(bool_or(state = 'held'), false) AS in_progress
+FROM ledger.holds WHERE keyed_request_id = %(keyed_request_id)s
+"""
+
+_COUNT_REPLAY: LiteralString = """
+UPDATE ledger.keyed_requests SET replays = replays + 1 WHERE id = %(keyed_request_id)s
+"""
+
 _SET_UNLIMITED_IF_CHANGED: LiteralString = """
 WITH flagged AS (
     UPDATE ledger.accounts SET unlimited = %(unlimited)s
@@ -369,20 +452,39 @@ class LedgerStore:
         if self._pool is not None:
             await self._pool.close()
 
-    async def _run(self, *statements: Statement) -> list[list[Row]]:
-        """Run `statements` in order as one transaction in one round trip; each one's rows."""
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection; an unreachable or saturated database is LedgerUnavailable."""
         if self._pool is None:
             raise RuntimeError("LedgerStore.open() has not run")
         try:
-            async with self._pool.connection() as conn, conn.pipeline():
-                async with conn.transaction():
-                    cursors = [await _send(conn, statement) for statement in statements]
-                # Committed; the commit's sync brought every result back.
-                return [await c.fetchall() if c.description else [] for c in cursors]
+            async with self._pool.connection() as conn:
+                yield conn
         except PoolTimeout as exc:
             raise LedgerUnavailable("the ledger database is busy: no free connection") from exc
         except OperationalError as exc:
             raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
+
+    async def _run(self, *statements: Statement) -> list[list[Row]]:
+        """Run `statements` in order as one transaction in one round trip; each one's rows."""
+        async with self._connection() as conn, conn.pipeline():
+            async with conn.transaction():
+                cursors = [await _send(conn, statement) for statement in statements]
+            # Committed; the commit's sync brought every result back.
+            return [await c.fetchall() if c.description else [] for c in cursors]
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Callable[..., Awaitable[list[list[Row]]]]]:
+        """One transaction whose next statements may depend on earlier results: `run(*stmts)`
+        sends a batch in one round trip and returns each one's rows."""
+        async with self._connection() as conn, conn.transaction():
+
+            async def run(*statements: Statement) -> list[list[Row]]:
+                async with conn.pipeline():
+                    cursors = [await _send(conn, statement) for statement in statements]
+                return [await c.fetchall() if c.description else [] for c in cursors]
+
+            yield run
 
     async def open_account(self, account_id: str) -> Balance:
         await self._run((_OPEN_ACCOUNT, {"account_id": account_id}))
@@ -442,6 +544,7 @@ class LedgerStore:
             "key": key,
             "ttl_seconds": ttl_seconds,
             "hold_id": new_hold_id(),
+            "keyed_request_id": None,
         }
         locked, expired, earlier, placed, balance = await self._run(
             (_LOCK_ACCOUNT, params),
@@ -462,6 +565,85 @@ class LedgerStore:
         if not placed:
             raise InsufficientCredits(after.balance, amount)
         return _hold(placed[0]), after, False
+
+    async def reserve_keyed(
+        self,
+        account_id: str,
+        amount: int,
+        key: str,
+        ttl_seconds: int,
+        request: KeyedRequest,
+        *,
+        window_seconds: int,
+        max_replays: int,
+    ) -> KeyedReservation:
+        """A hold for one attempt at `request`, capped at what its key may still be charged.
+
+        RequestKeyReused, AttemptInProgress, RequestCompleted and InsufficientCredits are raised
+        after the transaction commits (it may have expired overdue holds, and nothing else).
+        """
+        params: dict[str, Any] = {
+            "account_id": account_id,
+            "key": key,
+            "ttl_seconds": ttl_seconds,
+            "hold_id": new_hold_id(),
+            "request_key": request.key,
+            "fingerprint": request.fingerprint,
+            "price": request.price,
+            "window_seconds": window_seconds,
+        }
+        refusal: ServiceError | None = None
+        async with self._transaction() as run:
+            [locked], expired, earlier, live = await run(
+                (_LOCK_ACCOUNT, params),
+                _expire_overdue(account_id=account_id),
+                (_HOLD_BY_KEY, params),
+                (_LIVE_KEYED_REQUEST, params),
+            )
+            if not locked:
+                raise AccountNotFound(account_id)
+            self._log_expired(account_id, expired)
+            [record] = live or (await run((_NEW_KEYED_REQUEST, params)))[0]
+            params["keyed_request_id"] = record["id"]
+            [attempts] = (await run((_KEYED_ATTEMPTS, params)))[0]
+            charged, remaining = attempts["charged"], record["price"] - attempts["charged"]
+            replays_left = max(max_replays - record["replays"], 0)
+            hold: Hold | None = None
+            replay = False
+            if earlier:
+                hold = _hold(earlier[0])  # this very attempt, asked again
+            elif record["fingerprint"] != request.fingerprint:
+                refusal = RequestKeyReused(request.key, record["fingerprint"])
+            elif attempts["in_progress"]:
+                # One open hold per key at a time: each holds at most what is left, and nothing
+                # else can capture meanwhile, so no capture takes the key past its price.
+                refusal = AttemptInProgress(request.key)
+            elif remaining <= 0 and request.late_charge:
+                pass  # the key has paid its price: the lapsed attempt's audio is paid for
+            elif remaining <= 0 and replays_left == 0:
+                refusal = RequestCompleted(request.key, record["replays"])
+            elif remaining <= 0:
+                await run((_COUNT_REPLAY, params))
+                replay, replays_left = True, replays_left - 1
+            else:
+                params["amount"] = min(amount, remaining)
+                [placed] = await run((_PLACE_HOLD_IF_NEW_KEY, params))
+                if placed:
+                    hold = _hold(placed[0])
+            [balance_rows] = await run((_READ_BALANCE, params))
+        balance = _balance(balance_rows[0])
+        if refusal is not None:
+            raise refusal
+        if hold is None and not replay and remaining > 0 and not earlier:
+            raise InsufficientCredits(balance.balance, min(amount, remaining))
+        return KeyedReservation(
+            hold=hold,
+            balance=balance,
+            replayed=bool(earlier),
+            replay=replay,
+            charged_before=charged,
+            replays_left=replays_left,
+        )
 
     async def capture(self, hold_id: str, amount: int | None = None) -> Hold:
         """The hold, captured now or before for `amount` (None: all of it), the rest returned.

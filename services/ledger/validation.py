@@ -5,12 +5,15 @@ from __future__ import annotations
 import unicodedata
 
 from services.common.errors import InvalidArgument
+from services.ledger.store import KeyedRequest
 
 __all__ = ["InvalidArgument"]  # raised by every check here
 
 # Identifiers and idempotency keys are stored as given; longer ones are a caller's bug.
 MAX_ID_LENGTH = 128
 MAX_KEY_LENGTH = 128
+# A keyed request's fingerprint: a caller's digest of the request, never the request itself.
+MAX_FINGERPRINT_LENGTH = 1024
 # One request moves at most this many credits: far above any real grant or synthesis, far
 # below where sums of them could overflow a BIGINT balance.
 MAX_AMOUNT = 10**12
@@ -45,6 +48,21 @@ def require_amount(value: int) -> int:
     if value > MAX_AMOUNT:
         raise InvalidArgument(f"amount must be at most {MAX_AMOUNT}, got {value}")
     return value
+
+
+def keyed_request(
+    key: str, fingerprint: str, price: int, late_charge: bool, amount: int
+) -> KeyedRequest:
+    """The customer's keyed request a Reserve pays an attempt of; `amount` at most its price."""
+    request = KeyedRequest(
+        key=_printable(key, "keyed.key", MAX_KEY_LENGTH),
+        fingerprint=_printable(fingerprint, "keyed.fingerprint", MAX_FINGERPRINT_LENGTH),
+        price=require_amount(price),
+        late_charge=late_charge,
+    )
+    if amount > request.price:
+        raise InvalidArgument(f"amount {amount} exceeds keyed.price {request.price}")
+    return request
 
 
 def capture_amount(value: int) -> int | None:

@@ -31,7 +31,8 @@ def resolve_model(name: str) -> str:
     if not requested or requested == MODEL_ID or requested in MODEL_ALIASES:
         return MODEL_ID
     known = ", ".join((MODEL_ID, *MODEL_ALIASES))
-    raise UnknownModelError(f"unknown model {requested!r}; known models: {known}")
+    shown = requested if len(requested) <= 64 else requested[:64] + "…"  # never echo a huge field
+    raise UnknownModelError(f"unknown model {shown!r}; known models: {known}")
 
 
 def model_info(precision: str) -> ModelInfo:

@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.gateway.settings import GatewaySettings
 from tests.deploy.manifests import (
     NAMESPACE,
     OVERLAYS,
@@ -575,3 +576,26 @@ def test_inline_python_in_pods_compiles(overlay: str) -> None:
     assert len(scripts) == 2
     for name, script in scripts:
         compile(script, name, "exec")
+
+
+def _bytes(size: str) -> int:
+    """An nginx size (`1m`, `512k`, `4096`) in bytes."""
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    suffix = size[-1].lower()
+    return int(size[:-1]) * units[suffix] if suffix in units else int(size)
+
+
+def test_the_ingress_admits_every_body_the_gateway_answers_itself(overlay: str) -> None:
+    # Over the gateway's cap the client gets the gateway's 413 JSON; the proxy's own 413 (an
+    # HTML page) must never come first.
+    objects = render(overlay)
+    (ingress,) = of_kind(objects, "Ingress")
+    proxy_limit = _bytes(
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    )
+    (gateway,) = containers(named(objects, "Deployment", "gateway"), init=False)
+    configured = env(gateway).get("GATEWAY_MAX_BODY_BYTES")
+    gateway_limit = (
+        int(configured) if configured else GatewaySettings.model_fields["max_body_bytes"].default
+    )
+    assert proxy_limit > gateway_limit

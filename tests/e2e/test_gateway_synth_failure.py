@@ -77,3 +77,27 @@ async def test_synth_killed_mid_stream_cuts_the_stream_and_refunds(
     ready = await http.get(str(mesh.addresses["gateway"]) + "/readyz")
     assert ready.status_code == 503
     assert "synth" in ready.json()["detail"]
+
+    # Synth comes back: it listens at once but loads the model first. A request meanwhile is
+    # told that synthesis is not serving yet (503, Retry-After), not blamed on it (502).
+    synth = mesh.process("synth")
+    await asyncio.to_thread(synth.start, False)
+    statuses: list[int] = []
+    warming_up: httpx.Response | None = None
+    while warming_up is None and synth.status() != "SERVING":
+        response = await http.post(
+            "/audio/speech",
+            headers=customer.headers,
+            json={"input": "Are you up yet?", "voice": "af_sky"},
+        )
+        statuses.append(response.status_code)
+        if response.status_code == 503:
+            warming_up = response
+        await asyncio.sleep(0.2)
+    assert warming_up is not None, f"never saw a 503 while synth warmed up: {statuses}"
+    assert set(statuses) <= {502, 503}  # 502 only before its port was open
+    assert warming_up.headers["retry-after"] == "5"
+    assert warming_up.headers["x-should-retry"] == "true"
+    assert "not serving yet" in warming_up.json()["detail"]
+    assert await balance_of(http, customer) == 5_000
+    await asyncio.to_thread(synth.wait_for, "SERVING", START_TIMEOUT_SECONDS.get("synth", 600.0))

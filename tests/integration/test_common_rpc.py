@@ -95,5 +95,14 @@ async def test_calls_are_refused_until_ready(probe, channel) -> None:
     built.readiness.ready = False
     refused = await _refused(channel, "Echo")
     assert refused.code() == grpc.StatusCode.UNAVAILABLE
+    # A reason, so callers can tell "not serving yet" from a service that failed or vanished.
+    info = error_info(refused)
+    assert info is not None
+    assert (info.reason, info.domain) == ("NOT_SERVING", "probe.kokoropay")
     built.readiness.ready = True
     await call(channel, "Echo")(wrappers_pb2.StringValue())
+    # Once a stop has begun, new calls are refused the same way while old ones drain.
+    built.readiness.draining()
+    refused = await _refused(channel, "Echo")
+    assert error_reason(refused) == "NOT_SERVING"
+    assert "stopping" in (refused.details() or "")

@@ -77,6 +77,16 @@ async def test_two_processes_migrating_at_once_both_succeed(database_url: str) -
             " WHERE trigger_schema = 'ledger'"
         ).fetchall()
     assert sorted(row[0] for row in recorded) == versions
-    assert {row[0] for row in tables} == {"schema_migrations", "accounts", "holds", "entries"}
+    assert {row[0] for row in tables} == {
+        "schema_migrations",
+        "accounts",
+        "holds",
+        "entries",
+        "keyed_requests",
+    }
     # information_schema lists row triggers only; the TRUNCATE guard is checked elsewhere.
-    assert {row[0] for row in triggers} == {"entries_append_only", "holds_close_once"}
+    assert {row[0] for row in triggers} == {
+        "entries_append_only",
+        "holds_close_once",
+        "holds_keyed_capture_within_price",
+    }

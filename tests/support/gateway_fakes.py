@@ -23,6 +23,8 @@ from services.gateway.clients import (
     Balance,
     Hold,
     HoldState,
+    KeyedRequest,
+    KeyedReservation,
     Model,
     Principal,
     SynthesisRequest,
@@ -69,9 +71,18 @@ class FakeHold:
     key: str
     state: HoldState = HoldState.HELD
     captured: int = 0
+    # The customer's Idempotency-Key whose attempt this hold is.
+    request_key: str | None = None
 
     def frozen(self, *, replayed: bool = False) -> Hold:
         return Hold(self.id, self.amount, self.state, self.captured, replayed)
+
+
+@dataclass
+class FakeKeyedRequest:
+    fingerprint: str
+    price: int
+    replays: int = 0
 
 
 @dataclass
@@ -90,6 +101,8 @@ class FakeLedger:
     expire_before_capture: bool = False
     request_ids: list[str] = field(default_factory=list)
     serving: bool = True
+    keyed: dict[str, FakeKeyedRequest] = field(default_factory=dict)
+    max_replays: int = 2
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def balance_of(self, account_id: str = ACCOUNT) -> int:
@@ -140,6 +153,41 @@ class FakeLedger:
         hold = FakeHold(f"hold_{next(self._ids)}", account_id, amount, idempotency_key)
         self.holds[hold.id] = hold
         return hold.frozen()
+
+    async def reserve_keyed(
+        self,
+        account_id: str,
+        amount: int,
+        idempotency_key: str,
+        ttl_seconds: int,
+        keyed: KeyedRequest,
+    ) -> KeyedReservation:
+        """ledger.proto's KeyedRequest rules, in memory (no window: tests run within a day)."""
+        record = self.keyed.setdefault(keyed.key, FakeKeyedRequest(keyed.fingerprint, keyed.price))
+        attempts = [h for h in self.holds.values() if h.request_key == keyed.key]
+        charged = sum(h.captured for h in attempts if h.state == HoldState.CAPTURED)
+        left = record.price - charged
+
+        def refused(code: grpc.StatusCode, reason: str, **metadata: str) -> UpstreamError:
+            return UpstreamError("ledger", code, reason.lower(), reason, metadata)
+
+        if record.fingerprint != keyed.fingerprint:
+            raise refused(
+                grpc.StatusCode.ALREADY_EXISTS, "REQUEST_KEY_REUSED", fingerprint=record.fingerprint
+            )
+        if any(h.state == HoldState.HELD for h in attempts):
+            raise refused(grpc.StatusCode.FAILED_PRECONDITION, "ATTEMPT_IN_PROGRESS")
+        replays_left = self.max_replays - record.replays
+        if left <= 0 and keyed.late_charge:
+            return KeyedReservation(None, False, charged, replays_left)
+        if left <= 0:
+            if replays_left == 0:
+                raise refused(grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_COMPLETED")
+            record.replays += 1
+            return KeyedReservation(None, True, charged, replays_left - 1)
+        hold = await self.reserve(account_id, min(amount, left), idempotency_key, ttl_seconds)
+        self.holds[hold.id].request_key = keyed.key
+        return KeyedReservation(hold, False, charged, replays_left)
 
     async def capture(self, hold_id: str, amount: int | None = None) -> Hold:
         self.calls.append(
@@ -251,6 +299,12 @@ VOICES = [
 MODELS = [Model("kokoro", ("tts-1", "tts-1-hd", "gpt-4o-mini-tts"), "Kokoro-82M v1.0", 24000)]
 
 
+def _not_serving() -> UpstreamError:
+    return UpstreamError(
+        "synth", grpc.StatusCode.UNAVAILABLE, "the service is starting", "NOT_SERVING"
+    )
+
+
 class FakeSynth:
     def __init__(self) -> None:
         # How each request's stream behaves; replace to script failures and pauses.
@@ -259,23 +313,30 @@ class FakeSynth:
         self.streams: list[FakeStream] = []
         self.request_ids: list[str] = []
         self.serving = True
+        # Like a synth process that listens but has not finished loading the model.
+        self.warming_up = False
         self.list_calls = 0
 
     def synthesize(self, request: SynthesisRequest) -> FakeStream:
         self.requests.append(request)
         self.request_ids.append(request_id_var.get())
-        stream = FakeStream(self.script(request))
+        steps = [_not_serving()] if self.warming_up else self.script(request)
+        stream = FakeStream(steps)
         self.streams.append(stream)
         return stream
 
     async def list_voices(self) -> list[Voice]:
         self.list_calls += 1
+        if self.warming_up:
+            raise _not_serving()
         if not self.serving:
             raise UpstreamError("synth", grpc.StatusCode.UNAVAILABLE, "connection refused")
         return list(VOICES)
 
     async def list_models(self) -> list[Model]:
         self.list_calls += 1
+        if self.warming_up:
+            raise _not_serving()
         if not self.serving:
             raise UpstreamError("synth", grpc.StatusCode.UNAVAILABLE, "connection refused")
         return list(MODELS)

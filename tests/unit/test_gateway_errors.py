@@ -15,6 +15,7 @@ from services.gateway.errors import (
     should_retry,
     synthesis_error,
 )
+from services.gateway.fingerprint import fingerprint
 from services.gateway.settings import GatewaySettings
 from tests.support.gateway_fakes import FakeSynth
 
@@ -46,14 +47,30 @@ def test_status_table(code: grpc.StatusCode, reason: str | None, status: int) ->
         (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS", 402),
         (grpc.StatusCode.NOT_FOUND, None, 402),  # a key issued before its account was opened
         (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED", 409),
+        (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_KEY_REUSED", 400),
+        (grpc.StatusCode.FAILED_PRECONDITION, "ATTEMPT_IN_PROGRESS", 409),
+        (grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_COMPLETED", 409),
         (grpc.StatusCode.UNAVAILABLE, None, 503),
     ],
 )
 def test_a_refused_reserve(code: grpc.StatusCode, reason: str | None, status: int) -> None:
-    answer = reserve_error(UpstreamError("ledger", code, "m", reason), cost=7)
+    answer = reserve_error(UpstreamError("ledger", code, "m", reason), 7, "input=a")
     assert answer.status == status
     if status == 402:
         assert "costs 7 credits" in answer.detail
+
+
+def test_a_key_reused_for_another_request_names_the_fields_that_differ() -> None:
+    stored = fingerprint([("input", "hello"), ("voice", "af_sky(1.0)"), ("speed", "1.0")])
+    current = fingerprint([("input", "hello"), ("voice", "am_adam(1.0)"), ("speed", "2.0")])
+    refusal = UpstreamError(
+        "ledger", grpc.StatusCode.ALREADY_EXISTS, "m", "REQUEST_KEY_REUSED", {"fingerprint": stored}
+    )
+
+    answer = reserve_error(refusal, 5, current)
+
+    assert answer.status == 400
+    assert "differs in: voice, speed" in answer.detail
 
 
 @pytest.mark.parametrize(
@@ -67,6 +84,16 @@ def test_a_refused_reserve(code: grpc.StatusCode, reason: str | None, status: in
 )
 def test_a_synth_failure_is_the_callers_or_a_502(code: grpc.StatusCode, status: int) -> None:
     assert synthesis_error(UpstreamError("synth", code, "m")).status == status
+
+
+def test_synth_not_serving_yet_is_a_503_with_retry_after_not_a_502() -> None:
+    warming_up = UpstreamError("synth", grpc.StatusCode.UNAVAILABLE, "starting", "NOT_SERVING")
+
+    answer = synthesis_error(warming_up)
+
+    assert answer.status == 503
+    assert answer.headers == {"Retry-After": "5"}
+    assert "not serving yet" in answer.detail and "nothing was charged" in answer.detail
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,7 @@ async def test_json_without_content_type_is_accepted(client: httpx.AsyncClient) 
         ({}, "missing API key"),
         ({"Authorization": "Basic dXNlcjpwYXNz"}, "missing API key"),
         ({"Authorization": "Bearer kp_live_garbled"}, "invalid API key"),
+        ({"Authorization": "Bearer kp_live_" + "x" * 8000}, "invalid API key"),
         (auth_header(REVOKED_KEY), "revoked"),
     ],
 )
@@ -336,3 +337,41 @@ async def test_server_timing_separates_the_gateway_from_the_model(
     assert all(";dur=" in entry for entry in speech.headers["server-timing"].split(", "))
     assert balance.headers["server-timing"].startswith("auth;dur=")
     assert "ledger;dur=" in balance.headers["server-timing"]
+
+
+def _escaped(text: str) -> str:
+    """JSON with every code point written as \\uXXXX escapes (surrogate pairs above U+FFFF)."""
+    return json.dumps(text, ensure_ascii=True)
+
+
+async def test_the_largest_legitimate_body_fits_under_the_cap(http: httpx.AsyncClient) -> None:
+    # 4,096 astral code points and a full `instructions`, all escaped: the biggest honest body.
+    emoji = "\U0001f600" * 4096
+    body = f'{{"input": {_escaped(emoji)}, "instructions": {_escaped(emoji)}}}'.encode()
+    assert len(body) > 64 * 1024
+
+    response = await http.post(
+        SPEECH, content=body, headers={**auth_header(), "content-type": "application/json"}
+    )
+
+    # Read and understood whole: priced at 4,096 credits (the fake account holds 1,000).
+    assert response.status_code == 402
+    assert "costs 4096 credits" in response.json()["detail"]
+
+
+async def test_an_oversized_body_is_413_in_the_envelope_over_real_http(
+    mesh: FakeMesh, http: httpx.AsyncClient
+) -> None:
+    huge = b'{"input": "' + b"a" * 2_000_000 + b'"}'
+    declared = await http.post(SPEECH, content=huge, headers=auth_header())
+
+    async def chunked():  # no Content-Length: counted as it arrives
+        for start in range(0, len(huge), 65536):
+            yield huge[start : start + 65536]
+
+    streamed = await http.post(SPEECH, content=chunked(), headers=auth_header())
+
+    for response in (declared, streamed):
+        detail = assert_client_error(response, 413)
+        assert "larger than 131072 bytes" in detail
+    assert mesh.ledger.calls == [] and mesh.synth.requests == []

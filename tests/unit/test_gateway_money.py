@@ -112,6 +112,25 @@ async def test_a_failure_before_the_first_piece_is_answered_and_refunded(
     assert mesh.synth.streams[0].cancelled
 
 
+@pytest.mark.parametrize("catalog_cached", [False, True], ids=["cold", "catalog-cached"])
+async def test_synth_warming_up_is_a_503_with_retry_after_and_costs_nothing(
+    mesh: FakeMesh, client: httpx.AsyncClient, catalog_cached: bool
+) -> None:
+    if catalog_cached:  # the catalog passes; Synthesize itself says it is not serving
+        await speak(client, {"input": "warm"})
+    balance = mesh.ledger.balance_of()
+    mesh.synth.warming_up = True
+
+    response = await client.post(SPEECH, json={"input": "hello"}, headers=auth_header())
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.headers["x-should-retry"] == "true"
+    assert "not serving yet" in response.json()["detail"]
+    assert mesh.ledger.balance_of() == balance
+    assert all(h.state != HoldState.HELD for h in mesh.ledger.holds.values())
+
+
 async def test_synth_error_after_the_first_byte_refunds(
     mesh: FakeMesh, client: httpx.AsyncClient
 ) -> None:
@@ -123,25 +142,51 @@ async def test_synth_error_after_the_first_byte_refunds(
     assert [h.state for h in mesh.ledger.holds.values()] == [HoldState.RELEASED]
 
 
-async def test_idempotency_key_reused_charges_once(
+async def test_idempotency_key_reused_charges_once_then_replays_twice_then_409(
     mesh: FakeMesh, client: httpx.AsyncClient
 ) -> None:
     body = {"input": "hello world", "voice": "af_sky"}
     first = await speak(client, body, **{"Idempotency-Key": "order-42"})
-    again = await speak(client, body, **{"Idempotency-Key": "order-42"})
-    assert first[0] == again[0] == 200
-    assert again[1] == first[1]
+    replays = [await speak(client, body, **{"Idempotency-Key": "order-42"}) for _ in range(2)]
+    third = await speak(client, body, **{"Idempotency-Key": "order-42"})
+    assert [first[0], *(r[0] for r in replays)] == [200, 200, 200]
+    assert all(r[1] == first[1] for r in replays)
+    assert third[0] == 409 and b"already completed" in third[1]
     assert mesh.ledger.balance_of() == 1000 - 11
-    assert len(mesh.synth.requests) == 2  # served again, not charged again
+    assert len(mesh.synth.requests) == 3  # served again, not charged again
     assert len(mesh.ledger.holds) == 1
 
 
-async def test_idempotency_key_on_other_content_is_another_purchase(
-    mesh: FakeMesh, client: httpx.AsyncClient
+@pytest.mark.parametrize(
+    ("second", "differs"),
+    [
+        ({"input": "other words"}, "input"),
+        ({"input": "hello world", "voice": "am_michael"}, "voice"),
+        ({"input": "hello world", "speed": 1.5}, "speed"),
+        ({"input": "hello world", "response_format": "wav"}, "response_format"),
+        ({"input": "hello world", "stream_format": "sse"}, "stream_format"),
+    ],
+)
+async def test_idempotency_key_on_another_request_is_400_naming_the_field(
+    mesh: FakeMesh, client: httpx.AsyncClient, second: dict[str, object], differs: str
 ) -> None:
     await speak(client, {"input": "hello world"}, **{"Idempotency-Key": "k"})
-    await speak(client, {"input": "other words"}, **{"Idempotency-Key": "k"})
-    assert mesh.ledger.balance_of() == 1000 - 22
+    status, content = await speak(client, second, **{"Idempotency-Key": "k"})
+    assert status == 400
+    assert f"differs in: {differs}".encode() in content
+    assert mesh.ledger.balance_of() == 1000 - 11
+
+
+async def test_the_same_request_in_other_words_is_the_same_request(
+    mesh: FakeMesh, client: httpx.AsyncClient
+) -> None:
+    # A blend alias and the blend it names, reweighted; a model alias and its id.
+    first = {"input": "hi", "voice": "af", "model": "kokoro"}
+    second = {"input": "hi", "voice": "af_sarah(2)+af_bella(2)", "model": "tts-1"}
+    await speak(client, first, **{"Idempotency-Key": "k"})
+    status, _ = await speak(client, second, **{"Idempotency-Key": "k"})
+    assert status == 200
+    assert mesh.ledger.balance_of() == 1000 - 2
 
 
 async def test_retry_after_a_refund_is_charged_once(

@@ -13,6 +13,7 @@ import grpc
 import httpx
 import openai
 import pytest
+from fastapi import Request
 from starlette.types import Message
 
 from services.gateway.clients import HoldState, SynthesisRequest
@@ -174,6 +175,20 @@ async def test_a_stream_cut_by_shutdown_is_refunded(mesh: FakeMesh) -> None:
     assert mesh.ledger.balance_of() == 1000
 
 
+# What uvicorn, which serves the gateway, puts in every scope: Starlette streams differently
+# under spec 2.4 (no disconnect listener), so the tests drive the path production takes.
+UVICORN_ASGI = {"version": "3.0", "spec_version": "2.3"}
+
+
+async def test_the_server_speaks_the_asgi_spec_these_tests_assume(mesh: FakeMesh) -> None:
+    @mesh.app.get("/asgi-of-this-scope")
+    async def asgi_of_this_scope(request: Request) -> dict[str, str]:
+        return dict(request.scope["asgi"])
+
+    async with live_gateway(mesh) as gateway, httpx.AsyncClient(base_url=gateway.url) as http:
+        assert (await http.get("/asgi-of-this-scope")).json() == UVICORN_ASGI
+
+
 async def test_a_client_that_stops_reading_is_treated_as_gone(mesh: FakeMesh) -> None:
     delivery = await sell(mesh, "hello world")
     bodies: list[bytes] = []
@@ -189,7 +204,7 @@ async def test_a_client_that_stops_reading_is_treated_as_gone(mesh: FakeMesh) ->
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+    scope = {"type": "http", "asgi": UVICORN_ASGI}
     response = DeliveryResponse(delivery, send_timeout=0.1)
     await asyncio.wait_for(response(scope, receive, send), 5)
 

@@ -36,7 +36,8 @@ _OK: dict[int | str, dict[str, Any]] = {
             "x-request-id": {"schema": {"type": "string"}, "description": "The request's id."},
             "x-billed-characters": {
                 "schema": {"type": "integer"},
-                "description": "What the request costs: len(input) in code points.",
+                "description": "The most this response costs, in code points: len(input); "
+                "with an Idempotency-Key, what the key still owes (0 for a free replay).",
             },
             "server-timing": {
                 "schema": {"type": "string"},
@@ -54,7 +55,10 @@ _OK: dict[int | str, dict[str, Any]] = {
     description=(
         "Send input text and a voice; the response body is the raw audio stream. "
         "Cost is one credit per input character (Unicode code point). "
-        "With an `Idempotency-Key`, a repeat of a request still in progress is a 409."
+        "With an `Idempotency-Key`, the key names one request for 24 hours: retries are "
+        "charged only for what they deliver, never more than len(input) in all; a retry while "
+        "another runs is a 409; the same key on a different request is a 400; after the whole "
+        "audio was delivered, two retries are served again free, then 409."
     ),
     response_class=StreamingResponse,
     responses={**_OK, **error_responses(400, 401, 402, 409, 502, 503, 504)},
@@ -69,8 +73,10 @@ async def create_speech(
         Header(
             alias="Idempotency-Key",
             min_length=1,
-            max_length=255,
-            description="Makes retries safe: the same request with the same key is charged once.",
+            max_length=128,
+            # Printable ASCII without surrounding spaces (pydantic's patterns run in linear time).
+            pattern=r"^[!-~]([ -~]*[!-~])?$",
+            description="Makes retries safe: the key's request is paid for at most once.",
         ),
     ] = None,
 ) -> DeliveryResponse:

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kokoropay.common.v1 import access_pb2 as kokoropay_dot_common_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kokoropay/ledger/v1/ledger.proto\x12\x13kokoropay.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kokoropay/common/v1/access.proto\"\xf9\x01\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.HoldState\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61ptured_amount\x18\x08 \x01(\x03\"\xd7\x01\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.EntryKind\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x15\n\rbalance_after\x18\x05 \x01(\x03\x12\x0f\n\x07hold_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x12OpenAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"O\n\x13OpenAccountResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"F\n\x12GetBalanceResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x0c\n\x04held\x18\x02 \x01(\x03\x12\x11\n\tunlimited\x18\x03 \x01(\x08\"K\n\x0cGrantRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"t\n\rGrantResponse\x12)\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"<\n\x13SetUnlimitedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tunlimited\x18\x02 \x01(\x08\"P\n\x14SetUnlimitedResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"b\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\r\"\x86\x01\n\x0fReserveResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"1\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\":\n\x0f\x43\x61ptureResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"!\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\":\n\x0fReleaseResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"O\n\x12ListEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x13ListEntriesResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x86\x01\n\tHoldState\x12\x1a\n\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fHOLD_STATE_HELD\x10\x01\x12\x17\n\x13HOLD_STATE_CAPTURED\x10\x02\x12\x17\n\x13HOLD_STATE_RELEASED\x10\x03\x12\x16\n\x12HOLD_STATE_EXPIRED\x10\x04*\xb3\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NTRY_KIND_GRANT\x10\x01\x12\x13\n\x0f\x45NTRY_KIND_HOLD\x10\x02\x12\x16\n\x12\x45NTRY_KIND_CAPTURE\x10\x03\x12\x16\n\x12\x45NTRY_KIND_RELEASE\x10\x04\x12\x15\n\x11\x45NTRY_KIND_EXPIRE\x10\x05\x12\x18\n\x14\x45NTRY_KIND_UNLIMITED\x10\x06\x32\xb8\x06\n\rLedgerService\x12j\n\x0bOpenAccount\x12\'.kokoropay.ledger.v1.OpenAccountRequest\x1a(.kokoropay.ledger.v1.OpenAccountResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x12h\n\nGetBalance\x12&.kokoropay.ledger.v1.GetBalanceRequest\x1a\'.kokoropay.ledger.v1.GetBalanceResponse\"\t\xca\xf3\x18\x05\n\x03\x02\x04\x01\x12W\n\x05Grant\x12!.kokoropay.ledger.v1.GrantRequest\x1a\".kokoropay.ledger.v1.GrantResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12l\n\x0cSetUnlimited\x12(.kokoropay.ledger.v1.SetUnlimitedRequest\x1a).kokoropay.ledger.v1.SetUnlimitedResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12^\n\x07Reserve\x12#.kokoropay.ledger.v1.ReserveRequest\x1a$.kokoropay.ledger.v1.ReserveResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12^\n\x07\x43\x61pture\x12#.kokoropay.ledger.v1.CaptureRequest\x1a$.kokoropay.ledger.v1.CaptureResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12^\n\x07Release\x12#.kokoropay.ledger.v1.ReleaseRequest\x1a$.kokoropay.ledger.v1.ReleaseResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12j\n\x0bListEntries\x12\'.kokoropay.ledger.v1.ListEntriesRequest\x1a(.kokoropay.ledger.v1.ListEntriesResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kokoropay/ledger/v1/ledger.proto\x12\x13kokoropay.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kokoropay/common/v1/access.proto\"\xf9\x01\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.HoldState\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61ptured_amount\x18\x08 \x01(\x03\"\xd7\x01\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.EntryKind\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x15\n\rbalance_after\x18\x05 \x01(\x03\x12\x0f\n\x07hold_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x12OpenAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"O\n\x13OpenAccountResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"F\n\x12GetBalanceResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x0c\n\x04held\x18\x02 \x01(\x03\x12\x11\n\tunlimited\x18\x03 \x01(\x08\"K\n\x0cGrantRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"t\n\rGrantResponse\x12)\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"<\n\x13SetUnlimitedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tunlimited\x18\x02 \x01(\x08\"P\n\x14SetUnlimitedResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"\x94\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\r\x12\x30\n\x05keyed\x18\x05 \x01(\x0b\x32!.kokoropay.ledger.v1.KeyedRequest\"T\n\x0cKeyedRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\x13\n\x0blate_charge\x18\x04 \x01(\x08\"L\n\x0cKeyedAttempt\x12\x0e\n\x06replay\x18\x01 \x01(\x08\x12\x16\n\x0e\x63harged_before\x18\x02 \x01(\x03\x12\x14\n\x0creplays_left\x18\x03 \x01(\x05\"\xb8\x01\n\x0fReserveResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x30\n\x05keyed\x18\x04 \x01(\x0b\x32!.kokoropay.ledger.v1.KeyedAttempt\"1\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\":\n\x0f\x43\x61ptureResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"!\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\":\n\x0fReleaseResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"O\n\x12ListEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x13ListEntriesResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x86\x01\n\tHoldState\x12\x1a\n\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fHOLD_STATE_HELD\x10\x01\x12\x17\n\x13HOLD_STATE_CAPTURED\x10\x02\x12\x17\n\x13HOLD_STATE_RELEASED\x10\x03\x12\x16\n\x12HOLD_STATE_EXPIRED\x10\x04*\xb3\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NTRY_KIND_GRANT\x10\x01\x12\x13\n\x0f\x45NTRY_KIND_HOLD\x10\x02\x12\x16\n\x12\x45NTRY_KIND_CAPTURE\x10\x03\x12\x16\n\x12\x45NTRY_KIND_RELEASE\x10\x04\x12\x15\n\x11\x45NTRY_KIND_EXPIRE\x10\x05\x12\x18\n\x14\x45NTRY_KIND_UNLIMITED\x10\x06\x32\xb8\x06\n\rLedgerService\x12j\n\x0bOpenAccount\x12\'.kokoropay.ledger.v1.OpenAccountRequest\x1a(.kokoropay.ledger.v1.OpenAccountResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x12h\n\nGetBalance\x12&.kokoropay.ledger.v1.GetBalanceRequest\x1a\'.kokoropay.ledger.v1.GetBalanceResponse\"\t\xca\xf3\x18\x05\n\x03\x02\x04\x01\x12W\n\x05Grant\x12!.kokoropay.ledger.v1.GrantRequest\x1a\".kokoropay.ledger.v1.GrantResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12l\n\x0cSetUnlimited\x12(.kokoropay.ledger.v1.SetUnlimitedRequest\x1a).kokoropay.ledger.v1.SetUnlimitedResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12^\n\x07Reserve\x12#.kokoropay.ledger.v1.ReserveRequest\x1a$.kokoropay.ledger.v1.ReserveResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12^\n\x07\x43\x61pture\x12#.kokoropay.ledger.v1.CaptureRequest\x1a$.kokoropay.ledger.v1.CaptureResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12^\n\x07Release\x12#.kokoropay.ledger.v1.ReleaseRequest\x1a$.kokoropay.ledger.v1.ReleaseResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12j\n\x0bListEntries\x12\'.kokoropay.ledger.v1.ListEntriesRequest\x1a(.kokoropay.ledger.v1.ListEntriesResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,10 +49,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEDGERSERVICE'].methods_by_name['Release']._serialized_options = b'\312\363\030\004\n\002\002\003'
   _globals['_LEDGERSERVICE'].methods_by_name['ListEntries']._loaded_options = None
   _globals['_LEDGERSERVICE'].methods_by_name['ListEntries']._serialized_options = b'\312\363\030\004\n\002\004\001'
-  _globals['_HOLDSTATE']._serialized_start=1787
-  _globals['_HOLDSTATE']._serialized_end=1921
-  _globals['_ENTRYKIND']._serialized_start=1924
-  _globals['_ENTRYKIND']._serialized_end=2103
+  _globals['_HOLDSTATE']._serialized_start=2052
+  _globals['_HOLDSTATE']._serialized_end=2186
+  _globals['_ENTRYKIND']._serialized_start=2189
+  _globals['_ENTRYKIND']._serialized_end=2368
   _globals['_HOLD']._serialized_start=125
   _globals['_HOLD']._serialized_end=374
   _globals['_ENTRY']._serialized_start=377
@@ -73,22 +73,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETUNLIMITEDREQUEST']._serialized_end=1085
   _globals['_SETUNLIMITEDRESPONSE']._serialized_start=1087
   _globals['_SETUNLIMITEDRESPONSE']._serialized_end=1167
-  _globals['_RESERVEREQUEST']._serialized_start=1169
-  _globals['_RESERVEREQUEST']._serialized_end=1267
-  _globals['_RESERVERESPONSE']._serialized_start=1270
-  _globals['_RESERVERESPONSE']._serialized_end=1404
-  _globals['_CAPTUREREQUEST']._serialized_start=1406
-  _globals['_CAPTUREREQUEST']._serialized_end=1455
-  _globals['_CAPTURERESPONSE']._serialized_start=1457
-  _globals['_CAPTURERESPONSE']._serialized_end=1515
-  _globals['_RELEASEREQUEST']._serialized_start=1517
-  _globals['_RELEASEREQUEST']._serialized_end=1550
-  _globals['_RELEASERESPONSE']._serialized_start=1552
-  _globals['_RELEASERESPONSE']._serialized_end=1610
-  _globals['_LISTENTRIESREQUEST']._serialized_start=1612
-  _globals['_LISTENTRIESREQUEST']._serialized_end=1691
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=1693
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=1784
-  _globals['_LEDGERSERVICE']._serialized_start=2106
-  _globals['_LEDGERSERVICE']._serialized_end=2930
+  _globals['_RESERVEREQUEST']._serialized_start=1170
+  _globals['_RESERVEREQUEST']._serialized_end=1318
+  _globals['_KEYEDREQUEST']._serialized_start=1320
+  _globals['_KEYEDREQUEST']._serialized_end=1404
+  _globals['_KEYEDATTEMPT']._serialized_start=1406
+  _globals['_KEYEDATTEMPT']._serialized_end=1482
+  _globals['_RESERVERESPONSE']._serialized_start=1485
+  _globals['_RESERVERESPONSE']._serialized_end=1669
+  _globals['_CAPTUREREQUEST']._serialized_start=1671
+  _globals['_CAPTUREREQUEST']._serialized_end=1720
+  _globals['_CAPTURERESPONSE']._serialized_start=1722
+  _globals['_CAPTURERESPONSE']._serialized_end=1780
+  _globals['_RELEASEREQUEST']._serialized_start=1782
+  _globals['_RELEASEREQUEST']._serialized_end=1815
+  _globals['_RELEASERESPONSE']._serialized_start=1817
+  _globals['_RELEASERESPONSE']._serialized_end=1875
+  _globals['_LISTENTRIESREQUEST']._serialized_start=1877
+  _globals['_LISTENTRIESREQUEST']._serialized_end=1956
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=1958
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=2049
+  _globals['_LEDGERSERVICE']._serialized_start=2371
+  _globals['_LEDGERSERVICE']._serialized_end=3195
 # @@protoc_insertion_point(module_scope)

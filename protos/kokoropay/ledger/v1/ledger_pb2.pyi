@@ -142,26 +142,52 @@ class SetUnlimitedResponse(_message.Message):
     def __init__(self, balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("account_id", "amount", "idempotency_key", "ttl_seconds")
+    __slots__ = ("account_id", "amount", "idempotency_key", "ttl_seconds", "keyed")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KEYED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     amount: int
     idempotency_key: str
     ttl_seconds: int
-    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    keyed: KeyedRequest
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., keyed: _Optional[_Union[KeyedRequest, _Mapping]] = ...) -> None: ...
+
+class KeyedRequest(_message.Message):
+    __slots__ = ("key", "fingerprint", "price", "late_charge")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    LATE_CHARGE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    fingerprint: str
+    price: int
+    late_charge: bool
+    def __init__(self, key: _Optional[str] = ..., fingerprint: _Optional[str] = ..., price: _Optional[int] = ..., late_charge: _Optional[bool] = ...) -> None: ...
+
+class KeyedAttempt(_message.Message):
+    __slots__ = ("replay", "charged_before", "replays_left")
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    REPLAYS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    replay: bool
+    charged_before: int
+    replays_left: int
+    def __init__(self, replay: _Optional[bool] = ..., charged_before: _Optional[int] = ..., replays_left: _Optional[int] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("hold", "balance", "replayed")
+    __slots__ = ("hold", "balance", "replayed", "keyed")
     HOLD_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    KEYED_FIELD_NUMBER: _ClassVar[int]
     hold: Hold
     balance: GetBalanceResponse
     replayed: bool
-    def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    keyed: KeyedAttempt
+    def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ..., replayed: _Optional[bool] = ..., keyed: _Optional[_Union[KeyedAttempt, _Mapping]] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
     __slots__ = ("hold_id", "amount")

@@ -112,6 +112,7 @@ class LedgerServiceServicer:
     def Reserve(self, request, context):
         """Places a hold of `amount` credits. Idempotent by idempotency_key: a repeat returns the same
         hold. FAILED_PRECONDITION with reason INSUFFICIENT_CREDITS when the balance is too low.
+        With `keyed`, the hold is an attempt at a customer's keyed request (see KeyedRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
