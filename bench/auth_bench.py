@@ -24,9 +24,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from services.common.channels import operator_metadata
 from services.common.errors import error_reason
 from tests.support.auth import AuthSecrets, start_auth
+from tests.support.pki import channel
 from tests.support.postgres import create_database, postgres_server_url
 
 # Given a client's channel, the call that client repeats (stubs built once, outside the timing).
@@ -90,8 +90,9 @@ async def measure(
     per_client: list[list[float]] = [[] for _ in range(clients)]
 
     async def client(latencies: list[float]) -> None:
-        async with grpc.aio.insecure_channel(address) as channel:
-            once = call(channel)
+        # Over mutual TLS with the gateway's certificate, as the gateway calls VerifyKey.
+        async with channel(address, "gateway") as each:
+            once = call(each)
             while (begin := time.perf_counter()) < deadline:
                 await once()
                 if begin >= counted_from:
@@ -101,25 +102,18 @@ async def measure(
     return [latency for latencies in per_client for latency in latencies]
 
 
-async def issue_key(address: str, operator_token: str) -> str:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = auth_pb2_grpc.AuthServiceStub(channel)
-        operator = operator_metadata(operator_token)
-        account = await stub.CreateAccount(
-            auth_pb2.CreateAccountRequest(name="bench"), metadata=operator
-        )
-        created = await stub.CreateKey(
-            auth_pb2.CreateKeyRequest(account_id=account.account.id), metadata=operator
-        )
+async def issue_key(address: str) -> str:
+    async with channel(address, "operator") as as_operator:
+        stub = auth_pb2_grpc.AuthServiceStub(as_operator)
+        account = await stub.CreateAccount(auth_pb2.CreateAccountRequest(name="bench"))
+        created = await stub.CreateKey(auth_pb2.CreateKeyRequest(account_id=account.account.id))
         return str(created.plaintext)
 
 
-async def run(
-    address: str, operator_token: str, clients: int, seconds: float, rounds: int
-) -> list[Result]:
+async def run(address: str, clients: int, seconds: float, rounds: int) -> list[Result]:
     """Phases take turns in short rounds, so load from neighbours on a shared machine falls on
     the baseline and on VerifyKey alike instead of skewing their ratio."""
-    key = await issue_key(address, operator_token)
+    key = await issue_key(address)
     phases = [
         ("health Check (baseline)", health_check),
         ("VerifyKey live key", verify(key, None)),
@@ -167,15 +161,7 @@ def main() -> None:
     with postgres_server_url() as server_url, tempfile.TemporaryDirectory() as log_dir:
         auth = start_auth(create_database(server_url, prefix="bench"), auth_secrets, Path(log_dir))
         try:
-            results = asyncio.run(
-                run(
-                    auth.address,
-                    auth_secrets.operator_token,
-                    args.clients,
-                    args.seconds,
-                    args.rounds,
-                )
-            )
+            results = asyncio.run(run(auth.address, args.clients, args.seconds, args.rounds))
         finally:
             auth.stop()
     report(results)

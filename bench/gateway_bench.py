@@ -198,12 +198,16 @@ def p(values: list[float], q: float) -> float:
 
 async def measure(mesh: LocalMesh, rounds: int, balance_seconds: float) -> Report:
     async with AdminClient(
-        mesh.grpc_address("auth"), mesh.grpc_address("ledger"), mesh.operator_token
+        mesh.grpc_address("auth"), mesh.grpc_address("ledger"), mesh.operator_tls
     ) as admin:
         account, _ = await admin.create_account(f"bench-{uuid.uuid4().hex[:8]}", 10**9)
         key = (await admin.create_key(account.id, name="bench")).plaintext
 
-    channels = [open_channel(mesh.grpc_address(name)) for name in ("synth", "auth", "ledger")]
+    # Called as the gateway calls them (its certificate), for an honest baseline.
+    gateway_tls = mesh.pki.identity("gateway")
+    channels = [
+        open_channel(mesh.grpc_address(name), gateway_tls) for name in ("synth", "auth", "ledger")
+    ]
     synth = synth_pb2_grpc.SynthServiceStub(channels[0])
     auth = auth_pb2_grpc.AuthServiceStub(channels[1])
     ledger = ledger_pb2_grpc.LedgerServiceStub(channels[2])

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import tempfile
 import time
 import uuid
@@ -27,13 +26,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 from services.cli.processes import ServiceProcess
-from services.common.channels import operator_metadata
 from services.ledger.settings import LedgerSettings
 from services.ledger.store import LedgerStore
+from tests.support.pki import channel, tls_env
 from tests.support.postgres import create_database, postgres_server_url
 
 CREDITS = 10**12
@@ -101,7 +99,7 @@ def service_pair(stub: ledger_pb2_grpc.LedgerServiceStub, account: str) -> Pair:
 
 
 async def run(
-    service: ServiceProcess, operator_token: str, baseline_dsn: str, args: argparse.Namespace
+    service: ServiceProcess, baseline_dsn: str, args: argparse.Namespace
 ) -> list[tuple[int, int, Run, Run]]:
     # The baseline: the service's own store, opened the way the service opens it, in-process.
     store = LedgerStore()
@@ -114,30 +112,28 @@ async def run(
             }
         )
     )
-    operator = operator_metadata(operator_token)
     results = []
+    as_operator = channel(service.address, "operator")
     try:
         for clients, account_count in SHAPES:
             accounts = [f"acct_bench_{uuid.uuid4().hex}" for _ in range(account_count)]
-            channels = [grpc.aio.insecure_channel(service.address) for _ in range(clients)]
-            admin = ledger_pb2_grpc.LedgerServiceStub(channels[0])
+            # Each client calls over mutual TLS with the gateway's certificate, as the gateway.
+            channels = [channel(service.address, "gateway") for _ in range(clients)]
+            admin = ledger_pb2_grpc.LedgerServiceStub(as_operator)
             for account in accounts:
                 await store.open_account(account)
                 await store.grant(account, CREDITS, "bench")
-                await admin.OpenAccount(
-                    ledger_pb2.OpenAccountRequest(account_id=account), metadata=operator
-                )
+                await admin.OpenAccount(ledger_pb2.OpenAccountRequest(account_id=account))
                 await admin.Grant(
                     ledger_pb2.GrantRequest(
                         account_id=account, amount=CREDITS, idempotency_key="bench"
-                    ),
-                    metadata=operator,
+                    )
                 )
             owners = [accounts[i % account_count] for i in range(clients)]
             direct_pairs = [direct_pair(store, account) for account in owners]
             service_pairs = [
-                service_pair(ledger_pb2_grpc.LedgerServiceStub(channel), account)
-                for channel, account in zip(channels, owners, strict=True)
+                service_pair(ledger_pb2_grpc.LedgerServiceStub(each), account)
+                for each, account in zip(channels, owners, strict=True)
             ]
             direct, served = Run(), Run()
             done_direct = done_served = 0
@@ -145,11 +141,12 @@ async def run(
             for _ in range(args.rounds):
                 done_direct += await measure(direct_pairs, slice_seconds, direct)
                 done_served += await measure(service_pairs, slice_seconds, served)
-            for channel in channels:
-                await channel.close()
+            for each in channels:
+                await each.close()
             await check_spent(store, service, accounts, done_direct, done_served)
             results.append((clients, account_count, direct, served))
     finally:
+        await as_operator.close()
         await store.close()
     return results
 
@@ -159,8 +156,8 @@ async def check_spent(
 ) -> None:
     """Every pair counted really spent its credits, on both sides: the bench measured work."""
     direct_left = sum([(await store.balance(a)).balance for a in accounts])
-    async with grpc.aio.insecure_channel(service.address) as channel:
-        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+    async with channel(service.address, "gateway") as as_gateway:
+        stub = ledger_pb2_grpc.LedgerServiceStub(as_gateway)
         served_left = 0
         for account in accounts:
             balance = await stub.GetBalance(ledger_pb2.GetBalanceRequest(account_id=account))
@@ -197,13 +194,12 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=10, help="connections on each side")
     args = parser.parse_args()
 
-    operator_token = secrets.token_urlsafe(24)
     with postgres_server_url() as server_url, tempfile.TemporaryDirectory() as log_dir:
         service = ServiceProcess(
             "ledger",
             {
                 "DATABASE_URL": create_database(server_url, prefix="bench"),
-                "KOKOROPAY_OPERATOR_TOKEN": operator_token,
+                **tls_env("ledger"),
                 "LEDGER_POOL_MAX_SIZE": str(args.pool_size),
                 "LEDGER_POOL_MIN_SIZE": str(args.pool_size),
             },
@@ -211,7 +207,7 @@ def main() -> None:
         ).start()
         try:
             baseline_dsn = create_database(server_url, prefix="bench")
-            results = asyncio.run(run(service, operator_token, baseline_dsn, args))
+            results = asyncio.run(run(service, baseline_dsn, args))
         finally:
             service.stop()
     report(results, args.pool_size)

@@ -31,10 +31,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 
 from services.cli.processes import ServiceProcess
+from tests.support.pki import sync_channel, tls_env
 
 RATE = 24_000
 PASSAGE = (
@@ -144,6 +144,7 @@ def service_mode(
         "SYNTH_DEVICE": args.device,
         "SYNTH_MAX_CONCURRENT": str(args.streams),
         "SYNTH_LOG_LEVEL": "WARNING",
+        **tls_env("synth"),
     }
     if weights_dir is not None:
         env["SYNTH_WEIGHTS_DIR"] = str(weights_dir)
@@ -152,7 +153,8 @@ def service_mode(
     process = ServiceProcess("synth", env=env, log_dir=log_dir).start(timeout=args.start_timeout)
     audio_format = synth_pb2.AudioFormat.Value(f"AUDIO_FORMAT_{args.format.upper()}")
     try:
-        with grpc.insecure_channel(process.address) as channel:
+        # Over mutual TLS with the gateway's certificate, as synth is called in the mesh.
+        with sync_channel(process.address, "gateway") as channel:
             stub = synth_pb2_grpc.SynthServiceStub(channel)
 
             def once(text: str) -> Run:

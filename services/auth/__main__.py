@@ -36,11 +36,10 @@ def main() -> None:
         names=[SERVICE_NAME],
         register=lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server),
         errors=ERRORS,
-        operator_token=settings.operator_token_value(),
         startup=lambda: store.open(settings),
         shutdown=store.close,
     )
-    asyncio.run(serve(spec, settings.bind_address, settings.grace_seconds))
+    asyncio.run(serve(spec, settings))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Auth settings: AUTH_-prefixed, plus the mesh-wide DATABASE_URL and operator token."""
+"""Auth settings: AUTH_-prefixed, on top of the shared database and certificate settings."""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -11,6 +13,7 @@ from services.common.settings import DatabaseSettings, read_secret
 
 class AuthSettings(DatabaseSettings):
     model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore", frozen=True)
+    service_name: ClassVar[str] = "auth"
 
     port: int = Field(default=PORTS["auth"], ge=1, le=65535)
     # Keys the HMAC under which keys are stored; else `.data/key-hash-secret`.

@@ -14,7 +14,8 @@ import grpc
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
-from services.common.channels import open_channel, operator_metadata
+from services.common.channels import open_channel
+from services.common.pki import TlsIdentity
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,12 @@ class CreatedKey:
 class AdminClient:
     """Operator calls on auth and ledger; use as `async with AdminClient(...) as admin:`."""
 
-    def __init__(self, auth_address: str, ledger_address: str, operator_token: str) -> None:
+    def __init__(self, auth_address: str, ledger_address: str, tls: TlsIdentity) -> None:
+        """`tls` is the operator's certificate: it is what proves the OPERATOR role."""
         self.auth_address = auth_address
         self.ledger_address = ledger_address
-        self._metadata = operator_metadata(operator_token)
-        self._auth_channel = open_channel(auth_address)
-        self._ledger_channel = open_channel(ledger_address)
+        self._auth_channel = open_channel(auth_address, tls)
+        self._ledger_channel = open_channel(ledger_address, tls)
         self.auth = auth_pb2_grpc.AuthServiceStub(self._auth_channel)
         self.ledger = ledger_pb2_grpc.LedgerServiceStub(self._ledger_channel)
 
@@ -50,15 +51,11 @@ class AdminClient:
     async def find_account(self, reference: str) -> auth_pb2.Account:
         """An account by name, or by id when no account has that name."""
         try:
-            response = await self.auth.GetAccount(
-                auth_pb2.GetAccountRequest(name=reference), metadata=self._metadata
-            )
+            response = await self.auth.GetAccount(auth_pb2.GetAccountRequest(name=reference))
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-            response = await self.auth.GetAccount(
-                auth_pb2.GetAccountRequest(account_id=reference), metadata=self._metadata
-            )
+            response = await self.auth.GetAccount(auth_pb2.GetAccountRequest(account_id=reference))
         return response.account
 
     async def create_account(
@@ -71,23 +68,15 @@ class AdminClient:
         grant, keyed on the account id, adds nothing the second time.
         """
         try:
-            response = await self.auth.CreateAccount(
-                auth_pb2.CreateAccountRequest(name=name), metadata=self._metadata
-            )
+            response = await self.auth.CreateAccount(auth_pb2.CreateAccountRequest(name=name))
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-            account = (
-                await self.auth.GetAccount(
-                    auth_pb2.GetAccountRequest(name=name), metadata=self._metadata
-                )
-            ).account
+            account = (await self.auth.GetAccount(auth_pb2.GetAccountRequest(name=name))).account
         else:
             account = response.account
         balance = (
-            await self.ledger.OpenAccount(
-                ledger_pb2.OpenAccountRequest(account_id=account.id), metadata=self._metadata
-            )
+            await self.ledger.OpenAccount(ledger_pb2.OpenAccountRequest(account_id=account.id))
         ).balance
         if credits:
             # Keyed on the account so a retried bootstrap cannot grant the opening credits twice.
@@ -104,13 +93,13 @@ class AdminClient:
             amount=amount,
             idempotency_key=idempotency_key or f"cli-grant:{uuid.uuid4().hex}",
         )
-        return (await self.ledger.Grant(request, metadata=self._metadata)).balance
+        return (await self.ledger.Grant(request)).balance
 
     async def set_unlimited(
         self, account_id: str, unlimited: bool
     ) -> ledger_pb2.GetBalanceResponse:
         request = ledger_pb2.SetUnlimitedRequest(account_id=account_id, unlimited=unlimited)
-        return (await self.ledger.SetUnlimited(request, metadata=self._metadata)).balance
+        return (await self.ledger.SetUnlimited(request)).balance
 
     async def balance(self, account_id: str) -> ledger_pb2.GetBalanceResponse:
         return await self.ledger.GetBalance(ledger_pb2.GetBalanceRequest(account_id=account_id))
@@ -118,24 +107,20 @@ class AdminClient:
     async def recent_entries(self, account_id: str) -> list[ledger_pb2.Entry]:
         """The newest page of the account's journal, newest first."""
         request = ledger_pb2.ListEntriesRequest(account_id=account_id)
-        return list((await self.ledger.ListEntries(request, metadata=self._metadata)).entries)
+        return list((await self.ledger.ListEntries(request)).entries)
 
     async def create_key(self, account_id: str, name: str = "") -> CreatedKey:
         response = await self.auth.CreateKey(
-            auth_pb2.CreateKeyRequest(account_id=account_id, name=name), metadata=self._metadata
+            auth_pb2.CreateKeyRequest(account_id=account_id, name=name)
         )
         return CreatedKey(key=response.key, plaintext=response.plaintext)
 
     async def list_keys(self, account_id: str) -> list[auth_pb2.ApiKey]:
-        response = await self.auth.ListKeys(
-            auth_pb2.ListKeysRequest(account_id=account_id), metadata=self._metadata
-        )
+        response = await self.auth.ListKeys(auth_pb2.ListKeysRequest(account_id=account_id))
         return list(response.keys)
 
     async def revoke_key(self, key_id: str) -> auth_pb2.ApiKey:
-        response = await self.auth.RevokeKey(
-            auth_pb2.RevokeKeyRequest(key_id=key_id), metadata=self._metadata
-        )
+        response = await self.auth.RevokeKey(auth_pb2.RevokeKeyRequest(key_id=key_id))
         return response.key
 
     async def key_works(self, plaintext: str) -> bool:

@@ -11,17 +11,11 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.mesh import (
-    KEY_HASH_SECRET_ENV,
-    KEY_HASH_SECRET_FILE,
-    OPERATOR_TOKEN_ENV,
-    OPERATOR_TOKEN_FILE,
-)
+from services.common.mesh import KEY_HASH_SECRET_ENV, KEY_HASH_SECRET_FILE
 
 
 @dataclass(frozen=True)
 class LocalSecrets:
-    operator_token: str
     key_hash_secret: str
 
 
@@ -29,7 +23,7 @@ def _read_or_create(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     value = secrets.token_urlsafe(32)
-    # Created owner-only from the first byte: the token lets anyone grant credits.
+    # Created owner-only from the first byte: whoever has it can forge stored key hashes.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as file:
         file.write(value + "\n")
@@ -39,8 +33,6 @@ def _read_or_create(path: Path) -> str:
 def ensure_local_secrets(data_dir: Path) -> LocalSecrets:
     data_dir.mkdir(parents=True, exist_ok=True)
     return LocalSecrets(
-        operator_token=os.environ.get(OPERATOR_TOKEN_ENV)
-        or _read_or_create(data_dir / OPERATOR_TOKEN_FILE),
         key_hash_secret=os.environ.get(KEY_HASH_SECRET_ENV)
         or _read_or_create(data_dir / KEY_HASH_SECRET_FILE),
     )

@@ -1,8 +1,8 @@
 """kokoro-pay: run the local mesh and administer accounts, keys and credits over gRPC.
 
-Addresses come from KOKOROPAY_AUTH_ADDRESS / KOKOROPAY_LEDGER_ADDRESS (local defaults), the
-operator token from KOKOROPAY_OPERATOR_TOKEN or `.data/operator-token`. Every failure prints
-one line on stderr and exits non-zero.
+Addresses come from KOKOROPAY_AUTH_ADDRESS / KOKOROPAY_LEDGER_ADDRESS (local defaults); the
+operator proves itself with its certificate, KOKOROPAY_TLS_DIR or `.data/pki/operator`. Every
+failure prints one line on stderr and exits non-zero.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import grpc
 
 from services.cli.admin import AdminClient
 from services.cli.envoy import command as envoy_config
+from services.cli.local_pki import CLIENTS, SERVERS, ensure_local_pki
 from services.cli.settings import CliSettings
+from services.common.identity import ROLES
 from services.common.settings import DATA_DIR, load_settings
 
 
 def _admin() -> AdminClient:
     settings = load_settings(CliSettings)
-    return AdminClient(
-        settings.auth_address, settings.ledger_address, settings.operator_token_value()
-    )
+    return AdminClient(settings.auth_address, settings.ledger_address, settings.tls_identity())
 
 
 def _describe_balance(balance: Any) -> str:
@@ -76,6 +76,14 @@ async def show_balance(args: argparse.Namespace) -> None:
         account = await admin.find_account(args.account)
         balance = await admin.balance(account.id)
     print(f"'{account.name}' ({account.id}): {_describe_balance(balance)}")
+
+
+async def cert_issue(args: argparse.Namespace) -> None:
+    pki = ensure_local_pki(load_settings(CliSettings).pki_dir)
+    folder = pki.issue(args.name, args.role)
+    print(
+        f"issued {args.role} certificate for {args.name!r} in {folder} (tls.crt, tls.key, ca.crt)"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -138,16 +146,32 @@ def build_parser() -> argparse.ArgumentParser:
     balance.add_argument("account", help="account name or id")
     balance.set_defaults(handler=show_balance)
 
+    cert = commands.add_parser("cert", help="the local mesh's certificates").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    issue = cert.add_parser("issue", help="issue a client certificate from the local CA")
+    issue.add_argument("name", type=_identity_name, help="who it is for, e.g. reports")
+    issue.add_argument("--role", required=True, choices=sorted(ROLES))
+    issue.set_defaults(handler=cert_issue)
+
     envoy_config.add_parser(commands)
     return parser
+
+
+def _identity_name(text: str) -> str:
+    if not text.replace("-", "").replace("_", "").isalnum() or len(text) > 63:
+        raise argparse.ArgumentTypeError("letters, digits, - and _ only, at most 63")
+    if text in SERVERS + CLIENTS:
+        raise argparse.ArgumentTypeError(f"{text!r} is one of the mesh's own identities")
+    return text
 
 
 def _one_line(error: grpc.aio.AioRpcError) -> str:
     code = error.code()
     if code == grpc.StatusCode.UNAVAILABLE:
         return "error: cannot reach the kokoro-pay services: is `make run` running?"
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return "error: operator token refused: check KOKOROPAY_OPERATOR_TOKEN"
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return "error: the operator certificate was refused: check KOKOROPAY_TLS_DIR"
     return f"error: {error.details() or code.name.lower()}"
 
 

@@ -10,9 +10,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from services.cli.embedded_database import DatabaseUrls
+from services.cli.local_pki import ensure_local_pki
 from services.cli.local_secrets import ensure_local_secrets
 from services.cli.processes import ServiceProcess, free_port
-from services.common.mesh import KEY_HASH_SECRET_ENV, OPERATOR_TOKEN_ENV
+from services.common.mesh import KEY_HASH_SECRET_ENV, PKI_DIR
 
 # Start order matters only for reporting: the gateway waits on its upstreams by itself.
 SERVICES = ("auth", "ledger", "synth", "gateway")
@@ -25,9 +27,11 @@ class LocalMesh:
         self,
         *,
         data_dir: Path,
-        database_url: str,
+        # One URL (auth and ledger serve as its role, the owner) or the roles' URLs.
+        database_url: str | DatabaseUrls,
         log_dir: Path,
         ports: dict[str, int] | None = None,
+        health_ports: dict[str, int] | None = None,
         env: dict[str, str] | None = None,
         services: Sequence[str] = SERVICES,
     ) -> None:
@@ -38,12 +42,17 @@ class LocalMesh:
         chosen = ports if ports is not None else {name: free_port() for name in SERVICES}
         self.ports = {name: chosen.get(name) or free_port() for name in SERVICES}
         secrets = ensure_local_secrets(data_dir)
-        self.operator_token = secrets.operator_token
+        self.pki = ensure_local_pki(data_dir / PKI_DIR)
+        # The operator's certificate: what the local run's bootstrap and the tests administer with.
+        self.operator_tls = self.pki.identity("operator")
         self.addresses = {name: f"127.0.0.1:{port}" for name, port in self.ports.items()}
         self.addresses["gateway"] = f"http://127.0.0.1:{self.ports['gateway']}"
+        databases = (
+            database_url
+            if isinstance(database_url, DatabaseUrls)
+            else DatabaseUrls.single(database_url)
+        )
         shared_env = {
-            "DATABASE_URL": database_url,
-            OPERATOR_TOKEN_ENV: secrets.operator_token,
             KEY_HASH_SECRET_ENV: secrets.key_hash_secret,
             "GATEWAY_AUTH_ADDRESS": self.grpc_address("auth"),
             "GATEWAY_LEDGER_ADDRESS": self.grpc_address("ledger"),
@@ -54,10 +63,16 @@ class LocalMesh:
         self._processes = {
             name: ServiceProcess(
                 name,
-                shared_env,
+                # Each process proves itself with its own certificate.
+                {
+                    **databases.env(name),
+                    **shared_env,
+                    f"{name.upper()}_TLS_DIR": str(self.pki.folder(name)),
+                },
                 log_dir,
                 port=self.ports[name],
                 http_ready_path="/readyz" if name == "gateway" else None,
+                health_port=(health_ports or {}).get(name),
             )
             for name in self.services
         }

@@ -70,12 +70,16 @@ class ServiceProcess:
         log_dir: Path,
         port: int | None = None,
         http_ready_path: str | None = None,
+        health_port: int | None = None,
     ) -> None:
         self.name = name
         # HTTP services (the gateway) report readiness on a path instead of gRPC health.
         self.http_ready_path = http_ready_path
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # gRPC services answer health checks on a plaintext port of their own (no certificate).
+        self.health_port = health_port or free_port()
+        self.health_address = f"127.0.0.1:{self.health_port}"
         self.log_path = log_dir / f"{name}-{self.port}.log"
         prefix = name.upper()
         self._env = {
@@ -83,6 +87,7 @@ class ServiceProcess:
             **env,
             f"{prefix}_PORT": str(self.port),
             f"{prefix}_HOST": "127.0.0.1",
+            f"{prefix}_HEALTH_PORT": str(self.health_port),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -114,7 +119,7 @@ class ServiceProcess:
     def status(self) -> str | None:
         """SERVING / NOT_SERVING / None (nothing answers), for gRPC and HTTP services alike."""
         if self.http_ready_path is None:
-            return health_status(self.address)
+            return health_status(self.health_address)
         return http_status(f"http://{self.address}{self.http_ready_path}")
 
     def logs(self) -> str:

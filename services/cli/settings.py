@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.mesh import OPERATOR_TOKEN_ENV, OPERATOR_TOKEN_FILE, local_address
-from services.common.settings import read_secret
+from services.common.mesh import PKI_DIR, local_address
+from services.common.pki import TlsIdentity
+from services.common.settings import DATA_DIR
 
 
 class CliSettings(BaseSettings):
@@ -15,13 +19,16 @@ class CliSettings(BaseSettings):
     # The services the admin commands talk to; the local run's by default.
     auth_address: str = Field(default=local_address("auth"), min_length=1)
     ledger_address: str = Field(default=local_address("ledger"), min_length=1)
-    # Proves the operator; else `.data/operator-token`, which `make run` writes.
-    operator_token: str | None = Field(default=None, validation_alias=OPERATOR_TOKEN_ENV)
+    # The local CA and identities `make run` keeps; `kokoro-pay cert issue` issues from here.
+    pki_dir: Path = DATA_DIR / PKI_DIR
+    # The operator's certificate (tls.crt, tls.key, ca.crt); unset: the local one.
+    tls_dir: Path | None = None
 
-    def operator_token_value(self) -> str:
-        token = read_secret(self.operator_token, OPERATOR_TOKEN_FILE)
-        if not token:
-            raise SystemExit(
-                f"error: no operator token: set {OPERATOR_TOKEN_ENV} or run `make run` once"
+    def tls_identity(self) -> TlsIdentity:
+        try:
+            return TlsIdentity.load(self.tls_dir or self.pki_dir / "operator")
+        except FileNotFoundError as missing:
+            sys.exit(
+                f"error: no operator certificate: {missing.filename} is missing; "
+                "run `make run` once, or set KOKOROPAY_TLS_DIR"
             )
-        return token

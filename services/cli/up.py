@@ -13,7 +13,7 @@ from services.cli.admin import AdminClient
 from services.cli.embedded_database import local_database
 from services.cli.mesh import SERVICES, LocalMesh
 from services.cli.processes import ServiceFailed
-from services.common.mesh import PORTS
+from services.common.mesh import HEALTH_PORTS, PORTS
 
 LOCAL_ACCOUNT = "local"
 LOCAL_CREDITS = 100_000
@@ -26,7 +26,7 @@ async def _ensure_local_account(mesh: LocalMesh, data_dir: Path) -> dict[str, st
     path = data_dir / LOCAL_ACCOUNT_FILE
     saved: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     async with AdminClient(
-        mesh.grpc_address("auth"), mesh.grpc_address("ledger"), mesh.operator_token
+        mesh.grpc_address("auth"), mesh.grpc_address("ledger"), mesh.operator_tls
     ) as admin:
         if saved.get("key") and await admin.key_works(saved["key"]):
             return saved
@@ -70,6 +70,7 @@ def run_up(data_dir: Path) -> int:
             database_url=database_url,
             log_dir=data_dir / "logs",
             ports=PORTS,
+            health_ports=HEALTH_PORTS,
         )
         print(f"starting {', '.join(SERVICES)} (the model takes a while to load)…", flush=True)
         try:

@@ -2,27 +2,29 @@
 
 Every method carries `option (kokoropay.common.v1.access) = { callers: [...] }`. The
 `AccessPolicy` reads those declarations from the service descriptors; the `AccessInterceptor`
-enforces them on every call:
+enforces them on every call, against the caller's role from its certificate
+(services/common/identity.py):
 
 - a method with no declaration (or a handler for a service the policy was not built from) is
   refused to everyone with PERMISSION_DENIED, so a forgotten declaration fails closed;
-- until callers carry certificates, the operator is the only caller that can prove who it is
-  (by the operator token). So a method the GATEWAY may call stays open, and any other declared
-  method needs the operator token: nothing that needs the token becomes open in the meantime;
-- health and reflection are exempt: probes and tools must reach them unauthenticated.
+- a caller whose role the declaration does not name is refused with PERMISSION_DENIED, and one
+  with no role of the mesh (a certificate of our CA naming no caller) with UNAUTHENTICATED;
+- health and reflection are exempt: probes and tools must reach them.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from kokoropay.common.v1 import access_pb2
 
+from services.common.identity import XFCC_HEADER, caller_id, role_of
 from services.common.interceptors import (
     ALWAYS_OPEN,
     Around,
@@ -32,8 +34,6 @@ from services.common.interceptors import (
 )
 
 Caller = access_pb2.Caller
-OPERATOR = access_pb2.OPERATOR
-GATEWAY = access_pb2.GATEWAY
 
 
 def declared_callers(method: MethodDescriptor) -> frozenset[int]:
@@ -68,21 +68,15 @@ class AccessPolicy:
         pool = descriptor_pool.Default()
         return cls.of(pool.FindServiceByName(name) for name in service_names)
 
-    def needs_operator(self, method: str) -> bool:
-        """Whether the method can be called only with the operator token (today's rule)."""
-        return GATEWAY not in self.callers.get(method, frozenset())
-
-    @property
-    def any_needs_operator(self) -> bool:
-        return any(callers and self.needs_operator(m) for m, callers in self.callers.items())
+    def allows(self, method: str, caller: int) -> bool:
+        return caller in self.callers.get(method, frozenset())
 
 
 class AccessInterceptor(AroundInterceptor):
-    """Enforces an `AccessPolicy`; `operator_token` None means no caller can be the operator."""
+    """Enforces an `AccessPolicy` on the role each call's certificate (or Envoy) names."""
 
-    def __init__(self, policy: AccessPolicy, operator_token: str | None) -> None:
+    def __init__(self, policy: AccessPolicy) -> None:
         self._policy = policy
-        self._expected = f"Bearer {operator_token}".encode() if operator_token else None
 
     def around(self, details: grpc.HandlerCallDetails) -> Around | None:
         method = details.method
@@ -90,9 +84,22 @@ class AccessInterceptor(AroundInterceptor):
             return None
         if not self._policy.callers.get(method):
             return refusal(grpc.StatusCode.PERMISSION_DENIED, f"{method} declares no callers")
-        if not self._policy.needs_operator(method):
-            return None
-        presented = (metadata_value(details, "authorization") or "").encode()
-        if self._expected is None or not hmac.compare_digest(presented, self._expected):
-            return refusal(grpc.StatusCode.UNAUTHENTICATED, "operator token missing or wrong")
-        return None
+        policy = self._policy
+        xfcc = metadata_value(details, XFCC_HEADER)
+
+        @asynccontextmanager
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            caller = caller_id(context, xfcc)
+            role = role_of(caller) if caller else None
+            if role is None:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, f"no caller of the mesh: {caller!r}"
+                )
+            elif not policy.allows(method, role):
+                name = access_pb2.Caller.Name(role)
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"{name} may not call {method}"
+                )
+            yield
+
+        return checked

@@ -1,4 +1,4 @@
-"""Where the mesh's parts listen by default and what its secrets are called.
+"""Where the mesh's parts listen by default and where its secrets and certificates live.
 
 Every default port and secret file name is written here once: the services' settings, the
 gateway's upstream addresses, the local runner and the operator CLI all read them from here.
@@ -11,14 +11,19 @@ from __future__ import annotations
 PORTS: dict[str, int] = {"auth": 50051, "ledger": 50052, "synth": 50053, "gateway": 8000}
 
 
+# Plaintext ports that answer grpc.health.v1 alone, for probes that carry no certificate.
+HEALTH_PORTS: dict[str, int] = {"auth": 50061, "ledger": 50062, "synth": 50063}
+
+
 def local_address(service: str) -> str:
     """`host:port` of a service on this machine at its default port."""
     return f"127.0.0.1:{PORTS[service]}"
 
 
+# The local run's certificates: `.data/pki/` holds the CA and one folder per identity.
+PKI_DIR = "pki"
+
 # Secret files the local run writes under `.data/` (KOKOROPAY_SECRETS_DIR elsewhere); each is
 # also settable through the environment variable beside it.
-OPERATOR_TOKEN_FILE = "operator-token"
-OPERATOR_TOKEN_ENV = "KOKOROPAY_OPERATOR_TOKEN"
 KEY_HASH_SECRET_FILE = "key-hash-secret"
 KEY_HASH_SECRET_ENV = "AUTH_KEY_HASH_SECRET"

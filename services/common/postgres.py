@@ -1,15 +1,22 @@
 """PostgreSQL for the services that own data (auth, ledger): schema migrations and a pool.
 
 Each service's store owns one schema and a folder of numbered `.sql` files, and opens its
-database through `open_database`: migrations first, then the pool. Migrations run inside one
-transaction holding a per-schema advisory lock, so replicas starting together apply each file
-exactly once: the second waits, then finds nothing left to do.
+database through `open_database`. Migrations run inside one transaction holding a per-schema
+advisory lock, so replicas starting together apply each file exactly once: the second waits,
+then finds nothing left to do.
+
+Two roles: migrations run as the schema's owner (`<PREFIX>MIGRATION_DATABASE_URL`), the service
+serves as another (`DATABASE_URL`). In the migrations' transaction the owner revokes whatever
+the serving role held in the schema and grants it what the folder's `grants.sql` declares, the
+statements its store runs and nothing else: a serving role owns no table, so it cannot alter
+one or disable the triggers that keep the ledger's journal append-only.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -18,6 +25,9 @@ from psycopg_pool import AsyncConnectionPool
 from services.common.settings import DatabaseSettings
 
 _log = logging.getLogger("postgres")
+
+# Beside the migrations: what the service's serving role may do in its schema.
+GRANTS_FILE = "grants.sql"
 
 
 async def open_database(
@@ -28,9 +38,9 @@ async def open_database(
     application_name: str,
     autocommit: bool = False,
 ) -> AsyncConnectionPool:
-    """Bring `schema` up to date with the `migrations` folder, then open the service's pool."""
-    await apply_migrations(settings.database_url, schema, migrations)
-    return await open_pool(
+    """The service's pool, once `schema` is up to date with the `migrations` folder and the
+    pool's role holds exactly the privileges of the folder's `grants.sql`."""
+    pool = await open_pool(
         settings.database_url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
@@ -38,6 +48,24 @@ async def open_database(
         timeout=settings.pool_timeout_seconds,
         application_name=application_name,
     )
+    try:
+        await apply_migrations(
+            settings.migration_url, schema, migrations, serving_role=await _role_of(pool)
+        )
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
+async def _role_of(pool: AsyncConnectionPool) -> str:
+    """The role the pool's connections act as: the one the migrations grant to."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT current_user")
+        row = await cursor.fetchone()
+    if row is None:
+        raise AssertionError("SELECT current_user returned no row")
+    return str(row[0])
 
 
 async def open_pool(
@@ -79,8 +107,11 @@ def migration_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("[0-9][0-9][0-9][0-9]_*.sql"))
 
 
-async def apply_migrations(dsn: str, schema: str, folder: Path) -> list[str]:
-    """Apply the folder's migrations not yet recorded in `<schema>.schema_migrations`."""
+async def apply_migrations(
+    dsn: str, schema: str, folder: Path, *, serving_role: str | None = None
+) -> list[str]:
+    """Apply the folder's migrations not yet recorded in `<schema>.schema_migrations`, then
+    grant `serving_role`, when given, what the folder's `grants.sql` declares."""
     applied_now: list[str] = []
     async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
         await conn.execute(
@@ -111,6 +142,49 @@ async def apply_migrations(dsn: str, schema: str, folder: Path) -> list[str]:
                 [version],
             )
             applied_now.append(version)
+        if serving_role is not None:
+            await _grant_serving_role(conn, schema, folder / GRANTS_FILE, serving_role)
     if applied_now:
         _log.info("applied migrations %s", applied_now, extra={"schema": schema})
     return applied_now
+
+
+# Everything a serving role may hold in a schema, taken back before grants.sql gives what it
+# declares, so that a privilege dropped from the file is gone at the next start (revoking a
+# table's privileges revokes its columns' too).
+_REVOKE_ALL = """
+REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {role};
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM {role};
+REVOKE ALL ON SCHEMA {schema} FROM {role};
+"""
+
+# Whether `role` can act as the schema's owner or as whoever migrates (a superuser can): then
+# grants would change nothing it can do.
+_HAS_OWNER_PRIVILEGES = """
+SELECT pg_has_role(%(role)s, current_user, 'MEMBER')
+    OR coalesce((SELECT pg_has_role(%(role)s, nspowner, 'MEMBER')
+                 FROM pg_namespace WHERE nspname = %(schema)s), false)
+"""
+
+
+async def _grant_serving_role(
+    conn: psycopg.AsyncConnection[Any], schema: str, grants: Path, role: str
+) -> None:
+    """Give `role` exactly what `grants` declares in `schema` (its `{role}` filled in)."""
+    cursor = await conn.execute(_HAS_OWNER_PRIVILEGES, {"role": role, "schema": schema})
+    row = await cursor.fetchone()
+    if row is not None and row[0]:
+        _log.warning(
+            "serving as %s, which has the owner's privileges on schema %s: it could alter its "
+            "tables and disable their triggers. Serve as a role of its own (DATABASE_URL) and "
+            "migrate as the owner (the service's *_MIGRATION_DATABASE_URL)",
+            role,
+            schema,
+            extra={"schema": schema},
+        )
+        return
+    names = {"schema": sql.Identifier(schema), "role": sql.Identifier(role)}
+    await conn.execute(sql.SQL(_REVOKE_ALL).format(**names))
+    # Trusted SQL shipped with the service; the role's name goes in only as an identifier.
+    await conn.execute(sql.SQL(grants.read_text()).format(**names))
+    _log.info("granted %s what %s declares", role, grants.name, extra={"schema": schema})

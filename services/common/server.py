@@ -24,7 +24,8 @@ from services.common.access import AccessInterceptor, AccessPolicy
 from services.common.errors import ErrorInterceptor, ErrorTable
 from services.common.interceptors import ReadinessInterceptor, RequestIdInterceptor
 from services.common.keepalive import SERVER_OPTIONS
-from services.common.mesh import OPERATOR_TOKEN_ENV, OPERATOR_TOKEN_FILE
+from services.common.pki import TlsIdentity
+from services.common.settings import GrpcServiceSettings
 
 _log = logging.getLogger("server")
 
@@ -39,8 +40,6 @@ class ServiceSpec:
     register: Callable[[grpc.aio.Server], None]
     # How the service answers what its handlers raise; names the service in logs and errors.
     errors: ErrorTable
-    # Proves the operator to RPCs that only it may call (see services/common/access.py).
-    operator_token: str | None = None
     # Work to finish before SERVING (open pools, migrate, load the model).
     startup: Callable[[], Awaitable[None]] | None = None
     # Releases resources after the drain.
@@ -51,30 +50,30 @@ class ServiceSpec:
 
 @dataclass
 class BuiltServer:
-    """A server with every shared piece in place, not yet listening."""
+    """The service's server (mTLS) and its health-only server, not yet listening."""
 
     server: grpc.aio.Server
+    # Answers grpc.health.v1 alone, in plaintext, for probes that carry no certificate.
+    health_server: grpc.aio.Server
     readiness: ReadinessInterceptor
     health: health.aio.HealthServicer
 
 
-def build_server(spec: ServiceSpec) -> BuiltServer:
-    """The service's servicers behind the shared interceptors, with health and reflection.
+def server_credentials(tls: TlsIdentity) -> grpc.ServerCredentials:
+    """TLS that requires a client certificate signed by the mesh's CA."""
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True
+    )
 
-    Exits with one line when an RPC only the operator may call has no operator token to check.
-    """
-    policy = AccessPolicy.of_names(spec.names)
-    if policy.any_needs_operator and not spec.operator_token:
-        raise SystemExit(
-            f"error: {spec.errors.service} needs {OPERATOR_TOKEN_ENV} or the file "
-            f".data/{OPERATOR_TOKEN_FILE} (make run writes it)"
-        )
+
+def build_server(spec: ServiceSpec) -> BuiltServer:
+    """The service's servicers behind the shared interceptors, with health and reflection."""
     readiness = ReadinessInterceptor(spec.errors.service)
     server = grpc.aio.server(
         interceptors=[
             RequestIdInterceptor(),
             readiness,
-            AccessInterceptor(policy, spec.operator_token),
+            AccessInterceptor(AccessPolicy.of_names(spec.names)),
             ErrorInterceptor(spec.errors),
             *spec.interceptors,
         ],
@@ -83,6 +82,8 @@ def build_server(spec: ServiceSpec) -> BuiltServer:
     spec.register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_server = grpc.aio.server(options=SERVER_OPTIONS)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
     reflection.enable_server_reflection(
         [
             *spec.names,
@@ -91,24 +92,39 @@ def build_server(spec: ServiceSpec) -> BuiltServer:
         ],
         server,
     )
-    return BuiltServer(server, readiness, health_servicer)
+    return BuiltServer(server, health_server, readiness, health_servicer)
 
 
-async def serve(spec: ServiceSpec, bind_address: str, grace_seconds: float) -> None:
-    """Run until SIGTERM/SIGINT, then drain and stop. Exits with one line if the port is taken."""
+def _listen(add_port: Callable[[str], int], address: str) -> None:
+    try:
+        bound = add_port(address)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise SystemExit(f"error: cannot listen on {address}: is another process using it?")
+
+
+async def serve(spec: ServiceSpec, settings: GrpcServiceSettings) -> None:
+    """Run until SIGTERM/SIGINT, then drain and stop. Exits with one line if a port is taken
+    or the certificate is missing."""
+    tls = settings.tls_identity()
+    bind_address, health_address = settings.bind_address, settings.health_bind_address
+    grace_seconds = settings.grace_seconds
     built = build_server(spec)
     server, readiness, health_servicer = built.server, built.readiness, built.health
     for name in ("", *spec.names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    try:
-        bound = server.add_insecure_port(bind_address)
-    except RuntimeError:
-        bound = 0
-    if bound == 0:
-        raise SystemExit(f"error: cannot listen on {bind_address}: is another process using it?")
+    _listen(lambda address: server.add_secure_port(address, server_credentials(tls)), bind_address)
+    _listen(built.health_server.add_insecure_port, health_address)
     await server.start()
-    _log.info("listening on %s", bind_address, extra={"address": bind_address})
+    await built.health_server.start()
+    _log.info(
+        "listening on %s (mutual TLS), health on %s",
+        bind_address,
+        health_address,
+        extra={"address": bind_address, "health_address": health_address},
+    )
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -136,6 +152,7 @@ async def serve(spec: ServiceSpec, bind_address: str, grace_seconds: float) -> N
         readiness.draining()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace_seconds)
+        await built.health_server.stop(None)
         if startup is not None and not startup.done():
             startup.cancel()
         if spec.shutdown is not None:

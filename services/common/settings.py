@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 from typing import ClassVar, Self, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.mesh import OPERATOR_TOKEN_ENV, OPERATOR_TOKEN_FILE
+from services.common.mesh import HEALTH_PORTS, PKI_DIR
+from services.common.pki import TlsIdentity
 
 # `.data/` at the repository root holds the local run's database, secrets and weights.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,9 +25,12 @@ DATA_DIR = REPO_ROOT / ".data"
 
 
 class ServiceSettings(BaseSettings):
-    """What every service needs: where to listen, how long to drain, how to log, who operates."""
+    """What every service needs: where to listen, how long to drain, how to log, and the
+    certificate it proves itself with."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    # Names the service in messages and its default certificate folder, `.data/pki/<name>`.
+    service_name: ClassVar[str] = ""
     # Variables a release renamed, old → new: a service started with an old one exits naming
     # the new one instead of silently running on a default.
     renamed_variables: ClassVar[dict[str, str]] = {}
@@ -36,16 +40,24 @@ class ServiceSettings(BaseSettings):
     # Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled.
     grace_seconds: float = Field(default=10.0, ge=0, le=600)
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
-    # Proves the operator to RPCs only the operator may call; else `.data/operator-token`.
-    operator_token: SecretStr | None = Field(default=None, validation_alias=OPERATOR_TOKEN_ENV)
+    # A folder with tls.crt, tls.key and ca.crt (a cert-manager Secret's layout); unset means
+    # the one `make run` writes, `.data/pki/<service>`.
+    tls_dir: Path | None = None
 
     @property
     def bind_address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def operator_token_value(self) -> str | None:
-        configured = self.operator_token.get_secret_value() if self.operator_token else None
-        return read_secret(configured, OPERATOR_TOKEN_FILE)
+    def tls_identity(self) -> TlsIdentity:
+        """The service's certificate, key and CA, or exit with one line saying what is missing."""
+        folder = self.tls_dir or DATA_DIR / PKI_DIR / self.service_name
+        try:
+            return TlsIdentity.load(folder)
+        except FileNotFoundError as missing:
+            sys.exit(
+                f"error: {self.service_name} has no certificate: {missing.filename} is missing; "
+                f"run `make run` once to create the local ones, or set {self.env_name('tls_dir')}"
+            )
 
     @classmethod
     def env_name(cls, field_name: str) -> str:
@@ -53,17 +65,38 @@ class ServiceSettings(BaseSettings):
         return _env_name(cls, (field_name,))
 
 
-class DatabaseSettings(ServiceSettings):
+class GrpcServiceSettings(ServiceSettings):
+    """A gRPC service: its mTLS port, and a plaintext port that serves health checks alone."""
+
+    # Kubelet's gRPC probes cannot present a certificate; they dial this port, which answers
+    # grpc.health.v1 and nothing else. Unset: the service's default (services/common/mesh.py).
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @property
+    def health_bind_address(self) -> str:
+        return f"{self.host}:{self.health_port or HEALTH_PORTS[self.service_name]}"
+
+
+class DatabaseSettings(GrpcServiceSettings):
     """A service that owns a PostgreSQL schema: where the database is and how to pool it."""
 
-    # A PostgreSQL connection URL, shared by the mesh. Required.
+    # The PostgreSQL URL the service serves with, as a role that may do only what its store
+    # runs (granted at start-up, migrations/grants.sql). Required.
     database_url: str = Field(validation_alias="DATABASE_URL", min_length=1)
+    # The schema owner's URL (<PREFIX>MIGRATION_DATABASE_URL), for migrations and grants only.
+    # Unset: migrations run as DATABASE_URL's role, which then serves as the owner (a warning).
+    migration_database_url: str | None = Field(default=None, min_length=1)
     # Warm connections: the hot RPCs are one short query or transaction each.
     pool_min_size: int = Field(default=2, ge=1, le=100)
     # More connections than the database has cores only queue inside PostgreSQL.
     pool_max_size: int = Field(default=10, ge=1, le=100)
     # How long an RPC waits for a free connection before answering UNAVAILABLE.
     pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    @property
+    def migration_url(self) -> str:
+        """Where migrations run: the owner's URL when set, else the serving one."""
+        return self.migration_database_url or self.database_url
 
     @model_validator(mode="after")
     def _pool_sizes_agree(self) -> Self:

@@ -38,6 +38,7 @@ async def serve(settings: GatewaySettings) -> None:
         settings.synth_address,
         timeout=settings.rpc_timeout_seconds,
         ready_timeout=settings.ready_timeout_seconds,
+        tls=settings.tls_identity(),
     )
     app = create_app(settings, upstreams)
     config = uvicorn.Config(

@@ -22,6 +22,7 @@ from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 
 from services.common.channels import open_channel
 from services.common.errors import error_info
+from services.common.pki import TlsIdentity
 
 T = TypeVar("T")
 VoiceKind = Literal["builtin", "alias", "blend"]
@@ -415,7 +416,8 @@ class GrpcSynthClient:
 
 
 class GrpcUpstreams(Upstreams):
-    """The three clients over their own channels; close() when the gateway stops."""
+    """The three clients over their own mutual-TLS channels, each call made with the gateway's
+    certificate (its role, GATEWAY, is what the services check); close() when it stops."""
 
     def __init__(
         self,
@@ -425,8 +427,10 @@ class GrpcUpstreams(Upstreams):
         *,
         timeout: float,
         ready_timeout: float,
+        tls: TlsIdentity,
     ) -> None:
-        self._channels = [open_channel(a) for a in (auth_address, ledger_address, synth_address)]
+        addresses = (auth_address, ledger_address, synth_address)
+        self._channels = [open_channel(address, tls) for address in addresses]
         auth_channel, ledger_channel, synth_channel = self._channels
         super().__init__(
             auth=GrpcAuthClient(auth_channel, timeout, ready_timeout),

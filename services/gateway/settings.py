@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -14,6 +14,7 @@ from services.common.settings import ServiceSettings
 
 class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+    service_name: ClassVar[str] = "gateway"
 
     port: int = Field(default=PORTS["gateway"], ge=1, le=65535)
     auth_address: str = Field(default=local_address("auth"), min_length=1)

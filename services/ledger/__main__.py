@@ -37,11 +37,10 @@ def main() -> None:
             servicer, server
         ),
         errors=ERRORS,
-        operator_token=settings.operator_token_value(),
         startup=startup,
         shutdown=shutdown,
     )
-    asyncio.run(serve(spec, settings.bind_address, settings.grace_seconds))
+    asyncio.run(serve(spec, settings))
 
 
 if __name__ == "__main__":

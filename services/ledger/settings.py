@@ -1,4 +1,4 @@
-"""Ledger settings: LEDGER_-prefixed, plus the mesh-wide DATABASE_URL and operator token."""
+"""Ledger settings: LEDGER_-prefixed, on top of the shared database and certificate settings."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from services.common.settings import DatabaseSettings
 
 class LedgerSettings(DatabaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore", frozen=True)
+    service_name: ClassVar[str] = "ledger"
     renamed_variables: ClassVar[dict[str, str]] = {"LEDGER_POOL_SIZE": "LEDGER_POOL_MAX_SIZE"}
 
     port: int = Field(default=PORTS["ledger"], ge=1, le=65535)

@@ -47,11 +47,10 @@ def main() -> None:
         names=[SERVICE_NAME],
         register=lambda server: synth_pb2_grpc.add_SynthServiceServicer_to_server(servicer, server),
         errors=ERRORS,
-        operator_token=settings.operator_token_value(),
         startup=engine.start,
         shutdown=engine.close,
     )
-    asyncio.run(serve(spec, settings.bind_address, settings.grace_seconds))
+    asyncio.run(serve(spec, settings))
 
 
 if __name__ == "__main__":

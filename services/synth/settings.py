@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.common.mesh import PORTS
+from services.common.settings import GrpcServiceSettings
 
 # Kokoro's voice tensors hold one style vector per input length, 1..510 phonemes: no chunk may
 # be longer, whatever the settings say.
 MODEL_MAX_PHONEMES = 510
 
 
-class SynthSettings(ServiceSettings):
+class SynthSettings(GrpcServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SYNTH_", extra="ignore", frozen=True)
+    service_name: ClassVar[str] = "synth"
 
-    port: int = Field(default=50053, ge=1, le=65535)
+    port: int = Field(default=PORTS["synth"], ge=1, le=65535)
     # A folder in hexgrad's layout (config.json, kokoro-v1_0.pth, voices/*.pt); unset means the
     # weights `make weights` resolved under .data/weights.
     weights_dir: Path | None = None

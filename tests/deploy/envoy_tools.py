@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from services.cli.envoy.command import ENVOY_TLS_DIR
 from tests.deploy.manifests import tool
+from tests.support.pki import PKI
 
 
 def envoy_binary() -> str:
@@ -19,13 +22,23 @@ def envoy_binary() -> str:
 
 
 def validate_with_envoy(path: Path) -> str:
-    """`envoy --mode validate`; returns its output, fails on an error or a deprecation."""
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "--config-path", str(path), "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """`envoy --mode validate`; returns its output, fails on an error or a deprecation.
+
+    Validation opens the certificate files, which a deploy configuration names as mounted in
+    Envoy's pod: those paths are pointed at the tests' Envoy certificate, and nothing else
+    changes."""
+    local = str(PKI.folder("envoy"))
+    text = path.read_text().replace(f"{ENVOY_TLS_DIR}/", f"{local}/")
+    with tempfile.TemporaryDirectory(prefix="envoy-validate-") as folder:
+        config = Path(folder) / path.name
+        config.write_text(text)
+        result = subprocess.run(
+            [envoy_binary(), "--mode", "validate", "--config-path", str(config)]
+            + ["--log-level", "warn"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "OK" in output, output

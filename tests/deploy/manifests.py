@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,22 +39,50 @@ def kubectl() -> str:
     return found
 
 
-@functools.cache
-def _render(overlay: str) -> tuple[Obj, ...]:
+def _kustomize(folder: Path) -> tuple[Obj, ...]:
     result = subprocess.run(
-        [kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
+        [kubectl(), "kustomize", str(folder)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     if result.returncode != 0:
-        raise AssertionError(f"kubectl kustomize {overlay} failed:\n{result.stderr}")
+        raise AssertionError(f"kubectl kustomize {folder} failed:\n{result.stderr}")
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+@functools.cache
+def _render(overlay: str) -> tuple[Obj, ...]:
+    return _kustomize(K8S / "overlays" / overlay)
 
 
 def render(overlay: str) -> list[Obj]:
     """Every object the overlay produces (a fresh list; the objects are shared, don't mutate)."""
     return list(_render(overlay))
+
+
+@functools.cache
+def _render_with(overlay: str, component: str) -> tuple[Obj, ...]:
+    with tempfile.TemporaryDirectory() as folder:
+        # kustomize takes other kustomizations by relative path only.
+        relative = Path(os.path.relpath(K8S, folder))
+        (Path(folder) / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "namespace": NAMESPACE,
+                    "resources": [str(relative / "overlays" / overlay)],
+                    "components": [str(relative / "components" / component)],
+                }
+            )
+        )
+        return _kustomize(Path(folder))
+
+
+def render_with(overlay: str, component: str) -> list[Obj]:
+    """The overlay with an optional component added, as an operator's own overlay would."""
+    return list(_render_with(overlay, component))
 
 
 def of_kind(objects: list[Obj], *kinds: str) -> list[Obj]:

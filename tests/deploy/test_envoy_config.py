@@ -1,6 +1,6 @@
 """`kokoro-pay envoy-config` without a running mesh: the compiled descriptors stand in for
-reflection (tests/integration/test_envoy.py runs it against live services), and the real Envoy
-binary judges every configuration it writes."""
+reflection (tests/integration/test_envoy.py runs it against live services, over mutual TLS), and
+the real Envoy binary judges every configuration it writes, certificates included."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from services.cli.envoy.discovery import ConfigError, Service, discover
-from services.cli.envoy.rendering import Address, Upstream, build_config
+from services.cli.envoy.rendering import Address, EnvoyTls, Upstream, build_config
 from services.cli.main import main as kokoro_pay
 from tests.deploy.envoy_tools import validate_with_envoy
 from tests.deploy.manifests import K8S
+from tests.support.pki import identity
 
 DEPLOYED = K8S / "base" / "envoy" / "envoy.yaml"
 # What the checked-in configuration was generated with (docs/operations.md, `make envoy-config`).
@@ -48,6 +49,12 @@ def _routes(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in config["static_resources"]["clusters"]}
+
+
+def _grpc_chain(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = [x for x in config["static_resources"]["listeners"] if x["name"] == "grpc"]
+    (chain,) = listener["filter_chains"]
+    return dict(chain)
 
 
 def test_one_route_per_service_to_its_cluster(tmp_path: Path) -> None:
@@ -109,6 +116,79 @@ def test_clusters_are_http2_strict_dns_health_checked(tmp_path: Path) -> None:
         "address": "synth-headless.kokoropay.svc.cluster.local",
         "port_value": 50053,
     }
+
+
+def test_the_listener_answers_only_callers_with_a_certificate_of_the_mesh(tmp_path: Path) -> None:
+    config, _ = _generate(tmp_path, *DEPLOY_TARGETS)
+    chain = _grpc_chain(config)
+    socket = chain["transport_socket"]["typed_config"]
+    assert socket["@type"].endswith("tls.v3.DownstreamTlsContext")
+    assert socket["require_client_certificate"] is True
+    context = socket["common_tls_context"]
+    # Where the Envoy Deployment mounts the Secret envoy-tls (cert-manager's layout).
+    assert context["tls_certificates"] == [
+        {
+            "certificate_chain": {"filename": "/etc/kokoropay/tls/tls.crt"},
+            "private_key": {"filename": "/etc/kokoropay/tls/tls.key"},
+        }
+    ]
+    assert context["validation_context"] == {
+        "trusted_ca": {"filename": "/etc/kokoropay/tls/ca.crt"}
+    }
+    assert context["alpn_protocols"] == ["h2"]
+
+
+def test_the_callers_identity_is_what_envoy_verified_never_what_it_sent(tmp_path: Path) -> None:
+    config, _ = _generate(tmp_path, *DEPLOY_TARGETS)
+    manager = _grpc_chain(config)["filters"][0]["typed_config"]
+    # SANITIZE_SET: a client's own x-forwarded-client-cert is replaced, never appended to.
+    assert manager["forward_client_cert_details"] == "SANITIZE_SET"
+    assert manager["set_current_client_cert_details"] == {"uri": True}
+
+
+def test_envoy_dials_each_service_with_its_certificate_and_checks_the_pods(tmp_path: Path) -> None:
+    config, _ = _generate(tmp_path, *DEPLOY_TARGETS)
+    for name, cluster in _clusters(config).items():
+        if name == "envoy_admin":
+            assert "transport_socket" not in cluster  # loopback, plaintext
+            continue
+        socket = cluster["transport_socket"]["typed_config"]
+        assert socket["@type"].endswith("tls.v3.UpstreamTlsContext")
+        assert socket["sni"] == f"{name}-headless.kokoropay.svc.cluster.local"
+        context = socket["common_tls_context"]
+        assert context["alpn_protocols"] == ["h2"]
+        assert context["tls_certificates"][0]["certificate_chain"] == {
+            "filename": "/etc/kokoropay/tls/tls.crt"
+        }
+        # Only a pod whose certificate names this service; any certificate of the CA won't do.
+        assert context["validation_context"] == {
+            "trusted_ca": {"filename": "/etc/kokoropay/tls/ca.crt"},
+            "match_typed_subject_alt_names": [
+                {"san_type": "URI", "matcher": {"exact": f"spiffe://kokoropay/{name}"}}
+            ],
+        }
+        # Health checks ride the same mutual-TLS connection as the traffic.
+        (check,) = cluster["health_checks"]
+        assert "transport_socket_match_criteria" not in check
+
+
+def test_certificate_paths_follow_envoy_tls_dir_and_an_ip_gets_no_sni(tmp_path: Path) -> None:
+    config, path = _generate(
+        tmp_path, "--target=ledger=127.0.0.1:50052", f"--envoy-tls-dir={tmp_path}/certs/"
+    )
+    chain = _grpc_chain(config)["transport_socket"]["typed_config"]["common_tls_context"]
+    assert chain["validation_context"]["trusted_ca"] == {"filename": f"{tmp_path}/certs/ca.crt"}
+    upstream = _clusters(config)["ledger"]["transport_socket"]["typed_config"]
+    assert upstream["common_tls_context"]["tls_certificates"][0]["private_key"] == {
+        "filename": f"{tmp_path}/certs/tls.key"
+    }
+    assert "sni" not in upstream
+
+
+def test_transcoding_lets_json_clients_speak_http1_over_the_same_tls(tmp_path: Path) -> None:
+    config, _ = _generate(tmp_path, *DEPLOY_TARGETS, "--transcode-descriptor=/etc/envoy/x.pb")
+    context = _grpc_chain(config)["transport_socket"]["typed_config"]["common_tls_context"]
+    assert context["alpn_protocols"] == ["h2", "http/1.1"]
 
 
 def test_admin_listens_on_loopback_and_ops_serves_only_reads(tmp_path: Path) -> None:
@@ -196,12 +276,25 @@ def test_a_service_served_twice_is_refused() -> None:
         Upstream("two", Address("h", 2), (service,)),
     ]
     with pytest.raises(ConfigError, match="served by both"):
-        build_config(upstreams, listen=Address("0.0.0.0", 8080), admin=Address("127.0.0.1", 1))
+        build_config(
+            upstreams,
+            listen=Address("0.0.0.0", 8080),
+            admin=Address("127.0.0.1", 1),
+            tls=EnvoyTls.in_folder("/etc/kokoropay/tls"),
+        )
 
 
 def test_unreachable_target_is_one_clear_error() -> None:
-    with pytest.raises(ConfigError, match="nothing answers at 127.0.0.1:9"):
-        discover("127.0.0.1:9", timeout=0.5)
+    with pytest.raises(ConfigError, match="nothing answers at 127.0.0.1:9 .* mutual TLS"):
+        discover("127.0.0.1:9", identity("operator"), timeout=0.5)
+
+
+def test_discovery_without_a_certificate_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        kokoro_pay(["envoy-config", "--target=auth=127.0.0.1:9", f"--tls-dir={tmp_path}"])
+    assert (
+        exit_info.value.code == f"error: no certificate in --tls-dir: {tmp_path}/tls.crt is missing"
+    )
 
 
 def test_checked_in_deploy_config_is_current_and_valid(tmp_path: Path) -> None:

@@ -11,7 +11,14 @@ import re
 import kubernetes_validate
 import pytest
 import yaml
+from google.protobuf.descriptor import ServiceDescriptor
+from kokoropay.auth.v1 import auth_pb2
+from kokoropay.common.v1 import access_pb2
+from kokoropay.ledger.v1 import ledger_pb2
+from kokoropay.synth.v1 import synth_pb2
 
+from services.common.access import declared_callers
+from services.common.mesh import HEALTH_PORTS, PORTS
 from services.gateway.settings import GatewaySettings
 from tests.deploy.manifests import (
     NAMESPACE,
@@ -32,7 +39,27 @@ from tests.support.paths import REPO_ROOT
 # The oldest minor still widely run and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.33.0", kubernetes_validate.utils.latest_version())
 # The Secrets the manifests reference; their values are never in the repository.
-SECRETS = {"auth-database", "ledger-database", "operator-token", "auth-key-hash"}
+SECRETS = {
+    "auth-database",
+    "auth-migration-database",
+    "ledger-database",
+    "ledger-migration-database",
+    "auth-key-hash",
+}
+# Each member of the mesh mounts its certificate from a Secret (cert-manager's layout), never
+# committed either: components/cert-manager issues them, or create-mesh-certificates.sh.
+CERTIFICATES = {
+    "auth": "auth-tls",
+    "ledger": "ledger-tls",
+    "synth": "synth-tls",
+    "gateway": "gateway-mesh-tls",
+}
+TLS_DIR = "/etc/kokoropay/tls"
+GRPC_SERVICES: dict[str, ServiceDescriptor] = {
+    "auth": auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
+    "ledger": ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
+    "synth": synth_pb2.DESCRIPTOR.services_by_name["SynthService"],
+}
 GPU = "nvidia.com/gpu"
 
 
@@ -81,12 +108,23 @@ def test_long_running_containers_have_probes(overlay: str) -> None:
             assert "readinessProbe" in container, where
 
 
-def test_grpc_services_use_native_grpc_probes_and_the_gateway_http(overlay: str) -> None:
+def _container_port(container: Obj, name: str) -> int:
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
+    return int(port)
+
+
+def test_grpc_services_probe_the_plaintext_health_port_and_the_gateway_http(overlay: str) -> None:
+    """Kubelet's gRPC probes carry no certificate: they go to the port that serves health alone
+    in plaintext, never to the mTLS port, which would refuse them."""
     objects = render(overlay)
-    for name, port in (("auth", 50051), ("ledger", 50052), ("synth", 50053)):
+    for name in GRPC_SERVICES:
         container = next(containers(named(objects, "Deployment", name), init=False))
+        health = _container_port(container, "health")
+        assert health == HEALTH_PORTS[name] == int(env(container)[f"{name.upper()}_HEALTH_PORT"])
+        assert _container_port(container, "grpc") == PORTS[name] != health
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == port, (name, probe)
+            # A gRPC probe takes a port number only, not a name: it must be the health port's.
+            assert container[probe]["grpc"]["port"] == health, (name, probe)
     gateway = next(containers(named(objects, "Deployment", "gateway"), init=False))
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -229,6 +267,12 @@ def test_every_deployment_has_a_disruption_budget_that_allows_a_drain(overlay: s
         assert covering[0]["spec"].get("maxUnavailable", 0) >= 1, deployment["metadata"]["name"]
 
 
+def _mounted_secrets(workload: Obj) -> set[str]:
+    return {
+        v["secret"]["secretName"] for v in pod_spec(workload).get("volumes", []) if "secret" in v
+    }
+
+
 def test_secrets_are_referenced_never_committed(overlay: str) -> None:
     objects = render(overlay)
     assert not of_kind(objects, "Secret")
@@ -241,9 +285,57 @@ def test_secrets_are_referenced_never_committed(overlay: str) -> None:
     }
     expected = SECRETS | ({"postgres"} if overlay == "dev" else set())
     assert referenced == expected
+    mounted = set().union(*(_mounted_secrets(w) for w in _workloads(objects)))
+    assert set(CERTIFICATES.values()) <= mounted
     operations = (REPO_ROOT / "docs" / "operations.md").read_text()
-    for name in expected:
+    for name in expected | mounted:
         assert f"`{name}`" in operations, f"docs/operations.md does not explain Secret {name}"
+
+
+@pytest.mark.parametrize("service", sorted(CERTIFICATES))
+def test_each_member_of_the_mesh_mounts_its_certificate_read_only(
+    overlay: str, service: str
+) -> None:
+    deployment = named(render(overlay), "Deployment", service)
+    (volume,) = [v for v in pod_spec(deployment)["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == CERTIFICATES[service]
+    # Group-readable only: the pod's fsGroup is the one group that may read the key.
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert pod_spec(deployment)["securityContext"]["fsGroup"] == 10001
+    container = next(containers(deployment, init=False))
+    assert {"name": volume["name"], "mountPath": TLS_DIR, "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert env(container)[f"{service.upper()}_TLS_DIR"] == TLS_DIR
+
+
+def test_no_operator_token_is_left(overlay: str) -> None:
+    """The operator proves itself with its certificate; the token and its Secret are gone."""
+    rendered = yaml.safe_dump_all(render(overlay))
+    assert "OPERATOR_TOKEN" not in rendered and "operator-token" not in rendered
+
+
+def _secret_refs(container: Obj) -> dict[str, tuple[str, str]]:
+    """Variable -> (Secret, key), for the variables a container reads from Secrets."""
+    return {
+        source["name"]: (ref["name"], ref["key"])
+        for source in container.get("env", [])
+        if (ref := source.get("valueFrom", {}).get("secretKeyRef"))
+    }
+
+
+@pytest.mark.parametrize("service", ["auth", "ledger"])
+def test_auth_and_ledger_migrate_as_the_owner_and_serve_as_their_own_role(
+    overlay: str, service: str
+) -> None:
+    """Two URLs from two Secrets: the owner's for migrations (and grants), the serving role's."""
+    deployment = named(render(overlay), "Deployment", service)
+    refs = _secret_refs(next(containers(deployment, init=False)))
+    assert refs["DATABASE_URL"] == (f"{service}-database", "DATABASE_URL")
+    assert refs[f"{service.upper()}_MIGRATION_DATABASE_URL"] == (
+        f"{service}-migration-database",
+        "MIGRATION_DATABASE_URL",
+    )
 
 
 # --- the network: deny-all, then one allow per arrow of docs/architecture.md ----------------
@@ -337,25 +429,79 @@ def test_only_the_gateway_is_exposed_and_only_through_the_ingress(overlay: str) 
     ]
 
 
-def test_each_grpc_service_admits_only_its_callers(overlay: str) -> None:
+def _selects_namespaces_by_name_only(selector: Obj) -> bool:
+    """Whether a namespaceSelector names its namespaces: kubernetes.io/metadata.name is set by
+    the API server from the name, so no one can put a namespace in by labelling it."""
+    name = "kubernetes.io/metadata.name"
+    labels = selector.get("matchLabels", {})
+    expressions = selector.get("matchExpressions", [])
+    return (
+        bool(labels or expressions)
+        and set(labels) <= {name}
+        and all(e["key"] == name and e["operator"] == "In" for e in expressions)
+    )
+
+
+def test_no_policy_admits_pods_of_any_namespace_by_their_own_labels(overlay: str) -> None:
+    """A pod's labels are its creator's choice: `namespaceSelector: {}` with a podSelector would
+    let any workload of the cluster in by choosing that label. Namespaces are named instead."""
+    for policy in _policies(render(overlay)):
+        rules = policy["spec"].get("ingress", []) + policy["spec"].get("egress", [])
+        for rule in rules:
+            for peer in rule.get("from", []) + rule.get("to", []):
+                if "namespaceSelector" in peer:
+                    assert _selects_namespaces_by_name_only(peer["namespaceSelector"]), (
+                        policy["metadata"]["name"],
+                        peer,
+                    )
+
+
+def _gateway_dials(objects: list[Obj]) -> set[str]:
+    """The Services the gateway dials directly (the rest it reaches through Envoy)."""
+    gateway = env(next(containers(named(objects, "Deployment", "gateway"), init=False)))
+    return {value.split(".", 1)[0] for key, value in gateway.items() if key.endswith("_ADDRESS")}
+
+
+def test_each_grpc_service_admits_only_the_workloads_that_call_it(overlay: str) -> None:
+    """Pods of this namespace, by name, on the mTLS port: the gateway where it dials the service
+    directly (and the service declares GATEWAY callers), and Envoy where it routes to it."""
     objects = render(overlay)
-    expected = {"auth": {"gateway", "envoy"}, "ledger": {"gateway", "envoy"}, "synth": {"envoy"}}
-    for name, callers in expected.items():
-        sources = _ingress_sources(objects, name)
-        assert all(any(_peer_is_pod(peer, caller) for caller in callers) for peer, _ in sources), (
-            name
-        )
-        assert {c for c in callers if any(_peer_is_pod(p, c) for p, _ in sources)} == callers
+    dialed = _gateway_dials(objects)
+    routed = {c["name"] for c in _envoy_config(objects)["static_resources"]["clusters"]}
+    for name, service in GRPC_SERVICES.items():
+        declared = set().union(*(declared_callers(m) for m in service.methods))
+        expected = {c for c, dials in (("gateway", dialed), ("envoy", routed)) if name in dials}
+        if "gateway" in expected:
+            assert access_pb2.GATEWAY in declared, f"the gateway dials {name}, which refuses it"
+        admitted = set()
+        for peer, ports in _ingress_sources(objects, name):
+            assert ports == [PORTS[name]], (name, ports)
+            callers = [c for c in ("gateway", "envoy") if _peer_is_pod(peer, c)]
+            assert callers, (name, peer)
+            admitted.update(callers)
+        assert admitted == expected, name
+
+
+def test_no_policy_admits_a_pod_to_a_health_port(overlay: str) -> None:
+    """The plaintext health ports are for kubelet's probes, from the node, not for pods."""
+    health_ports = set(HEALTH_PORTS.values())
+    for policy in _policies(render(overlay)):
+        for rule in policy["spec"].get("ingress", []):
+            ports = {p["port"] for p in rule.get("ports", [])}
+            assert not ports & health_ports, policy["metadata"]["name"]
 
 
 def test_envoy_admits_the_gateway_internal_clients_and_the_scraper(overlay: str) -> None:
     sources = _ingress_sources(render(overlay), "envoy")
+    assert {tuple(ports) for _, ports in sources} == {(8080,), (9902,)}
     grpc_peers = [peer for peer, ports in sources if ports == [8080]]
-    assert any(_peer_is_pod(peer, "gateway") for peer in grpc_peers)
-    assert {
-        "namespaceSelector": {},
-        "podSelector": {"matchLabels": {"kokoropay.io/grpc-client": "true"}},
-    } in grpc_peers
+    (gateway,) = [peer for peer in grpc_peers if _peer_is_pod(peer, "gateway")]
+    # Internal callers: opted-in pods of the namespaces listed by name, none of them this one.
+    (internal,) = [peer for peer in grpc_peers if peer is not gateway]
+    assert internal["podSelector"] == {"matchLabels": {"kokoropay.io/grpc-client": "true"}}
+    (names,) = internal["namespaceSelector"]["matchExpressions"]
+    assert names["key"] == "kubernetes.io/metadata.name" and names["operator"] == "In"
+    assert names["values"] and NAMESPACE not in names["values"]
     ops_peers = [peer for peer, ports in sources if ports == [9902]]
     assert ops_peers == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}

@@ -65,7 +65,7 @@ def base_url(mesh: LocalMesh) -> str:
 @pytest.fixture(scope="session")
 async def admin(mesh: LocalMesh) -> AsyncIterator[AdminClient]:
     async with AdminClient(
-        mesh.grpc_address("auth"), mesh.grpc_address("ledger"), mesh.operator_token
+        mesh.grpc_address("auth"), mesh.grpc_address("ledger"), mesh.operator_tls
     ) as admin:
         yield admin
 

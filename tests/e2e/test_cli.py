@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.cli.mesh import LocalMesh
+from tests.support.pki import PKI
 from tests.support.postgres import create_database
 
 CLI = [sys.executable, "-m", "services.cli.main"]
@@ -32,13 +33,14 @@ def mesh(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def kokoro_pay(
-    mesh: LocalMesh, *args: str, token: str | None = None
+    mesh: LocalMesh, *args: str, as_identity: str = "operator"
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "KOKOROPAY_AUTH_ADDRESS": mesh.grpc_address("auth"),
         "KOKOROPAY_LEDGER_ADDRESS": mesh.grpc_address("ledger"),
-        "KOKOROPAY_OPERATOR_TOKEN": token or mesh.operator_token,
+        "KOKOROPAY_PKI_DIR": str(mesh.pki.root),
+        "KOKOROPAY_TLS_DIR": str(mesh.pki.folder(as_identity)),
     }
     return subprocess.run(
         [*CLI, *args], env=env, capture_output=True, text=True, timeout=60, check=False
@@ -122,10 +124,25 @@ def test_bad_arguments_are_refused_before_any_call(mesh: LocalMesh) -> None:
         assert "must be" in result.stderr or "invalid" in result.stderr
 
 
-def test_a_wrong_operator_token_is_one_clear_line(mesh: LocalMesh) -> None:
-    result = kokoro_pay(mesh, "account", "create", "intruder", token="not-the-token")
+def test_a_certificate_that_is_not_the_operators_is_one_clear_line(mesh: LocalMesh) -> None:
+    result = kokoro_pay(mesh, "account", "create", "intruder", as_identity="gateway")
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: operator token refused: check KOKOROPAY_OPERATOR_TOKEN"
+    assert result.stderr.strip() == (
+        "error: the operator certificate was refused: check KOKOROPAY_TLS_DIR"
+    )
+
+
+def test_an_issued_internal_certificate_proves_an_internal_caller(mesh: LocalMesh) -> None:
+    issued = kokoro_pay(mesh, "cert", "issue", "reports", "--role", "internal")
+    assert issued.returncode == 0, issued.stderr
+    assert (mesh.pki.folder("reports") / "tls.key").stat().st_mode & 0o777 == 0o600
+    # The ledger knows it as an internal caller, which may not administer accounts.
+    refused = kokoro_pay(mesh, "balance", "acme", as_identity="reports")
+    assert refused.stderr.strip() == (
+        "error: the operator certificate was refused: check KOKOROPAY_TLS_DIR"
+    )
+    mine = kokoro_pay(mesh, "cert", "issue", "gateway", "--role", "internal")
+    assert mine.returncode == 2 and "one of the mesh's own identities" in mine.stderr
 
 
 def test_services_down_is_one_clear_line(tmp_path: Path) -> None:
@@ -133,10 +150,19 @@ def test_services_down_is_one_clear_line(tmp_path: Path) -> None:
         **os.environ,
         "KOKOROPAY_AUTH_ADDRESS": "127.0.0.1:9",
         "KOKOROPAY_LEDGER_ADDRESS": "127.0.0.1:9",
-        "KOKOROPAY_OPERATOR_TOKEN": "x",
+        "KOKOROPAY_TLS_DIR": str(PKI.folder("operator")),
     }
     result = subprocess.run(
         [*CLI, "balance", "acme"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 1
     assert "is `make run` running?" in result.stderr
+
+
+def test_no_operator_certificate_is_one_clear_line(tmp_path: Path) -> None:
+    env = {**os.environ, "KOKOROPAY_TLS_DIR": str(tmp_path / "nowhere")}
+    result = subprocess.run(
+        [*CLI, "balance", "acme"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: no operator certificate:")

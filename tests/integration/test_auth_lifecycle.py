@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from services.common.channels import operator_metadata
 from services.common.errors import error_reason
 from services.common.settings import REPO_ROOT
 from tests.support.auth import AuthSecrets, start_auth
+from tests.support.pki import sync_channel, tls_env
 
 SERVICE = "kokoropay.auth.v1.AuthService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -31,7 +31,7 @@ def test_serving_with_reflection_then_not_serving_on_sigterm(
 ) -> None:
     auth = start_auth(database_url, AuthSecrets.generate(), log_dir)
     try:
-        with grpc.insecure_channel(auth.address) as channel:
+        with sync_channel(auth.address, "operator") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for name in ("", SERVICE):
                 check = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
@@ -58,23 +58,19 @@ def test_keys_survive_a_restart_but_not_a_new_hash_secret(database_url: str, log
     auth_secrets = AuthSecrets.generate()
     first = start_auth(database_url, auth_secrets, log_dir)
     try:
-        with grpc.insecure_channel(first.address) as channel:
+        with sync_channel(first.address, "operator") as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
-            operator = operator_metadata(auth_secrets.operator_token)
             account = stub.CreateAccount(
-                auth_pb2.CreateAccountRequest(name="durable"), metadata=operator, timeout=10
+                auth_pb2.CreateAccountRequest(name="durable"), timeout=10
             ).account
-            created = stub.CreateKey(
-                auth_pb2.CreateKeyRequest(account_id=account.id), metadata=operator, timeout=10
-            )
+            created = stub.CreateKey(auth_pb2.CreateKeyRequest(account_id=account.id), timeout=10)
     finally:
         assert first.stop() == 0
 
     def verify_with(key_hash_secret: str) -> auth_pb2.VerifyKeyResponse:
-        restarted_secrets = AuthSecrets(auth_secrets.operator_token, key_hash_secret)
-        restarted = start_auth(database_url, restarted_secrets, log_dir)
+        restarted = start_auth(database_url, AuthSecrets(key_hash_secret), log_dir)
         try:
-            with grpc.insecure_channel(restarted.address) as channel:
+            with sync_channel(restarted.address, "gateway") as channel:
                 response: auth_pb2.VerifyKeyResponse = auth_pb2_grpc.AuthServiceStub(
                     channel
                 ).VerifyKey(auth_pb2.VerifyKeyRequest(key=created.plaintext), timeout=10)
@@ -94,7 +90,7 @@ def _start_up_error(env: dict[str, str]) -> tuple[int, list[str]]:
     inherited = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("AUTH_") and name not in ("DATABASE_URL", "KOKOROPAY_OPERATOR_TOKEN")
+        if not name.startswith("AUTH_") and name != "DATABASE_URL"
     }
     finished = subprocess.run(
         [sys.executable, "-m", "services.auth"],
@@ -109,7 +105,7 @@ def _start_up_error(env: dict[str, str]) -> tuple[int, list[str]]:
 
 GOOD = {
     "DATABASE_URL": "postgresql://unused.invalid/db",
-    "KOKOROPAY_OPERATOR_TOKEN": "operator-token-for-start-up-tests",
+    **tls_env("auth"),
     "AUTH_KEY_HASH_SECRET": "a-key-hash-secret-long-enough",
 }
 
@@ -128,11 +124,11 @@ GOOD = {
             "error: auth needs AUTH_KEY_HASH_SECRET or the file .data/key-hash-secret",
         ),
         (
-            {"KOKOROPAY_OPERATOR_TOKEN": ""},
-            "error: auth needs KOKOROPAY_OPERATOR_TOKEN or the file .data/operator-token",
+            {"AUTH_TLS_DIR": "/nonexistent/auth-tls"},
+            "error: auth has no certificate: /nonexistent/auth-tls/tls.crt is missing",
         ),
     ],
-    ids=["no database", "pool sizes", "weak hash secret", "no hash secret", "no operator token"],
+    ids=["no database", "pool sizes", "weak hash secret", "no hash secret", "no certificate"],
 )
 def test_bad_configuration_stops_start_up_with_one_line(
     overrides: dict[str, str], line: str, tmp_path: Path

@@ -19,9 +19,9 @@ from psycopg import sql
 
 from services.auth import ids
 from services.cli.processes import ServiceProcess
-from services.common.channels import operator_metadata
 from services.common.errors import error_info
 from tests.support.auth import AuthSecrets, row_counts, start_auth
+from tests.support.pki import sync_channel
 from tests.support.postgres import create_database
 
 KEY_SHAPE = re.compile(r"kp_live_[0-9A-Za-z]{43,}")
@@ -30,12 +30,13 @@ KEY_SHAPE = re.compile(r"kp_live_[0-9A-Za-z]{43,}")
 @dataclass(frozen=True)
 class Auth:
     process: ServiceProcess
+    # Calls as the operator (administration) and as the gateway (VerifyKey).
     stub: auth_pb2_grpc.AuthServiceStub
-    operator: tuple[tuple[str, str], ...]
+    gateway: auth_pb2_grpc.AuthServiceStub
     database_url: str
 
     def admin(self, method: str, request: Any, **kwargs: Any) -> Any:
-        return getattr(self.stub, method)(request, metadata=self.operator, timeout=10, **kwargs)
+        return getattr(self.stub, method)(request, timeout=10, **kwargs)
 
     def new_account(self, name: str) -> auth_pb2.Account:
         request = auth_pb2.CreateAccountRequest(name=name)
@@ -47,8 +48,8 @@ class Auth:
         return response
 
     def verify(self, key: str) -> auth_pb2.VerifyKeyResponse:
-        # No operator metadata: VerifyKey is what the gateway calls with a customer's key.
-        response: auth_pb2.VerifyKeyResponse = self.stub.VerifyKey(
+        # VerifyKey is what the gateway calls with a customer's key.
+        response: auth_pb2.VerifyKeyResponse = self.gateway.VerifyKey(
             auth_pb2.VerifyKeyRequest(key=key), timeout=10
         )
         return response
@@ -68,11 +69,13 @@ def auth_secrets() -> AuthSecrets:
 def auth(auth_database: str, auth_secrets: AuthSecrets, log_dir: Path) -> Iterator[Auth]:
     process = start_auth(auth_database, auth_secrets, log_dir)
     try:
-        with grpc.insecure_channel(process.address) as channel:
+        operator = sync_channel(process.address, "operator")
+        gateway = sync_channel(process.address, "gateway")
+        with operator, gateway:
             yield Auth(
                 process=process,
-                stub=auth_pb2_grpc.AuthServiceStub(channel),
-                operator=operator_metadata(auth_secrets.operator_token),
+                stub=auth_pb2_grpc.AuthServiceStub(operator),
+                gateway=auth_pb2_grpc.AuthServiceStub(gateway),
                 database_url=auth_database,
             )
     finally:
@@ -372,14 +375,13 @@ def test_names_are_measured_in_characters(auth: Auth) -> None:
 
 
 @pytest.mark.parametrize(
-    "metadata",
+    ("caller", "code"),
     [
-        lambda token: (),
-        lambda token: (("authorization", "Bearer wrong-token"),),
-        lambda token: (("authorization", token),),
-        lambda token: (("authorization", f"Bearer {token}x"),),
+        ("gateway", grpc.StatusCode.PERMISSION_DENIED),
+        ("reports", grpc.StatusCode.PERMISSION_DENIED),
+        ("stranger", grpc.StatusCode.UNAUTHENTICATED),
     ],
-    ids=["none", "wrong token", "without Bearer", "token plus a character"],
+    ids=["gateway", "internal caller", "certificate naming no caller"],
 )
 @pytest.mark.parametrize(
     ("method", "build"),
@@ -391,24 +393,32 @@ def test_names_are_measured_in_characters(auth: Auth) -> None:
         ("RevokeKey", lambda e: auth_pb2.RevokeKeyRequest(key_id=e.key.key.id)),
     ],
 )
-def test_admin_rpcs_need_the_operator_token(
+def test_admin_rpcs_answer_only_the_operator(
     auth: Auth,
-    auth_secrets: AuthSecrets,
     existing: Existing,
     method: str,
     build: Callable[[Existing], Any],
-    metadata: Callable[[str], tuple[tuple[str, str], ...]],
+    caller: str,
+    code: grpc.StatusCode,
 ) -> None:
     before = row_counts(auth.database_url)
-    call = getattr(auth.stub, method)
+    with sync_channel(auth.process.address, caller) as channel:
+        call = getattr(auth_pb2_grpc.AuthServiceStub(channel), method)
+        refused, _ = rejection(lambda: call(build(existing), timeout=10))
 
-    code, _ = rejection(
-        lambda: call(build(existing), metadata=metadata(auth_secrets.operator_token), timeout=10)
-    )
-
-    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert refused == code
     assert row_counts(auth.database_url) == before
     assert auth.verify(existing.key.plaintext).account_id == existing.account.id
+
+
+def test_the_operator_may_not_verify_customers_keys(auth: Auth, existing: Existing) -> None:
+    # VerifyKey turns a key into its account id: the gateway's power alone.
+    code, _ = rejection(
+        lambda: auth.stub.VerifyKey(
+            auth_pb2.VerifyKeyRequest(key=existing.key.plaintext), timeout=10
+        )
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_revocation_is_seen_at_once_by_another_replica(
@@ -418,7 +428,7 @@ def test_revocation_is_seen_at_once_by_another_replica(
     created = auth.new_key(account.id)
     replica = start_auth(auth_database, auth_secrets, log_dir)
     try:
-        with grpc.insecure_channel(replica.address) as channel:
+        with sync_channel(replica.address, "gateway") as channel:
             other = auth_pb2_grpc.AuthServiceStub(channel)
 
             def verify_on_replica() -> Any:

@@ -20,7 +20,7 @@ from kokoropay.ledger.v1 import ledger_pb2
 from services.cli.processes import ServiceProcess
 from services.gateway.billing import Billing, Charge, Outcome, SpeechOrder
 from services.gateway.clients import GrpcLedgerClient, Principal
-from tests.support.ledger import Ledger, ledger_process
+from tests.support.ledger import Ledger, ledger_channels, ledger_process
 from tests.support.postgres import create_database
 
 TEXT = "seven!!"  # 7 characters, 7 credits
@@ -36,14 +36,18 @@ def ledger_service(postgres_url: str, log_dir: Path) -> Iterator[ServiceProcess]
 
 
 @pytest.fixture
-async def channel(ledger_service: ServiceProcess) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(ledger_service.address) as channel:
-        yield channel
+async def channels(
+    ledger_service: ServiceProcess,
+) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
+    operator, gateway = ledger_channels(ledger_service.address)
+    async with operator, gateway:
+        yield operator, gateway
 
 
 @pytest.fixture
-def billing(channel: grpc.aio.Channel) -> Billing:
-    client = GrpcLedgerClient(channel, timeout=5, ready_timeout=1)
+def billing(channels: tuple[grpc.aio.Channel, grpc.aio.Channel]) -> Billing:
+    # Billing runs in the gateway: it calls the ledger with the gateway's certificate.
+    client = GrpcLedgerClient(channels[1], timeout=5, ready_timeout=1)
     return Billing(client, settle_retry_delays=(0.05, 0.1))
 
 
@@ -67,9 +71,9 @@ async def _lapsed_hold(
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["plain", "idempotency-key"])
 async def test_a_completed_stream_whose_hold_lapsed_is_charged_anew(
-    billing: Billing, channel: grpc.aio.Channel, keyed: bool
+    billing: Billing, channels: tuple[grpc.aio.Channel, grpc.aio.Channel], keyed: bool
 ) -> None:
-    ledger = Ledger(channel)
+    ledger = Ledger(*channels)
     account = await ledger.open_account(credits=10)
     charge = await _lapsed_hold(billing, account, "retry-1" if keyed else None)
 
@@ -85,9 +89,11 @@ async def test_a_completed_stream_whose_hold_lapsed_is_charged_anew(
 
 
 async def test_a_late_charge_the_balance_no_longer_covers_takes_what_is_left(
-    billing: Billing, channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+    billing: Billing,
+    channels: tuple[grpc.aio.Channel, grpc.aio.Channel],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ledger = Ledger(channel)
+    ledger = Ledger(*channels)
     account = await ledger.open_account(credits=10)
     charge = await _lapsed_hold(billing, account)
     # Meanwhile the customer spent elsewhere: only 2 credits are left when the charge comes.

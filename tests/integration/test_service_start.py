@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.cli.processes import ServiceFailed, ServiceProcess
-from tests.support.ledger import OPERATOR_TOKEN
+from tests.support.pki import tls_env
 
 
 def test_a_taken_port_is_one_clear_line(database_url: str, log_dir: Path) -> None:
@@ -18,7 +18,7 @@ def test_a_taken_port_is_one_clear_line(database_url: str, log_dir: Path) -> Non
         port = squatter.getsockname()[1]
         ledger = ServiceProcess(
             "ledger",
-            {"DATABASE_URL": database_url, "KOKOROPAY_OPERATOR_TOKEN": OPERATOR_TOKEN},
+            {"DATABASE_URL": database_url, **tls_env("ledger")},
             log_dir,
             port=port,
         )

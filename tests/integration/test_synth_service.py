@@ -26,6 +26,7 @@ from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 from services.cli.processes import ServiceProcess, health_status
 from services.common.settings import DATA_DIR
 from services.synth.voices import HOSTED_LISTING_VOICES, LANGUAGES, V1_VOICES
+from tests.support.pki import sync_channel, tls_env
 
 pytestmark = pytest.mark.model
 
@@ -58,14 +59,17 @@ def synth(log_dir: Path) -> Iterator[RunningSynth]:
     if not (DATA_DIR / "weights" / "manifest.json").exists():
         pytest.skip("no Kokoro weights under .data/weights: run `make weights`")
     process = ServiceProcess(
-        "synth", env={"SYNTH_MAX_CONCURRENT": "1", "SYNTH_LOG_LEVEL": "INFO"}, log_dir=log_dir
+        "synth",
+        env={"SYNTH_MAX_CONCURRENT": "1", "SYNTH_LOG_LEVEL": "INFO", **tls_env("synth")},
+        log_dir=log_dir,
     )
     process.start(wait_serving=False)
-    channel = grpc.insecure_channel(process.address)
+    # Synthesize is open to internal callers: the tests call as one.
+    channel = sync_channel(process.address, "reports")
     running = RunningSynth(process, channel, synth_pb2_grpc.SynthServiceStub(channel))
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while (status := health_status(process.address)) != "SERVING":
+        while (status := health_status(process.health_address)) != "SERVING":
             assert process.process is not None and process.process.poll() is None, process.logs()
             assert time.monotonic() < deadline, f"synth not SERVING:\n{process.logs()[-4000:]}"
             running.statuses_seen.append(status)

@@ -9,21 +9,21 @@ from pathlib import Path
 import psycopg
 
 from services.cli.processes import ServiceProcess
+from tests.support.pki import tls_env
 
 
 @dataclass(frozen=True)
 class AuthSecrets:
-    operator_token: str
     key_hash_secret: str
 
     @classmethod
     def generate(cls) -> AuthSecrets:
-        return cls(secrets.token_urlsafe(24), secrets.token_urlsafe(32))
+        return cls(secrets.token_urlsafe(32))
 
     def env(self, database_url: str) -> dict[str, str]:
         return {
             "DATABASE_URL": database_url,
-            "KOKOROPAY_OPERATOR_TOKEN": self.operator_token,
+            **tls_env("auth"),
             "AUTH_KEY_HASH_SECRET": self.key_hash_secret,
             # Tests stop services on purpose; nothing they run needs a long drain.
             "AUTH_GRACE_SECONDS": "2",

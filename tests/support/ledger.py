@@ -9,17 +9,23 @@ import grpc
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 from services.cli.processes import ServiceProcess
-from services.common.channels import operator_metadata
+from tests.support.pki import channel, tls_env
 
-OPERATOR_TOKEN = "test-operator-token"
-ADMIN = operator_metadata(OPERATOR_TOKEN)
+# Who may call what is the certificate's business now; kept so call sites read as before.
+ADMIN: tuple[tuple[str, str], ...] = ()
+# The ledger's RPCs only the dashboard and the operator may call; the rest, as the gateway.
+OPERATOR_METHODS = frozenset({"OpenAccount", "Grant", "SetUnlimited", "ListEntries"})
 
 
-def ledger_process(database_url: str, log_dir: Path, **env: str) -> ServiceProcess:
-    """A ledger process (not yet started) on `database_url`; `env` adds LEDGER_* settings."""
+def ledger_process(
+    database_url: str, log_dir: Path, *, migration_url: str | None = None, **env: str
+) -> ServiceProcess:
+    """A ledger process (not yet started) serving as `database_url`'s role and migrating as
+    `migration_url`'s (the schema's owner), else as the same role; `env` adds LEDGER_* settings."""
+    migration = {"LEDGER_MIGRATION_DATABASE_URL": migration_url} if migration_url else {}
     return ServiceProcess(
         "ledger",
-        {"DATABASE_URL": database_url, "KOKOROPAY_OPERATOR_TOKEN": OPERATOR_TOKEN, **env},
+        {"DATABASE_URL": database_url, **migration, **tls_env("ledger"), **env},
         log_dir,
     )
 
@@ -28,11 +34,29 @@ def new_account_id() -> str:
     return f"acct_{uuid.uuid4().hex}"
 
 
-class Ledger:
-    """A grpc.aio stub plus the few steps most tests start with."""
+class RoutedLedgerStub:
+    """A LedgerService stub that calls each RPC as the caller the mesh would: operator RPCs
+    with the operator's certificate, the money path with the gateway's."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+    def __init__(self, operator: grpc.aio.Channel, gateway: grpc.aio.Channel) -> None:
+        self._operator = ledger_pb2_grpc.LedgerServiceStub(operator)
+        self._gateway = ledger_pb2_grpc.LedgerServiceStub(gateway)
+
+    def __getattr__(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        stub = self._operator if method in OPERATOR_METHODS else self._gateway
+        return getattr(stub, method)  # type: ignore[no-any-return]
+
+
+def ledger_channels(address: str) -> tuple[grpc.aio.Channel, grpc.aio.Channel]:
+    """Channels to the ledger as the operator and as the gateway."""
+    return channel(address, "operator"), channel(address, "gateway")
+
+
+class Ledger:
+    """A routed stub plus the few steps most tests start with."""
+
+    def __init__(self, operator: grpc.aio.Channel, gateway: grpc.aio.Channel) -> None:
+        self.stub = RoutedLedgerStub(operator, gateway)
 
     async def open_account(self, credits: int = 0) -> str:
         account_id = new_account_id()

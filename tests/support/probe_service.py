@@ -80,16 +80,14 @@ def _handler(behaviour: Callable[..., Awaitable[Any]]) -> grpc.RpcMethodHandler:
     )
 
 
-def probe_spec(operator_token: str | None) -> ServiceSpec:
+def probe_spec() -> ServiceSpec:
     behaviours = {"Refuse": _refuse, "Crash": _crash}
     handlers = {name: _handler(behaviours.get(name, _echo_request_id)) for name in DECLARATIONS}
 
     def register(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
 
-    return ServiceSpec(
-        names=[SERVICE], register=register, errors=ERRORS, operator_token=operator_token
-    )
+    return ServiceSpec(names=[SERVICE], register=register, errors=ERRORS)
 
 
 def call(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMultiCallable:

@@ -13,6 +13,7 @@ from kokoropay.ledger.v1 import ledger_pb2
 from kokoropay.synth.v1 import synth_pb2
 
 from services.common.access import AccessPolicy, declared_callers
+from services.common.identity import ROLES
 
 EVERYONE = {"OPERATOR", "GATEWAY", "PREDICTIONS", "DASHBOARD", "INTERNAL"}
 
@@ -60,16 +61,9 @@ def test_every_rpc_declares_exactly_its_intended_callers() -> None:
     assert declared == EXPECTED
 
 
-def test_until_certificates_only_gateway_methods_are_open_without_the_operator_token() -> None:
-    policy = AccessPolicy.of(SERVICES)
-    open_methods = {m.rsplit("/", 1)[1] for m in policy.callers if not policy.needs_operator(m)}
-    assert open_methods == {
-        "VerifyKey",
-        "Reserve",
-        "Capture",
-        "Release",
-        "GetBalance",
-        "Synthesize",
-        "ListVoices",
-        "ListModels",
-    }
+def test_every_declared_caller_is_a_role_a_certificate_can_carry() -> None:
+    # A role no certificate names would make its RPCs unreachable, silently.
+    carried = set(ROLES.values())
+    declared = set().union(*AccessPolicy.of(SERVICES).callers.values())
+    assert declared <= carried
+    assert {access_pb2.Caller.Name(role) for role in carried} == EVERYONE

@@ -13,7 +13,8 @@ from services.ledger.settings import LedgerSettings
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LEDGER_POOL_SIZE", raising=False)
     monkeypatch.setenv("DATABASE_URL", "postgresql://ledger@db/ledger")
-    monkeypatch.delenv("KOKOROPAY_OPERATOR_TOKEN", raising=False)
+    for name in ("TLS_DIR", "HEALTH_PORT"):
+        monkeypatch.delenv(f"LEDGER_{name}", raising=False)
     for name in ("PORT", "HOST", "DEFAULT_HOLD_TTL_SECONDS", "MAX_HOLD_TTL_SECONDS"):
         monkeypatch.delenv(f"LEDGER_{name}", raising=False)
 
@@ -24,20 +25,23 @@ def test_defaults() -> None:
     assert settings.bind_address == "127.0.0.1:50052"
     assert settings.database_url == "postgresql://ledger@db/ledger"
     assert settings.default_hold_ttl_seconds <= settings.max_hold_ttl_seconds
-    assert settings.operator_token is None
+    # Health alone, in plaintext, for kubelet; the certificate `make run` writes.
+    assert settings.health_bind_address == "127.0.0.1:50062"
+    assert settings.tls_dir is None
 
 
 def test_prefixed_variables_and_the_shared_ones_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEDGER_PORT", "6000")
     monkeypatch.setenv("LEDGER_SWEEP_INTERVAL_SECONDS", "0.5")
-    monkeypatch.setenv("KOKOROPAY_OPERATOR_TOKEN", "secret")
+    monkeypatch.setenv("LEDGER_TLS_DIR", "/etc/kokoropay/tls")
+    monkeypatch.setenv("LEDGER_HEALTH_PORT", "6001")
 
     settings = LedgerSettings()
 
     assert settings.port == 6000
     assert settings.sweep_interval_seconds == 0.5
-    assert settings.operator_token is not None
-    assert settings.operator_token.get_secret_value() == "secret"
+    assert str(settings.tls_dir) == "/etc/kokoropay/tls"
+    assert settings.health_bind_address == "127.0.0.1:6001"
 
 
 def test_a_database_url_is_required(monkeypatch: pytest.MonkeyPatch) -> None:

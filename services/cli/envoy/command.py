@@ -1,7 +1,10 @@
 """`kokoro-pay envoy-config`: an Envoy gRPC front proxy configuration, read off the services.
 
 Each `--target NAME=HOST:PORT` is asked over gRPC reflection which services it serves
-(`discovery.py`), and the proxy is built from the answers (`rendering.py`). `--descriptor-out`
+(`discovery.py`), over mutual TLS with the certificate in `--tls-dir` (the operator's by
+default), and the proxy is built from the answers (`rendering.py`). The proxy itself speaks
+mutual TLS on both sides with Envoy's certificate, read from `--envoy-tls-dir` on Envoy's
+machine (the Secret `envoy-tls` mounted in its pod by default). `--descriptor-out`
 writes the discovered FileDescriptorSet (with imports), the input of Envoy's gRPC-JSON
 transcoder and of `grpcurl -protoset`. `--from-descriptors` reads the services from the compiled
 `kokoropay` stubs instead of live servers: for regenerating the checked-in deploy configuration
@@ -18,7 +21,13 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
 
 from services.cli.envoy.discovery import ConfigError, descriptor_set, discover, from_descriptors
-from services.cli.envoy.rendering import Address, Upstream, build_config, render_yaml
+from services.cli.envoy.rendering import Address, EnvoyTls, Upstream, build_config, render_yaml
+from services.cli.settings import CliSettings
+from services.common.pki import TlsIdentity
+from services.common.settings import load_settings
+
+# Where the Envoy Deployment mounts the Secret `envoy-tls` (deploy/k8s/base/envoy).
+ENVOY_TLS_DIR = "/etc/kokoropay/tls"
 
 
 def _pair(text: str) -> tuple[str, Address]:
@@ -38,6 +47,16 @@ def _address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _discovery_identity(folder: Path | None) -> TlsIdentity:
+    """Who asks the services: `folder`, else the operator, as every operator command finds it."""
+    if folder is None:
+        return load_settings(CliSettings).tls_identity()
+    try:
+        return TlsIdentity.load(folder)
+    except FileNotFoundError as missing:
+        raise ConfigError(f"no certificate in --tls-dir: {missing.filename} is missing") from None
+
+
 def generate(args: argparse.Namespace) -> tuple[str, descriptor_pb2.FileDescriptorSet]:
     """The YAML text and the descriptor set the arguments ask for."""
     targets: list[tuple[str, Address]] = args.target
@@ -49,16 +68,19 @@ def generate(args: argparse.Namespace) -> tuple[str, descriptor_pb2.FileDescript
     if unknown:
         raise ConfigError(f"--upstream names no --target: {', '.join(sorted(unknown))}")
 
+    # No mesh, no certificate needed: the compiled descriptors answer instead.
+    tls = None if args.from_descriptors else _discovery_identity(args.tls_dir)
     upstreams: list[Upstream] = []
     files: list[FileDescriptor] = []
     for name, address in sorted(targets):
-        found = from_descriptors(name) if args.from_descriptors else discover(str(address))
+        found = from_descriptors(name) if tls is None else discover(str(address), tls)
         upstreams.append(Upstream(name, overrides.get(name, address), found.services))
         files.extend(found.files)
     config = build_config(
         upstreams,
         listen=args.listen,
         admin=args.admin,
+        tls=EnvoyTls.in_folder(args.envoy_tls_dir),
         ops_listen=args.ops_listen,
         health_upstream=args.health_upstream,
         transcode_descriptor=args.transcode_descriptor,
@@ -113,6 +135,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="read each NAME's services from the compiled kokoropay.NAME.v1 stubs instead of "
         "asking a running server (the --target addresses are then the cluster addresses)",
+    )
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        metavar="DIR",
+        help="the certificate (tls.crt, tls.key, ca.crt) to discover with over mutual TLS "
+        "(default: the operator's, KOKOROPAY_TLS_DIR or .data/pki/operator)",
+    )
+    parser.add_argument(
+        "--envoy-tls-dir",
+        default=ENVOY_TLS_DIR,
+        metavar="DIR",
+        help="where Envoy reads its own tls.crt, tls.key and the mesh's ca.crt, as a path on "
+        "Envoy's machine (default %(default)s, the Secret envoy-tls in its pod)",
     )
     parser.add_argument("--listen", type=_address, default=Address("0.0.0.0", 8080))
     parser.add_argument(

@@ -1,8 +1,9 @@
 """What each kokoro-pay service serves, asked over gRPC reflection or read from the stubs.
 
-`discover` asks a running server; `from_descriptors` reads the compiled `kokoropay` stubs
-instead, for regenerating the checked-in deploy configuration where the mesh cannot run. Both
-give the same services. `descriptor_set` bundles what was found (with its imports) for Envoy's
+`discover` asks a running server, over mutual TLS like any caller of the mesh (reflection is
+open to every certificate of the mesh's CA); `from_descriptors` reads the compiled `kokoropay`
+stubs instead, for regenerating the checked-in deploy configuration where the mesh cannot run.
+Both give the same services. `descriptor_set` bundles what was found (with its imports) for Envoy's
 gRPC-JSON transcoder and `grpcurl -protoset`.
 """
 
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
+
+from services.common.channels import channel_credentials
+from services.common.pki import TlsIdentity
 
 # Served by every kokoro-pay process, so no single cluster owns them; see `--health-upstream`.
 MESH_SERVICES = (
@@ -78,18 +82,22 @@ def _discovery(pool: descriptor_pool.DescriptorPool, names: Iterable[str]) -> Di
     )
 
 
-def discover(address: str, timeout: float = 10.0) -> Discovery:
-    """Ask a running server, over gRPC reflection, what it serves."""
+def discover(address: str, tls: TlsIdentity, timeout: float = 10.0) -> Discovery:
+    """Ask a running server, over gRPC reflection, what it serves; `tls` is who asks."""
     # Imported here: only this path needs the reflection client.
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
         ProtoReflectionDescriptorDatabase,
     )
 
-    with grpc.insecure_channel(address) as channel:
+    with grpc.secure_channel(address, channel_credentials(tls)) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
-            raise ConfigError(f"nothing answers at {address} after {timeout:g}s") from None
+            # A refused handshake looks the same from here as a closed port.
+            raise ConfigError(
+                f"nothing answers at {address} after {timeout:g}s over mutual TLS "
+                "(is it running, and does it trust the CA of the --tls-dir certificate?)"
+            ) from None
         database = ProtoReflectionDescriptorDatabase(channel)
         pool = descriptor_pool.DescriptorPool(database)
         try:

@@ -5,16 +5,26 @@ target one cluster of HTTP/2 upstreams. What the service declares decides the ro
 a service with a server-streaming method (synth's Synthesize) gets no response timeout, only a
 long stream cap and an idle timeout, because a 4096-character synthesis streams for minutes.
 Unary-only services get a short timeout, so a hung pod fails the call instead of holding it.
+
+Every hop is mutual TLS, and the caller's identity survives the proxy. Downstream, the listener
+requires a client certificate from the mesh's CA (no certificate, or another CA's: no answer).
+Upstream, Envoy presents its own certificate (`spiffe://kokoropay/envoy`) and accepts only the
+pod whose certificate names the cluster's service (`spiffe://kokoropay/<cluster>`). In between,
+Envoy replaces `x-forwarded-client-cert` with the URI of the certificate it verified
+(SANITIZE_SET): whatever a client sent in that header is dropped, and the services believe it
+only on a connection made with Envoy's certificate (services/common/identity.py).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from services.cli.envoy.discovery import MESH_SERVICES, ConfigError, Service
 from services.common.keepalive import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS
+from services.common.pki import spiffe_id
 
 
 def _seconds(milliseconds: int) -> str:
@@ -41,6 +51,7 @@ _TRANSCODER = (
     "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 )
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
 _STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 _PREVIOUS_HOSTS = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
@@ -65,6 +76,40 @@ class Address:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class EnvoyTls:
+    """Where Envoy reads its certificate, key and the mesh's CA, as paths on Envoy's machine."""
+
+    certificate: str
+    private_key: str
+    ca: str
+
+    @classmethod
+    def in_folder(cls, folder: str) -> EnvoyTls:
+        """The cert-manager Secret layout (tls.crt, tls.key, ca.crt), as every identity uses."""
+        folder = folder.rstrip("/")
+        return cls(f"{folder}/tls.crt", f"{folder}/tls.key", f"{folder}/ca.crt")
+
+    def context(self, *, alpn: Sequence[str], peer_uri: str | None = None) -> dict[str, Any]:
+        """A CommonTlsContext: present Envoy's certificate, trust only the mesh's CA, and (for
+        upstreams) accept only a peer whose certificate carries `peer_uri`."""
+        validation: dict[str, Any] = {"trusted_ca": {"filename": self.ca}}
+        if peer_uri is not None:
+            validation["match_typed_subject_alt_names"] = [
+                {"san_type": "URI", "matcher": {"exact": peer_uri}}
+            ]
+        return {
+            "alpn_protocols": list(alpn),
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"filename": self.certificate},
+                    "private_key": {"filename": self.private_key},
+                }
+            ],
+            "validation_context": validation,
+        }
 
 
 @dataclass(frozen=True)
@@ -116,7 +161,32 @@ def _route(service: Service, cluster: str, *, streaming: bool) -> dict[str, Any]
     return {"match": {"prefix": f"/{service.name}/"}, "route": action}
 
 
-def _cluster(upstream: Upstream) -> dict[str, Any]:
+def _upstream_tls(upstream: Upstream, tls: EnvoyTls) -> dict[str, Any]:
+    """Envoy's certificate to the pods, and only a pod of this service is believed.
+
+    The check is the SPIFFE id, not the host name: a headless Service's pods are dialled by IP,
+    and a certificate that names the right host but another service must not pass.
+    """
+    context: dict[str, Any] = {
+        "common_tls_context": tls.context(alpn=["h2"], peer_uri=spiffe_id(upstream.name))
+    }
+    if not _is_ip(upstream.address.host):
+        context["sni"] = upstream.address.host  # an IP literal is no server name (RFC 6066)
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {"@type": _TLS + "UpstreamTlsContext", **context},
+    }
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _cluster(upstream: Upstream, tls: EnvoyTls) -> dict[str, Any]:
     return {
         "name": upstream.name,
         # STRICT_DNS on a headless Service: one host per ready pod, so balancing is per request
@@ -135,8 +205,11 @@ def _cluster(upstream: Upstream) -> dict[str, Any]:
                 },
             }
         },
+        "transport_socket": _upstream_tls(upstream, tls),
         # A pod that says NOT_SERVING (starting, or draining after SIGTERM) leaves the rotation
-        # before DNS catches up.
+        # before DNS catches up. Checked on the service's own mTLS port, like the traffic: a pod
+        # whose certificate Envoy cannot use leaves the rotation too. The plaintext health port
+        # is for the kubelet, which has no certificate; Envoy has one and needs no second port.
         "health_checks": [
             {
                 "timeout": "1s",
@@ -179,11 +252,26 @@ def _access_log() -> list[dict[str, Any]]:
     ]
 
 
+def _downstream_tls(tls: EnvoyTls, *, http1: bool) -> dict[str, Any]:
+    """Only callers with a certificate from the mesh's CA get an answer (a handshake failure
+    otherwise); which caller it is, the services decide from what Envoy forwards."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TLS + "DownstreamTlsContext",
+            "require_client_certificate": True,
+            # gRPC is HTTP/2; JSON clients of the transcoder may speak HTTP/1.1.
+            "common_tls_context": tls.context(alpn=["h2", "http/1.1"] if http1 else ["h2"]),
+        },
+    }
+
+
 def _grpc_listener(
     upstreams: Sequence[Upstream],
     listen: Address,
     health_upstream: Upstream | None,
     transcode_descriptor: str | None,
+    tls: EnvoyTls,
 ) -> dict[str, Any]:
     routes = [
         _route(service, upstream.name, streaming=service.streaming)
@@ -232,6 +320,7 @@ def _grpc_listener(
         "traffic_direction": "INBOUND",
         "filter_chains": [
             {
+                "transport_socket": _downstream_tls(tls, http1=transcode_descriptor is not None),
                 "filters": [
                     {
                         "name": "envoy.filters.network.http_connection_manager",
@@ -244,6 +333,11 @@ def _grpc_listener(
                             "common_http_protocol_options": {
                                 "headers_with_underscores_action": "REJECT_REQUEST"
                             },
+                            # The caller's identity for the services: the header becomes exactly
+                            # what Envoy verified (By=, Hash=, URI= of the client certificate);
+                            # a value the client sent is never passed on.
+                            "forward_client_cert_details": "SANITIZE_SET",
+                            "set_current_client_cert_details": {"uri": True},
                             "access_log": _access_log(),
                             "route_config": {
                                 "name": "grpc",
@@ -254,7 +348,7 @@ def _grpc_listener(
                             "http_filters": http_filters,
                         },
                     }
-                ]
+                ],
             }
         ],
     }
@@ -322,11 +416,13 @@ def build_config(
     *,
     listen: Address,
     admin: Address,
+    tls: EnvoyTls,
     ops_listen: Address | None = None,
     health_upstream: str | None = None,
     transcode_descriptor: str | None = None,
 ) -> dict[str, Any]:
-    """The Envoy bootstrap (v3) proxying gRPC to `upstreams`."""
+    """The Envoy bootstrap (v3) proxying gRPC to `upstreams`, mutual TLS on both sides with
+    the certificate `tls` names."""
     if not upstreams:
         raise ConfigError("no targets: name at least one with --target NAME=HOST:PORT")
     owners: dict[str, str] = {}
@@ -346,8 +442,8 @@ def build_config(
         raise ConfigError(f"--health-upstream {health_upstream} is not one of the targets")
     health = by_name[health_upstream] if health_upstream is not None else None
 
-    listeners = [_grpc_listener(upstreams, listen, health, transcode_descriptor)]
-    clusters = [_cluster(upstream) for upstream in upstreams]
+    listeners = [_grpc_listener(upstreams, listen, health, transcode_descriptor, tls)]
+    clusters = [_cluster(upstream, tls) for upstream in upstreams]
     if ops_listen is not None:
         listeners.append(_ops_listener(ops_listen))
         clusters.append(

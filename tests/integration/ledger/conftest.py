@@ -10,6 +10,7 @@ import pytest
 
 from services.cli.processes import ServiceProcess
 from tests.support.ledger import Ledger, ledger_process
+from tests.support.ledger import ledger_channels as ledger_channels_to
 from tests.support.postgres import create_database
 
 
@@ -34,11 +35,14 @@ def ledger_service(ledger_database_url: str, log_dir: Path) -> Iterator[ServiceP
 
 
 @pytest.fixture(scope="module")
-async def ledger_channel(ledger_service: ServiceProcess) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(ledger_service.address) as channel:
-        yield channel
+async def ledger_channels(
+    ledger_service: ServiceProcess,
+) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
+    operator, gateway = ledger_channels_to(ledger_service.address)
+    async with operator, gateway:
+        yield operator, gateway
 
 
 @pytest.fixture
-def ledger(ledger_channel: grpc.aio.Channel) -> Ledger:
-    return Ledger(ledger_channel)
+def ledger(ledger_channels: tuple[grpc.aio.Channel, grpc.aio.Channel]) -> Ledger:
+    return Ledger(*ledger_channels)

@@ -1,5 +1,5 @@
-"""Bad input is refused with INVALID_ARGUMENT or NOT_FOUND and writes nothing; admin RPCs need
-the operator token."""
+"""Bad input is refused with INVALID_ARGUMENT or NOT_FOUND and writes nothing; admin RPCs answer
+the operator's certificate alone."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import grpc
 import psycopg
 import pytest
 from kokoropay.ledger.v1 import ledger_pb2 as E
+from kokoropay.ledger.v1 import ledger_pb2_grpc
 
-from services.common.channels import operator_metadata
+from services.cli.processes import ServiceProcess
 from tests.support.ledger import ADMIN, Ledger
+from tests.support.pki import channel
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -135,37 +137,52 @@ ADMIN_CALLS = [
     # Reads of another account's journal are the dashboard's and the operator's alone.
     ("ListEntries", lambda account: E.ListEntriesRequest(account_id=account)),
 ]
-WRONG_CREDENTIALS = {
-    "none": (),
-    "wrong token": operator_metadata("not-the-operator-token"),
-    "not bearer": (("authorization", "test-operator-token"),),
+# Callers that may not administer: the gateway (its key holders' money path only), an internal
+# service, a certificate of our CA that names no caller of the mesh.
+NOT_OPERATORS = {
+    "gateway": grpc.StatusCode.PERMISSION_DENIED,
+    "reports": grpc.StatusCode.PERMISSION_DENIED,
+    "stranger": grpc.StatusCode.UNAUTHENTICATED,
 }
 
 
 @pytest.mark.parametrize("method,request_for", ADMIN_CALLS, ids=[m for m, _ in ADMIN_CALLS])
-@pytest.mark.parametrize("credentials", WRONG_CREDENTIALS, ids=list(WRONG_CREDENTIALS))
-async def test_admin_rpcs_need_the_operator_token(
+@pytest.mark.parametrize("caller", NOT_OPERATORS, ids=list(NOT_OPERATORS))
+async def test_admin_rpcs_answer_only_the_operator(
     ledger: Ledger,
+    ledger_service: ServiceProcess,
     ledger_database_url: str,
     method: str,
     request_for: Callable[[str], Any],
-    credentials: str,
+    caller: str,
 ) -> None:
     account = await ledger.open_account(credits=100)
     counts = await _table_counts(ledger_database_url)
 
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await getattr(ledger.stub, method)(
-            request_for(account), metadata=WRONG_CREDENTIALS[credentials]
-        )
+    async with channel(ledger_service.address, caller) as as_caller:
+        stub = ledger_pb2_grpc.LedgerServiceStub(as_caller)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await getattr(stub, method)(request_for(account))
 
-    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert caught.value.code() == NOT_OPERATORS[caller]
     balance = await ledger.balance(account)
     assert (balance.balance, balance.unlimited) == (100, False)
     assert await _table_counts(ledger_database_url) == counts
 
 
-async def test_spending_rpcs_need_no_operator_token(ledger: Ledger) -> None:
+async def test_the_operator_may_not_spend_a_customers_credits(
+    ledger: Ledger, ledger_service: ServiceProcess
+) -> None:
+    account = await ledger.open_account(credits=10)
+    async with channel(ledger_service.address, "operator") as as_operator:
+        stub = ledger_pb2_grpc.LedgerServiceStub(as_operator)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Reserve(E.ReserveRequest(account_id=account, amount=7, idempotency_key="op"))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (await ledger.balance(account)).balance == 10
+
+
+async def test_spending_rpcs_answer_the_gateway(ledger: Ledger) -> None:
     account = await ledger.open_account(credits=10)
 
     hold = await ledger.reserve(account, 7)  # no metadata at all

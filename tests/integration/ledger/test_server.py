@@ -1,5 +1,5 @@
-"""The ledger process as an operator runs it: health, reflection, draining on SIGTERM, and
-refusing to start without what it needs."""
+"""The ledger process as an operator runs it: mutual TLS on its port, health alone on a plaintext
+port, reflection, draining on SIGTERM, and refusing to start without what it needs."""
 
 from __future__ import annotations
 
@@ -11,14 +11,18 @@ from pathlib import Path
 
 import grpc
 import psycopg
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 from services.cli.processes import ServiceProcess, free_port, health_status
+from services.common.channels import channel_credentials
 from services.common.settings import REPO_ROOT
-from tests.support.ledger import OPERATOR_TOKEN, Ledger, ledger_process
+from tests.support.ledger import Ledger, ledger_channels, ledger_process
+from tests.support.pki import foreign_identity, sync_channel, tls_env
 from tests.support.postgres import create_database
 
 SERVICE = "kokoropay.ledger.v1.LedgerService"
@@ -29,12 +33,39 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def test_health_reports_serving_overall_and_for_the_service(
     ledger_service: ServiceProcess,
 ) -> None:
-    assert health_status(ledger_service.address) == "SERVING"
-    assert health_status(ledger_service.address, SERVICE) == "SERVING"
+    # On the plaintext health port, as kubelet's probes see it.
+    assert health_status(ledger_service.health_address) == "SERVING"
+    assert health_status(ledger_service.health_address, SERVICE) == "SERVING"
+
+
+def test_the_health_port_answers_health_and_nothing_else(ledger_service: ServiceProcess) -> None:
+    plaintext = grpc.insecure_channel(ledger_service.health_address)
+    with plaintext, pytest.raises(grpc.RpcError) as refused:
+        ledger_pb2_grpc.LedgerServiceStub(plaintext).GetBalance(
+            ledger_pb2.GetBalanceRequest(account_id="acct_x"), timeout=5
+        )
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize("client", ["plaintext", "foreign CA"])
+def test_a_caller_that_cannot_prove_who_it_is_gets_no_answer(
+    ledger_service: ServiceProcess, client: str
+) -> None:
+    unproven = (
+        grpc.insecure_channel(ledger_service.address)
+        if client == "plaintext"
+        else grpc.secure_channel(ledger_service.address, channel_credentials(foreign_identity()))
+    )
+    with unproven, pytest.raises(grpc.RpcError) as refused:
+        ledger_pb2_grpc.LedgerServiceStub(unproven).GetBalance(
+            ledger_pb2.GetBalanceRequest(account_id="acct_x"), timeout=5
+        )
+    # The TLS handshake fails: no status, no message, nothing about the ledger.
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_reflection_describes_the_ledger_service(ledger_service: ServiceProcess) -> None:
-    with grpc.insecure_channel(ledger_service.address) as channel:
+    with sync_channel(ledger_service.address, "operator") as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         services = set(database.get_services())
         file = database.FindFileContainingSymbol(SERVICE)
@@ -51,10 +82,11 @@ async def test_sigterm_turns_health_not_serving_and_lets_calls_in_flight_finish(
     process = ledger_process(database_url, log_dir, LEDGER_GRACE_SECONDS="20")
     await asyncio.to_thread(process.start)
     try:
-        async with grpc.aio.insecure_channel(process.address) as channel:
-            ledger = Ledger(channel)
+        operator, gateway = ledger_channels(process.address)
+        async with operator, gateway:
+            ledger = Ledger(operator, gateway)
             account = await ledger.open_account(credits=10)
-            watch = health_pb2_grpc.HealthStub(channel).Watch(
+            watch = health_pb2_grpc.HealthStub(gateway).Watch(
                 health_pb2.HealthCheckRequest(service="")
             )
             assert (await watch.read()).status == SERVING
@@ -92,22 +124,15 @@ def _run_ledger(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_without_an_operator_token_it_exits_with_one_clear_line(
+def test_without_a_certificate_it_exits_with_one_clear_line(
     database_url: str, tmp_path: Path
 ) -> None:
-    # An empty secrets folder, so a local run's .data/operator-token cannot supply one.
-    result = _run_ledger(
-        {
-            "DATABASE_URL": database_url,
-            "KOKOROPAY_OPERATOR_TOKEN": "",
-            "KOKOROPAY_SECRETS_DIR": str(tmp_path),
-        }
-    )
+    result = _run_ledger({"DATABASE_URL": database_url, "LEDGER_TLS_DIR": str(tmp_path)})
 
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        "error: ledger needs KOKOROPAY_OPERATOR_TOKEN or the file .data/operator-token"
-        " (make run writes it)"
+        f"error: ledger has no certificate: {tmp_path}/tls.crt is missing; run `make run` once"
+        " to create the local ones, or set LEDGER_TLS_DIR"
     ]
 
 
@@ -115,7 +140,7 @@ def test_a_bad_setting_stops_it_naming_the_variable(database_url: str) -> None:
     result = _run_ledger(
         {
             "DATABASE_URL": database_url,
-            "KOKOROPAY_OPERATOR_TOKEN": OPERATOR_TOKEN,
+            **tls_env("ledger"),
             "LEDGER_MAX_HOLD_TTL_SECONDS": "soon",
         }
     )
@@ -128,7 +153,7 @@ def test_an_unreachable_database_stops_it_instead_of_serving() -> None:
     result = _run_ledger(
         {
             "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/ledger?connect_timeout=2",
-            "KOKOROPAY_OPERATOR_TOKEN": OPERATOR_TOKEN,
+            **tls_env("ledger"),
         }
     )
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates the dev overlay's Secrets with random values, once: a Secret that already exists is
-# kept, so re-running never changes the database password under a running PostgreSQL.
+# Creates the dev overlay's Secrets with random values, and the mesh's certificates, once: a
+# Secret that already exists is kept, so re-running never changes the database password under a
+# running PostgreSQL.
 # Usage: deploy/k8s/overlays/dev/create-secrets.sh [namespace]   (kubectl's current context)
 set -euo pipefail
 
@@ -23,10 +24,15 @@ if kubectl -n "$namespace" get secret postgres >/dev/null 2>&1; then
 else
   password="$(random)"
 fi
-url="postgresql://kokoropay:${password}@postgres.${namespace}.svc.cluster.local:5432/kokoropay"
+# kokoropay owns the database: auth and ledger migrate as it. Each serves as a role of its own,
+# which the dev PostgreSQL creates from these URLs when it first initializes (postgres.yaml).
+url() { echo "postgresql://$1:$2@postgres.${namespace}.svc.cluster.local:5432/kokoropay"; }
 
 create postgres POSTGRES_PASSWORD "$password"
-create auth-database DATABASE_URL "$url"
-create ledger-database DATABASE_URL "$url"
-create operator-token KOKOROPAY_OPERATOR_TOKEN "$(random)"
+create auth-migration-database MIGRATION_DATABASE_URL "$(url kokoropay "$password")"
+create ledger-migration-database MIGRATION_DATABASE_URL "$(url kokoropay "$password")"
+create auth-database DATABASE_URL "$(url kokoropay_auth "$(random)")"
+create ledger-database DATABASE_URL "$(url kokoropay_ledger "$(random)")"
 create auth-key-hash AUTH_KEY_HASH_SECRET "$(random)"
+# The mesh's certificates, from a CA of its own (or use components/cert-manager instead).
+"$(dirname "$0")/../../create-mesh-certificates.sh" "$namespace"
