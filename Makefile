@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 WEIGHTS := .data/weights/manifest.json
 PYTEST_ARGS ?=
 
-.PHONY: help install protos weights run test lint unit integration e2e bench images \
+.PHONY: help install protos weights run test lint unit integration e2e chaos bench images \
 	envoy-config lock clean
 
 help: ## List the targets
@@ -59,6 +59,9 @@ integration: $(INSTALLED) $(WEIGHTS) ## Only the integration tests (each service
 
 e2e: $(INSTALLED) $(WEIGHTS) ## Only the end-to-end tests (the whole mesh through the REST API)
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+chaos: $(INSTALLED) $(WEIGHTS) ## Only the chaos suite (kill each process of the mesh, check the books)
+	$(PY) -m pytest tests/chaos $(PYTEST_ARGS)
 
 bench: $(INSTALLED) $(WEIGHTS) ## Benchmarks, each against a baseline measured in the same run
 	$(PY) -m bench

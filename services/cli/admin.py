@@ -104,6 +104,10 @@ class AdminClient:
     async def balance(self, account_id: str) -> ledger_pb2.GetBalanceResponse:
         return await self.ledger.GetBalance(ledger_pb2.GetBalanceRequest(account_id=account_id))
 
+    async def verify_books(self) -> ledger_pb2.VerifyResponse:
+        """The ledger's own check of its books, after expiring what is overdue."""
+        return await self.ledger.Verify(ledger_pb2.VerifyRequest())
+
     async def recent_entries(self, account_id: str) -> list[ledger_pb2.Entry]:
         """The newest page of the account's journal, newest first."""
         request = ledger_pb2.ListEntriesRequest(account_id=account_id)

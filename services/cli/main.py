@@ -78,6 +78,25 @@ async def show_balance(args: argparse.Namespace) -> None:
     print(f"'{account.name}' ({account.id}): {_describe_balance(balance)}")
 
 
+class BooksUnsound(Exception):
+    """`ledger verify` found something wrong; what, it has printed."""
+
+
+async def ledger_verify(args: argparse.Namespace) -> None:
+    async with _admin() as admin:
+        result = await admin.verify_books()
+    print(
+        f"checked {result.accounts} accounts and {result.holds} holds"
+        f" ({result.expired_holds} overdue holds expired first)"
+    )
+    for problem in result.discrepancies:
+        where = f"hold {problem.hold_id}" if problem.hold_id else f"account {problem.account_id}"
+        print(f"{problem.kind}: {where}: {problem.detail}", file=sys.stderr)
+    if result.discrepancies:
+        raise BooksUnsound(f"{len(result.discrepancies)} discrepancies")
+    print("the books balance")
+
+
 async def cert_issue(args: argparse.Namespace) -> None:
     pki = ensure_local_pki(load_settings(CliSettings).pki_dir)
     folder = pki.issue(args.name, args.role)
@@ -146,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     balance.add_argument("account", help="account name or id")
     balance.set_defaults(handler=show_balance)
 
+    ledger = commands.add_parser("ledger", help="the ledger's books").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    verify = ledger.add_parser(
+        "verify",
+        help="expire overdue holds, then check every balance against its journal and every "
+        "hold against its deadline and amount; exits non-zero listing what is wrong",
+    )
+    verify.set_defaults(handler=ledger_verify)
+
     cert = commands.add_parser("cert", help="the local mesh's certificates").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
@@ -186,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(handler(args))
     except grpc.aio.AioRpcError as error:
         print(_one_line(error), file=sys.stderr)
+        return 1
+    except BooksUnsound as unsound:
+        print(f"error: the books do not balance: {unsound}", file=sys.stderr)
         return 1
     return 0
 

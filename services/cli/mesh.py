@@ -52,6 +52,7 @@ class LocalMesh:
             if isinstance(database_url, DatabaseUrls)
             else DatabaseUrls.single(database_url)
         )
+        self.databases = databases
         shared_env = {
             KEY_HASH_SECRET_ENV: secrets.key_hash_secret,
             "GATEWAY_AUTH_ADDRESS": self.grpc_address("auth"),

@@ -93,6 +93,9 @@ async def open_pool(
         open=False,
         timeout=timeout,
         kwargs=kwargs,
+        # A connection is checked (one empty round trip) before it is handed out, so after a
+        # database restart the dead ones are replaced instead of failing a request each.
+        check=AsyncConnectionPool.check_connection,
     )
     try:
         await pool.open(wait=True, timeout=15)

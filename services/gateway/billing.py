@@ -1,15 +1,22 @@
 """What a request costs, how its credits are held, and how the hold is settled.
 
 - A request costs len(input) credits, counted in Unicode code points.
-- The stream completed: the hold is captured. The hold's deadline covers the whole request
-  (settings.hold_ttl_seconds); should it lapse anyway, the amount is reserved and captured anew
-  as a last resort: the audio was delivered, so it is paid for.
+- While the audio streams, `HoldKeeper` checkpoints the characters delivered so far on the hold
+  every few seconds (settings.checkpoint_interval_seconds), each time moving its deadline
+  settings.hold_extension_seconds ahead. A hold whose gateway died mid-stream lapses soon after,
+  and the ledger then captures its last checkpoint and returns the rest: the customer pays for
+  the audio they received (up to the last checkpoint), and for nothing else.
+- The stream completed: the hold is captured. Should it have lapsed anyway (the ledger missed
+  every checkpoint for a whole extension), the lapse captured its last checkpoint, and the rest
+  of what was delivered is reserved and captured anew as a last resort: the audio was
+  delivered, so it is paid for, once.
 - Synthesis failed, or the gateway cut the stream while shutting down (our side): the hold is
   released, whatever was sent.
-- The client went away, or stopped reading for send_timeout_seconds (its choice): the characters
-  whose audio had been handed to it are charged and the rest refunded, in one ledger call
-  (Capture of part of the hold); nothing is charged if no audio went out. Refunding everything
-  would let a client read all but the last sentence of a long text for free.
+- The client went away, or stopped reading for send_timeout_seconds (its choice), or the stream
+  reached settings.max_stream_seconds: the characters whose audio had been handed to the client
+  are charged and the rest refunded, in one ledger call (Capture of part of the hold); nothing
+  is charged if no audio went out. Refunding everything would let a client read all but the
+  last sentence of a long text for free.
 - Ledger calls that may or may not have taken effect are repeated under the same key: Reserve
   once at once (the client is waiting), settlements with a short backoff
   (settings.settle_retry_delays_seconds), so a ledger restart does not make delivered audio
@@ -54,7 +61,10 @@ T = TypeVar("T")
 # Failures after which the call may or may not have taken effect: idempotent calls are repeated.
 _AMBIGUOUS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # A hold that lapsed or was released by someone else cannot be captured; charge anew instead.
-_NOT_CAPTURABLE = frozenset({"HOLD_EXPIRED", "HOLD_RELEASED"})
+# A lapsed hold with a checkpoint was captured by the ledger for that checkpoint: HOLD_CAPTURED.
+_NOT_CAPTURABLE = frozenset({"HOLD_EXPIRED", "HOLD_RELEASED", "HOLD_CAPTURED"})
+# Checkpoint refusals that mean the hold is closed: nothing left to keep alive.
+_HOLD_CLOSED = frozenset({"HOLD_EXPIRED", "HOLD_RELEASED", "HOLD_CAPTURED"})
 # Holds placed only to be captured at once.
 _SETTLE_HOLD_TTL_SECONDS = 60
 # Pauses between attempts of a request's Reserve: the client is waiting, so one quick retry.
@@ -124,6 +134,76 @@ class Outcome(enum.Enum):
     COMPLETED = "completed"  # every piece was handed to the client
     FAILED = "failed"  # synthesis failed: our fault, full refund
     CLIENT_LEFT = "client_left"  # the client disconnected: pay for what it was given
+    TIME_LIMIT = "time_limit"  # the stream reached max_stream_seconds: as if the client left
+
+
+# Outcomes that charge what was delivered and refund the rest.
+_PARTIAL = frozenset({Outcome.CLIENT_LEFT, Outcome.TIME_LIMIT})
+
+
+class HoldKeeper:
+    """Keeps a streaming request's hold alive and its delivered characters on the ledger.
+
+    Every `interval` seconds (never per piece), Checkpoint(delivered so far, `extension`) if the
+    delivered count grew or the hold has less than half an extension left; a failed checkpoint
+    is logged and tried again at the next tick, and never touches the stream. It assumes the
+    hold lives at least one extension when it starts, which settings.hold_ttl_seconds ensures
+    (the first-audio wait, then one extension, then the settling margin). `stop()` before
+    settling.
+    """
+
+    def __init__(
+        self,
+        ledger: LedgerClient,
+        charge: Charge,
+        delivered: Callable[[], int],
+        *,
+        interval: float,
+        extension: int,
+    ) -> None:
+        self._ledger = ledger
+        self._charge = charge
+        self._delivered = delivered
+        self._interval = interval
+        self._extension = extension
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None and self._charge.hold_id is not None:  # a free replay holds none
+            self._task = asyncio.ensure_future(self._run(self._charge.hold_id))
+
+    def stop(self) -> None:
+        """No checkpoint after this; one already sent is harmless (the ledger serializes it with
+        the settlement, and a checkpoint of a closed hold changes nothing)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self, hold_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        recorded = 0  # what the ledger last acknowledged
+        lives_until = loop.time() + self._extension  # at least; see the class docstring
+        while True:
+            await asyncio.sleep(self._interval)
+            # A keyed attempt may hold less than the input's length; it is charged at most that.
+            delivered = min(self._delivered(), self._charge.amount)
+            now = loop.time()
+            if delivered <= recorded and lives_until - now > self._extension / 2:
+                continue
+            try:
+                await self._ledger.checkpoint(hold_id, delivered, self._extension)
+            except UpstreamError as error:
+                if error.reason in _HOLD_CLOSED:
+                    # Lapsed or settled: settlement finds out which and charges accordingly.
+                    _log.warning("checkpoints end: %s", error, extra={"hold_id": hold_id})
+                    return
+                _log.warning(
+                    "checkpoint failed (%s); trying again in %.1fs",
+                    error,
+                    self._interval,
+                    extra={"hold_id": hold_id, "delivered_characters": delivered},
+                )
+                continue
+            recorded, lives_until = delivered, now + self._extension
 
 
 class Billing:
@@ -139,10 +219,14 @@ class Billing:
         *,
         settle_retry_delays: tuple[float, ...],
         reserve_retry_delays: tuple[float, ...] = RESERVE_RETRY_DELAYS,
+        checkpoint_interval: float = 5.0,
+        hold_extension: int = 60,
     ) -> None:
         self._ledger = ledger
         self._settle_retry_delays = settle_retry_delays
         self._reserve_retry_delays = reserve_retry_delays
+        self._checkpoint_interval = checkpoint_interval
+        self._hold_extension = hold_extension
         self._running: set[asyncio.Task[None]] = set()
 
     async def hold(
@@ -183,6 +267,17 @@ class Billing:
         hold = reservation.hold
         return Charge(account, hold.amount, ledger_key, hold.id, keyed)
 
+    def keeper(self, charge: Charge, delivered: Callable[[], int]) -> HoldKeeper:
+        """Checkpoints for `charge` while its audio streams; `delivered()` counts the characters
+        handed to the client so far."""
+        return HoldKeeper(
+            self._ledger,
+            charge,
+            delivered,
+            interval=self._checkpoint_interval,
+            extension=self._hold_extension,
+        )
+
     async def settle(self, charge: Charge, outcome: Outcome, *, delivered_characters: int) -> None:
         """Capture, capture in part, or release the hold, as `outcome` says."""
         if charge.hold_id is None:
@@ -213,7 +308,7 @@ class Billing:
             if outcome is Outcome.COMPLETED:
                 await self._capture(charge, hold_id, charge.amount)
                 charged = charge.amount
-            elif outcome is Outcome.CLIENT_LEFT and delivered_characters > 0:
+            elif outcome in _PARTIAL and delivered_characters > 0:
                 # One ledger call spends the part delivered and returns the rest atomically.
                 charged = min(delivered_characters, charge.amount)
                 await self._capture(charge, hold_id, charged)
@@ -232,9 +327,44 @@ class Billing:
         except UpstreamError as error:
             if error.reason not in _NOT_CAPTURABLE:
                 raise
-            # Last resort: the deadline covers the request, so this takes a stalled settlement.
-            _log.warning("hold %s could not be captured (%s); charging anew", hold_id, error.reason)
-            await self._charge_anew(charge, f"{charge.ledger_key}:late", amount)
+            # Last resort: checkpoints keep the hold alive, so this takes a ledger that missed
+            # them for a whole extension. A lapse captured the last checkpoint, if there was one.
+            spent = await self._spent(charge) if error.reason == "HOLD_CAPTURED" else 0
+            if spent >= amount:
+                return
+            _log.warning(
+                "hold %s could not be captured (%s, %d spent); charging %d anew",
+                hold_id,
+                error.reason,
+                spent,
+                amount - spent,
+            )
+            await self._charge_anew(charge, f"{charge.ledger_key}:late", amount - spent)
+
+    async def _spent(self, charge: Charge) -> int:
+        """What the attempt's closed hold spent, read back by repeating its Reserve: a repeat
+        under the same ledger key returns the original hold and holds nothing."""
+        if charge.keyed is None:
+            hold: Hold | None = await self._retried(
+                lambda: self._ledger.reserve(
+                    charge.account_id, charge.amount, charge.ledger_key, _SETTLE_HOLD_TTL_SECONDS
+                )
+            )
+        else:
+            keyed = charge.keyed
+            reservation = await self._retried(
+                lambda: self._ledger.reserve_keyed(
+                    charge.account_id,
+                    charge.amount,
+                    charge.ledger_key,
+                    _SETTLE_HOLD_TTL_SECONDS,
+                    keyed,
+                )
+            )
+            hold = reservation.hold
+        if hold is None or hold.state != HoldState.CAPTURED:
+            return 0
+        return hold.captured
 
     async def _charge_anew(self, charge: Charge, ledger_key: str, amount: int) -> None:
         """Charge `amount` for audio delivered under a lapsed hold; what the balance no longer

@@ -78,6 +78,8 @@ class Hold:
     captured: int = 0
     # Reserve found the hold its key had placed before, rather than placing it now.
     replayed: bool = False
+    # Credits delivered as of the last Checkpoint: what the ledger captures if the hold lapses.
+    checkpointed: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,11 @@ class LedgerClient(Protocol):
 
     async def release(self, hold_id: str) -> Hold: ...
 
+    async def checkpoint(self, hold_id: str, delivered: int, extend_seconds: int) -> Hold:
+        """Record `delivered` (it only grows) on the open hold and keep it alive at least
+        `extend_seconds` from now; FAILED_PRECONDITION with a HOLD_* reason once it is closed."""
+        ...
+
     async def ready(self) -> bool: ...
 
 
@@ -259,6 +266,7 @@ def _hold(message: ledger_pb2.Hold, *, replayed: bool = False) -> Hold:
         state=_HOLD_STATES.get(message.state, HoldState.HELD),
         captured=message.captured_amount,
         replayed=replayed,
+        checkpointed=message.checkpointed,
     )
 
 
@@ -345,6 +353,13 @@ class GrpcLedgerClient:
     async def release(self, hold_id: str) -> Hold:
         request = ledger_pb2.ReleaseRequest(hold_id=hold_id)
         response = await _call("ledger", self._stub.Release(request, timeout=self._timeout))
+        return _hold(response.hold)
+
+    async def checkpoint(self, hold_id: str, delivered: int, extend_seconds: int) -> Hold:
+        request = ledger_pb2.CheckpointRequest(
+            hold_id=hold_id, delivered=delivered, extend_seconds=extend_seconds
+        )
+        response = await _call("ledger", self._stub.Checkpoint(request, timeout=self._timeout))
         return _hold(response.hold)
 
     async def ready(self) -> bool:

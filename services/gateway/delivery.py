@@ -1,10 +1,12 @@
 """Getting a started synthesis to the client, then settling its charge.
 
-`SpeechDelivery` relays synth's pieces as raw audio or as SSE events and records how the
-stream ended; `DeliveryResponse` sends that body over HTTP, gives up on a client that stops
-reading, and settles once the response is over, however it ended. Synthesis failing after audio
-went out cannot become an error answer any more: the connection is cut, so the client sees a
-broken stream rather than a short file.
+`SpeechDelivery` relays synth's pieces as raw audio or as SSE events, checkpoints what has been
+delivered while it streams (billing.HoldKeeper), and records how the stream ended;
+`DeliveryResponse` sends that body over HTTP, gives up on a client that stops reading or a
+stream that reaches settings.max_stream_seconds, and settles once the response is over, however
+it ended. Synthesis failing after audio went out cannot become an error answer any more: the
+connection is cut, so the client sees a broken stream rather than a short file; a stream cut at
+the time limit ends the same way, charged for what was delivered.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class SpeechDelivery:
     """A started synthesis: relays the pieces as they come, then settles the charge.
 
     `body()` is the HTTP body; `finish()` must run once the response is over, however it ended.
+    `deadline` (event-loop time) is when the stream must be over: synthesis start plus
+    settings.max_stream_seconds.
     """
 
     def __init__(
@@ -52,6 +56,8 @@ class SpeechDelivery:
         charge: Charge,
         billing: Billing,
         live: set[SpeechDelivery] | None = None,
+        *,
+        deadline: float | None = None,
     ) -> None:
         self._stream = stream
         self._first = first
@@ -62,6 +68,8 @@ class SpeechDelivery:
         self._outcome: Outcome | None = None
         self._finished = False
         self._live = live
+        self._keeper = billing.keeper(charge, lambda: self._delivered_characters)
+        self.deadline = deadline
         # Set once finish() has settled the charge.
         self.finished = asyncio.Event()
 
@@ -88,6 +96,7 @@ class SpeechDelivery:
             return
         self._finished = True
         self._stream.cancel()
+        self._keeper.stop()
         # No outcome recorded: the body was abandoned before its end, so the client left.
         outcome = self._outcome or Outcome.CLIENT_LEFT
         try:
@@ -104,7 +113,14 @@ class SpeechDelivery:
         if self._outcome is None:
             self._outcome = Outcome.FAILED
 
+    def time_limit_reached(self) -> None:
+        """The stream ran for max_stream_seconds: ended as if the client had left."""
+        if self._outcome is None:
+            self._outcome = Outcome.TIME_LIMIT
+
     async def _pieces(self) -> AsyncIterator[AudioPiece]:
+        if not self._finished:  # finish() may have run before the body was ever asked for
+            self._keeper.start()
         piece: AudioPiece | None = self._first
         while piece is not None:
             yield piece
@@ -145,8 +161,12 @@ class DeliveryResponse(StreamingResponse):
     """Streams a delivery and settles its charge once the response is over, however it ended.
 
     Each body piece must be taken by the client within `send_timeout` seconds; a client that
-    stops reading is treated as gone, so it cannot hold a synth slot forever. A cancellation
-    from outside (the server shutting down) cuts the stream on our side: refunded.
+    stops reading is treated as gone, so it cannot hold a synth slot forever. A stream still
+    running at the delivery's deadline is cut there and settled like one whose client left. A
+    cancellation from outside (the server shutting down) cuts the stream on our side: refunded.
+    Either cut returns without the body's last message, so the server closes the connection
+    without the chunked terminator (or, for SSE, the done event): the client sees a broken
+    stream, not a short file.
     """
 
     def __init__(self, delivery: SpeechDelivery, send_timeout: float) -> None:
@@ -174,11 +194,18 @@ class DeliveryResponse(StreamingResponse):
             except TimeoutError as stalled:
                 raise ClientStalled(f"client took no audio for {self.send_timeout}s") from stalled
 
+        limit = asyncio.timeout_at(self.delivery.deadline)
         try:
-            await super().__call__(scope, receive, send_in_time)
+            async with limit:
+                await super().__call__(scope, receive, send_in_time)
         except ClientStalled as stalled:
             # Returning without completing the response makes the server close the connection.
             _log.warning("%s; treated as gone", stalled)
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            self.delivery.time_limit_reached()
+            _log.warning("the stream reached its time limit; ended as if the client had left")
         except asyncio.CancelledError:
             self.delivery.server_stopped()
             raise

@@ -7,7 +7,8 @@
 Everything that can be checked before the credits are held is (length, voice, model, speed,
 format), so a bad request changes nothing. The first audio piece is awaited before the response
 starts, so an early synth failure is still a clean error answer with nothing charged. What a
-request costs and how it is settled is billing.py's; relaying the audio is delivery.py's.
+request costs, how its hold is kept alive while it streams and how it is settled is
+billing.py's; relaying the audio, within its time limit, is delivery.py's.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ class SpeechSeller:
         self._catalog = catalog
         self._settings = settings
         self._billing = Billing(
-            upstreams.ledger, settle_retry_delays=settings.settle_retry_delays_seconds
+            upstreams.ledger,
+            settle_retry_delays=settings.settle_retry_delays_seconds,
+            checkpoint_interval=settings.checkpoint_interval_seconds,
+            hold_extension=settings.hold_extension_seconds,
         )
         # Deliveries started and not yet finished; drain() waits for them.
         self._live: set[SpeechDelivery] = set()
@@ -130,9 +134,11 @@ class SpeechSeller:
                 principal,
                 order,
                 key,
-                self._settings.hold_ttl_seconds(order.characters),
+                self._settings.hold_ttl_seconds,
                 idempotency_key,
             )
+        # The stream's time limit counts from here: the wait for the first audio is part of it.
+        deadline = asyncio.get_running_loop().time() + self._settings.max_stream_seconds
         stream = self._synth.synthesize(
             SynthesisRequest(order.text, order.voice, order.model, order.speed, order.audio_format)
         )
@@ -151,7 +157,9 @@ class SpeechSeller:
             if isinstance(failure, TimeoutError):
                 raise synthesis_not_started() from failure
             raise
-        delivery = SpeechDelivery(stream, first, order, charge, self._billing, self._live)
+        delivery = SpeechDelivery(
+            stream, first, order, charge, self._billing, self._live, deadline=deadline
+        )
         self._live.add(delivery)
         return delivery
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.mesh import PORTS, local_address
@@ -31,12 +31,25 @@ class GatewaySettings(ServiceSettings):
     default_voice: str = Field(default="af_heart", min_length=1)
     # Deadline of each auth and ledger call: they are one indexed query each.
     rpc_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    # Margin on every hold's deadline beyond the request's own longest run (see
-    # hold_ttl_seconds): settling, its retries included, and clock skew.
-    hold_ttl_base_seconds: int = Field(default=300, ge=1, le=6 * 3600)
-    # The longest a stream may take per input character once the first audio is out: about
-    # four times what a client playing the audio in real time takes.
-    hold_ttl_per_char_seconds: float = Field(default=0.25, ge=0, le=60)
+    # Margin on a hold's first deadline beyond the wait for the first audio and one extension
+    # (see hold_ttl_seconds): settling once the stream is over, its retries and their
+    # deadlines included (about 40 s at worst with the defaults).
+    hold_ttl_base_seconds: int = Field(default=60, ge=1, le=6 * 3600)
+    # While audio streams, the characters delivered so far are checkpointed on the hold this
+    # often (not per piece): what the ledger captures if the gateway dies mid-stream.
+    checkpoint_interval_seconds: float = Field(default=5.0, gt=0, le=600)
+    # Each checkpoint keeps the hold alive this long from now. Well above the interval, so a
+    # ledger that misses a few checkpoints (a restart) does not let a live stream's hold lapse;
+    # short enough that a hold whose gateway died is settled within a minute or so.
+    hold_extension_seconds: int = Field(default=60, ge=1, le=6 * 3600)
+    # The longest a stream may last, from the start of synthesis (the first-audio wait
+    # included) to its last byte; then it ends as if the client had left: synthesis stops and
+    # the characters delivered are charged. 4,096 characters at speed 0.25 are about 18 minutes
+    # of audio (Kokoro speaks about 15 characters a second at speed 1), which a client reading
+    # at playback speed takes as long to receive; an hour also covers a CPU that synthesizes it
+    # at 0.3x real time (the 2-core CPU of docs/architecture.md manages 2.3x). Every proxy in
+    # front (Ingress) and behind (Envoy) allows longer: tests/deploy/test_stream_limits.py.
+    max_stream_seconds: float = Field(default=3600.0, gt=0, le=86_400)
     # Pauses between attempts of a settlement (Capture, Release) that failed ambiguously, about
     # 8 s in all: enough to ride out a ledger rolling restart, so completed audio is not left
     # unpaid until the hold's deadline. Their sum must stay well inside hold_ttl_base_seconds.
@@ -53,16 +66,35 @@ class GatewaySettings(ServiceSettings):
     # Budget of each health check behind /readyz.
     ready_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
 
-    def hold_ttl_seconds(self, characters: int) -> int:
-        """Seconds the ledger keeps a hold for an input of `characters` code points.
+    @model_validator(mode="after")
+    def _timings_agree(self) -> Self:
+        if self.hold_extension_seconds <= 2 * self.checkpoint_interval_seconds:
+            raise ValueError(
+                f"{self.env_name('hold_extension_seconds')} must be more than twice "
+                f"{self.env_name('checkpoint_interval_seconds')}, so a missed checkpoint is "
+                "retried before the hold lapses"
+            )
+        if self.max_stream_seconds <= self.first_chunk_timeout_seconds:
+            raise ValueError(
+                f"{self.env_name('max_stream_seconds')} must exceed "
+                f"{self.env_name('first_chunk_timeout_seconds')}: the stream limit counts the "
+                "wait for the first audio"
+            )
+        return self
 
-        The hold must outlive the whole request: the wait for the first audio (model queue
-        included, up to first_chunk_timeout_seconds), then the longest stream for that input
-        (per_char * characters), then settlement (the base margin). A hold that still lapses is
-        charged anew at settlement, a last resort only.
+    @property
+    def hold_ttl_seconds(self) -> int:
+        """Seconds the ledger first keeps a request's hold.
+
+        Only until the stream's checkpoints take over: the wait for the first audio (model
+        queue included, at most first_chunk_timeout_seconds), then one extension, which the
+        first checkpoint renews before it runs out, then the settling margin (base). The hold
+        thus needs no share of the stream's length, and one left behind by a gateway that died
+        before its first audio lapses within minutes. A hold that still lapses is charged anew
+        at settlement, a last resort only.
         """
         return (
             math.ceil(self.first_chunk_timeout_seconds)
-            + math.ceil(self.hold_ttl_per_char_seconds * characters)
+            + self.hold_extension_seconds
             + self.hold_ttl_base_seconds
         )

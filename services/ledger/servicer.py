@@ -94,6 +94,7 @@ def hold_message(hold: Hold) -> ledger_pb2.Hold:
         expire_time=_timestamp(hold.expire_time),
         create_time=_timestamp(hold.create_time),
         captured_amount=hold.captured or 0,
+        checkpointed=hold.checkpointed,
     )
 
 
@@ -117,6 +118,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self._max_ttl_seconds = settings.max_hold_ttl_seconds
         self._request_key_window_seconds = settings.request_key_window_seconds
         self._max_free_replays = settings.max_free_replays
+        self._sweep_batch_size = settings.sweep_batch_size
 
     async def OpenAccount(
         self, request: ledger_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext
@@ -216,4 +218,30 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         next_token = encode_page_token(account_id, page[-1].id) if len(entries) > page_size else ""
         return ledger_pb2.ListEntriesResponse(
             entries=[entry_message(entry) for entry in page], next_page_token=next_token
+        )
+
+    async def Checkpoint(
+        self, request: ledger_pb2.CheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.CheckpointResponse:
+        hold_id = validation.require_id(request.hold_id, "hold_id")
+        delivered = validation.checkpoint_amount(request.delivered)
+        # Never past the longest lifetime a Reserve may ask for, counted from now.
+        extend_seconds = min(request.extend_seconds, self._max_ttl_seconds)
+        hold = await self._store.checkpoint(hold_id, delivered, extend_seconds)
+        return ledger_pb2.CheckpointResponse(hold=hold_message(hold))
+
+    async def Verify(
+        self, request: ledger_pb2.VerifyRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.VerifyResponse:
+        verification = await self._store.verify(self._sweep_batch_size)
+        return ledger_pb2.VerifyResponse(
+            expired_holds=verification.expired_holds,
+            accounts=verification.accounts,
+            holds=verification.holds,
+            discrepancies=[
+                ledger_pb2.Discrepancy(
+                    kind=d.kind, account_id=d.account_id, hold_id=d.hold_id, detail=d.detail
+                )
+                for d in verification.discrepancies
+            ],
         )

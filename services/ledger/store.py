@@ -80,6 +80,8 @@ class Hold:
     create_time: datetime
     # What Capture spent (1..amount) once captured; None in any other state.
     captured: int | None
+    # Credits delivered as of the last Checkpoint: what expiry captures.
+    checkpointed: int
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,24 @@ class Entry:
     hold_id: str | None
     idempotency_key: str | None
     create_time: datetime
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """One thing wrong with the books (see _VERIFY)."""
+
+    kind: str
+    account_id: str
+    hold_id: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    expired_holds: int
+    accounts: int
+    holds: int
+    discrepancies: list[Discrepancy]
 
 
 @dataclass(frozen=True)
@@ -247,28 +267,55 @@ FOR UPDATE
 # Returns the credits of the account's holds past their deadline, one EXPIRE entry each, in
 # deadline order with a running balance_after. The account is given directly, or as the owner
 # of `hold_id`. The account must already be locked.
+# Closes the account's holds past their deadline. A hold with a checkpoint captures it (state
+# captured, a CAPTURE entry) and returns the rest; one without returns everything (state
+# expired); either way an EXPIRE entry records what went back. Entries are written in deadline
+# order with a running balance_after, each hold's CAPTURE before its EXPIRE. The account is
+# given directly, or as the owner of `hold_id`; it must already be locked.
 _EXPIRE_OVERDUE: LiteralString = """
 WITH account AS (
     SELECT coalesce(%(account_id)s::text,
                     (SELECT account_id FROM ledger.holds WHERE id = %(hold_id)s::text)) AS id
 ), expired AS (
-    UPDATE ledger.holds h SET state = 'expired', close_time = now()
+    UPDATE ledger.holds h
+    SET state = CASE WHEN h.checkpointed > 0 THEN 'captured' ELSE 'expired' END,
+        captured = nullif(h.checkpointed, 0),
+        close_time = now()
     FROM account
     WHERE h.account_id = account.id AND h.state = 'held' AND h.expire_time <= now()
-    RETURNING h.id, h.account_id, h.amount, h.drawn, h.expire_time
+    RETURNING h.id, h.account_id, h.amount, h.checkpointed AS spent,
+              CASE WHEN h.drawn = 0 THEN 0 ELSE h.amount - h.checkpointed END AS refund,
+              h.expire_time
 ), returned AS (
     UPDATE ledger.accounts a
-    SET balance = a.balance + total.drawn, held = a.held - total.amount
-    FROM (SELECT sum(drawn) AS drawn, sum(amount) AS amount FROM expired) total, account
+    SET balance = a.balance + total.refund, held = a.held - total.amount
+    FROM (SELECT sum(refund) AS refund, sum(amount) AS amount FROM expired) total, account
     WHERE a.id = account.id AND total.amount IS NOT NULL
-    RETURNING a.balance - total.drawn AS balance_before
+    RETURNING a.balance - total.refund AS balance_before
+), running AS (
+    SELECT e.*, r.balance_before + sum(e.refund) OVER (ORDER BY e.expire_time, e.id) AS after
+    FROM expired e, returned r
 )
 INSERT INTO ledger.entries (account_id, kind, amount, balance_after, hold_id)
-SELECT e.account_id, 'expire', e.drawn,
-       r.balance_before + sum(e.drawn) OVER (ORDER BY e.expire_time, e.id), e.id
-FROM expired e, returned r
-ORDER BY e.expire_time, e.id
-RETURNING hold_id
+SELECT account_id, kind, amount, balance_after, hold_id FROM (
+    SELECT expire_time, id AS hold_id, 1 AS step, account_id, 'capture' AS kind, spent AS amount,
+           after - refund AS balance_after
+    FROM running WHERE spent > 0
+    UNION ALL
+    SELECT expire_time, id, 2, account_id, 'expire', refund, after
+    FROM running
+) written
+ORDER BY expire_time, hold_id, step
+RETURNING hold_id, kind, amount
+"""
+
+# A checkpoint on a held hold: it only grows, and the deadline only moves later. Anything else
+# (a closed hold, more than the hold) matches nothing and writes nothing.
+_CHECKPOINT_IF_HELD: LiteralString = """
+UPDATE ledger.holds
+SET checkpointed = greatest(checkpointed, %(delivered)s),
+    expire_time = greatest(expire_time, now() + %(extend_seconds)s * interval '1 second')
+WHERE id = %(hold_id)s AND state = 'held' AND %(delivered)s <= amount
 """
 
 _ACCOUNTS_WITH_OVERDUE_HOLDS: LiteralString = """
@@ -400,6 +447,53 @@ FROM ledger.holds WHERE keyed_request_id = %(keyed_request_id)s
 
 _COUNT_REPLAY: LiteralString = """
 UPDATE ledger.keyed_requests SET replays = replays + 1 WHERE id = %(keyed_request_id)s
+"""
+
+# The books' invariants, each row one violation: a balance that is not the sum of its journal
+# (CAPTURE entries move nothing), held credits that are not the open holds', a hold past its
+# deadline still held (run after expiry), a hold that captured more than it held, a keyed
+# request whose attempts captured more than its price.
+_VERIFY: LiteralString = """
+SELECT 'BALANCE_NOT_JOURNAL' AS kind, a.id AS account_id, '' AS hold_id,
+       concat('balance ', a.balance, ', journal sums to ', j.total) AS detail
+FROM ledger.accounts a
+JOIN (SELECT a2.id, coalesce(sum(e.amount) FILTER (WHERE e.kind <> 'capture'), 0) AS total
+      FROM ledger.accounts a2 LEFT JOIN ledger.entries e ON e.account_id = a2.id
+      GROUP BY a2.id) j ON j.id = a.id
+WHERE a.balance <> j.total
+UNION ALL
+SELECT 'HELD_NOT_OPEN_HOLDS', a.id, '',
+       concat('held ', a.held, ', open holds total ', o.total)
+FROM ledger.accounts a
+JOIN (SELECT a2.id, coalesce(sum(h.amount) FILTER (WHERE h.state = 'held'), 0) AS total
+      FROM ledger.accounts a2 LEFT JOIN ledger.holds h ON h.account_id = a2.id
+      GROUP BY a2.id) o ON o.id = a.id
+WHERE a.held <> o.total
+UNION ALL
+SELECT 'HOLD_OVERDUE', h.account_id, h.id,
+       concat('held past its deadline ', h.expire_time)
+FROM ledger.holds h WHERE h.state = 'held' AND h.expire_time <= now()
+UNION ALL
+SELECT 'CAPTURED_MORE_THAN_HELD', h.account_id, h.id,
+       concat('captured ', h.captured, ' of ', h.amount, ' (journal ', c.total, ')')
+FROM ledger.holds h
+JOIN (SELECT hold_id, sum(amount) AS total FROM ledger.entries
+      WHERE kind = 'capture' GROUP BY hold_id) c ON c.hold_id = h.id
+WHERE c.total > h.amount OR h.captured > h.amount OR c.total <> coalesce(h.captured, 0)
+UNION ALL
+SELECT 'KEYED_REQUEST_OVER_PRICE', r.account_id, '',
+       concat('key ', r.key, ' captured ', k.total, ' of its price ', r.price)
+FROM ledger.keyed_requests r
+JOIN (SELECT keyed_request_id, sum(captured) AS total FROM ledger.holds
+      WHERE state = 'captured' AND keyed_request_id IS NOT NULL
+      GROUP BY keyed_request_id) k ON k.keyed_request_id = r.id
+WHERE k.total > r.price
+ORDER BY 1, 2, 3
+"""
+
+_COUNTS: LiteralString = """
+SELECT (SELECT count(*) FROM ledger.accounts) AS accounts,
+       (SELECT count(*) FROM ledger.holds) AS holds
 """
 
 _SET_UNLIMITED_IF_CHANGED: LiteralString = """
@@ -645,6 +739,29 @@ class LedgerStore:
             replays_left=replays_left,
         )
 
+    async def checkpoint(self, hold_id: str, delivered: int, extend_seconds: int) -> Hold:
+        """Record `delivered` on the open hold and keep it alive `extend_seconds` from now.
+
+        HoldClosed once it is captured, released or expired (its last checkpoint was captured
+        at expiry); CaptureExceedsHold if `delivered` is more than it holds.
+        """
+        params = {"hold_id": hold_id, "delivered": delivered, "extend_seconds": extend_seconds}
+        hold = await self._settle(hold_id, (_CHECKPOINT_IF_HELD, params))
+        if hold.state != "held":
+            raise HoldClosed(hold, "checkpoint")
+        if delivered > hold.amount:
+            raise CaptureExceedsHold(hold, delivered)
+        return hold
+
+    async def verify(self, batch_size: int) -> Verification:
+        """Expire what is overdue, as the sweeper would, then check the books (see _VERIFY)."""
+        expired = 0
+        while closed := await self.expire_overdue(batch_size):
+            expired += closed
+        [rows, [counts]] = await self._run((_VERIFY, {}), (_COUNTS, {}))
+        problems = [Discrepancy(**row) for row in rows]
+        return Verification(expired, counts["accounts"], counts["holds"], problems)
+
     async def capture(self, hold_id: str, amount: int | None = None) -> Hold:
         """The hold, captured now or before for `amount` (None: all of it), the rest returned.
 
@@ -689,8 +806,7 @@ class LedgerStore:
                 (_LOCK_ACCOUNT, {"account_id": account_id}),
                 _expire_overdue(account_id=account_id),
             )
-            self._log_expired(account_id, expired)
-            count += len(expired)
+            count += self._log_expired(account_id, expired)
         return count
 
     async def _settle(self, hold_id: str, close: Statement) -> Hold:
@@ -713,10 +829,15 @@ class LedgerStore:
         return hold
 
     @staticmethod
-    def _log_expired(account_id: str, expired: list[Row]) -> None:
-        if expired:
+    def _log_expired(account_id: str, written: list[Row]) -> int:
+        """Log what an expiry wrote (its EXPIRE and CAPTURE entries); how many holds closed."""
+        closed = [row["hold_id"] for row in written if row["kind"] == "expire"]
+        captured = sum(row["amount"] for row in written if row["kind"] == "capture")
+        if closed:
             _log.info(
-                "expired %d holds",
-                len(expired),
-                extra={"account_id": account_id, "hold_ids": [row["hold_id"] for row in expired]},
+                "expired %d holds, capturing %d checkpointed credits",
+                len(closed),
+                captured,
+                extra={"account_id": account_id, "hold_ids": closed},
             )
+        return len(closed)

@@ -65,6 +65,15 @@ def keyed_request(
     return request
 
 
+def checkpoint_amount(value: int) -> int:
+    """Credits delivered so far: zero or more (a checkpoint may only extend the deadline)."""
+    if value < 0:
+        raise InvalidArgument(f"delivered must not be negative, got {value}")
+    if value > MAX_AMOUNT:
+        raise InvalidArgument(f"delivered must be at most {MAX_AMOUNT}, got {value}")
+    return value
+
+
 def capture_amount(value: int) -> int | None:
     """Credits a Capture spends: 0 means the whole hold (None); else positive."""
     if value == 0:

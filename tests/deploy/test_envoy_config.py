@@ -86,7 +86,7 @@ def test_streams_get_no_response_timeout_and_unary_calls_a_short_one(tmp_path: P
     by_cluster = {r["route"]["cluster"]: r["route"] for r in _routes(config)}
     synth = by_cluster["synth"]
     assert synth["timeout"] == "0s"
-    assert synth["max_stream_duration"]["max_stream_duration"] == "1800s"
+    assert synth["max_stream_duration"]["max_stream_duration"] == "3900s"
     assert synth["idle_timeout"] == "300s"
     for unary in ("auth", "ledger"):
         assert by_cluster[unary]["timeout"] == "15s"

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from services.cli.mesh import LocalMesh
@@ -166,3 +167,28 @@ def test_no_operator_certificate_is_one_clear_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: no operator certificate:")
+
+
+def test_ledger_verify_says_the_books_balance_and_lists_what_does_not(mesh: LocalMesh) -> None:
+    assert kokoro_pay(mesh, "account", "create", "audited", "--credits", "40").returncode == 0
+    sound = kokoro_pay(mesh, "ledger", "verify")
+    assert sound.returncode == 0, sound.stderr
+    assert "the books balance" in sound.stdout
+
+    with psycopg.connect(mesh.databases.owner) as owner:
+        # Money that appears without a journal entry: only a hand on the database can do it.
+        owner.execute(
+            "UPDATE ledger.accounts SET balance = balance + 1"
+            " WHERE id = (SELECT id FROM ledger.accounts ORDER BY create_time DESC LIMIT 1)"
+        )
+    try:
+        unsound = kokoro_pay(mesh, "ledger", "verify")
+        assert unsound.returncode == 1
+        assert "BALANCE_NOT_JOURNAL: account acct_" in unsound.stderr
+        assert "error: the books do not balance: 1 discrepancies" in unsound.stderr
+    finally:
+        with psycopg.connect(mesh.databases.owner) as owner:
+            owner.execute(
+                "UPDATE ledger.accounts SET balance = balance - 1"
+                " WHERE id = (SELECT id FROM ledger.accounts ORDER BY create_time DESC LIMIT 1)"
+            )

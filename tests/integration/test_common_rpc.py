@@ -46,7 +46,8 @@ async def as_caller(probe) -> AsyncIterator[Callable[[str], grpc.aio.Channel]]:
 
 
 @pytest.fixture
-def gateway(as_caller) -> grpc.aio.Channel:
+async def gateway(as_caller) -> grpc.aio.Channel:
+    # Async, so the channel is made inside the running loop, as grpc.aio requires.
     return as_caller("gateway")
 
 

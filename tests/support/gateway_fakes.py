@@ -73,9 +73,11 @@ class FakeHold:
     captured: int = 0
     # The customer's Idempotency-Key whose attempt this hold is.
     request_key: str | None = None
+    # Credits delivered as of the last checkpoint: what expiry captures.
+    checkpointed: int = 0
 
     def frozen(self, *, replayed: bool = False) -> Hold:
-        return Hold(self.id, self.amount, self.state, self.captured, replayed)
+        return Hold(self.id, self.amount, self.state, self.captured, replayed, self.checkpointed)
 
 
 @dataclass
@@ -97,6 +99,8 @@ class FakeLedger:
     reserve_failures: list[grpc.StatusCode] = field(default_factory=list)
     # Status codes the next capture calls fail with, before doing anything.
     capture_failures: list[grpc.StatusCode] = field(default_factory=list)
+    # Status codes the next checkpoint calls fail with, before doing anything.
+    checkpoint_failures: list[grpc.StatusCode] = field(default_factory=list)
     # The next hold to be captured has "expired" first.
     expire_before_capture: bool = False
     request_ids: list[str] = field(default_factory=list)
@@ -113,6 +117,26 @@ class FakeLedger:
 
     def captured(self) -> int:
         return sum(h.captured for h in self.holds.values() if h.state == HoldState.CAPTURED)
+
+    def checkpoints(self, hold_id: str | None = None) -> list[int]:
+        """The `delivered` of each checkpoint call (of one hold), in order, failed ones too."""
+        return [
+            int(call[2])
+            for call in self.calls
+            if call[0] == "checkpoint" and hold_id in (None, call[1])
+        ]
+
+    def expire(self, hold_id: str) -> None:
+        """The hold's deadline passes: the ledger captures its last checkpoint and returns the
+        rest (state CAPTURED), or, with no checkpoint, returns everything (state EXPIRED)."""
+        hold = self.holds[hold_id]
+        if hold.state != HoldState.HELD:
+            return
+        if hold.checkpointed > 0:
+            self._refund(hold, HoldState.CAPTURED, hold.amount - hold.checkpointed)
+            hold.captured = hold.checkpointed
+        else:
+            self._refund(hold, HoldState.EXPIRED)
 
     async def get_balance(self, account_id: str) -> Balance:
         self.calls.append(("get_balance", account_id))
@@ -167,6 +191,10 @@ class FakeLedger:
         attempts = [h for h in self.holds.values() if h.request_key == keyed.key]
         charged = sum(h.captured for h in attempts if h.state == HoldState.CAPTURED)
         left = record.price - charged
+        replays_left = self.max_replays - record.replays
+        earlier = [h for h in attempts if h.account_id == account_id and h.key == idempotency_key]
+        if earlier:  # this very attempt, asked again: its hold as it stands
+            return KeyedReservation(earlier[0].frozen(replayed=True), False, charged, replays_left)
 
         def refused(code: grpc.StatusCode, reason: str, **metadata: str) -> UpstreamError:
             return UpstreamError("ledger", code, reason.lower(), reason, metadata)
@@ -177,7 +205,6 @@ class FakeLedger:
             )
         if any(h.state == HoldState.HELD for h in attempts):
             raise refused(grpc.StatusCode.FAILED_PRECONDITION, "ATTEMPT_IN_PROGRESS")
-        replays_left = self.max_replays - record.replays
         if left <= 0 and keyed.late_charge:
             return KeyedReservation(None, False, charged, replays_left)
         if left <= 0:
@@ -201,10 +228,9 @@ class FakeLedger:
             raise UpstreamError("ledger", grpc.StatusCode.INVALID_ARGUMENT, "bad amount")
         if self.expire_before_capture and hold.state == HoldState.HELD:
             self.expire_before_capture = False  # this hold only
-            self._refund(hold, HoldState.EXPIRED)
+            self.expire(hold_id)
         if hold.state in (HoldState.RELEASED, HoldState.EXPIRED):
-            reason = "HOLD_RELEASED" if hold.state == HoldState.RELEASED else "HOLD_EXPIRED"
-            raise UpstreamError("ledger", grpc.StatusCode.FAILED_PRECONDITION, reason, reason)
+            raise _closed(hold)
         if hold.state == HoldState.CAPTURED:
             if hold.captured != wanted:
                 raise UpstreamError(
@@ -227,6 +253,20 @@ class FakeLedger:
             self._refund(hold, HoldState.RELEASED)
         return hold.frozen()
 
+    async def checkpoint(self, hold_id: str, delivered: int, extend_seconds: int) -> Hold:
+        """Checkpoints only grow; a closed hold is refused (deadlines are not modelled: a test
+        lapses a hold with expire())."""
+        self.calls.append(("checkpoint", hold_id, str(delivered), str(extend_seconds)))
+        if self.checkpoint_failures:
+            raise UpstreamError("ledger", self.checkpoint_failures.pop(0), "injected failure")
+        hold = self.holds[hold_id]
+        if hold.state != HoldState.HELD:
+            raise _closed(hold)
+        if not 0 <= delivered <= hold.amount or extend_seconds <= 0:
+            raise UpstreamError("ledger", grpc.StatusCode.INVALID_ARGUMENT, "bad checkpoint")
+        hold.checkpointed = max(hold.checkpointed, delivered)
+        return hold.frozen()
+
     async def ready(self) -> bool:
         return self.serving
 
@@ -234,6 +274,11 @@ class FakeLedger:
         hold.state = state
         if hold.account_id not in self.unlimited:
             self.balances[hold.account_id] += hold.amount if amount is None else amount
+
+
+def _closed(hold: FakeHold) -> UpstreamError:
+    reason = f"HOLD_{hold.state.name}"
+    return UpstreamError("ledger", grpc.StatusCode.FAILED_PRECONDITION, reason.lower(), reason)
 
 
 # What a scripted stream does at each step: give a piece, fail, or wait for a signal.
@@ -320,7 +365,7 @@ class FakeSynth:
     def synthesize(self, request: SynthesisRequest) -> FakeStream:
         self.requests.append(request)
         self.request_ids.append(request_id_var.get())
-        steps = [_not_serving()] if self.warming_up else self.script(request)
+        steps: list[Step] = [_not_serving()] if self.warming_up else self.script(request)
         stream = FakeStream(steps)
         self.streams.append(stream)
         return stream

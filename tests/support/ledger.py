@@ -14,7 +14,7 @@ from tests.support.pki import channel, tls_env
 # Who may call what is the certificate's business now; kept so call sites read as before.
 ADMIN: tuple[tuple[str, str], ...] = ()
 # The ledger's RPCs only the dashboard and the operator may call; the rest, as the gateway.
-OPERATOR_METHODS = frozenset({"OpenAccount", "Grant", "SetUnlimited", "ListEntries"})
+OPERATOR_METHODS = frozenset({"OpenAccount", "Grant", "SetUnlimited", "ListEntries", "Verify"})
 
 
 def ledger_process(

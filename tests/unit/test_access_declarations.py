@@ -35,6 +35,8 @@ EXPECTED = {
         "OpenAccount": {"DASHBOARD", "OPERATOR"},
         "Grant": {"OPERATOR"},
         "SetUnlimited": {"OPERATOR"},
+        "Checkpoint": {"GATEWAY", "PREDICTIONS"},
+        "Verify": {"OPERATOR"},
     },
     "SynthService": {
         "Synthesize": {"GATEWAY", "PREDICTIONS", "DASHBOARD", "INTERNAL"},

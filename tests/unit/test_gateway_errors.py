@@ -116,8 +116,11 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         "127.0.0.1:50053",
     )
     assert settings.max_input_chars == 4096
-    # The first-chunk wait, the longest stream for 4096 characters, then the settling margin.
-    assert settings.hold_ttl_seconds(4096) == 300 + 1024 + 300
+    # The first-chunk wait, one extension (checkpoints renew it from there), then settling.
+    assert settings.hold_ttl_seconds == 300 + 60 + 60
+    assert (settings.checkpoint_interval_seconds, settings.hold_extension_seconds) == (5, 60)
+    # 4096 characters at speed 0.25 are about 18 minutes of audio; an hour covers a slow CPU.
+    assert settings.max_stream_seconds == 3600
     assert settings.send_timeout_seconds == 30
     # Settlement retries span about 8 s, well inside the hold's settling margin.
     assert settings.settle_retry_delays_seconds == (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -129,6 +132,31 @@ def test_a_bad_setting_stops_with_one_line(monkeypatch: pytest.MonkeyPatch) -> N
         load_settings(GatewaySettings)
     message = str(stopped.value)
     assert "GATEWAY_MAX_INPUT_CHARS" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        (
+            {"GATEWAY_CHECKPOINT_INTERVAL_SECONDS": "30", "GATEWAY_HOLD_EXTENSION_SECONDS": "60"},
+            ("GATEWAY_HOLD_EXTENSION_SECONDS", "GATEWAY_CHECKPOINT_INTERVAL_SECONDS"),
+        ),
+        (
+            {"GATEWAY_MAX_STREAM_SECONDS": "120"},
+            ("GATEWAY_MAX_STREAM_SECONDS", "GATEWAY_FIRST_CHUNK_TIMEOUT_SECONDS"),
+        ),
+    ],
+    ids=["extension-too-short-for-a-retry", "limit-inside-the-first-audio-wait"],
+)
+def test_timings_that_cannot_work_together_stop_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], named: tuple[str, ...]
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        load_settings(GatewaySettings)
+    message = str(stopped.value)
+    assert all(name in message for name in named) and "\n" not in message
 
 
 @pytest.mark.parametrize(

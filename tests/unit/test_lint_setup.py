@@ -66,7 +66,12 @@ def test_make_help_lists_every_target() -> None:
 
 
 def test_the_test_subsets_run_their_folders() -> None:
-    for target, folder in (("unit", "unit"), ("integration", "integration"), ("e2e", "e2e")):
+    for target, folder in (
+        ("unit", "unit"),
+        ("integration", "integration"),
+        ("e2e", "e2e"),
+        ("chaos", "chaos"),
+    ):
         assert any(f"pytest tests/{folder}" in line for line in _recipe(target)), target
 
 

@@ -33,8 +33,11 @@ def _seconds(milliseconds: int) -> str:
 
 # Unary RPCs are one indexed query each; a pod that takes longer is stuck, not busy.
 UNARY_TIMEOUT = "15s"
-# A long input streams for minutes on a CPU; this only stops a stream that never ends.
-STREAM_MAX_DURATION = "1800s"
+# A long input streams for minutes on a CPU, up to an hour at speed 0.25 on a slow one: the
+# gateway ends its own streams at GATEWAY_MAX_STREAM_SECONDS (3600) and charges what was
+# delivered, so this cap sits above it and only stops a stream whose caller never does
+# (tests/deploy/test_stream_limits.py).
+STREAM_MAX_DURATION = "3900s"
 # Time with no bytes either way. Generous: the first chunk waits for a free model slot.
 STREAM_IDLE_TIMEOUT = "300s"
 # The services' own keepalive (services/common/keepalive.py), so idle streams through the proxy

@@ -14,10 +14,11 @@ GRANT USAGE ON SCHEMA ledger TO {role};
 -- every write takes first, needs UPDATE on a column.
 GRANT SELECT, INSERT (id), UPDATE (balance, held, unlimited) ON ledger.accounts TO {role};
 
--- A hold is placed once and closed once (the holds_close_once trigger refuses the rest).
+-- A hold is placed once and closed once; while held, its checkpoint grows and its deadline
+-- moves later (the holds_close_once trigger refuses the rest).
 GRANT SELECT,
     INSERT (id, account_id, amount, drawn, idempotency_key, expire_time, keyed_request_id),
-    UPDATE (state, close_time, captured)
+    UPDATE (state, close_time, captured, checkpointed, expire_time)
     ON ledger.holds TO {role};
 
 -- The journal: appended to and read, nothing else.

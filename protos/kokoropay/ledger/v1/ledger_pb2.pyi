@@ -42,7 +42,7 @@ ENTRY_KIND_EXPIRE: EntryKind
 ENTRY_KIND_UNLIMITED: EntryKind
 
 class Hold(_message.Message):
-    __slots__ = ("id", "account_id", "amount", "state", "idempotency_key", "expire_time", "create_time", "captured_amount")
+    __slots__ = ("id", "account_id", "amount", "state", "idempotency_key", "expire_time", "create_time", "captured_amount", "checkpointed")
     ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Hold(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     CAPTURED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTED_FIELD_NUMBER: _ClassVar[int]
     id: str
     account_id: str
     amount: int
@@ -59,7 +60,8 @@ class Hold(_message.Message):
     expire_time: _timestamp_pb2.Timestamp
     create_time: _timestamp_pb2.Timestamp
     captured_amount: int
-    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[int] = ..., state: _Optional[_Union[HoldState, str]] = ..., idempotency_key: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_amount: _Optional[int] = ...) -> None: ...
+    checkpointed: int
+    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[int] = ..., state: _Optional[_Union[HoldState, str]] = ..., idempotency_key: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_amount: _Optional[int] = ..., checkpointed: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
     __slots__ = ("id", "account_id", "kind", "amount", "balance_after", "hold_id", "idempotency_key", "create_time")
@@ -214,6 +216,50 @@ class ReleaseResponse(_message.Message):
     HOLD_FIELD_NUMBER: _ClassVar[int]
     hold: Hold
     def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ("hold_id", "delivered", "extend_seconds")
+    HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    EXTEND_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    hold_id: str
+    delivered: int
+    extend_seconds: int
+    def __init__(self, hold_id: _Optional[str] = ..., delivered: _Optional[int] = ..., extend_seconds: _Optional[int] = ...) -> None: ...
+
+class CheckpointResponse(_message.Message):
+    __slots__ = ("hold",)
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    hold: Hold
+    def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Discrepancy(_message.Message):
+    __slots__ = ("kind", "account_id", "hold_id", "detail")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    account_id: str
+    hold_id: str
+    detail: str
+    def __init__(self, kind: _Optional[str] = ..., account_id: _Optional[str] = ..., hold_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("expired_holds", "accounts", "holds", "discrepancies")
+    EXPIRED_HOLDS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    HOLDS_FIELD_NUMBER: _ClassVar[int]
+    DISCREPANCIES_FIELD_NUMBER: _ClassVar[int]
+    expired_holds: int
+    accounts: int
+    holds: int
+    discrepancies: _containers.RepeatedCompositeFieldContainer[Discrepancy]
+    def __init__(self, expired_holds: _Optional[int] = ..., accounts: _Optional[int] = ..., holds: _Optional[int] = ..., discrepancies: _Optional[_Iterable[_Union[Discrepancy, _Mapping]]] = ...) -> None: ...
 
 class ListEntriesRequest(_message.Message):
     __slots__ = ("account_id", "page_size", "page_token")

@@ -75,6 +75,16 @@ class LedgerServiceStub:
                 request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListEntriesRequest.SerializeToString,
                 response_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListEntriesResponse.FromString,
                 _registered_method=True)
+        self.Checkpoint = channel.unary_unary(
+                '/kokoropay.ledger.v1.LedgerService/Checkpoint',
+                request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.CheckpointResponse.FromString,
+                _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/kokoropay.ledger.v1.LedgerService/Verify',
+                request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -141,6 +151,25 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Checkpoint(self, request, context):
+        """Records on an open hold how much has been delivered so far and extends its deadline. A
+        hold that expires captures its last checkpoint and returns the rest, so a caller that dies
+        mid-stream neither keeps the credits nor gives the delivered part away. Checkpoints only
+        grow; FAILED_PRECONDITION (HOLD_*) once the hold is closed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Verify(self, request, context):
+        """Expires overdue holds as the sweeper would, then checks the books: every balance equals the
+        sum of its journal, every hold is closed or within its deadline, no hold captured more than
+        it held. Lists what is wrong; an empty list means the books are sound.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +212,16 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ListEntries,
                     request_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListEntriesRequest.FromString,
                     response_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'Checkpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.Checkpoint,
+                    request_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.CheckpointRequest.FromString,
+                    response_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.CheckpointResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyRequest.FromString,
+                    response_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +441,60 @@ class LedgerService:
             '/kokoropay.ledger.v1.LedgerService/ListEntries',
             kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListEntriesRequest.SerializeToString,
             kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Checkpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.ledger.v1.LedgerService/Checkpoint',
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.CheckpointRequest.SerializeToString,
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.CheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.ledger.v1.LedgerService/Verify',
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyRequest.SerializeToString,
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
