@@ -1,15 +1,24 @@
-"""`python -m services.synth`: settings → weights → engine → servicer → server."""
+"""`python -m services.synth`: settings → weights → listen (NOT_SERVING) → engine → SERVING."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 
 from services.common.logs import configure_logging
 from services.common.server import ServiceSpec, serve
 from services.common.settings import load_settings
+from services.synth.engine.model_files import WeightsError, WeightsPaths, find_weights
+from services.synth.errors import ERRORS
+from services.synth.loading import LoadingSynthServicer
 from services.synth.settings import MODEL_MAX_PHONEMES, SynthSettings
+
+if TYPE_CHECKING:  # the model stack is imported at start-up, not here
+    from services.synth.engine.manager import EngineManager
+    from services.synth.servicer import SynthServicer
 
 SERVICE_NAME = synth_pb2.DESCRIPTOR.services_by_name["SynthService"].full_name
 
@@ -17,18 +26,45 @@ SERVICE_NAME = synth_pb2.DESCRIPTOR.services_by_name["SynthService"].full_name
 def main() -> None:
     settings = load_settings(SynthSettings)
     configure_logging("synth", settings.log_level)
-    # Imported here, after settings: torch and the model stack are slow to import.
+    try:
+        weights = find_weights(settings.weights_dir)
+    except WeightsError as error:
+        raise SystemExit(f"error: {error}") from None
+    servicer = LoadingSynthServicer()
+    closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def startup() -> None:
+        # The model stack is slow to import: off the event loop, while health says NOT_SERVING.
+        engine, loaded = await asyncio.to_thread(_build, settings, weights)
+        closers.append(engine.close)
+        await engine.start()
+        servicer.loaded = loaded
+
+    async def shutdown() -> None:
+        for close in closers:
+            await close()
+
+    spec = ServiceSpec(
+        names=[SERVICE_NAME],
+        register=lambda server: synth_pb2_grpc.add_SynthServiceServicer_to_server(servicer, server),
+        errors=ERRORS,
+        startup=startup,
+        shutdown=shutdown,
+    )
+    asyncio.run(serve(spec, settings))
+
+
+def _build(settings: SynthSettings, weights: WeightsPaths) -> tuple[EngineManager, SynthServicer]:
+    """The engine and the real servicer; imports torch and the model stack."""
     from services.synth.engine.kokoro_backend import KokoroBackend, choose_device
     from services.synth.engine.manager import EngineManager
-    from services.synth.engine.model_files import WeightsError, find_weights
-    from services.synth.servicer import ERRORS, SynthServicer
+    from services.synth.servicer import SynthServicer
     from services.synth.text.chunking import ChunkBudgets
     from services.synth.text.g2p import build_phonemizers
 
     try:
-        weights = find_weights(settings.weights_dir)
         device = choose_device(settings.device)
-    except (WeightsError, RuntimeError) as error:
+    except RuntimeError as error:
         raise SystemExit(f"error: {error}") from None
     engine = EngineManager(
         KokoroBackend(weights, device, settings.torch_threads),
@@ -39,18 +75,9 @@ def main() -> None:
         warm_up=settings.warm_up,
     )
     servicer = SynthServicer(
-        engine,
-        max_input_chars=settings.max_input_chars,
-        precision=weights.manifest.precision,
+        engine, max_input_chars=settings.max_input_chars, precision=weights.manifest.precision
     )
-    spec = ServiceSpec(
-        names=[SERVICE_NAME],
-        register=lambda server: synth_pb2_grpc.add_SynthServiceServicer_to_server(servicer, server),
-        errors=ERRORS,
-        startup=engine.start,
-        shutdown=engine.close,
-    )
-    asyncio.run(serve(spec, settings))
+    return engine, servicer
 
 
 if __name__ == "__main__":

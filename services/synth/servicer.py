@@ -1,6 +1,6 @@
 """SynthService over gRPC: validate, resolve the voice, stream encoded chunks as they are spoken.
 
-Handlers raise; `ERRORS` is the one table that turns what they raise into a status
+Handlers raise; `ERRORS` (errors.py) is the one table that turns what they raise into a status
 (services/common/errors.py), a model failure mid-stream included (INTERNAL, logged with its
 traceback). Who may call each RPC is declared in synth.proto.
 """
@@ -16,34 +16,17 @@ from contextlib import aclosing
 import grpc
 from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 
-from services.common.errors import ErrorTable, InvalidArgument, ServiceError
+from services.common.errors import InvalidArgument
 from services.synth.audio.encoders import AudioFormat, StreamEncoder, open_encoder
 from services.synth.engine.manager import EngineManager, GeneratedChunk, SynthesisCancelled
-from services.synth.models import UnknownModelError, model_info, resolve_model
-from services.synth.voices import VoiceError, VoiceKind
+from services.synth.errors import InputTooLong
+from services.synth.models import model_info, resolve_model
+from services.synth.voices import VoiceKind
 
 _log = logging.getLogger("synth.rpc")
 
 SERVICE_NAME: str = synth_pb2.DESCRIPTOR.services_by_name["SynthService"].full_name
 
-
-class InputTooLong(ServiceError):
-    def __init__(self, characters: int, limit: int) -> None:
-        super().__init__(
-            f"text has {characters} characters; this server takes at most {limit} per request",
-            reason="INPUT_TOO_LONG",
-        )
-
-
-ERRORS = ErrorTable(
-    "synth",
-    {
-        InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-        UnknownModelError: grpc.StatusCode.INVALID_ARGUMENT,
-        VoiceError: grpc.StatusCode.INVALID_ARGUMENT,
-        InputTooLong: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    },
-)
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 # Well under gRPC's default 4 MiB receive limit: a long chunk of PCM/WAV at a slow speed
