@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import uvicorn
+from starlette.types import Message
 
 from services.cli.processes import free_port
 from services.gateway.__main__ import GatewayServer
-from services.gateway.delivery import SpeechDelivery
+from services.gateway.delivery import DeliveryResponse, SpeechDelivery
 from services.gateway.protocol import SpeechRequest
 from tests.support.gateway_fakes import GOOD_KEY, FakeMesh, fake_mesh
 
@@ -113,3 +114,29 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+# What uvicorn, which serves the gateway, puts in every scope: Starlette streams differently
+# under spec 2.4 (no disconnect listener), so tests drive the path production takes
+# (tests/unit/test_gateway_streaming.py checks the live server against it).
+UVICORN_ASGI = {"version": "3.0", "spec_version": "2.3"}
+
+
+async def deliver_to_a_stalled_client(delivery: SpeechDelivery, send_timeout: float) -> list[bytes]:
+    """Run `delivery` as uvicorn would for a client that takes the first piece of the body,
+    then never reads again (its window stays full); the pieces it took."""
+    bodies: list[bytes] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if bodies:
+                await asyncio.Event().wait()
+            bodies.append(message["body"])
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    response = DeliveryResponse(delivery, send_timeout=send_timeout)
+    await asyncio.wait_for(response({"type": "http", "asgi": UVICORN_ASGI}, receive, send), 5)
+    return bodies

@@ -9,18 +9,15 @@ import json
 
 import httpx
 import pytest
-from starlette.types import Message
 
 from services.gateway.clients import HoldState
-from services.gateway.delivery import DeliveryResponse
 from services.gateway.settings import GatewaySettings
 from tests.support.gateway_fakes import FakeMesh, auth_header, pieces_with
-from tests.support.gateway_fixtures import eventually, sell
+from tests.support.gateway_fixtures import deliver_to_a_stalled_client, eventually, sell
 
 SPEECH = "/v1/audio/speech"
 LIMIT = 0.5
 SHORT = {"max_stream_seconds": LIMIT, "first_chunk_timeout_seconds": 0.2}
-UVICORN_ASGI = {"version": "3.0", "spec_version": "2.3"}
 
 
 def test_the_default_limit_covers_the_longest_input_at_the_slowest_speed() -> None:
@@ -66,21 +63,8 @@ async def test_the_limit_holds_while_the_client_reads_slowly(mesh: FakeMesh) -> 
     """Time spent waiting on the client counts too: a reader slower than the send timeout
     allows still cannot keep the stream past the limit."""
     delivery = await sell(mesh, "hello world")
-    bodies: list[bytes] = []
-
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.body":
-            if bodies:
-                await asyncio.Event().wait()  # takes the first piece, then no more
-            bodies.append(message["body"])
-
-    async def receive() -> Message:
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    scope = {"type": "http", "asgi": UVICORN_ASGI}
-    response = DeliveryResponse(delivery, send_timeout=60)
-    await asyncio.wait_for(response(scope, receive, send), 5)
+    # send_timeout alone would wait 60 s for the stalled reader; the stream limit ends it.
+    bodies = await deliver_to_a_stalled_client(delivery, send_timeout=60)
 
     assert bodies == [b"mp3:0;"]
     assert mesh.synth.streams[0].cancelled

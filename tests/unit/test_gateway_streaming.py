@@ -14,10 +14,8 @@ import httpx
 import openai
 import pytest
 from fastapi import Request
-from starlette.types import Message
 
 from services.gateway.clients import HoldState, SynthesisRequest
-from services.gateway.delivery import DeliveryResponse
 from tests.support.gateway_fakes import (
     ACCOUNT,
     GOOD_KEY,
@@ -28,7 +26,14 @@ from tests.support.gateway_fakes import (
     pieces_with,
     synth_error,
 )
-from tests.support.gateway_fixtures import LiveGateway, eventually, live_gateway, sell
+from tests.support.gateway_fixtures import (
+    UVICORN_ASGI,
+    LiveGateway,
+    deliver_to_a_stalled_client,
+    eventually,
+    live_gateway,
+    sell,
+)
 
 SPEECH = "/v1/audio/speech"
 HELLO_WORLD = {"input": "hello world"}  # 11 characters, in pieces of 3, 7 and 11
@@ -175,11 +180,6 @@ async def test_a_stream_cut_by_shutdown_is_refunded(mesh: FakeMesh) -> None:
     assert mesh.ledger.balance_of() == 1000
 
 
-# What uvicorn, which serves the gateway, puts in every scope: Starlette streams differently
-# under spec 2.4 (no disconnect listener), so the tests drive the path production takes.
-UVICORN_ASGI = {"version": "3.0", "spec_version": "2.3"}
-
-
 async def test_the_server_speaks_the_asgi_spec_these_tests_assume(mesh: FakeMesh) -> None:
     @mesh.app.get("/asgi-of-this-scope")
     async def asgi_of_this_scope(request: Request) -> dict[str, str]:
@@ -191,22 +191,8 @@ async def test_the_server_speaks_the_asgi_spec_these_tests_assume(mesh: FakeMesh
 
 async def test_a_client_that_stops_reading_is_treated_as_gone(mesh: FakeMesh) -> None:
     delivery = await sell(mesh, "hello world")
-    bodies: list[bytes] = []
-    stalled = asyncio.Event()
 
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.body":
-            if bodies:
-                await stalled.wait()  # the client's window is full and stays full
-            bodies.append(message["body"])
-
-    async def receive() -> Message:
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    scope = {"type": "http", "asgi": UVICORN_ASGI}
-    response = DeliveryResponse(delivery, send_timeout=0.1)
-    await asyncio.wait_for(response(scope, receive, send), 5)
+    bodies = await deliver_to_a_stalled_client(delivery, send_timeout=0.1)
 
     assert bodies == [b"mp3:0;"]
     assert mesh.synth.streams[0].cancelled
