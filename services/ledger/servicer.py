@@ -47,6 +47,9 @@ from services.ledger.store import (
 
 SERVICE_NAME: str = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
 
+# The idempotency key of every account's sign-up grant.
+SIGNUP_GRANT_KEY = "kokoropay:signup-bonus"
+
 ERRORS = ErrorTable(
     "ledger",
     {
@@ -119,6 +122,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self._request_key_window_seconds = settings.request_key_window_seconds
         self._max_free_replays = settings.max_free_replays
         self._sweep_batch_size = settings.sweep_batch_size
+        self._signup_grant_credits = settings.signup_grant_credits
 
     async def OpenAccount(
         self, request: ledger_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext
@@ -141,6 +145,22 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         key = validation.require_key(request.idempotency_key)
         entry, balance = await self._store.grant(account_id, amount, key)
         return ledger_pb2.GrantResponse(
+            entry=entry_message(entry), balance=balance_message(balance)
+        )
+
+    async def GrantSignupBonus(
+        self, request: ledger_pb2.GrantSignupBonusRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.GrantSignupBonusResponse:
+        account_id = validation.require_id(request.account_id, "account_id")
+        if self._signup_grant_credits == 0:
+            balance = await self._store.balance(account_id)
+            return ledger_pb2.GrantSignupBonusResponse(balance=balance_message(balance))
+        # Grant keys are unique per account, so one fixed key makes a repeat, or a race of
+        # repeats, grant once.
+        entry, balance = await self._store.grant_once(
+            account_id, self._signup_grant_credits, SIGNUP_GRANT_KEY
+        )
+        return ledger_pb2.GrantSignupBonusResponse(
             entry=entry_message(entry), balance=balance_message(balance)
         )
 

@@ -31,6 +31,9 @@ class LedgerSettings(DatabaseSettings):
     request_key_window_seconds: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
     # Free replays of a keyed request once its price is paid (re-synthesized audio is GPU time).
     max_free_replays: int = Field(default=2, ge=0, le=100)
+    # Credits a new account gets once, through GrantSignupBonus (the dashboard's sign-up);
+    # 0 turns the bonus off (the prod overlay does).
+    signup_grant_credits: int = Field(default=1000, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _ttls_agree(self) -> Self:

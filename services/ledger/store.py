@@ -617,6 +617,18 @@ class LedgerStore:
             return original, _balance(balance[0])
         return _entry(granted[0]), _balance(balance[0])
 
+    async def grant_once(self, account_id: str, amount: int, key: str) -> tuple[Entry, Balance]:
+        """Grant under `key` unless the key already granted, whatever amount it granted then
+        (a setting changed since does not make a second grant)."""
+        try:
+            return await self.grant(account_id, amount, key)
+        except IdempotencyKeyReused:
+            [earlier, balance] = await self._run(
+                (_GRANT_BY_KEY, {"account_id": account_id, "key": key}),
+                (_READ_BALANCE, {"account_id": account_id}),
+            )
+            return _entry(earlier[0]), _balance(balance[0])
+
     async def set_unlimited(self, account_id: str, unlimited: bool) -> Balance:
         params = {"account_id": account_id, "unlimited": unlimited}
         locked, _, balance = await self._run(

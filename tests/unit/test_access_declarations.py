@@ -34,6 +34,7 @@ EXPECTED = {
         "ListEntries": {"DASHBOARD", "OPERATOR"},
         "OpenAccount": {"DASHBOARD", "OPERATOR"},
         "Grant": {"OPERATOR"},
+        "GrantSignupBonus": {"DASHBOARD"},
         "SetUnlimited": {"OPERATOR"},
         "Checkpoint": {"GATEWAY", "PREDICTIONS"},
         "Verify": {"OPERATOR"},

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kokoropay.common.v1 import access_pb2 as kokoropay_dot_common_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kokoropay/ledger/v1/ledger.proto\x12\x13kokoropay.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kokoropay/common/v1/access.proto\"\x8f\x02\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.HoldState\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61ptured_amount\x18\x08 \x01(\x03\x12\x14\n\x0c\x63heckpointed\x18\t \x01(\x03\"\xd7\x01\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.EntryKind\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x15\n\rbalance_after\x18\x05 \x01(\x03\x12\x0f\n\x07hold_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x12OpenAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"O\n\x13OpenAccountResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"F\n\x12GetBalanceResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x0c\n\x04held\x18\x02 \x01(\x03\x12\x11\n\tunlimited\x18\x03 \x01(\x08\"K\n\x0cGrantRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"t\n\rGrantResponse\x12)\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"<\n\x13SetUnlimitedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tunlimited\x18\x02 \x01(\x08\"P\n\x14SetUnlimitedResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"\x94\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\r\x12\x30\n\x05keyed\x18\x05 \x01(\x0b\x32!.kokoropay.ledger.v1.KeyedRequest\"T\n\x0cKeyedRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\x13\n\x0blate_charge\x18\x04 \x01(\x08\"L\n\x0cKeyedAttempt\x12\x0e\n\x06replay\x18\x01 \x01(\x08\x12\x16\n\x0e\x63harged_before\x18\x02 \x01(\x03\x12\x14\n\x0creplays_left\x18\x03 \x01(\x05\"\xb8\x01\n\x0fReserveResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x30\n\x05keyed\x18\x04 \x01(\x0b\x32!.kokoropay.ledger.v1.KeyedAttempt\"1\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\":\n\x0f\x43\x61ptureResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"!\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\":\n\x0fReleaseResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"O\n\x11\x43heckpointRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x11\n\tdelivered\x18\x02 \x01(\x03\x12\x16\n\x0e\x65xtend_seconds\x18\x03 \x01(\r\"=\n\x12\x43heckpointResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"\x0f\n\rVerifyRequest\"P\n\x0b\x44iscrepancy\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07hold_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x81\x01\n\x0eVerifyResponse\x12\x15\n\rexpired_holds\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63ounts\x18\x02 \x01(\x03\x12\r\n\x05holds\x18\x03 \x01(\x03\x12\x37\n\rdiscrepancies\x18\x04 \x03(\x0b\x32 .kokoropay.ledger.v1.Discrepancy\"O\n\x12ListEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x13ListEntriesResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x86\x01\n\tHoldState\x12\x1a\n\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fHOLD_STATE_HELD\x10\x01\x12\x17\n\x13HOLD_STATE_CAPTURED\x10\x02\x12\x17\n\x13HOLD_STATE_RELEASED\x10\x03\x12\x16\n\x12HOLD_STATE_EXPIRED\x10\x04*\xb3\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NTRY_KIND_GRANT\x10\x01\x12\x13\n\x0f\x45NTRY_KIND_HOLD\x10\x02\x12\x16\n\x12\x45NTRY_KIND_CAPTURE\x10\x03\x12\x16\n\x12\x45NTRY_KIND_RELEASE\x10\x04\x12\x15\n\x11\x45NTRY_KIND_EXPIRE\x10\x05\x12\x18\n\x14\x45NTRY_KIND_UNLIMITED\x10\x06\x32\xfd\x07\n\rLedgerService\x12j\n\x0bOpenAccount\x12\'.kokoropay.ledger.v1.OpenAccountRequest\x1a(.kokoropay.ledger.v1.OpenAccountResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x12h\n\nGetBalance\x12&.kokoropay.ledger.v1.GetBalanceRequest\x1a\'.kokoropay.ledger.v1.GetBalanceResponse\"\t\xca\xf3\x18\x05\n\x03\x02\x04\x01\x12W\n\x05Grant\x12!.kokoropay.ledger.v1.GrantRequest\x1a\".kokoropay.ledger.v1.GrantResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12l\n\x0cSetUnlimited\x12(.kokoropay.ledger.v1.SetUnlimitedRequest\x1a).kokoropay.ledger.v1.SetUnlimitedResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12^\n\x07Reserve\x12#.kokoropay.ledger.v1.ReserveRequest\x1a$.kokoropay.ledger.v1.ReserveResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12^\n\x07\x43\x61pture\x12#.kokoropay.ledger.v1.CaptureRequest\x1a$.kokoropay.ledger.v1.CaptureResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12^\n\x07Release\x12#.kokoropay.ledger.v1.ReleaseRequest\x1a$.kokoropay.ledger.v1.ReleaseResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12j\n\x0bListEntries\x12\'.kokoropay.ledger.v1.ListEntriesRequest\x1a(.kokoropay.ledger.v1.ListEntriesResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x12g\n\nCheckpoint\x12&.kokoropay.ledger.v1.CheckpointRequest\x1a\'.kokoropay.ledger.v1.CheckpointResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12Z\n\x06Verify\x12\".kokoropay.ledger.v1.VerifyRequest\x1a#.kokoropay.ledger.v1.VerifyResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kokoropay/ledger/v1/ledger.proto\x12\x13kokoropay.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kokoropay/common/v1/access.proto\"\x8f\x02\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.HoldState\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61ptured_amount\x18\x08 \x01(\x03\x12\x14\n\x0c\x63heckpointed\x18\t \x01(\x03\"\xd7\x01\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.kokoropay.ledger.v1.EntryKind\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x15\n\rbalance_after\x18\x05 \x01(\x03\x12\x0f\n\x07hold_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x12OpenAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"O\n\x13OpenAccountResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"F\n\x12GetBalanceResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x0c\n\x04held\x18\x02 \x01(\x03\x12\x11\n\tunlimited\x18\x03 \x01(\x08\"K\n\x0cGrantRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"-\n\x17GrantSignupBonusRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\x7f\n\x18GrantSignupBonusResponse\x12)\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"t\n\rGrantResponse\x12)\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"<\n\x13SetUnlimitedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tunlimited\x18\x02 \x01(\x08\"P\n\x14SetUnlimitedResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\"\x94\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\r\x12\x30\n\x05keyed\x18\x05 \x01(\x0b\x32!.kokoropay.ledger.v1.KeyedRequest\"T\n\x0cKeyedRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\x13\n\x0blate_charge\x18\x04 \x01(\x08\"L\n\x0cKeyedAttempt\x12\x0e\n\x06replay\x18\x01 \x01(\x08\x12\x16\n\x0e\x63harged_before\x18\x02 \x01(\x03\x12\x14\n\x0creplays_left\x18\x03 \x01(\x05\"\xb8\x01\n\x0fReserveResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\x12\x38\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\'.kokoropay.ledger.v1.GetBalanceResponse\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x30\n\x05keyed\x18\x04 \x01(\x0b\x32!.kokoropay.ledger.v1.KeyedAttempt\"1\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\":\n\x0f\x43\x61ptureResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"!\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\":\n\x0fReleaseResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"O\n\x11\x43heckpointRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x11\n\tdelivered\x18\x02 \x01(\x03\x12\x16\n\x0e\x65xtend_seconds\x18\x03 \x01(\r\"=\n\x12\x43heckpointResponse\x12\'\n\x04hold\x18\x01 \x01(\x0b\x32\x19.kokoropay.ledger.v1.Hold\"\x0f\n\rVerifyRequest\"P\n\x0b\x44iscrepancy\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07hold_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x81\x01\n\x0eVerifyResponse\x12\x15\n\rexpired_holds\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63ounts\x18\x02 \x01(\x03\x12\r\n\x05holds\x18\x03 \x01(\x03\x12\x37\n\rdiscrepancies\x18\x04 \x03(\x0b\x32 .kokoropay.ledger.v1.Discrepancy\"O\n\x12ListEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x13ListEntriesResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.kokoropay.ledger.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x86\x01\n\tHoldState\x12\x1a\n\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fHOLD_STATE_HELD\x10\x01\x12\x17\n\x13HOLD_STATE_CAPTURED\x10\x02\x12\x17\n\x13HOLD_STATE_RELEASED\x10\x03\x12\x16\n\x12HOLD_STATE_EXPIRED\x10\x04*\xb3\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NTRY_KIND_GRANT\x10\x01\x12\x13\n\x0f\x45NTRY_KIND_HOLD\x10\x02\x12\x16\n\x12\x45NTRY_KIND_CAPTURE\x10\x03\x12\x16\n\x12\x45NTRY_KIND_RELEASE\x10\x04\x12\x15\n\x11\x45NTRY_KIND_EXPIRE\x10\x05\x12\x18\n\x14\x45NTRY_KIND_UNLIMITED\x10\x06\x32\xf7\x08\n\rLedgerService\x12j\n\x0bOpenAccount\x12\'.kokoropay.ledger.v1.OpenAccountRequest\x1a(.kokoropay.ledger.v1.OpenAccountResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x12h\n\nGetBalance\x12&.kokoropay.ledger.v1.GetBalanceRequest\x1a\'.kokoropay.ledger.v1.GetBalanceResponse\"\t\xca\xf3\x18\x05\n\x03\x02\x04\x01\x12W\n\x05Grant\x12!.kokoropay.ledger.v1.GrantRequest\x1a\".kokoropay.ledger.v1.GrantResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12x\n\x10GrantSignupBonus\x12,.kokoropay.ledger.v1.GrantSignupBonusRequest\x1a-.kokoropay.ledger.v1.GrantSignupBonusResponse\"\x07\xca\xf3\x18\x03\n\x01\x04\x12l\n\x0cSetUnlimited\x12(.kokoropay.ledger.v1.SetUnlimitedRequest\x1a).kokoropay.ledger.v1.SetUnlimitedResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x12^\n\x07Reserve\x12#.kokoropay.ledger.v1.ReserveRequest\x1a$.kokoropay.ledger.v1.ReserveResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12^\n\x07\x43\x61pture\x12#.kokoropay.ledger.v1.CaptureRequest\x1a$.kokoropay.ledger.v1.CaptureResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12^\n\x07Release\x12#.kokoropay.ledger.v1.ReleaseRequest\x1a$.kokoropay.ledger.v1.ReleaseResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12j\n\x0bListEntries\x12\'.kokoropay.ledger.v1.ListEntriesRequest\x1a(.kokoropay.ledger.v1.ListEntriesResponse\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x12g\n\nCheckpoint\x12&.kokoropay.ledger.v1.CheckpointRequest\x1a\'.kokoropay.ledger.v1.CheckpointResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x03\x12Z\n\x06Verify\x12\".kokoropay.ledger.v1.VerifyRequest\x1a#.kokoropay.ledger.v1.VerifyResponse\"\x07\xca\xf3\x18\x03\n\x01\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEDGERSERVICE'].methods_by_name['GetBalance']._serialized_options = b'\312\363\030\005\n\003\002\004\001'
   _globals['_LEDGERSERVICE'].methods_by_name['Grant']._loaded_options = None
   _globals['_LEDGERSERVICE'].methods_by_name['Grant']._serialized_options = b'\312\363\030\003\n\001\001'
+  _globals['_LEDGERSERVICE'].methods_by_name['GrantSignupBonus']._loaded_options = None
+  _globals['_LEDGERSERVICE'].methods_by_name['GrantSignupBonus']._serialized_options = b'\312\363\030\003\n\001\004'
   _globals['_LEDGERSERVICE'].methods_by_name['SetUnlimited']._loaded_options = None
   _globals['_LEDGERSERVICE'].methods_by_name['SetUnlimited']._serialized_options = b'\312\363\030\003\n\001\001'
   _globals['_LEDGERSERVICE'].methods_by_name['Reserve']._loaded_options = None
@@ -53,10 +55,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEDGERSERVICE'].methods_by_name['Checkpoint']._serialized_options = b'\312\363\030\004\n\002\002\003'
   _globals['_LEDGERSERVICE'].methods_by_name['Verify']._loaded_options = None
   _globals['_LEDGERSERVICE'].methods_by_name['Verify']._serialized_options = b'\312\363\030\003\n\001\001'
-  _globals['_HOLDSTATE']._serialized_start=2449
-  _globals['_HOLDSTATE']._serialized_end=2583
-  _globals['_ENTRYKIND']._serialized_start=2586
-  _globals['_ENTRYKIND']._serialized_end=2765
+  _globals['_HOLDSTATE']._serialized_start=2625
+  _globals['_HOLDSTATE']._serialized_end=2759
+  _globals['_ENTRYKIND']._serialized_start=2762
+  _globals['_ENTRYKIND']._serialized_end=2941
   _globals['_HOLD']._serialized_start=125
   _globals['_HOLD']._serialized_end=396
   _globals['_ENTRY']._serialized_start=399
@@ -71,42 +73,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETBALANCERESPONSE']._serialized_end=850
   _globals['_GRANTREQUEST']._serialized_start=852
   _globals['_GRANTREQUEST']._serialized_end=927
-  _globals['_GRANTRESPONSE']._serialized_start=929
-  _globals['_GRANTRESPONSE']._serialized_end=1045
-  _globals['_SETUNLIMITEDREQUEST']._serialized_start=1047
-  _globals['_SETUNLIMITEDREQUEST']._serialized_end=1107
-  _globals['_SETUNLIMITEDRESPONSE']._serialized_start=1109
-  _globals['_SETUNLIMITEDRESPONSE']._serialized_end=1189
-  _globals['_RESERVEREQUEST']._serialized_start=1192
-  _globals['_RESERVEREQUEST']._serialized_end=1340
-  _globals['_KEYEDREQUEST']._serialized_start=1342
-  _globals['_KEYEDREQUEST']._serialized_end=1426
-  _globals['_KEYEDATTEMPT']._serialized_start=1428
-  _globals['_KEYEDATTEMPT']._serialized_end=1504
-  _globals['_RESERVERESPONSE']._serialized_start=1507
-  _globals['_RESERVERESPONSE']._serialized_end=1691
-  _globals['_CAPTUREREQUEST']._serialized_start=1693
-  _globals['_CAPTUREREQUEST']._serialized_end=1742
-  _globals['_CAPTURERESPONSE']._serialized_start=1744
-  _globals['_CAPTURERESPONSE']._serialized_end=1802
-  _globals['_RELEASEREQUEST']._serialized_start=1804
-  _globals['_RELEASEREQUEST']._serialized_end=1837
-  _globals['_RELEASERESPONSE']._serialized_start=1839
-  _globals['_RELEASERESPONSE']._serialized_end=1897
-  _globals['_CHECKPOINTREQUEST']._serialized_start=1899
-  _globals['_CHECKPOINTREQUEST']._serialized_end=1978
-  _globals['_CHECKPOINTRESPONSE']._serialized_start=1980
-  _globals['_CHECKPOINTRESPONSE']._serialized_end=2041
-  _globals['_VERIFYREQUEST']._serialized_start=2043
-  _globals['_VERIFYREQUEST']._serialized_end=2058
-  _globals['_DISCREPANCY']._serialized_start=2060
-  _globals['_DISCREPANCY']._serialized_end=2140
-  _globals['_VERIFYRESPONSE']._serialized_start=2143
-  _globals['_VERIFYRESPONSE']._serialized_end=2272
-  _globals['_LISTENTRIESREQUEST']._serialized_start=2274
-  _globals['_LISTENTRIESREQUEST']._serialized_end=2353
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=2355
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=2446
-  _globals['_LEDGERSERVICE']._serialized_start=2768
-  _globals['_LEDGERSERVICE']._serialized_end=3789
+  _globals['_GRANTSIGNUPBONUSREQUEST']._serialized_start=929
+  _globals['_GRANTSIGNUPBONUSREQUEST']._serialized_end=974
+  _globals['_GRANTSIGNUPBONUSRESPONSE']._serialized_start=976
+  _globals['_GRANTSIGNUPBONUSRESPONSE']._serialized_end=1103
+  _globals['_GRANTRESPONSE']._serialized_start=1105
+  _globals['_GRANTRESPONSE']._serialized_end=1221
+  _globals['_SETUNLIMITEDREQUEST']._serialized_start=1223
+  _globals['_SETUNLIMITEDREQUEST']._serialized_end=1283
+  _globals['_SETUNLIMITEDRESPONSE']._serialized_start=1285
+  _globals['_SETUNLIMITEDRESPONSE']._serialized_end=1365
+  _globals['_RESERVEREQUEST']._serialized_start=1368
+  _globals['_RESERVEREQUEST']._serialized_end=1516
+  _globals['_KEYEDREQUEST']._serialized_start=1518
+  _globals['_KEYEDREQUEST']._serialized_end=1602
+  _globals['_KEYEDATTEMPT']._serialized_start=1604
+  _globals['_KEYEDATTEMPT']._serialized_end=1680
+  _globals['_RESERVERESPONSE']._serialized_start=1683
+  _globals['_RESERVERESPONSE']._serialized_end=1867
+  _globals['_CAPTUREREQUEST']._serialized_start=1869
+  _globals['_CAPTUREREQUEST']._serialized_end=1918
+  _globals['_CAPTURERESPONSE']._serialized_start=1920
+  _globals['_CAPTURERESPONSE']._serialized_end=1978
+  _globals['_RELEASEREQUEST']._serialized_start=1980
+  _globals['_RELEASEREQUEST']._serialized_end=2013
+  _globals['_RELEASERESPONSE']._serialized_start=2015
+  _globals['_RELEASERESPONSE']._serialized_end=2073
+  _globals['_CHECKPOINTREQUEST']._serialized_start=2075
+  _globals['_CHECKPOINTREQUEST']._serialized_end=2154
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=2156
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=2217
+  _globals['_VERIFYREQUEST']._serialized_start=2219
+  _globals['_VERIFYREQUEST']._serialized_end=2234
+  _globals['_DISCREPANCY']._serialized_start=2236
+  _globals['_DISCREPANCY']._serialized_end=2316
+  _globals['_VERIFYRESPONSE']._serialized_start=2319
+  _globals['_VERIFYRESPONSE']._serialized_end=2448
+  _globals['_LISTENTRIESREQUEST']._serialized_start=2450
+  _globals['_LISTENTRIESREQUEST']._serialized_end=2529
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=2531
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=2622
+  _globals['_LEDGERSERVICE']._serialized_start=2944
+  _globals['_LEDGERSERVICE']._serialized_end=4087
 # @@protoc_insertion_point(module_scope)

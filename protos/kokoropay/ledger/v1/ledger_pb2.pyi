@@ -121,6 +121,20 @@ class GrantRequest(_message.Message):
     idempotency_key: str
     def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
+class GrantSignupBonusRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class GrantSignupBonusResponse(_message.Message):
+    __slots__ = ("entry", "balance")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    balance: GetBalanceResponse
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ...) -> None: ...
+
 class GrantResponse(_message.Message):
     __slots__ = ("entry", "balance")
     ENTRY_FIELD_NUMBER: _ClassVar[int]

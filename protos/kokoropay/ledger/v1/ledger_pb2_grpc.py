@@ -50,6 +50,11 @@ class LedgerServiceStub:
                 request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.SerializeToString,
                 response_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantResponse.FromString,
                 _registered_method=True)
+        self.GrantSignupBonus = channel.unary_unary(
+                '/kokoropay.ledger.v1.LedgerService/GrantSignupBonus',
+                request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusResponse.FromString,
+                _registered_method=True)
         self.SetUnlimited = channel.unary_unary(
                 '/kokoropay.ledger.v1.LedgerService/SetUnlimited',
                 request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.SetUnlimitedRequest.SerializeToString,
@@ -107,6 +112,15 @@ class LedgerServiceServicer:
 
     def Grant(self, request, context):
         """Adds credits. Idempotent by idempotency_key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantSignupBonus(self, request, context):
+        """Grants a new account its sign-up credits, once per account however often it is called. The
+        amount is the ledger's own setting (LEDGER_SIGNUP_GRANT_CREDITS), never the caller's: the
+        dashboard can start an account, not mint credits. With the setting at 0 it grants nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,6 +201,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.Grant,
                     request_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.FromString,
                     response_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantResponse.SerializeToString,
+            ),
+            'GrantSignupBonus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantSignupBonus,
+                    request_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusRequest.FromString,
+                    response_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusResponse.SerializeToString,
             ),
             'SetUnlimited': grpc.unary_unary_rpc_method_handler(
                     servicer.SetUnlimited,
@@ -306,6 +325,33 @@ class LedgerService:
             '/kokoropay.ledger.v1.LedgerService/Grant',
             kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.SerializeToString,
             kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantSignupBonus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.ledger.v1.LedgerService/GrantSignupBonus',
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusRequest.SerializeToString,
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusResponse.FromString,
             options,
             channel_credentials,
             insecure,
