@@ -14,7 +14,6 @@ billing.py's; relaying the audio, within its time limit, is delivery.py's.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import grpc
 
@@ -88,35 +87,35 @@ class SpeechSeller:
 
     async def validate(self, request: SpeechRequest) -> SpeechOrder:
         """The checks that need settings or synth's lists; pydantic has checked the shape."""
-        order = SpeechOrder(
-            text=request.input,
-            voice=(request.voice_name() or self._settings.default_voice).strip(),
-            model=request.model.strip(),
-            speed=request.speed,
-            audio_format=request.response_format,
-            stream_format=request.stream_format,
-        )
+        voice = (request.voice_name() or self._settings.default_voice).strip()
+        model = request.model.strip()
+        characters = len(request.input)  # code points
         limit = self._settings.max_input_chars
-        if order.characters > limit:
-            raise invalid_order(
-                f"`input` is {order.characters} characters long; the limit is {limit}"
-            )
+        if characters > limit:
+            raise invalid_order(f"`input` is {characters} characters long; the limit is {limit}")
         try:
             with timed("catalog"):
                 models = await self._catalog.model_names()
-                voice_problem = await self._catalog.voice_problem(order.voice)
-                if order.model in models and voice_problem is None:
-                    return dataclasses.replace(
-                        order,
-                        resolved_voice=await self._catalog.resolved_voice(order.voice),
-                        resolved_model=await self._catalog.resolved_model(order.model),
-                    )
+                voice_problem = await self._catalog.voice_problem(voice)
+                if model not in models:
+                    known = ", ".join(models)
+                    raise invalid_order(f"unknown model {model!r}; known models: {known}")
+                if voice_problem is not None:
+                    raise invalid_order(voice_problem)
+                resolved_voice = await self._catalog.resolved_voice(voice)
+                resolved_model = await self._catalog.resolved_model(model)
         except UpstreamError as error:
             raise synthesis_error(error) from error
-        if order.model not in models:
-            known = ", ".join(models)
-            raise invalid_order(f"unknown model {order.model!r}; known models: {known}")
-        raise invalid_order(voice_problem or "invalid voice")
+        return SpeechOrder(
+            text=request.input,
+            voice=voice,
+            model=model,
+            speed=request.speed,
+            audio_format=request.response_format,
+            stream_format=request.stream_format,
+            resolved_voice=resolved_voice,
+            resolved_model=resolved_model,
+        )
 
     async def sell(
         self,

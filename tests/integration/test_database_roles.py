@@ -34,7 +34,7 @@ from services.cli.processes import ServiceProcess
 from services.common.postgres import apply_migrations, migration_files
 from services.common.settings import REPO_ROOT
 from tests.support.auth import AuthSecrets
-from tests.support.ledger import Ledger, ledger_channels, ledger_process
+from tests.support.ledger import Ledger, connected_ledger, ledger_process
 from tests.support.pki import sync_channel
 from tests.support.postgres import create_database
 
@@ -116,9 +116,8 @@ def ledger_service(roles: DatabaseUrls, logs: Path) -> Iterator[ServiceProcess]:
 
 @pytest.fixture(scope="module")
 async def ledger(ledger_service: ServiceProcess) -> AsyncIterator[Ledger]:
-    operator, gateway = ledger_channels(ledger_service.address)
-    async with operator, gateway:
-        yield Ledger(operator, gateway)
+    async with connected_ledger(ledger_service.address) as ledger:
+        yield ledger
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from kokoropay.ledger.v1 import ledger_pb2
 
 from services.cli.processes import ServiceProcess
 from services.gateway.billing import Billing, Charge, Outcome, SpeechOrder
 from services.gateway.clients import GrpcLedgerClient, Principal
-from tests.support.ledger import Ledger, ledger_channels, ledger_process
+from tests.support.ledger import Ledger, connected_ledger, ledger_process
 from tests.support.postgres import create_database
 
 TEXT = "seven!!"  # 7 characters, 7 credits
@@ -36,18 +35,15 @@ def ledger_service(postgres_url: str, log_dir: Path) -> Iterator[ServiceProcess]
 
 
 @pytest.fixture
-async def channels(
-    ledger_service: ServiceProcess,
-) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
-    operator, gateway = ledger_channels(ledger_service.address)
-    async with operator, gateway:
-        yield operator, gateway
+async def ledger(ledger_service: ServiceProcess) -> AsyncIterator[Ledger]:
+    async with connected_ledger(ledger_service.address) as ledger:
+        yield ledger
 
 
 @pytest.fixture
-def billing(channels: tuple[grpc.aio.Channel, grpc.aio.Channel]) -> Billing:
+def billing(ledger: Ledger) -> Billing:
     # Billing runs in the gateway: it calls the ledger with the gateway's certificate.
-    client = GrpcLedgerClient(channels[1], timeout=5, ready_timeout=1)
+    client = GrpcLedgerClient(ledger.gateway_channel, timeout=5, ready_timeout=1)
     return Billing(client, settle_retry_delays=(0.05, 0.1))
 
 
@@ -71,9 +67,8 @@ async def _lapsed_hold(
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["plain", "idempotency-key"])
 async def test_a_completed_stream_whose_hold_lapsed_is_charged_anew(
-    billing: Billing, channels: tuple[grpc.aio.Channel, grpc.aio.Channel], keyed: bool
+    billing: Billing, ledger: Ledger, keyed: bool
 ) -> None:
-    ledger = Ledger(*channels)
     account = await ledger.open_account(credits=10)
     charge = await _lapsed_hold(billing, account, "retry-1" if keyed else None)
 
@@ -90,10 +85,9 @@ async def test_a_completed_stream_whose_hold_lapsed_is_charged_anew(
 
 async def test_a_late_charge_the_balance_no_longer_covers_takes_what_is_left(
     billing: Billing,
-    channels: tuple[grpc.aio.Channel, grpc.aio.Channel],
+    ledger: Ledger,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ledger = Ledger(*channels)
     account = await ledger.open_account(credits=10)
     charge = await _lapsed_hold(billing, account)
     # Meanwhile the customer spent elsewhere: only 2 credits are left when the charge comes.

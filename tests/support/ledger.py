@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
+from kokoropay.common.v1.access_pb2 import GATEWAY, OPERATOR
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 from services.cli.processes import ServiceProcess
+from services.common.access import declared_callers
 from tests.support.pki import channel, tls_env
 
 # Who may call what is the certificate's business now; kept so call sites read as before.
 ADMIN: tuple[tuple[str, str], ...] = ()
-# The ledger's RPCs only the dashboard and the operator may call; the rest, as the gateway.
-OPERATOR_METHODS = frozenset({"OpenAccount", "Grant", "SetUnlimited", "ListEntries", "Verify"})
+# The RPCs ledger.proto declares for the operator and not for the gateway: the tests call those
+# as the operator, everything else as the gateway (read from the declarations, not re-listed).
+OPERATOR_METHODS = frozenset(
+    method.name
+    for method in ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].methods
+    if OPERATOR in declared_callers(method) and GATEWAY not in declared_callers(method)
+)
 
 
 def ledger_process(
@@ -47,9 +56,11 @@ class RoutedLedgerStub:
         return getattr(stub, method)  # type: ignore[no-any-return]
 
 
-def ledger_channels(address: str) -> tuple[grpc.aio.Channel, grpc.aio.Channel]:
-    """Channels to the ledger as the operator and as the gateway."""
-    return channel(address, "operator"), channel(address, "gateway")
+@asynccontextmanager
+async def connected_ledger(address: str) -> AsyncIterator[Ledger]:
+    """A `Ledger` over channels to `address` as the operator and as the gateway, closed after."""
+    async with channel(address, "operator") as operator, channel(address, "gateway") as gateway:
+        yield Ledger(operator, gateway)
 
 
 class Ledger:
@@ -57,6 +68,8 @@ class Ledger:
 
     def __init__(self, operator: grpc.aio.Channel, gateway: grpc.aio.Channel) -> None:
         self.stub = RoutedLedgerStub(operator, gateway)
+        # As the gateway calls: for what the routed stub does not cover (health, billing).
+        self.gateway_channel = gateway
 
     async def open_account(self, credits: int = 0) -> str:
         account_id = new_account_id()

@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from services.cli.processes import ServiceProcess
-from tests.support.ledger import Ledger, ledger_process
-from tests.support.ledger import ledger_channels as ledger_channels_to
+from tests.support.ledger import Ledger, connected_ledger, ledger_process
 from tests.support.postgres import create_database
 
 
@@ -35,14 +33,6 @@ def ledger_service(ledger_database_url: str, log_dir: Path) -> Iterator[ServiceP
 
 
 @pytest.fixture(scope="module")
-async def ledger_channels(
-    ledger_service: ServiceProcess,
-) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
-    operator, gateway = ledger_channels_to(ledger_service.address)
-    async with operator, gateway:
-        yield operator, gateway
-
-
-@pytest.fixture
-def ledger(ledger_channels: tuple[grpc.aio.Channel, grpc.aio.Channel]) -> Ledger:
-    return Ledger(*ledger_channels)
+async def ledger(ledger_service: ServiceProcess) -> AsyncIterator[Ledger]:
+    async with connected_ledger(ledger_service.address) as ledger:
+        yield ledger

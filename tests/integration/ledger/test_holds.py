@@ -14,8 +14,13 @@ from kokoropay.ledger.v1 import ledger_pb2
 
 from services.cli.processes import ServiceProcess
 from services.common.errors import error_info, error_reason
-from tests.support.ledger import ADMIN, Ledger, ledger_process, spendable_per_journal
-from tests.support.ledger import ledger_channels as ledger_channels_to
+from tests.support.ledger import (
+    ADMIN,
+    Ledger,
+    connected_ledger,
+    ledger_process,
+    spendable_per_journal,
+)
 from tests.support.postgres import create_database
 
 E = ledger_pb2
@@ -321,12 +326,11 @@ class Overdue:
 
 
 @pytest.fixture(scope="module")
-async def overdue(ledger_channels: tuple[grpc.aio.Channel, grpc.aio.Channel]) -> dict[str, Overdue]:
+async def overdue(ledger: Ledger) -> dict[str, Overdue]:
     """Holds of one second on fresh accounts, past their deadline: one wait for all tests.
 
     This module's ledger sweeps hourly, so only the RPCs under test can expire them.
     """
-    ledger = Ledger(*ledger_channels)
     scenarios: dict[str, Overdue] = {}
     for name, credits, amount in [("release", 100, 30), ("read", 100, 30), ("reserve", 10, 10)]:
         account = await ledger.open_account(credits=credits)
@@ -392,9 +396,7 @@ def sweeping_ledger(postgres_url: str, log_dir: Path) -> Iterator[ServiceProcess
 
 
 async def test_the_sweeper_expires_holds_nobody_touches(sweeping_ledger: ServiceProcess) -> None:
-    operator, gateway = ledger_channels_to(sweeping_ledger.address)
-    async with operator, gateway:
-        ledger = Ledger(operator, gateway)
+    async with connected_ledger(sweeping_ledger.address) as ledger:
         account = await ledger.open_account(credits=100)
         hold = await ledger.reserve(account, 30, ttl_seconds=1)
 

@@ -21,7 +21,7 @@ from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from services.cli.processes import ServiceProcess, free_port, health_status
 from services.common.channels import channel_credentials
 from services.common.settings import REPO_ROOT
-from tests.support.ledger import Ledger, ledger_channels, ledger_process
+from tests.support.ledger import connected_ledger, ledger_process
 from tests.support.pki import foreign_identity, sync_channel, tls_env
 from tests.support.postgres import create_database
 
@@ -82,11 +82,9 @@ async def test_sigterm_turns_health_not_serving_and_lets_calls_in_flight_finish(
     process = ledger_process(database_url, log_dir, LEDGER_GRACE_SECONDS="20")
     await asyncio.to_thread(process.start)
     try:
-        operator, gateway = ledger_channels(process.address)
-        async with operator, gateway:
-            ledger = Ledger(operator, gateway)
+        async with connected_ledger(process.address) as ledger:
             account = await ledger.open_account(credits=10)
-            watch = health_pb2_grpc.HealthStub(gateway).Watch(
+            watch = health_pb2_grpc.HealthStub(ledger.gateway_channel).Watch(
                 health_pb2.HealthCheckRequest(service="")
             )
             assert (await watch.read()).status == SERVING

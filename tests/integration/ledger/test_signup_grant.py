@@ -11,7 +11,7 @@ from kokoropay.ledger.v1 import ledger_pb2 as E
 from kokoropay.ledger.v1 import ledger_pb2_grpc
 
 from services.cli.processes import ServiceProcess
-from tests.support.ledger import Ledger, ledger_channels, ledger_process
+from tests.support.ledger import Ledger, connected_ledger, ledger_process
 from tests.support.pki import channel
 
 
@@ -59,9 +59,10 @@ async def test_with_the_bonus_set_to_zero_nothing_is_granted(
     process = ledger_process(ledger_database_url, log_dir, LEDGER_SIGNUP_GRANT_CREDITS="0")
     await asyncio.to_thread(process.start)
     try:
-        operator, gateway = ledger_channels(process.address)
-        async with operator, gateway, channel(process.address, "dashboard") as as_dashboard:
-            ledger = Ledger(operator, gateway)
+        async with (
+            connected_ledger(process.address) as ledger,
+            channel(process.address, "dashboard") as as_dashboard,
+        ):
             account = await ledger.open_account()
             response = await ledger_pb2_grpc.LedgerServiceStub(as_dashboard).GrantSignupBonus(
                 E.GrantSignupBonusRequest(account_id=account)
