@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 WEIGHTS := .data/weights/manifest.json
 PYTEST_ARGS ?=
 
-.PHONY: help install protos weights run test lint unit integration e2e chaos bench images \
+.PHONY: help install protos weights browser run test lint unit integration e2e chaos bench images \
 	envoy-config lock clean
 
 help: ## List the targets
@@ -39,6 +39,17 @@ $(WEIGHTS): | $(INSTALLED)
 weights: $(INSTALLED) ## Resolve the Kokoro-82M weights into .data/weights/ (offline if need be)
 	$(PY) -m services.synth.weights
 
+# The dashboard's browser tests drive Debian's Chromium (Playwright's own download is not
+# reachable from everywhere); installed once, with sudo when not root.
+browser: ## Install Chromium (Debian package) for the dashboard's browser tests
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing chromium (apt-get) for the dashboard's browser tests…"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; } || { \
+	    echo "error: could not install chromium: run 'sudo apt-get install chromium', then retry" >&2; \
+	    exit 1; }; }
+
 run: $(INSTALLED) $(WEIGHTS) ## Start the whole mesh locally (embedded PostgreSQL unless DATABASE_URL)
 	$(VENV)/bin/kokoro-pay up
 
@@ -48,7 +59,7 @@ lint: $(INSTALLED) ## ruff, mypy and the import boundaries (lint-imports, contra
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-logo
 
-test: $(INSTALLED) $(WEIGHTS) lint ## Lint, then every test: unit, integration, e2e, deploy
+test: $(INSTALLED) $(WEIGHTS) browser lint ## Lint, then every test: unit, integration, e2e, deploy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(INSTALLED) ## Only the fast unit tests
@@ -57,7 +68,7 @@ unit: $(INSTALLED) ## Only the fast unit tests
 integration: $(INSTALLED) $(WEIGHTS) ## Only the integration tests (each service on real PostgreSQL, Envoy, the model)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-e2e: $(INSTALLED) $(WEIGHTS) ## Only the end-to-end tests (the whole mesh through the REST API)
+e2e: $(INSTALLED) $(WEIGHTS) browser ## Only the end-to-end tests (the whole mesh through the REST API)
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 chaos: $(INSTALLED) $(WEIGHTS) ## Only the chaos suite (kill each process of the mesh, check the books)

@@ -80,4 +80,5 @@ issue synth-tls synth "$server" "$(service synth-headless)"
 # localhost: admin tools reach Envoy through `kubectl port-forward`.
 issue envoy-tls envoy "$server" "$(service envoy)" localhost 127.0.0.1
 issue gateway-mesh-tls gateway clientAuth
+issue dashboard-mesh-tls dashboard clientAuth
 issue operator-tls operator clientAuth

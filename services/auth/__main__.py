@@ -1,4 +1,5 @@
-"""`python -m services.auth`: settings → secrets → store → servicer → server."""
+"""`python -m services.auth`: settings → secrets → store, passwords, people → servicer →
+server."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 from kokoropay.auth.v1 import auth_pb2_grpc
 
 from services.auth.keys import KeyHasher
+from services.auth.passwords import HashCost, Passwords
+from services.auth.people import People, Rules
 from services.auth.servicer import ERRORS, SERVICE_NAME, AuthServicer
 from services.auth.settings import AuthSettings
 from services.auth.store import AuthStore
@@ -31,13 +34,35 @@ def main() -> None:
         sys.exit(f"error: {exc}")
 
     store = AuthStore()
-    servicer = AuthServicer(store, hasher)
+    passwords = Passwords(
+        HashCost(
+            time_cost=settings.password_time_cost,
+            memory_kib=settings.password_memory_kib,
+            parallelism=settings.password_parallelism,
+        ),
+        concurrency=settings.password_hash_concurrency,
+    )
+    servicer = AuthServicer(
+        store,
+        hasher,
+        People(store, passwords, Rules.of(settings)),
+        max_keys_per_account=settings.max_keys_per_account,
+    )
+
+    async def startup() -> None:
+        await store.open(settings)
+        await passwords.warm_up()
+
+    async def shutdown() -> None:
+        await store.close()
+        passwords.close()
+
     spec = ServiceSpec(
         names=[SERVICE_NAME],
         register=lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server),
         errors=ERRORS,
-        startup=lambda: store.open(settings),
-        shutdown=store.close,
+        startup=startup,
+        shutdown=shutdown,
     )
     asyncio.run(serve(spec, settings))
 

@@ -1,10 +1,13 @@
-"""The prefixes of auth's ids (`acct_01JD3Q…`, `key_01JD3Q…`); services.common.ids makes them."""
+"""The prefixes of auth's ids (`acct_01JD3Q…`, `key_01JD3Q…`, `usr_…`, `ses_…`);
+services.common.ids makes them."""
 
 from __future__ import annotations
 
 from services.common.ids import is_id, new_id
 
-__all__ = ["ACCOUNT", "KEY", "is_id", "new_id"]
+__all__ = ["ACCOUNT", "KEY", "SESSION", "USER", "is_id", "new_id"]
 
 ACCOUNT = "acct"
 KEY = "key"
+USER = "usr"
+SESSION = "ses"

@@ -26,6 +26,12 @@ KEY_LENGTH = len(KEY_PREFIX) + BODY_LENGTH
 VISIBLE_PREFIX_LENGTH = 12
 # A secret short enough to guess would let a leaked database be brute-forced after all.
 MIN_SECRET_LENGTH = 16
+# ListKeys and ListOwnKeys return at most this many keys (every live one, then the newest
+# revoked ones), so a reply stays far below gRPC's 4 MiB however many keys an account made.
+# AUTH_MAX_KEYS_PER_ACCOUNT, the cap on live keys, may not exceed it.
+MAX_LISTED_KEYS = 1000
+# AUTH_MAX_KEYS_PER_ACCOUNT's default.
+DEFAULT_MAX_KEYS_PER_ACCOUNT = 100
 
 _KEY_SHAPE = re.compile(rf"{KEY_PREFIX}[0-9A-Za-z]{{{BODY_LENGTH}}}")
 

@@ -1,16 +1,28 @@
-"""AuthService over gRPC: validates requests, then asks the store.
+"""AuthService over gRPC: validates requests, then asks the store (or, for people and their
+sessions, people.py, which adds passwords and throttling on top of it).
 
 Input is checked completely before anything is written, so a refused request leaves the
 database as it was. Handlers raise; `ERRORS` is the one table that turns what they raise into a
-status (services/common/errors.py). Who may call each RPC is declared in auth.proto.
+status (services/common/errors.py). Who may call each RPC is declared in auth.proto. Every
+refusal the dashboard shows a person carries an ErrorInfo (domain `auth.kokoropay`) with a
+reason; metadata says more: `field` names a bad field, `retry_after_seconds` when a throttled
+attempt may come again, `limit` the most live keys an account may hold.
 
-| refusal                         | status           | reason                    |
-|---------------------------------|------------------|---------------------------|
-| a malformed field               | INVALID_ARGUMENT |                           |
-| an account name already taken   | ALREADY_EXISTS   |                           |
-| an unknown account or key       | NOT_FOUND        |                           |
-| a key that does not verify      | UNAUTHENTICATED  | KEY_INVALID / KEY_REVOKED |
-| the database out of reach       | UNAVAILABLE      |                           |
+| refusal                           | status              | reason                    |
+|-----------------------------------|---------------------|---------------------------|
+| a malformed field                 | INVALID_ARGUMENT    | FIELD_INVALID             |
+| an account name already taken     | ALREADY_EXISTS      |                           |
+| an email already taken            | ALREADY_EXISTS      | EMAIL_TAKEN               |
+| an account with its person        | ALREADY_EXISTS      | ACCOUNT_HAS_USER          |
+| no such account, key, person      | NOT_FOUND           |                           |
+| an account at its live-key limit  | FAILED_PRECONDITION | KEY_LIMIT_REACHED         |
+| a key that does not verify        | UNAUTHENTICATED     | KEY_INVALID / KEY_REVOKED |
+| wrong password or email           | UNAUTHENTICATED     | CREDENTIALS_INVALID       |
+| a session that is not open        | UNAUTHENTICATED     | SESSION_INVALID           |
+| an address past its sign-ins      | RESOURCE_EXHAUSTED  | SIGN_IN_THROTTLED         |
+| an address past its sign-ups      | RESOURCE_EXHAUSTED  | SIGN_UP_THROTTLED         |
+| a session past its password tries | RESOURCE_EXHAUSTED  | PASSWORD_CHANGE_THROTTLED |
+| the database out of reach         | UNAVAILABLE         |                           |
 """
 
 from __future__ import annotations
@@ -19,8 +31,31 @@ import grpc
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from services.auth import ids
-from services.auth.keys import KeyHasher, generate_key, looks_like_key
-from services.auth.store import Account, AccountNameTaken, ApiKey, AuthStore
+from services.auth.keys import (
+    DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    KeyHasher,
+    generate_key,
+    looks_like_key,
+)
+from services.auth.passwords import (
+    MAX_PASSWORD_LENGTH,
+    email_problem,
+    normalize_email,
+    password_problem,
+)
+from services.auth.people import CredentialsInvalid, People, SessionInvalid, SignedIn
+from services.auth.store import (
+    Account,
+    AccountHasUser,
+    AccountNameTaken,
+    ApiKey,
+    AuthStore,
+    EmailTaken,
+    KeyLimitReached,
+    Session,
+    User,
+)
+from services.auth.throttle import Throttled, address_problem
 from services.common.errors import (
     ErrorTable,
     InvalidArgument,
@@ -38,13 +73,26 @@ class KeyRejected(ServiceError):
     """A presented API key that does not resolve to a live key."""
 
 
+class FieldInvalid(InvalidArgument):
+    """A request field that is missing or malformed; metadata `field` names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}", reason="FIELD_INVALID", metadata={"field": field})
+
+
 ERRORS = ErrorTable(
     "auth",
     {
         InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
         AccountNameTaken: grpc.StatusCode.ALREADY_EXISTS,
+        EmailTaken: grpc.StatusCode.ALREADY_EXISTS,
+        AccountHasUser: grpc.StatusCode.ALREADY_EXISTS,
         NotFound: grpc.StatusCode.NOT_FOUND,
+        KeyLimitReached: grpc.StatusCode.FAILED_PRECONDITION,
         KeyRejected: grpc.StatusCode.UNAUTHENTICATED,
+        CredentialsInvalid: grpc.StatusCode.UNAUTHENTICATED,
+        SessionInvalid: grpc.StatusCode.UNAUTHENTICATED,
+        Throttled: grpc.StatusCode.RESOURCE_EXHAUSTED,
         Unavailable: grpc.StatusCode.UNAVAILABLE,
     },
 )
@@ -64,9 +112,26 @@ def name_problem(name: str, *, required: bool) -> str | None:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, store: AuthStore, hasher: KeyHasher) -> None:
+    def __init__(
+        self,
+        store: AuthStore,
+        hasher: KeyHasher,
+        people: People | None = None,
+        *,
+        max_keys_per_account: int = DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    ) -> None:
         self._store = store
         self._hasher = hasher
+        self._people_or_none = people
+        self._max_keys_per_account = max_keys_per_account
+
+    @property
+    def _people(self) -> People:
+        if self._people_or_none is None:
+            raise RuntimeError("AuthServicer was built without People")
+        return self._people_or_none
+
+    # --- the operator's accounts and keys; the gateway's VerifyKey ---------------------------
 
     async def CreateAccount(
         self, request: auth_pb2.CreateAccountRequest, context: grpc.aio.ServicerContext
@@ -94,26 +159,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.CreateKeyResponse:
         _check_account_id(request.account_id)
         _check_name("name", request.name, required=False)
-        new_key = generate_key()
-        key = await self._store.create_key(
-            request.account_id,
-            request.name,
-            new_key.visible_prefix,
-            self._hasher.hash(new_key.plaintext),
-        )
-        return auth_pb2.CreateKeyResponse(key=_key_message(key), plaintext=new_key.plaintext)
+        return await self._create_key(request.account_id, request.name)
 
     async def ListKeys(
         self, request: auth_pb2.ListKeysRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListKeysResponse:
         _check_account_id(request.account_id)
-        keys = await self._store.list_keys(request.account_id)
-        return auth_pb2.ListKeysResponse(keys=[_key_message(key) for key in keys])
+        return await self._list_keys(request.account_id)
 
     async def RevokeKey(
         self, request: auth_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.RevokeKeyResponse:
-        _check_id("key_id", request.key_id, ids.KEY, "a key id (key_…)")
+        _check_key_id(request.key_id)
         key = await self._store.revoke_key(request.key_id)
         return auth_pb2.RevokeKeyResponse(key=_key_message(key))
 
@@ -130,27 +187,185 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             raise KeyRejected("API key has been revoked", reason="KEY_REVOKED")
         return auth_pb2.VerifyKeyResponse(account_id=match.account_id, key_id=match.key_id)
 
+    # --- the dashboard: people and their sessions --------------------------------------------
+
+    async def SignUp(
+        self, request: auth_pb2.SignUpRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.SignInResponse:
+        email = _checked_email(request.email)
+        _check_new_password("password", request.password)
+        _check_client_address(request.client_address)
+        signed_in = await self._people.sign_up(email, request.password, request.client_address)
+        return _signed_in_message(signed_in)
+
+    async def SignIn(
+        self, request: auth_pb2.SignInRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.SignInResponse:
+        email = _checked_email(request.email)
+        _check_given_password("password", request.password)
+        _check_client_address(request.client_address)
+        signed_in = await self._people.sign_in(email, request.password, request.client_address)
+        return _signed_in_message(signed_in)
+
+    async def ResolveSession(
+        self, request: auth_pb2.ResolveSessionRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ResolveSessionResponse:
+        session = await self._people.resolve(request.session_token)
+        return auth_pb2.ResolveSessionResponse(
+            user=_user_message(session.user),
+            account=_account_message(session.account),
+            idle_expire_time=timestamp(session.idle_expire_time),
+            expire_time=timestamp(session.expire_time),
+        )
+
+    async def SignOut(
+        self, request: auth_pb2.SignOutRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.SignOutResponse:
+        await self._people.sign_out(request.session_token)
+        return auth_pb2.SignOutResponse()
+
+    async def ChangePassword(
+        self, request: auth_pb2.ChangePasswordRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ChangePasswordResponse:
+        _check_given_password("current_password", request.current_password)
+        _check_new_password("new_password", request.new_password)
+        ended = await self._people.change_password(
+            request.session_token, request.current_password, request.new_password
+        )
+        return auth_pb2.ChangePasswordResponse(ended_sessions=ended)
+
+    async def CreateOwnKey(
+        self, request: auth_pb2.CreateOwnKeyRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.CreateKeyResponse:
+        _check_name("name", request.name, required=True)
+        session = await self._people.resolve(request.session_token)
+        return await self._create_key(session.account.id, request.name)
+
+    async def ListOwnKeys(
+        self, request: auth_pb2.ListOwnKeysRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ListKeysResponse:
+        session = await self._people.resolve(request.session_token)
+        return await self._list_keys(session.account.id)
+
+    async def RevokeOwnKey(
+        self, request: auth_pb2.RevokeOwnKeyRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.RevokeKeyResponse:
+        _check_key_id(request.key_id)
+        session = await self._people.resolve(request.session_token)
+        key = await self._store.revoke_key(request.key_id, account_id=session.account.id)
+        return auth_pb2.RevokeKeyResponse(key=_key_message(key))
+
+    # --- the operator's people ---------------------------------------------------------------
+
+    async def CreateUser(
+        self, request: auth_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.CreateUserResponse:
+        _check_account_id(request.account_id)
+        email = _checked_email(request.email)
+        _check_new_password("password", request.password)
+        user = await self._people.create_user(request.account_id, email, request.password)
+        return auth_pb2.CreateUserResponse(user=_user_message(user))
+
+    async def ResetPassword(
+        self, request: auth_pb2.ResetPasswordRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ResetPasswordResponse:
+        email = _checked_email(request.email)
+        _check_new_password("new_password", request.new_password)
+        user, ended = await self._people.reset_password(email, request.new_password)
+        return auth_pb2.ResetPasswordResponse(user=_user_message(user), ended_sessions=ended)
+
+    # --- shared by the operator's and the dashboard's key RPCs -------------------------------
+
+    async def _create_key(self, account_id: str, name: str) -> auth_pb2.CreateKeyResponse:
+        new_key = generate_key()
+        key = await self._store.create_key(
+            account_id,
+            name,
+            new_key.visible_prefix,
+            self._hasher.hash(new_key.plaintext),
+            limit=self._max_keys_per_account,
+        )
+        return auth_pb2.CreateKeyResponse(key=_key_message(key), plaintext=new_key.plaintext)
+
+    async def _list_keys(self, account_id: str) -> auth_pb2.ListKeysResponse:
+        keys = await self._store.list_keys(account_id)
+        return auth_pb2.ListKeysResponse(keys=[_key_message(key) for key in keys])
+
 
 def _check_name(field: str, value: str, *, required: bool) -> None:
     problem = name_problem(value, required=required)
     if problem is not None:
-        raise InvalidArgument(f"{field} {problem}")
+        raise FieldInvalid(field, problem)
 
 
 def _check_account_id(account_id: str) -> None:
     _check_id("account_id", account_id, ids.ACCOUNT, "an account id (acct_…)")
 
 
+def _check_key_id(key_id: str) -> None:
+    _check_id("key_id", key_id, ids.KEY, "a key id (key_…)")
+
+
 def _check_id(field: str, value: str, prefix: str, kind: str) -> None:
     if not value:
-        raise InvalidArgument(f"{field} is required")
+        raise FieldInvalid(field, "is required")
     if not ids.is_id(prefix, value):
-        raise InvalidArgument(f"{field} is not {kind}")
+        raise FieldInvalid(field, f"is not {kind}")
+
+
+def _checked_email(raw: str) -> str:
+    """The email as stored (trimmed, lower-cased), or FieldInvalid."""
+    email = normalize_email(raw)
+    problem = email_problem(email)
+    if problem is not None:
+        raise FieldInvalid("email", problem)
+    return email
+
+
+def _check_new_password(field: str, password: str) -> None:
+    problem = password_problem(password)
+    if problem is not None:
+        raise FieldInvalid(field, problem)
+
+
+def _check_given_password(field: str, password: str) -> None:
+    """A password to check rather than set: any length a password may have, so an old
+    shorter one still works, but nothing a password cannot be."""
+    if not password:
+        raise FieldInvalid(field, "is required")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise FieldInvalid(field, f"must be at most {MAX_PASSWORD_LENGTH} characters")
+
+
+def _check_client_address(address: str) -> None:
+    problem = address_problem(address)
+    if problem is not None:
+        raise FieldInvalid("client_address", problem)
 
 
 def _account_message(account: Account) -> auth_pb2.Account:
     return auth_pb2.Account(
         id=account.id, name=account.name, create_time=timestamp(account.create_time)
+    )
+
+
+def _user_message(user: User) -> auth_pb2.User:
+    return auth_pb2.User(
+        id=user.id,
+        account_id=user.account_id,
+        email=user.email,
+        create_time=timestamp(user.create_time),
+    )
+
+
+def _signed_in_message(signed_in: SignedIn) -> auth_pb2.SignInResponse:
+    session: Session = signed_in.session
+    return auth_pb2.SignInResponse(
+        session_token=signed_in.token,
+        user=_user_message(session.user),
+        account=_account_message(session.account),
+        idle_expire_time=timestamp(session.idle_expire_time),
+        expire_time=timestamp(session.expire_time),
     )
 
 
@@ -164,4 +379,6 @@ def _key_message(key: ApiKey) -> auth_pb2.ApiKey:
     )
     if key.revoke_time is not None:
         message.revoke_time.CopyFrom(timestamp(key.revoke_time))
+    if key.last_use_time is not None:
+        message.last_use_time.CopyFrom(timestamp(key.last_use_time))
     return message

@@ -1,18 +1,32 @@
-"""All of auth's SQL: accounts and keys in the `auth` schema, and the pool it runs on.
+"""All of auth's SQL: accounts, keys, people, sessions and throttles in the `auth` schema, and
+the pool it runs on.
 
-Every operation is a single statement (or, for ListKeys, reads that need no isolation since
-accounts are never deleted), so connections run in autocommit: VerifyKey costs exactly one
-round trip to PostgreSQL, with no BEGIN/COMMIT around it.
+Connections run in autocommit, and most operations are a single statement: VerifyKey,
+ResolveSession and each throttled attempt cost exactly one round trip to PostgreSQL, with no
+BEGIN/COMMIT around it. Where one statement reads a row and writes another (a session's use, a
+key's use, an attempt's counters) it is a data-modifying CTE, so the decision and the write are
+one atomic step. Only the operations that write several rows that must agree (sign-up; a
+password change and the sessions it ends) open a transaction, and key creation, which must wait
+its turn behind the account's other creations (below).
+
+Decisions that concurrent callers race for are left to the database: a unique index picks the
+one sign-up that gets an email, an upsert (`INSERT … ON CONFLICT DO UPDATE … RETURNING`) hands
+each attempt its own count, a conditional `UPDATE … WHERE last_use_time < now() - …` makes
+replicas write a key's use about once a minute between them, a row lock (`FOR SHARE`) makes a
+sign-in wait for a password change in flight before it opens a session, and an advisory lock per
+account makes key creations count the account's live keys one after another.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import LiteralString
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import errors
@@ -20,12 +34,20 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from services.auth import ids
+from services.auth.keys import MAX_LISTED_KEYS
+from services.auth.sessions import Lifetimes
+from services.auth.throttle import FAILURE_WINDOW
 from services.common.errors import NotFound, ServiceError, Unavailable
 from services.common.postgres import open_database
 from services.common.settings import DatabaseSettings
 
 SCHEMA = "auth"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# How often a process asks the database to drop throttle rows that no longer count, and
+# sessions that ended or expired more than 30 days ago.
+FORGET_STALE_ROWS_EVERY = timedelta(minutes=10)
+
+_log = logging.getLogger("auth.store")
 
 
 @dataclass(frozen=True)
@@ -43,6 +65,7 @@ class ApiKey:
     prefix: str
     create_time: datetime
     revoke_time: datetime | None
+    last_use_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +77,77 @@ class KeyMatch:
     revoked: bool
 
 
+@dataclass(frozen=True)
+class User:
+    id: str
+    account_id: str
+    email: str
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A person and the argon2id hash their password must match."""
+
+    user: User
+    password_hash: str
+
+
+@dataclass(frozen=True)
+class Session:
+    """An open session: whose it is, and its deadlines as they now stand."""
+
+    id: str
+    user: User
+    account: Account
+    idle_expire_time: datetime
+    expire_time: datetime
+
+
+@dataclass(frozen=True)
+class AttemptCount:
+    """An attempt's place in its address's current window."""
+
+    count: int
+    retry_after_seconds: float
+
+
+@dataclass(frozen=True)
+class PasswordAttempt:
+    """An attempt at an email's password (a sign-in, a password change), as counted."""
+
+    # Its place in its window: the client address's (sign-in) or the session's (ChangePassword).
+    window: AttemptCount
+    # The email's failures before this attempt (within the window); None when the window was
+    # already past its limit, so the attempt was not counted against the email.
+    failures: int | None
+
+
 class AccountNameTaken(ServiceError):
     def __init__(self, name: str) -> None:
         super().__init__(f"an account named {name!r} already exists")
+
+
+class EmailTaken(ServiceError):
+    def __init__(self) -> None:
+        super().__init__("a person with this email already exists", reason="EMAIL_TAKEN")
+
+
+class AccountHasUser(ServiceError):
+    def __init__(self) -> None:
+        super().__init__("the account already has its person", reason="ACCOUNT_HAS_USER")
+
+
+class KeyLimitReached(ServiceError):
+    """The account holds as many live keys as it may; one must be revoked first."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the account has {limit} live keys, the most it may have; revoke one first",
+            reason="KEY_LIMIT_REACHED",
+            metadata={"limit": str(limit)},
+        )
+        self.limit = limit
 
 
 class AccountNotFound(NotFound):
@@ -71,6 +162,11 @@ class KeyNotFound(NotFound):
         self.key_id = key_id
 
 
+class UserNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("no person with this email")
+
+
 class DatabaseUnavailable(Unavailable):
     """PostgreSQL could not be reached, or no connection freed up in time."""
 
@@ -78,7 +174,167 @@ class DatabaseUnavailable(Unavailable):
         super().__init__("the auth database is unavailable")
 
 
-_KEY_COLUMNS = "id, account_id, name, prefix, create_time, revoke_time"
+class KeyUses:
+    """Which keys this process stamped with their last use lately, so that VerifyKey writes a
+    key's use at most once per `interval`. Keyed by the key's hash (known before the lookup, so
+    the lookup and the write can be one statement); bounded: past `capacity` keys, the one
+    stamped longest ago is forgotten (and merely written again at its next use)."""
+
+    def __init__(self, interval: float = 60.0, capacity: int = 100_000) -> None:
+        self._interval = interval
+        self._capacity = capacity
+        self._stamped: dict[bytes, float] = {}
+
+    def due(self, key_hash: bytes, now: float) -> bool:
+        stamped = self._stamped.get(key_hash)
+        return stamped is None or now - stamped >= self._interval
+
+    def stamped(self, key_hash: bytes, now: float) -> None:
+        # Re-inserting moves the key to the end: insertion order is stamp order.
+        self._stamped.pop(key_hash, None)
+        self._stamped[key_hash] = now
+        if len(self._stamped) > self._capacity:
+            del self._stamped[next(iter(self._stamped))]
+
+    def __len__(self) -> int:
+        return len(self._stamped)
+
+
+_KEY_COLUMNS = "id, account_id, name, prefix, create_time, revoke_time, last_use_time"
+
+_FIND_KEY: LiteralString = (
+    "SELECT id, account_id, revoke_time IS NOT NULL FROM auth.api_keys WHERE key_hash = %(hash)s"
+)
+# The same lookup, stamping the key's use unless it is revoked or any replica stamped it within
+# the minute; a row lock taken by a concurrent stamp is waited for, then its stamp is seen.
+_FIND_AND_STAMP_KEY: LiteralString = """
+WITH found AS (
+    SELECT id, account_id, revoke_time FROM auth.api_keys WHERE key_hash = %(hash)s
+), stamped AS (
+    UPDATE auth.api_keys k SET last_use_time = now()
+    FROM found
+    WHERE k.id = found.id AND k.revoke_time IS NULL
+        AND (k.last_use_time IS NULL OR k.last_use_time < now() - interval '1 minute')
+)
+SELECT id, account_id, revoke_time IS NOT NULL FROM found
+"""
+
+_USER_COLUMNS: LiteralString = "u.id, u.account_id, u.email, u.create_time"
+_SESSION_COLUMNS: LiteralString = (
+    f"{_USER_COLUMNS}, a.id, a.name, a.create_time,"
+    " s.id, s.last_seen_time + %(idle)s, s.expire_time"
+)
+
+# A session by its token's digest, if open, not idle and not too old; its use is written when
+# the last write is older than the touch interval. One statement, one round trip.
+_RESOLVE_SESSION: LiteralString = f"""
+WITH found AS (
+    SELECT id, user_id, last_seen_time, expire_time FROM auth.sessions
+    WHERE token_hash = %(digest)s AND end_time IS NULL
+        AND expire_time > now() AND last_seen_time > now() - %(idle)s
+), touched AS (
+    UPDATE auth.sessions t SET last_seen_time = now()
+    FROM found
+    WHERE t.id = found.id AND t.end_time IS NULL AND t.last_seen_time <= now() - %(touch)s
+    RETURNING t.id, t.last_seen_time
+), s AS (
+    SELECT found.id, found.user_id, found.expire_time,
+        coalesce(touched.last_seen_time, found.last_seen_time) AS last_seen_time
+    FROM found LEFT JOIN touched ON touched.id = found.id
+)
+SELECT {_SESSION_COLUMNS}
+FROM s JOIN auth.users u ON u.id = s.user_id JOIN auth.accounts a ON a.id = u.account_id
+"""
+
+# A session for a person whose password was just checked against `checked_hash`: opened only if
+# that is still their hash (a password changed meanwhile must not let the old one in), and the
+# email's failures go back to zero with it. The person's row is locked FOR SHARE: a password
+# change or reset not yet committed holds it, so this waits for that transaction (which ends the
+# sessions open when it ran), then re-reads the row and, the hash being new, opens nothing. A
+# plain read would see the old hash and open a session the change never ended. Concurrent
+# sign-ins share the lock and do not wait for each other.
+_OPEN_SESSION: LiteralString = f"""
+WITH checked AS (
+    SELECT id FROM auth.users
+    WHERE id = %(user_id)s AND password_hash = %(checked_hash)s
+    FOR SHARE
+), s AS (
+    INSERT INTO auth.sessions (id, token_hash, user_id, expire_time)
+    SELECT %(id)s, %(digest)s, id, now() + %(max)s FROM checked
+    RETURNING id, user_id, last_seen_time, expire_time
+), cleared AS (
+    UPDATE auth.sign_in_failures SET failures = 0
+    WHERE email = %(email)s AND failures > 0 AND EXISTS (SELECT FROM s)
+)
+SELECT {_SESSION_COLUMNS}
+FROM s JOIN auth.users u ON u.id = s.user_id JOIN auth.accounts a ON a.id = u.account_id
+"""
+
+# One attempt on an address's counter: the current fixed window gains one, or the next window
+# starts at one. `window_start` is now() rounded down to the window, so every replica agrees.
+_COUNT_ATTEMPT: LiteralString = """
+INSERT INTO auth.throttle_windows AS w (key, window_start, count)
+VALUES (%(key)s, to_timestamp(floor(extract(epoch FROM now()) / %(window)s) * %(window)s), 1)
+ON CONFLICT (key) DO UPDATE
+    SET count = CASE WHEN w.window_start = excluded.window_start THEN w.count + 1 ELSE 1 END,
+        window_start = excluded.window_start
+RETURNING count, extract(epoch FROM window_start + make_interval(secs => %(window)s) - now())
+"""
+
+# An attempt at an email's password: its window's counter (the address's, the session's) and,
+# unless that is past its limit, the email's, counted as a failure until the attempt succeeds;
+# returns the window's count and the email's failures before this attempt.
+_PASSWORD_ATTEMPT: LiteralString = (
+    "WITH attempt AS (" + _COUNT_ATTEMPT + "), failure AS ("
+    " INSERT INTO auth.sign_in_failures AS f (email, failures, last_failure_time)"
+    " SELECT %(email)s, 1, now() FROM attempt WHERE attempt.count <= %(limit)s"
+    """
+    ON CONFLICT (email) DO UPDATE
+        SET failures = CASE WHEN f.last_failure_time > now() - %(failure_window)s
+                            THEN f.failures + 1 ELSE 1 END,
+            last_failure_time = now()
+    RETURNING failures - 1 AS failures_before
+    """
+    ") SELECT attempt.*, (SELECT failures_before FROM failure) FROM attempt"
+)
+
+# A new key, unless the account is unknown or already holds `limit` live keys (then no row).
+# Run after the account's advisory lock (create_key), so the count sees every key committed by
+# the creations before it.
+_CREATE_KEY: LiteralString = f"""
+INSERT INTO auth.api_keys (id, account_id, name, prefix, key_hash)
+SELECT %(id)s, a.id, %(name)s, %(prefix)s, %(hash)s FROM auth.accounts a
+WHERE a.id = %(account)s
+    AND (SELECT count(*) FROM auth.api_keys k
+         WHERE k.account_id = a.id AND k.revoke_time IS NULL) < %(limit)s
+RETURNING {_KEY_COLUMNS}
+"""
+# Creations of one account's keys take turns on this lock, held to the end of the transaction.
+# Advisory locks need no grant, and they leave the account's row alone (locking it would need
+# UPDATE on accounts, which the serving role must not have).
+_LOCK_ACCOUNTS_KEYS: LiteralString = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('kokoropay.auth.keys:' || %(account)s, 0))"
+)
+
+# An account's keys, newest first: every live one (there are at most AUTH_MAX_KEYS_PER_ACCOUNT),
+# then as many of the newest revoked ones as fit in `most`, so no live key is crowded out by
+# newer revoked ones. Each half reads its own index in order and stops at `most`.
+_LIST_KEYS: LiteralString = f"""
+SELECT {_KEY_COLUMNS} FROM (
+    SELECT {_KEY_COLUMNS} FROM (
+        (SELECT {_KEY_COLUMNS} FROM auth.api_keys
+         WHERE account_id = %(account)s AND revoke_time IS NULL
+         ORDER BY create_time DESC, id DESC LIMIT %(most)s)
+        UNION ALL
+        (SELECT {_KEY_COLUMNS} FROM auth.api_keys
+         WHERE account_id = %(account)s AND revoke_time IS NOT NULL
+         ORDER BY create_time DESC, id DESC LIMIT %(most)s)
+    ) candidates
+    ORDER BY (revoke_time IS NULL) DESC, create_time DESC, id DESC
+    LIMIT %(most)s
+) listed
+ORDER BY create_time DESC, id DESC
+"""
 
 
 class AuthStore:
@@ -86,6 +342,8 @@ class AuthStore:
 
     def __init__(self) -> None:
         self._pool: AsyncConnectionPool | None = None
+        self._key_uses = KeyUses()
+        self._forgetting: asyncio.Task[None] | None = None
 
     async def open(self, database: DatabaseSettings) -> None:
         """Migrate the schema, then fill the pool; fails fast when the database is unreachable."""
@@ -96,8 +354,13 @@ class AuthStore:
             application_name="kokoropay-auth",
             autocommit=True,
         )
+        self._forgetting = asyncio.create_task(self._forget_stale_rows())
 
     async def close(self) -> None:
+        if self._forgetting is not None:
+            self._forgetting.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._forgetting
         if self._pool is not None:
             await self._pool.close()
 
@@ -110,6 +373,13 @@ class AuthStore:
                 yield conn
         except psycopg.OperationalError as exc:  # PoolTimeout included
             raise DatabaseUnavailable() from exc
+
+    async def _one(self, query: LiteralString, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        async with self._connection() as conn:
+            cursor = await conn.execute(query, params)
+            return await cursor.fetchone()
+
+    # --- accounts and keys ------------------------------------------------------------------
 
     async def create_account(self, name: str) -> Account:
         try:
@@ -148,44 +418,55 @@ class AuthStore:
             raise AccountNotFound(value)
         return account
 
-    async def create_key(self, account_id: str, name: str, prefix: str, key_hash: bytes) -> ApiKey:
-        """Store a new key for an existing account; AccountNotFound writes nothing."""
-        async with self._connection() as conn:
+    async def create_key(
+        self, account_id: str, name: str, prefix: str, key_hash: bytes, *, limit: int
+    ) -> ApiKey:
+        """Store a new key for an existing account holding fewer than `limit` live keys;
+        AccountNotFound and KeyLimitReached write nothing. Concurrent creations for one account
+        take turns, so together they never pass the limit."""
+        params = {
+            "id": ids.new_id(ids.KEY),
+            "account": account_id,
+            "name": name,
+            "prefix": prefix,
+            "hash": key_hash,
+            "limit": limit,
+        }
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(_LOCK_ACCOUNTS_KEYS, params)
             cursor = conn.cursor(row_factory=class_row(ApiKey))
-            # Selecting the account in the same statement makes "unknown account" a no-op insert.
-            await cursor.execute(
-                "INSERT INTO auth.api_keys (id, account_id, name, prefix, key_hash)"
-                " SELECT %s, a.id, %s, %s, %s FROM auth.accounts a WHERE a.id = %s"
-                f" RETURNING {_KEY_COLUMNS}",
-                [ids.new_id(ids.KEY), name, prefix, key_hash, account_id],
-            )
+            await cursor.execute(_CREATE_KEY, params)
             key = await cursor.fetchone()
-        if key is None:
-            raise AccountNotFound(account_id)
+            if key is None:
+                exists = await conn.execute(
+                    "SELECT 1 FROM auth.accounts WHERE id = %s", [account_id]
+                )
+                if await exists.fetchone() is None:
+                    raise AccountNotFound(account_id)
+                raise KeyLimitReached(limit)
         return key
 
-    async def list_keys(self, account_id: str) -> list[ApiKey]:
-        """The account's keys, revoked ones included, newest first."""
+    async def list_keys(self, account_id: str, *, most: int = MAX_LISTED_KEYS) -> list[ApiKey]:
+        """The account's keys, newest first: every live one, then as many of the newest
+        revoked ones as fit in `most`."""
         async with self._connection() as conn:
             exists = await conn.execute("SELECT 1 FROM auth.accounts WHERE id = %s", [account_id])
             if await exists.fetchone() is None:
                 raise AccountNotFound(account_id)
             cursor = conn.cursor(row_factory=class_row(ApiKey))
-            await cursor.execute(
-                f"SELECT {_KEY_COLUMNS} FROM auth.api_keys WHERE account_id = %s"
-                " ORDER BY create_time DESC, id DESC",
-                [account_id],
-            )
+            await cursor.execute(_LIST_KEYS, {"account": account_id, "most": most})
             return await cursor.fetchall()
 
-    async def revoke_key(self, key_id: str) -> ApiKey:
-        """Revoke a key; revoking it again keeps the first revoke time."""
+    async def revoke_key(self, key_id: str, account_id: str | None = None) -> ApiKey:
+        """Revoke a key; revoking it again keeps the first revoke time. With `account_id`, a
+        key of another account is KeyNotFound, exactly like one that does not exist."""
         async with self._connection() as conn:
             cursor = conn.cursor(row_factory=class_row(ApiKey))
             await cursor.execute(
                 "UPDATE auth.api_keys SET revoke_time = coalesce(revoke_time, now())"
-                f" WHERE id = %s RETURNING {_KEY_COLUMNS}",
-                [key_id],
+                " WHERE id = %(key)s AND (%(account)s::text IS NULL OR account_id = %(account)s)"
+                f" RETURNING {_KEY_COLUMNS}",
+                {"key": key_id, "account": account_id},
             )
             key = await cursor.fetchone()
         if key is None:
@@ -194,14 +475,250 @@ class AuthStore:
 
     async def find_key(self, key_hash: bytes) -> KeyMatch | None:
         """The key stored under `key_hash`: one lookup on its unique index, never cached, so a
-        revocation committed by any replica is seen by the very next call."""
-        async with self._connection() as conn:
-            cursor = await conn.execute(
-                "SELECT id, account_id, revoke_time IS NOT NULL"
-                " FROM auth.api_keys WHERE key_hash = %s",
-                [key_hash],
-            )
-            row = await cursor.fetchone()
+        revocation committed by any replica is seen by the very next call. The same statement
+        stamps the key's use when this process has not done so within the minute."""
+        now = asyncio.get_running_loop().time()
+        stamp = self._key_uses.due(key_hash, now)
+        row = await self._one(_FIND_AND_STAMP_KEY if stamp else _FIND_KEY, {"hash": key_hash})
         if row is None:
             return None
-        return KeyMatch(key_id=row[0], account_id=row[1], revoked=row[2])
+        match = KeyMatch(key_id=row[0], account_id=row[1], revoked=row[2])
+        if stamp and not match.revoked:
+            self._key_uses.stamped(key_hash, now)
+        return match
+
+    # --- people -----------------------------------------------------------------------------
+
+    async def create_user(self, account_id: str, email: str, password_hash: str) -> User:
+        """Give an existing account its person: AccountNotFound, AccountHasUser or EmailTaken
+        write nothing."""
+        async with self._connection() as conn:
+            cursor = conn.cursor(row_factory=class_row(User))
+            try:
+                await cursor.execute(
+                    "INSERT INTO auth.users AS u (id, account_id, email, password_hash)"
+                    " SELECT %s, a.id, %s, %s FROM auth.accounts a WHERE a.id = %s"
+                    f" RETURNING {_USER_COLUMNS}",
+                    [ids.new_id(ids.USER), email, password_hash, account_id],
+                )
+            except errors.UniqueViolation as exc:
+                raise (_taken(exc) or exc) from exc
+            user = await cursor.fetchone()
+        if user is None:
+            raise AccountNotFound(account_id)
+        return user
+
+    async def sign_up(
+        self, email: str, password_hash: str, token_digest: bytes, lifetimes: Lifetimes
+    ) -> Session:
+        """A new account, its person and their first session, in one transaction. The account
+        is named after the email when that fits and is free, else after the person's id. Of
+        concurrent sign-ups with one email, the first to commit wins; the others wait for it
+        on the unique index, then fail with EmailTaken and keep nothing."""
+        user_id = ids.new_id(ids.USER)
+        names = [email, user_id] if len(email) <= 64 else [user_id]
+        try:
+            async with self._connection() as conn, conn.transaction():
+                account: Account | None = None
+                for name in names:
+                    cursor = conn.cursor(row_factory=class_row(Account))
+                    await cursor.execute(
+                        "INSERT INTO auth.accounts (id, name) VALUES (%s, %s)"
+                        " ON CONFLICT (name) DO NOTHING RETURNING id, name, create_time",
+                        [ids.new_id(ids.ACCOUNT), name],
+                    )
+                    account = await cursor.fetchone()
+                    if account is not None:
+                        break
+                if account is None:
+                    raise AssertionError("an account named after a new user id exists")
+                await conn.execute(
+                    "INSERT INTO auth.users (id, account_id, email, password_hash)"
+                    " VALUES (%s, %s, %s, %s)",
+                    [user_id, account.id, email, password_hash],
+                )
+                row = await self._fetch_one(
+                    conn,
+                    _OPEN_SESSION,
+                    {
+                        "id": ids.new_id(ids.SESSION),
+                        "digest": token_digest,
+                        "max": lifetimes.max,
+                        "idle": lifetimes.idle,
+                        "user_id": user_id,
+                        "checked_hash": password_hash,
+                        "email": email,
+                    },
+                )
+        except errors.UniqueViolation as exc:
+            raise (_taken(exc) or exc) from exc
+        if row is None:
+            raise AssertionError("the new person's session was not opened")
+        return _session(row)
+
+    async def credentials(self, email: str) -> Credentials | None:
+        row = await self._one(
+            f"SELECT {_USER_COLUMNS}, u.password_hash FROM auth.users u WHERE u.email = %(email)s",
+            {"email": email},
+        )
+        return None if row is None else Credentials(User(*row[:4]), row[4])
+
+    async def open_session(
+        self, credentials: Credentials, token_digest: bytes, lifetimes: Lifetimes
+    ) -> Session | None:
+        """A session for a person whose password matched `credentials`; None when their
+        password changed since it was read. Their email's failures go back to zero."""
+        row = await self._one(
+            _OPEN_SESSION,
+            {
+                "id": ids.new_id(ids.SESSION),
+                "digest": token_digest,
+                "max": lifetimes.max,
+                "idle": lifetimes.idle,
+                "user_id": credentials.user.id,
+                "checked_hash": credentials.password_hash,
+                "email": credentials.user.email,
+            },
+        )
+        return None if row is None else _session(row)
+
+    async def rehash(self, credentials: Credentials, new_hash: str) -> None:
+        """Store the same password under new parameters, unless it changed meanwhile."""
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE auth.users SET password_hash = %s WHERE id = %s AND password_hash = %s",
+                [new_hash, credentials.user.id, credentials.password_hash],
+            )
+
+    async def resolve_session(self, token_digest: bytes, lifetimes: Lifetimes) -> Session | None:
+        row = await self._one(
+            _RESOLVE_SESSION,
+            {"digest": token_digest, "idle": lifetimes.idle, "touch": lifetimes.touch_interval},
+        )
+        return None if row is None else _session(row)
+
+    async def end_session(self, token_digest: bytes) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE auth.sessions SET end_time = now()"
+                " WHERE token_hash = %s AND end_time IS NULL",
+                [token_digest],
+            )
+
+    async def change_password(
+        self, credentials: Credentials, new_hash: str, keep_session_id: str
+    ) -> int | None:
+        """Set a new password hash if `credentials` still holds the current one, and end the
+        person's other sessions: how many, or None when the password changed meanwhile."""
+        async with self._connection() as conn, conn.transaction():
+            changed = await conn.execute(
+                "UPDATE auth.users SET password_hash = %s, password_change_time = now()"
+                " WHERE id = %s AND password_hash = %s",
+                [new_hash, credentials.user.id, credentials.password_hash],
+            )
+            if changed.rowcount != 1:
+                return None
+            ended = await self._end_sessions(conn, credentials.user, keep_session_id)
+        return ended
+
+    async def reset_password(self, email: str, new_hash: str) -> tuple[User, int]:
+        """Set the password of the person with `email` and end all their sessions."""
+        async with self._connection() as conn, conn.transaction():
+            cursor = conn.cursor(row_factory=class_row(User))
+            await cursor.execute(
+                "UPDATE auth.users u SET password_hash = %s, password_change_time = now()"
+                f" WHERE u.email = %s RETURNING {_USER_COLUMNS}",
+                [new_hash, email],
+            )
+            user = await cursor.fetchone()
+            if user is None:
+                raise UserNotFound()
+            ended = await self._end_sessions(conn, user, keep_session_id=None)
+        return user, ended
+
+    async def _end_sessions(
+        self, conn: psycopg.AsyncConnection[Any], user: User, keep_session_id: str | None
+    ) -> int:
+        """End the person's open sessions but `keep_session_id`; their failures are forgiven."""
+        ended = await conn.execute(
+            "UPDATE auth.sessions SET end_time = now()"
+            " WHERE user_id = %s AND end_time IS NULL AND id IS DISTINCT FROM %s",
+            [user.id, keep_session_id],
+        )
+        await conn.execute(
+            "UPDATE auth.sign_in_failures SET failures = 0 WHERE email = %s AND failures > 0",
+            [user.email],
+        )
+        return ended.rowcount
+
+    # --- throttles --------------------------------------------------------------------------
+
+    async def count_attempt(self, key: str, window: timedelta) -> AttemptCount:
+        """Count one attempt in `key`'s current fixed window of `window`."""
+        row = await self._one(_COUNT_ATTEMPT, {"key": key, "window": window.total_seconds()})
+        if row is None:
+            raise AssertionError("INSERT … RETURNING returned no row")
+        return AttemptCount(row[0], float(row[1]))
+
+    async def password_attempt(
+        self, key: str, window: timedelta, limit: int, email: str
+    ) -> PasswordAttempt:
+        """Count an attempt at `email`'s password in `key`'s window and, within the limit,
+        as a failure of the email until it succeeds."""
+        row = await self._one(
+            _PASSWORD_ATTEMPT,
+            {
+                "key": key,
+                "window": window.total_seconds(),
+                "limit": limit,
+                "email": email,
+                "failure_window": FAILURE_WINDOW,
+            },
+        )
+        if row is None:
+            raise AssertionError("INSERT … RETURNING returned no row")
+        return PasswordAttempt(AttemptCount(row[0], float(row[1])), row[2])
+
+    async def _forget_stale_rows(self) -> None:
+        while True:
+            try:
+                forgotten = await self._one(
+                    "SELECT auth.forget_stale_throttles(), auth.forget_old_sessions()", {}
+                )
+            except Exception:
+                # Only housekeeping: the next round tries again.
+                _log.warning("could not forget stale throttle rows and sessions", exc_info=True)
+            else:
+                if forgotten and (forgotten[0] or forgotten[1]):
+                    _log.info(
+                        "forgot %d stale throttle rows and %d old sessions",
+                        forgotten[0],
+                        forgotten[1],
+                    )
+            await asyncio.sleep(FORGET_STALE_ROWS_EVERY.total_seconds())
+
+    @staticmethod
+    async def _fetch_one(
+        conn: psycopg.AsyncConnection[Any], query: LiteralString, params: dict[str, Any]
+    ) -> tuple[Any, ...] | None:
+        cursor = await conn.execute(query, params)
+        return await cursor.fetchone()
+
+
+def _taken(exc: errors.UniqueViolation) -> ServiceError | None:
+    """What a unique violation on a person means to the caller; None for any other."""
+    constraint = exc.diag.constraint_name
+    if constraint == "users_email_key":
+        return EmailTaken()
+    if constraint == "users_account_id_key":
+        return AccountHasUser()
+    return None
+
+
+def _session(row: tuple[Any, ...]) -> Session:
+    """A row of `_SESSION_COLUMNS`."""
+    user = User(*row[0:4])
+    account = Account(*row[4:7])
+    return Session(
+        id=row[7], user=user, account=account, idle_expire_time=row[8], expire_time=row[9]
+    )

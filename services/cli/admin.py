@@ -1,7 +1,8 @@
 """Operator actions over the real gRPC services: what the CLI and the local run's bootstrap do.
 
-An account lives in two places by design: auth owns its identity and keys, the ledger its
-credits. Creating one is therefore auth.CreateAccount, then ledger.OpenAccount and Grant.
+An account lives in two places by design: auth owns its identity, keys and the person who signs
+in for it, the ledger its credits. Creating one is therefore auth.CreateAccount, then
+ledger.OpenAccount and Grant.
 """
 
 from __future__ import annotations
@@ -127,11 +128,24 @@ class AdminClient:
         response = await self.auth.RevokeKey(auth_pb2.RevokeKeyRequest(key_id=key_id))
         return response.key
 
-    async def key_works(self, plaintext: str) -> bool:
+    async def create_user(self, account_id: str, email: str, password: str) -> auth_pb2.User:
+        """Give an existing account the person who signs in to the dashboard for it."""
+        request = auth_pb2.CreateUserRequest(account_id=account_id, email=email, password=password)
+        return (await self.auth.CreateUser(request)).user
+
+    async def reset_password(self, email: str, password: str) -> auth_pb2.ResetPasswordResponse:
+        """Set a person's password without the current one; all their sessions end."""
+        request = auth_pb2.ResetPasswordRequest(email=email, new_password=password)
+        response: auth_pb2.ResetPasswordResponse = await self.auth.ResetPassword(request)
+        return response
+
+    async def key_is_live(self, account_id: str, key_id: str) -> bool:
+        """Whether the account still has the key, unrevoked. (The operator may not call
+        VerifyKey, the gateway's; the account's key list says as much.)"""
         try:
-            await self.auth.VerifyKey(auth_pb2.VerifyKeyRequest(key=plaintext))
+            keys = (await self.auth.ListKeys(auth_pb2.ListKeysRequest(account_id=account_id))).keys
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
                 return False
             raise
-        return True
+        return any(key.id == key_id and not key.HasField("revoke_time") for key in keys)

@@ -14,7 +14,7 @@ from services.common.pki import LOCAL_HOSTS, DevelopmentCa, TlsIdentity, spiffe_
 
 # Identity → its role; the services also serve, so their certificates name the local hosts.
 SERVERS = ("auth", "ledger", "synth")
-CLIENTS = ("gateway", "operator", "envoy")
+CLIENTS = ("gateway", "dashboard", "operator", "envoy")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""kokoro-pay: run the local mesh and administer accounts, keys and credits over gRPC.
+"""kokoro-pay: run the local mesh and administer accounts, people, keys and credits over gRPC.
 
 Addresses come from KOKOROPAY_AUTH_ADDRESS / KOKOROPAY_LEDGER_ADDRESS (local defaults); the
 operator proves itself with its certificate, KOKOROPAY_TLS_DIR or `.data/pki/operator`. Every
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -37,6 +38,35 @@ async def account_create(args: argparse.Namespace) -> None:
     async with _admin() as admin:
         account, balance = await admin.create_account(args.name, args.credits, args.unlimited)
     print(f"account {account.id} '{account.name}': {_describe_balance(balance)}")
+
+
+async def user_create(args: argparse.Namespace) -> None:
+    password = args.password or _generated_password()
+    async with _admin() as admin:
+        account = await admin.find_account(args.account)
+        user = await admin.create_user(account.id, args.email, password)
+    print(f"user {user.id} <{user.email}> signs in for account '{account.name}'")
+    if not args.password:
+        _print_generated(password)
+
+
+async def user_reset_password(args: argparse.Namespace) -> None:
+    password = args.password or _generated_password()
+    async with _admin() as admin:
+        reset = await admin.reset_password(args.email, password)
+    print(f"password of {reset.user.email} set; {reset.ended_sessions} sessions ended")
+    if not args.password:
+        _print_generated(password)
+
+
+def _generated_password() -> str:
+    # 144 random bits in 24 characters: past guessing, within the 8–128 a password may have.
+    return secrets.token_urlsafe(18)
+
+
+def _print_generated(password: str) -> None:
+    print("password (shown once, copy it now):")
+    print(password)
 
 
 async def key_create(args: argparse.Namespace) -> None:
@@ -137,6 +167,27 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--credits", type=_non_negative_int, default=0)
     create.add_argument("--unlimited", action="store_true", help="never refuse its requests")
     create.set_defaults(handler=account_create)
+
+    user = commands.add_parser(
+        "user", help="manage the people who sign in to the dashboard"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    password_help = (
+        "the password, 8 to 128 characters (other local users can see a command line);"
+        " omitted, a strong one is generated and printed once, last line"
+    )
+    user_create_parser = user.add_parser(
+        "create", help="give an existing account its person (one per account)"
+    )
+    user_create_parser.add_argument("account", help="account name or id")
+    user_create_parser.add_argument("--email", required=True, help="what they sign in with")
+    user_create_parser.add_argument("--password", help=password_help)
+    user_create_parser.set_defaults(handler=user_create)
+    reset = user.add_parser(
+        "reset-password", help="set a person's password and end all their sessions"
+    )
+    reset.add_argument("email")
+    reset.add_argument("--password", help=password_help)
+    reset.set_defaults(handler=user_reset_password)
 
     key = commands.add_parser("key", help="manage API keys").add_subparsers(
         dest="action", required=True, metavar="ACTION"

@@ -17,7 +17,9 @@ from services.cli.processes import ServiceProcess, free_port
 from services.common.mesh import KEY_HASH_SECRET_ENV, PKI_DIR
 
 # Start order matters only for reporting: the gateway waits on its upstreams by itself.
-SERVICES = ("auth", "ledger", "synth", "gateway")
+SERVICES = ("auth", "ledger", "synth", "gateway", "dashboard")
+# Served over HTTP; ready when /readyz answers 200.
+HTTP_SERVICES = ("gateway", "dashboard")
 # Loading and warming up the model dominates start-up on a CPU.
 START_TIMEOUT_SECONDS = {"synth": 600.0}
 
@@ -46,7 +48,8 @@ class LocalMesh:
         # The operator's certificate: what the local run's bootstrap and the tests administer with.
         self.operator_tls = self.pki.identity("operator")
         self.addresses = {name: f"127.0.0.1:{port}" for name, port in self.ports.items()}
-        self.addresses["gateway"] = f"http://127.0.0.1:{self.ports['gateway']}"
+        for name in HTTP_SERVICES:
+            self.addresses[name] = f"http://127.0.0.1:{self.ports[name]}"
         databases = (
             database_url
             if isinstance(database_url, DatabaseUrls)
@@ -58,6 +61,9 @@ class LocalMesh:
             "GATEWAY_AUTH_ADDRESS": self.grpc_address("auth"),
             "GATEWAY_LEDGER_ADDRESS": self.grpc_address("ledger"),
             "GATEWAY_SYNTH_ADDRESS": self.grpc_address("synth"),
+            "DASHBOARD_AUTH_ADDRESS": self.grpc_address("auth"),
+            "DASHBOARD_LEDGER_ADDRESS": self.grpc_address("ledger"),
+            "DASHBOARD_PUBLIC_API_URL": f"{self.addresses['gateway']}/v1",
             **(env or {}),
         }
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +78,7 @@ class LocalMesh:
                 },
                 log_dir,
                 port=self.ports[name],
-                http_ready_path="/readyz" if name == "gateway" else None,
+                http_ready_path="/readyz" if name in HTTP_SERVICES else None,
                 health_port=(health_ports or {}).get(name),
             )
             for name in self.services

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 # Default ports on one machine; in a cluster each service keeps its own but the Service objects
 # (deploy/k8s) publish the same numbers.
-PORTS: dict[str, int] = {"auth": 50051, "ledger": 50052, "synth": 50053, "gateway": 8000}
+PORTS: dict[str, int] = {
+    "auth": 50051,
+    "ledger": 50052,
+    "synth": 50053,
+    "gateway": 8000,
+    "dashboard": 8080,
+}
 
 
 # Plaintext ports that answer grpc.health.v1 alone, for probes that carry no certificate.

@@ -5,29 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from types import FrameType
 
 import uvicorn
 
 from services.common.logs import configure_logging
 from services.common.settings import load_settings
+from services.common.web import DrainingServer
 from services.gateway.app import create_app
 from services.gateway.clients import GrpcUpstreams
 from services.gateway.settings import GatewaySettings
 
 _log = logging.getLogger("gateway")
-
-
-class GatewayServer(uvicorn.Server):
-    """Uvicorn that reports not-ready as soon as a stop is asked for, before it drains."""
-
-    def __init__(self, config: uvicorn.Config, draining: asyncio.Event) -> None:
-        super().__init__(config)
-        self._draining = draining
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._draining.set()
-        super().handle_exit(sig, frame)
 
 
 async def serve(settings: GatewaySettings) -> None:
@@ -51,7 +39,7 @@ async def serve(settings: GatewaySettings) -> None:
         timeout_graceful_shutdown=math.ceil(settings.grace_seconds),
         lifespan="on",
     )
-    server = GatewayServer(config, app.state.draining)
+    server = DrainingServer(config, app.state.draining)
     _log.info(
         "gateway on http://%s:%d",
         settings.host,

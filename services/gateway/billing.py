@@ -29,6 +29,9 @@
   in any field as understood (input, voice and model after alias and blend resolution, speed,
   response_format, stream_format) gets 400; once the whole price is paid, two retries are served
   again free, then 409.
+- Every Reserve of a request, late charges included, carries its usage labels (the verified
+  key's id, the voice as requested, the format and the model): the ledger keeps them with the
+  hold, and they are what the customer's usage report is added up by.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from services.gateway.clients import (
     LedgerClient,
     Principal,
     UpstreamError,
+    UsageLabels,
 )
 from services.gateway.errors import reserve_error
 from services.gateway.fingerprint import fingerprint
@@ -90,6 +94,15 @@ class SpeechOrder:
     def characters(self) -> int:
         return len(self.text)  # a Python str is a sequence of code points
 
+    def labels(self, principal: Principal) -> UsageLabels:
+        """What its hold pays for, as the customer's usage report shows it."""
+        return UsageLabels(
+            key_id=principal.key_id,
+            voice=self.voice,
+            response_format=self.audio_format,
+            model=self.model,
+        )
+
     def fingerprint(self) -> str:
         """The request as understood: one Idempotency-Key names one of these."""
         return fingerprint(
@@ -124,6 +137,8 @@ class Charge:
     hold_id: str | None
     # The customer's keyed request this attempt belongs to, if it named one.
     keyed: KeyedRequest | None = None
+    # Sent with every Reserve made for the request, a late charge's too.
+    labels: UsageLabels | None = None
 
     @property
     def replay(self) -> bool:
@@ -240,18 +255,19 @@ class Billing:
         """Reserve the order's cost under `ledger_key` (402 without the credits); with an
         Idempotency-Key, as one attempt at the request it names (400, 409, or a free replay)."""
         account = principal.account_id
+        labels = order.labels(principal)
         try:
             if idempotency_key is None:
                 cost = order.characters
                 hold = await _idempotent(
-                    lambda: self._ledger.reserve(account, cost, ledger_key, ttl_seconds),
+                    lambda: self._ledger.reserve(account, cost, ledger_key, ttl_seconds, labels),
                     self._reserve_retry_delays,
                 )
-                return Charge(account, hold.amount, ledger_key, hold.id)
+                return Charge(account, hold.amount, ledger_key, hold.id, labels=labels)
             keyed = KeyedRequest(idempotency_key, order.fingerprint(), order.characters)
             reservation = await _idempotent(
                 lambda: self._ledger.reserve_keyed(
-                    account, order.characters, ledger_key, ttl_seconds, keyed
+                    account, order.characters, ledger_key, ttl_seconds, keyed, labels
                 ),
                 self._reserve_retry_delays,
             )
@@ -263,9 +279,9 @@ class Billing:
                 reservation.replays_left,
                 extra={"ledger_key": ledger_key},
             )
-            return Charge(account, 0, ledger_key, None, keyed)
+            return Charge(account, 0, ledger_key, None, keyed, labels)
         hold = reservation.hold
-        return Charge(account, hold.amount, ledger_key, hold.id, keyed)
+        return Charge(account, hold.amount, ledger_key, hold.id, keyed, labels)
 
     def keeper(self, charge: Charge, delivered: Callable[[], int]) -> HoldKeeper:
         """Checkpoints for `charge` while its audio streams; `delivered()` counts the characters
@@ -347,7 +363,11 @@ class Billing:
         if charge.keyed is None:
             hold: Hold | None = await self._retried(
                 lambda: self._ledger.reserve(
-                    charge.account_id, charge.amount, charge.ledger_key, _SETTLE_HOLD_TTL_SECONDS
+                    charge.account_id,
+                    charge.amount,
+                    charge.ledger_key,
+                    _SETTLE_HOLD_TTL_SECONDS,
+                    charge.labels,
                 )
             )
         else:
@@ -359,6 +379,7 @@ class Billing:
                     charge.ledger_key,
                     _SETTLE_HOLD_TTL_SECONDS,
                     keyed,
+                    charge.labels,
                 )
             )
             hold = reservation.hold
@@ -384,14 +405,14 @@ class Billing:
         if charge.keyed is None:
             return await self._retried(
                 lambda: self._ledger.reserve(
-                    charge.account_id, amount, ledger_key, _SETTLE_HOLD_TTL_SECONDS
+                    charge.account_id, amount, ledger_key, _SETTLE_HOLD_TTL_SECONDS, charge.labels
                 )
             )
         # Within what the Idempotency-Key has left to pay; None when it has paid its price.
         late = dataclasses.replace(charge.keyed, late_charge=True)
         reservation = await self._retried(
             lambda: self._ledger.reserve_keyed(
-                charge.account_id, amount, ledger_key, _SETTLE_HOLD_TTL_SECONDS, late
+                charge.account_id, amount, ledger_key, _SETTLE_HOLD_TTL_SECONDS, late, charge.labels
             )
         )
         return reservation.hold

@@ -83,6 +83,16 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class UsageLabels:
+    """What a hold pays for, kept by the ledger for the customer's usage reports."""
+
+    key_id: str
+    voice: str
+    response_format: str
+    model: str
+
+
+@dataclass(frozen=True)
 class KeyedRequest:
     """A customer's request named by its Idempotency-Key, as the ledger keeps it."""
 
@@ -159,7 +169,12 @@ class LedgerClient(Protocol):
     async def get_balance(self, account_id: str) -> Balance: ...
 
     async def reserve(
-        self, account_id: str, amount: int, idempotency_key: str, ttl_seconds: int
+        self,
+        account_id: str,
+        amount: int,
+        idempotency_key: str,
+        ttl_seconds: int,
+        labels: UsageLabels | None = None,
     ) -> Hold: ...
 
     async def reserve_keyed(
@@ -169,6 +184,7 @@ class LedgerClient(Protocol):
         idempotency_key: str,
         ttl_seconds: int,
         keyed: KeyedRequest,
+        labels: UsageLabels | None = None,
     ) -> KeyedReservation:
         """Hold for one attempt at a keyed request, at most what its key may still be charged."""
         ...
@@ -259,6 +275,17 @@ async def _serving(channel: grpc.aio.Channel, timeout: float) -> bool:
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def _labels(labels: UsageLabels | None) -> ledger_pb2.UsageLabels | None:
+    if labels is None:
+        return None
+    return ledger_pb2.UsageLabels(
+        key_id=labels.key_id,
+        voice=labels.voice,
+        response_format=labels.response_format,
+        model=labels.model,
+    )
+
+
 def _hold(message: ledger_pb2.Hold, *, replayed: bool = False) -> Hold:
     return Hold(
         id=message.id,
@@ -305,13 +332,19 @@ class GrpcLedgerClient:
         return Balance(response.balance, response.held, response.unlimited)
 
     async def reserve(
-        self, account_id: str, amount: int, idempotency_key: str, ttl_seconds: int
+        self,
+        account_id: str,
+        amount: int,
+        idempotency_key: str,
+        ttl_seconds: int,
+        labels: UsageLabels | None = None,
     ) -> Hold:
         request = ledger_pb2.ReserveRequest(
             account_id=account_id,
             amount=amount,
             idempotency_key=idempotency_key,
             ttl_seconds=ttl_seconds,
+            labels=_labels(labels),
         )
         response = await _call("ledger", self._stub.Reserve(request, timeout=self._timeout))
         return _hold(response.hold, replayed=response.replayed)
@@ -323,6 +356,7 @@ class GrpcLedgerClient:
         idempotency_key: str,
         ttl_seconds: int,
         keyed: KeyedRequest,
+        labels: UsageLabels | None = None,
     ) -> KeyedReservation:
         request = ledger_pb2.ReserveRequest(
             account_id=account_id,
@@ -335,6 +369,7 @@ class GrpcLedgerClient:
                 price=keyed.price,
                 late_charge=keyed.late_charge,
             ),
+            labels=_labels(labels),
         )
         response = await _call("ledger", self._stub.Reserve(request, timeout=self._timeout))
         hold = _hold(response.hold, replayed=response.replayed)

@@ -20,6 +20,9 @@ IDEMPOTENCY_KEY_REUSED is ALREADY_EXISTS rather than FAILED_PRECONDITION: retryi
 and the key, not the balance, is at fault, so a caller (or the gateway's status table) that
 reads only the code never mistakes it for insufficient credits. Bad fields are INVALID_ARGUMENT,
 unknown accounts and holds NOT_FOUND, and neither writes anything.
+
+Usage (SummarizeUsage, ListHolds) is read from the holds, which keep the labels their Reserve
+gave: the report of what a key spent is the money itself, not a second count beside it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from services.common.errors import ErrorTable, InvalidArgument, NotFound, Unavailable
 from services.common.timestamps import timestamp as _timestamp
 from services.ledger import validation
-from services.ledger.paging import decode_page_token, encode_page_token
+from services.ledger.paging import (
+    decode_holds_page_token,
+    decode_page_token,
+    encode_holds_page_token,
+    encode_page_token,
+)
 from services.ledger.settings import LedgerSettings
 from services.ledger.store import (
     AttemptInProgress,
@@ -43,6 +51,7 @@ from services.ledger.store import (
     LedgerStore,
     RequestCompleted,
     RequestKeyReused,
+    UsageLabels,
 )
 
 SERVICE_NAME: str = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
@@ -87,8 +96,17 @@ def balance_message(balance: Balance) -> ledger_pb2.GetBalanceResponse:
     )
 
 
+def labels_message(labels: UsageLabels) -> ledger_pb2.UsageLabels:
+    return ledger_pb2.UsageLabels(
+        key_id=labels.key_id or "",
+        voice=labels.voice or "",
+        response_format=labels.response_format or "",
+        model=labels.model or "",
+    )
+
+
 def hold_message(hold: Hold) -> ledger_pb2.Hold:
-    return ledger_pb2.Hold(
+    message = ledger_pb2.Hold(
         id=hold.id,
         account_id=hold.account_id,
         amount=hold.amount,
@@ -98,7 +116,11 @@ def hold_message(hold: Hold) -> ledger_pb2.Hold:
         create_time=_timestamp(hold.create_time),
         captured_amount=hold.captured or 0,
         checkpointed=hold.checkpointed,
+        labels=labels_message(hold.labels),
     )
+    if hold.close_time is not None:
+        message.close_time.CopyFrom(_timestamp(hold.close_time))
+    return message
 
 
 def entry_message(entry: Entry) -> ledger_pb2.Entry:
@@ -180,9 +202,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ttl_seconds = validation.hold_ttl(
             request.ttl_seconds, self._default_ttl_seconds, self._max_ttl_seconds
         )
+        given = request.labels
+        labels = validation.usage_labels(
+            given.key_id, given.voice, given.response_format, given.model
+        )
         if not request.HasField("keyed"):
             hold, balance, replayed = await self._store.reserve(
-                account_id, amount, key, ttl_seconds
+                account_id, amount, key, ttl_seconds, labels
             )
             return ledger_pb2.ReserveResponse(
                 hold=hold_message(hold), balance=balance_message(balance), replayed=replayed
@@ -198,6 +224,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             ),
             window_seconds=self._request_key_window_seconds,
             max_replays=self._max_free_replays,
+            labels=labels,
         )
         response = ledger_pb2.ReserveResponse(
             balance=balance_message(reservation.balance),
@@ -238,6 +265,43 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         next_token = encode_page_token(account_id, page[-1].id) if len(entries) > page_size else ""
         return ledger_pb2.ListEntriesResponse(
             entries=[entry_message(entry) for entry in page], next_page_token=next_token
+        )
+
+    async def ListHolds(
+        self, request: ledger_pb2.ListHoldsRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.ListHoldsResponse:
+        account_id = validation.require_id(request.account_id, "account_id")
+        page_size = validation.page_size(request.page_size, validation.MAX_HOLDS_PAGE_SIZE)
+        before = decode_holds_page_token(request.page_token, account_id)
+        # One hold beyond the page says whether another page follows.
+        holds = await self._store.list_holds(account_id, page_size + 1, before)
+        page = holds[:page_size]
+        next_token = (
+            encode_holds_page_token(account_id, page[-1].create_time, page[-1].id)
+            if len(holds) > page_size
+            else ""
+        )
+        return ledger_pb2.ListHoldsResponse(
+            holds=[hold_message(hold) for hold in page], next_page_token=next_token
+        )
+
+    async def SummarizeUsage(
+        self, request: ledger_pb2.SummarizeUsageRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.SummarizeUsageResponse:
+        account_id = validation.require_id(request.account_id, "account_id")
+        days = validation.usage_days(request.days)
+        summary = await self._store.summarize_usage(account_id, days)
+        return ledger_pb2.SummarizeUsageResponse(
+            usage=[
+                ledger_pb2.DailyKeyUsage(
+                    day=row.day.isoformat(),
+                    key_id=row.key_id,
+                    characters=row.characters,
+                    requests=row.requests,
+                )
+                for row in summary.usage
+            ],
+            first_day=summary.first_day.isoformat(),
         )
 
     async def Checkpoint(

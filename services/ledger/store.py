@@ -26,6 +26,11 @@ from the balance (`drawn = 0`, a HOLD entry of amount 0); its Capture is journal
 credits spent. Their prepaid balance is therefore never driven negative and is intact if the
 flag is lifted. Each hold remembers what it drew, so a Release returns exactly that even if the
 flag changed meanwhile.
+
+Usage: each hold keeps the labels its Reserve gave (API key, voice, format, model; frozen like
+the rest of it) and its close_time, so holds are the record of usage and a report built from
+them cannot disagree with the money. `summarize_usage` and `list_holds` only read: one statement
+each, no lock, on the index holds_by_account_newest (migration 0005).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, LiteralString
 
@@ -67,6 +72,19 @@ class Balance:
 
 
 @dataclass(frozen=True)
+class UsageLabels:
+    """What a hold paid for, as its Reserve labelled it; None where not given."""
+
+    key_id: str | None = None
+    voice: str | None = None
+    response_format: str | None = None
+    model: str | None = None
+
+
+NO_LABELS = UsageLabels()
+
+
+@dataclass(frozen=True)
 class Hold:
     id: str
     account_id: str
@@ -82,6 +100,29 @@ class Hold:
     captured: int | None
     # Credits delivered as of the last Checkpoint: what expiry captures.
     checkpointed: int
+    # When it was captured, released or expired; None while held.
+    close_time: datetime | None
+    labels: UsageLabels
+
+
+@dataclass(frozen=True)
+class DailyKeyUsage:
+    """One UTC day's holds of one API key ('' for holds without one)."""
+
+    day: date
+    key_id: str
+    # Credits the holds captured: by Capture, or by expiry (their last checkpoint).
+    characters: int
+    # Holds placed, whatever became of them.
+    requests: int
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    # The first UTC day the window covers (today, for a one-day window).
+    first_day: date
+    # By day, then key id; only days and keys with holds.
+    usage: list[DailyKeyUsage]
 
 
 @dataclass(frozen=True)
@@ -218,13 +259,15 @@ def _fields(row_type: type[Any]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(row_type))
 
 
-_HOLD_FIELDS = _fields(Hold)
+_HOLD_FIELDS = tuple(name for name in _fields(Hold) if name != "labels")
+_LABEL_FIELDS = _fields(UsageLabels)
 _ENTRY_FIELDS = _fields(Entry)
 _BALANCE_FIELDS = _fields(Balance)
 
 
 def _hold(row: Row) -> Hold:
-    return Hold(**{name: row[name] for name in _HOLD_FIELDS})
+    labels = UsageLabels(**{name: row[name] for name in _LABEL_FIELDS})
+    return Hold(**{name: row[name] for name in _HOLD_FIELDS}, labels=labels)
 
 
 def _entry(row: Row) -> Entry:
@@ -363,10 +406,12 @@ WITH debited AS (
     RETURNING balance, unlimited
 ), hold AS (
     INSERT INTO ledger.holds
-        (id, account_id, amount, drawn, idempotency_key, expire_time, keyed_request_id)
+        (id, account_id, amount, drawn, idempotency_key, expire_time, keyed_request_id,
+         key_id, voice, response_format, model)
     SELECT %(hold_id)s, %(account_id)s, %(amount)s,
            CASE WHEN debited.unlimited THEN 0 ELSE %(amount)s END, %(key)s,
-           now() + %(ttl_seconds)s * interval '1 second', %(keyed_request_id)s
+           now() + %(ttl_seconds)s * interval '1 second', %(keyed_request_id)s,
+           %(key_id)s, %(voice)s, %(response_format)s, %(model)s
     FROM debited
     RETURNING *
 ), entry AS (
@@ -515,6 +560,47 @@ LIMIT %(limit)s
 
 _ACCOUNT_EXISTS: LiteralString = "SELECT id FROM ledger.accounts WHERE id = %(account_id)s"
 
+# Keyset pagination on (create_time, id), newest first: a page resumes strictly below the last
+# hold it showed, so holds placed meanwhile never shift a page and none is shown twice. No token
+# starts above every hold. Served by holds_by_account_newest.
+_HOLDS_PAGE: LiteralString = """
+SELECT * FROM ledger.holds
+WHERE account_id = %(account_id)s
+    AND (create_time, id) < (coalesce(%(before_time)s::timestamptz, 'infinity'),
+                             coalesce(%(before_id)s::text, ''))
+ORDER BY create_time DESC, id DESC
+LIMIT %(limit)s
+"""
+
+# An account's usage per UTC day (of create_time) and key, from the first day of the window
+# (`days` UTC days, today included) on, added up by the database in one statement. A hold's
+# characters are what it captured, whoever captured it: Capture (in whole or in part), or the
+# expiry of a hold with a checkpoint, which captures the checkpoint (state 'captured'). Released
+# holds, holds expired with nothing delivered and holds still held add 0; every hold is one
+# request. The window starts at a UTC midnight, so holds_by_account_newest serves it.
+# One row per (day, key); for an account with no hold in the window, one row of NULLs that
+# still carries first_day; no row at all for an account never opened.
+_USAGE: LiteralString = """
+WITH since AS (
+    SELECT (now() AT TIME ZONE 'UTC')::date - (%(days)s::integer - 1) AS first_day
+)
+SELECT since.first_day, used.day, used.key_id, used.characters, used.requests
+FROM ledger.accounts a
+CROSS JOIN since
+LEFT JOIN LATERAL (
+    SELECT (h.create_time AT TIME ZONE 'UTC')::date AS day,
+           coalesce(h.key_id, '') AS key_id,
+           coalesce(sum(h.captured) FILTER (WHERE h.state = 'captured'), 0)::bigint AS characters,
+           count(*) AS requests
+    FROM ledger.holds h
+    WHERE h.account_id = a.id
+        AND h.create_time >= since.first_day::timestamp AT TIME ZONE 'UTC'
+    GROUP BY 1, 2
+) used ON true
+WHERE a.id = %(account_id)s
+ORDER BY used.day, used.key_id COLLATE "C"
+"""
+
 
 async def _send(conn: AsyncConnection[Any], statement: Statement) -> AsyncCursor[Row]:
     """Queue a statement on a pipelined connection; its rows arrive at the next sync."""
@@ -641,9 +727,15 @@ class LedgerStore:
         return _balance(balance[0])
 
     async def reserve(
-        self, account_id: str, amount: int, key: str, ttl_seconds: int
+        self,
+        account_id: str,
+        amount: int,
+        key: str,
+        ttl_seconds: int,
+        labels: UsageLabels = NO_LABELS,
     ) -> tuple[Hold, Balance, bool]:
-        """The hold placed, or found for a repeated key (then True), and the balance after."""
+        """The hold placed, or found for a repeated key (then True, with the labels it was
+        placed with), and the balance after."""
         params = {
             "account_id": account_id,
             "amount": amount,
@@ -651,6 +743,7 @@ class LedgerStore:
             "ttl_seconds": ttl_seconds,
             "hold_id": new_hold_id(),
             "keyed_request_id": None,
+            **dataclasses.asdict(labels),
         }
         locked, expired, earlier, placed, balance = await self._run(
             (_LOCK_ACCOUNT, params),
@@ -682,6 +775,7 @@ class LedgerStore:
         *,
         window_seconds: int,
         max_replays: int,
+        labels: UsageLabels = NO_LABELS,
     ) -> KeyedReservation:
         """A hold for one attempt at `request`, capped at what its key may still be charged.
 
@@ -697,6 +791,7 @@ class LedgerStore:
             "fingerprint": request.fingerprint,
             "price": request.price,
             "window_seconds": window_seconds,
+            **dataclasses.asdict(labels),
         }
         refusal: ServiceError | None = None
         async with self._transaction() as run:
@@ -806,6 +901,39 @@ class LedgerStore:
         if not account:
             raise AccountNotFound(account_id)
         return [_entry(row) for row in page]
+
+    async def list_holds(
+        self, account_id: str, limit: int, before: tuple[datetime, str] | None
+    ) -> list[Hold]:
+        """Up to `limit` holds, newest first, below `before` (create_time, id) when given.
+
+        Read as they stand: a hold past its deadline reads HELD until the sweeper or the
+        account's next write expires it (within LEDGER_SWEEP_INTERVAL_SECONDS).
+        """
+        before_time, before_id = before or (None, None)
+        params = {
+            "account_id": account_id,
+            "before_time": before_time,
+            "before_id": before_id,
+            "limit": limit,
+        }
+        account, page = await self._run((_ACCOUNT_EXISTS, params), (_HOLDS_PAGE, params))
+        if not account:
+            raise AccountNotFound(account_id)
+        return [_hold(row) for row in page]
+
+    async def summarize_usage(self, account_id: str, days: int) -> UsageSummary:
+        """What the account's holds of the last `days` UTC days (today included) charged and
+        how many there were, per day and key (see _USAGE)."""
+        [rows] = await self._run((_USAGE, {"account_id": account_id, "days": days}))
+        if not rows:
+            raise AccountNotFound(account_id)
+        usage = [
+            DailyKeyUsage(row["day"], row["key_id"], row["characters"], row["requests"])
+            for row in rows
+            if row["day"] is not None
+        ]
+        return UsageSummary(first_day=rows[0]["first_day"], usage=usage)
 
     async def expire_overdue(self, max_accounts: int) -> int:
         """Expire the holds past their deadline of up to `max_accounts` accounts; how many."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 
 from services.common.errors import InvalidArgument
-from services.ledger.store import KeyedRequest
+from services.ledger.store import KeyedRequest, UsageLabels
 
 __all__ = ["InvalidArgument"]  # raised by every check here
 
@@ -19,11 +19,24 @@ MAX_FINGERPRINT_LENGTH = 1024
 MAX_AMOUNT = 10**12
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# Holds are wider rows than entries (labels), and a dashboard shows a screenful.
+MAX_HOLDS_PAGE_SIZE = 200
+# Usage labels: caps match the columns' CHECKs (migration 0005). A voice may be a blend
+# expression (services/common/voice_expressions.MAX_EXPRESSION_CHARS); an API key id is
+# auth's "key_" and a ULID.
+MAX_LABEL_LENGTHS = {"key_id": 64, "voice": 400, "response_format": 16, "model": 64}
+# SummarizeUsage reaches back at most this many UTC days; 0 asks for the default.
+DEFAULT_USAGE_DAYS = 30
+MAX_USAGE_DAYS = 90
 
 
 def _printable(value: str, field: str, max_length: int) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required")
+    return _within(value, field, max_length)
+
+
+def _within(value: str, field: str, max_length: int) -> str:
     if len(value) > max_length:
         raise InvalidArgument(f"{field} is longer than {max_length} characters")
     # PostgreSQL text cannot hold NUL, and control characters in an id are always a bug.
@@ -65,6 +78,33 @@ def keyed_request(
     return request
 
 
+def usage_labels(key_id: str, voice: str, response_format: str, model: str) -> UsageLabels:
+    """A Reserve's labels: each optional (empty is not given: None), capped, no control
+    characters. Stored as given; the ledger never reads meaning into them."""
+    given = {
+        "key_id": key_id,
+        "voice": voice,
+        "response_format": response_format,
+        "model": model,
+    }
+    return UsageLabels(
+        **{
+            name: _within(value, f"labels.{name}", MAX_LABEL_LENGTHS[name]) if value else None
+            for name, value in given.items()
+        }
+    )
+
+
+def usage_days(requested: int) -> int:
+    """SummarizeUsage's window in UTC days, today included: 0 means 30; above 90 is refused
+    (the report reads every hold of the window; an unbounded one is a slow query)."""
+    if requested == 0:
+        return DEFAULT_USAGE_DAYS
+    if requested > MAX_USAGE_DAYS:
+        raise InvalidArgument(f"days must be at most {MAX_USAGE_DAYS}, got {requested}")
+    return requested
+
+
 def checkpoint_amount(value: int) -> int:
     """Credits delivered so far: zero or more (a checkpoint may only extend the deadline)."""
     if value < 0:
@@ -90,8 +130,8 @@ def hold_ttl(requested: int, default: int, maximum: int) -> int:
     return requested
 
 
-def page_size(requested: int) -> int:
+def page_size(requested: int, maximum: int = MAX_PAGE_SIZE) -> int:
     """0 means the default; sizes above the maximum are lowered to it (AIP-158)."""
     if requested == 0:
         return DEFAULT_PAGE_SIZE
-    return min(requested, MAX_PAGE_SIZE)
+    return min(requested, maximum)

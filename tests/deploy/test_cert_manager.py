@@ -40,7 +40,7 @@ COMPONENT = "cert-manager"
 CERT_MANAGER = "cert-manager.io/v1"
 # Every identity the component issues; servers are dialed, the rest only dial.
 SERVERS = {"auth", "ledger", "synth", "envoy"}
-CLIENTS = {"gateway", "operator"}
+CLIENTS = {"gateway", "dashboard", "operator"}
 SCRIPT = K8S / "create-mesh-certificates.sh"
 
 
@@ -153,7 +153,7 @@ def test_every_mounted_certificate_is_issued_for_the_workload_that_mounts_it(
     objects: list[Obj],
 ) -> None:
     issued = _issued(objects)
-    mesh = {"auth", "ledger", "synth", "gateway", "envoy"}
+    mesh = {"auth", "ledger", "synth", "gateway", "dashboard", "envoy"}
     for deployment in of_kind(objects, "Deployment"):
         name = deployment["metadata"]["name"]
         mounted = _mounted_secrets(deployment)
@@ -173,13 +173,16 @@ def _envoy_config(objects: list[Obj]) -> Obj:
 
 
 def _dialed_hosts(objects: list[Obj]) -> set[str]:
-    """Every in-cluster host a caller of the mesh dials: the gateway's upstreams and Envoy's."""
-    gateway = next(containers(named(objects, "Deployment", "gateway"), init=False))
-    hosts = {
-        e["value"].rsplit(":", 1)[0]
-        for e in gateway["env"]
-        if e["name"].endswith("_ADDRESS") and "value" in e
-    }
+    """Every in-cluster host a caller of the mesh dials: the gateway's and the dashboard's
+    upstreams, and Envoy's."""
+    hosts = set()
+    for caller in ("gateway", "dashboard"):
+        container = next(containers(named(objects, "Deployment", caller), init=False))
+        hosts |= {
+            e["value"].rsplit(":", 1)[0]
+            for e in container["env"]
+            if e["name"].endswith("_ADDRESS") and "value" in e
+        }
     config = _envoy_config(objects)
     for cluster in config["static_resources"]["clusters"]:
         if cluster.get("type") != "STRICT_DNS":

@@ -2,8 +2,8 @@
 held against pyproject.toml's extras, requirements.lock and what each service actually imports.
 
 Dependencies are stated once (docs/decisions/0005): pyproject pins each direct dependency, one
-extra per image; the images install `.[<service>]` under the lock. Auth, ledger and gateway share
-docker/service.Dockerfile (build argument SERVICE); synth and Envoy have their own.
+extra per image; the images install `.[<service>]` under the lock. Auth, ledger, gateway and
+dashboard share docker/service.Dockerfile (build argument SERVICE); synth and Envoy have their own.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import ast
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -34,16 +36,20 @@ IMAGES = {
     "auth": "service",
     "ledger": "service",
     "gateway": "service",
+    "dashboard": "service",
     "synth": "synth",
     "envoy": "envoy",
 }
 DOCKERFILES = sorted(set(IMAGES.values()))
-LIGHT = ("auth", "ledger", "gateway")
+LIGHT = ("auth", "ledger", "gateway", "dashboard")
+# The light images that serve HTTP (FastAPI) and reach no database.
+WEB = ("gateway", "dashboard")
 # What `python -m …` runs in each Python service image, and the Job that shares synth's.
 ENTRY_MODULES = {
     "auth": ["services.auth.__main__"],
     "ledger": ["services.ledger.__main__"],
     "gateway": ["services.gateway.__main__"],
+    "dashboard": ["services.dashboard.__main__"],
     "synth": ["services.synth.__main__", "services.synth.weights.__main__"],
 }
 # Extras that are no image's: the local run and the developer's tools.
@@ -115,7 +121,7 @@ def dockerfile(request: pytest.FixtureRequest) -> str:
 
 
 def test_one_dockerfile_per_kind_of_image() -> None:
-    # auth, ledger and gateway differ only in SERVICE: a per-service copy would drift again.
+    # auth, ledger, gateway and dashboard differ only in SERVICE: a per-service copy would drift.
     assert sorted(p.name for p in DOCKER.glob("*.Dockerfile")) == [
         f"{name}.Dockerfile" for name in DOCKERFILES
     ]
@@ -272,6 +278,55 @@ def test_kustomize_images_name_the_built_images() -> None:
     assert used == built
 
 
+# The dashboard's pages and their assets, read from the installed package at run time.
+DASHBOARD_ASSETS = ("templates", "static")
+ASSET_SUFFIXES = (".html", ".css", ".js", ".svg")
+
+
+def test_the_installed_package_carries_the_dashboards_templates_and_static_files(
+    tmp_path: Path,
+) -> None:
+    """The images install the project as a wheel (`pip install --no-deps .`), which holds only
+    Python and the package data pyproject names: a template left out is a 500 in production
+    while every test from the source tree passes. Builds the wheel from a copy of the tree with
+    a sample of each kind of asset (nested folders too) beside the dashboard's real ones."""
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("services", "protos"):
+        shutil.copytree(REPO_ROOT / folder, source / folder, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    dashboard = source / "services" / "dashboard"
+    samples = [
+        dashboard / "templates" / "wheel-check.html",
+        dashboard / "templates" / "partials" / "wheel-check.html",
+        *(dashboard / "static" / suffix[1:] / f"wheel-check{suffix}" for suffix in ASSET_SUFFIXES),
+    ]
+    for sample in samples:
+        sample.parent.mkdir(parents=True, exist_ok=True)
+        sample.write_text("sample\n")
+    expected = {
+        path.relative_to(source).as_posix()
+        for folder in DASHBOARD_ASSETS
+        for path in (dashboard / folder).rglob("*")
+        if path.suffix in ASSET_SUFFIXES
+    }
+    out = tmp_path / "dist"
+    out.mkdir()
+    build = "import sys; from setuptools import build_meta; build_meta.build_wheel(sys.argv[1])"
+    result = subprocess.run(
+        [sys.executable, "-c", build, str(out)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (wheel,) = out.glob("*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    assert expected - shipped == set(), "add the suffix to [tool.setuptools.package-data]"
+
+
 # --- package sets --------------------------------------------------------------------------
 
 
@@ -410,7 +465,7 @@ def test_light_images_carry_no_torch(light: str) -> None:
     closure = _closure(frozenset({light}))
     assert "torch" not in closure
     assert not any(name.startswith("nvidia-") for name in closure)
-    if light == "gateway":
+    if light in WEB:
         assert "psycopg" not in closure
     else:
         assert "fastapi" not in closure

@@ -6,7 +6,9 @@ patches included, not the files one by one.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -53,6 +55,18 @@ CERTIFICATES = {
     "ledger": "ledger-tls",
     "synth": "synth-tls",
     "gateway": "gateway-mesh-tls",
+    "dashboard": "dashboard-mesh-tls",
+}
+# The HTTP workloads browsers and REST clients reach, each through an Ingress of its own, and the
+# gRPC Services each dials directly (by the <PREFIX>_<UPSTREAM>_ADDRESS variable's upstream).
+WEB = {
+    "gateway": {"AUTH": "auth", "LEDGER": "ledger", "SYNTH": "envoy"},
+    "dashboard": {"AUTH": "auth", "LEDGER": "ledger"},
+}
+# The one ingress controller whose pods may reach them.
+INGRESS_CONTROLLER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
 }
 TLS_DIR = "/etc/kokoropay/tls"
 GRPC_SERVICES: dict[str, ServiceDescriptor] = {
@@ -113,7 +127,7 @@ def _container_port(container: Obj, name: str) -> int:
     return int(port)
 
 
-def test_grpc_services_probe_the_plaintext_health_port_and_the_gateway_http(overlay: str) -> None:
+def test_grpc_services_probe_the_plaintext_health_port(overlay: str) -> None:
     """Kubelet's gRPC probes carry no certificate: they go to the port that serves health alone
     in plaintext, never to the mTLS port, which would refuse them."""
     objects = render(overlay)
@@ -125,9 +139,18 @@ def test_grpc_services_probe_the_plaintext_health_port_and_the_gateway_http(over
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             # A gRPC probe takes a port number only, not a name: it must be the health port's.
             assert container[probe]["grpc"]["port"] == health, (name, probe)
-    gateway = next(containers(named(objects, "Deployment", "gateway"), init=False))
-    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize("name", sorted(WEB))
+def test_web_services_probe_healthz_and_readyz_on_their_port(overlay: str, name: str) -> None:
+    """Liveness asks only whether the process runs; readiness whether its upstreams answer."""
+    container = next(containers(named(render(overlay), "Deployment", name), init=False))
+    port = _container_port(container, "http")
+    assert port == PORTS[name] == int(env(container)[f"{name.upper()}_PORT"])
+    # In a container it listens on every interface, or the kubelet and the Service see nothing.
+    assert env(container)[f"{name.upper()}_HOST"] == "0.0.0.0"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
 
 
 def test_synth_has_a_startup_probe_long_enough_for_the_model(overlay: str) -> None:
@@ -287,8 +310,14 @@ def test_secrets_are_referenced_never_committed(overlay: str) -> None:
     assert referenced == expected
     mounted = set().union(*(_mounted_secrets(w) for w in _workloads(objects)))
     assert set(CERTIFICATES.values()) <= mounted
+    # The Ingresses' public certificates (prod; dev serves plain HTTP).
+    public = {
+        tls["secretName"]
+        for ingress in of_kind(objects, "Ingress")
+        for tls in ingress["spec"].get("tls", [])
+    }
     operations = (REPO_ROOT / "docs" / "operations.md").read_text()
-    for name in expected | mounted:
+    for name in expected | mounted | public:
         assert f"`{name}`" in operations, f"docs/operations.md does not explain Secret {name}"
 
 
@@ -403,30 +432,33 @@ def test_no_ingress_rule_admits_everyone(overlay: str) -> None:
             assert not any("ipBlock" in peer for peer in rule["from"])
 
 
-def test_only_the_gateway_is_exposed_and_only_through_the_ingress(overlay: str) -> None:
+def _hosts(ingress: Obj) -> list[str]:
+    return [rule["host"] for rule in ingress["spec"]["rules"]]
+
+
+def test_only_the_web_services_are_exposed_each_through_its_own_ingress(overlay: str) -> None:
+    """The gateway and the dashboard, each at a host of its own, admitting the ingress
+    controller's pods alone, on their HTTP port."""
     objects = render(overlay)
     for service in of_kind(objects, "Service"):
         assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]
-    (ingress,) = of_kind(objects, "Ingress")
-    backends = [
-        path["backend"]["service"]["name"]
-        for rule in ingress["spec"]["rules"]
-        for path in rule["http"]["paths"]
-    ]
-    assert backends and set(backends) == {"gateway"}
-    assert "defaultBackend" not in ingress["spec"]
-    gateway_sources = _ingress_sources(objects, "gateway")
-    assert gateway_sources == [
-        (
-            {
-                "namespaceSelector": {
-                    "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
-                },
-                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
-            },
-            [8000],
-        )
-    ]
+    ingresses = {i["metadata"]["name"]: i for i in of_kind(objects, "Ingress")}
+    assert set(ingresses) == set(WEB)
+    for name, ingress in ingresses.items():
+        backends = [
+            path["backend"]["service"]
+            for rule in ingress["spec"]["rules"]
+            for path in rule["http"]["paths"]
+        ]
+        assert backends and all(b == {"name": name, "port": {"name": "http"}} for b in backends)
+        assert "defaultBackend" not in ingress["spec"]
+        service = named(objects, "Service", name)
+        assert service["spec"]["selector"] == {"app.kubernetes.io/name": name}
+        (port,) = service["spec"]["ports"]
+        assert port["name"] == port["targetPort"] == "http"
+        assert _ingress_sources(objects, name) == [(INGRESS_CONTROLLER, [PORTS[name]])]
+    hosts = [host for ingress in ingresses.values() for host in _hosts(ingress)]
+    assert len(hosts) == len(set(hosts)), "one host each: the dashboard's cookie stays its own"
 
 
 def _selects_namespaces_by_name_only(selector: Obj) -> bool:
@@ -456,30 +488,53 @@ def test_no_policy_admits_pods_of_any_namespace_by_their_own_labels(overlay: str
                     )
 
 
-def _gateway_dials(objects: list[Obj]) -> set[str]:
-    """The Services the gateway dials directly (the rest it reaches through Envoy)."""
-    gateway = env(next(containers(named(objects, "Deployment", "gateway"), init=False)))
-    return {value.split(".", 1)[0] for key, value in gateway.items() if key.endswith("_ADDRESS")}
+def _dials(objects: list[Obj], workload: str) -> set[str]:
+    """The Services a web workload dials directly (the gateway reaches synth through Envoy)."""
+    variables = env(next(containers(named(objects, "Deployment", workload), init=False)))
+    return {value.split(".", 1)[0] for key, value in variables.items() if key.endswith("_ADDRESS")}
+
+
+# The role each direct caller's certificate carries (its SPIFFE id names it).
+DIRECT_CALLERS = {"gateway": access_pb2.GATEWAY, "dashboard": access_pb2.DASHBOARD}
 
 
 def test_each_grpc_service_admits_only_the_workloads_that_call_it(overlay: str) -> None:
-    """Pods of this namespace, by name, on the mTLS port: the gateway where it dials the service
-    directly (and the service declares GATEWAY callers), and Envoy where it routes to it."""
+    """Pods of this namespace, by name, on the mTLS port: the gateway and the dashboard where
+    they dial the service directly (and it declares their role a caller), and Envoy where it
+    routes to it."""
     objects = render(overlay)
-    dialed = _gateway_dials(objects)
-    routed = {c["name"] for c in _envoy_config(objects)["static_resources"]["clusters"]}
+    dials = {caller: _dials(objects, caller) for caller in DIRECT_CALLERS}
+    dials["envoy"] = {c["name"] for c in _envoy_config(objects)["static_resources"]["clusters"]}
     for name, service in GRPC_SERVICES.items():
         declared = set().union(*(declared_callers(m) for m in service.methods))
-        expected = {c for c, dials in (("gateway", dialed), ("envoy", routed)) if name in dials}
-        if "gateway" in expected:
-            assert access_pb2.GATEWAY in declared, f"the gateway dials {name}, which refuses it"
+        expected = {caller for caller, dialed in dials.items() if name in dialed}
+        for caller, role in DIRECT_CALLERS.items():
+            if caller in expected:
+                assert role in declared, f"the {caller} dials {name}, which refuses it"
         admitted = set()
         for peer, ports in _ingress_sources(objects, name):
             assert ports == [PORTS[name]], (name, ports)
-            callers = [c for c in ("gateway", "envoy") if _peer_is_pod(peer, c)]
+            callers = [c for c in dials if _peer_is_pod(peer, c)]
             assert callers, (name, peer)
             admitted.update(callers)
         assert admitted == expected, name
+
+
+def test_the_dashboard_reaches_auth_and_ledger_and_nothing_else(overlay: str) -> None:
+    """Its egress, exactly, and the other side of each arrow: auth and ledger admit it; synth
+    and Envoy do not (synth.proto already names DASHBOARD; the playground opens that later)."""
+    objects = render(overlay)
+    allowed = _without_dns(_egress(objects, "dashboard"))
+    assert allowed == [
+        ({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "auth"}}}, [PORTS["auth"]]),
+        ({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ledger"}}}, [PORTS["ledger"]]),
+    ]
+    assert any(ports == [53, 53] for _, ports in _egress(objects, "dashboard"))
+    for name in ("auth", "ledger"):
+        assert any(_peer_is_pod(peer, "dashboard") for peer, _ in _ingress_sources(objects, name))
+    for name in ("synth", "envoy"):
+        admitted = _ingress_sources(objects, name)
+        assert not any(_peer_is_pod(peer, "dashboard") for peer, _ in admitted), name
 
 
 def test_no_policy_admits_a_pod_to_a_health_port(overlay: str) -> None:
@@ -545,6 +600,8 @@ def test_egress_follows_the_design_arrows(overlay: str) -> None:
 
     gateway = _without_dns(_egress(objects, "gateway"))
     assert pods(gateway) == {("auth", 50051), ("ledger", 50052), ("envoy", 8080)}
+    dashboard = _without_dns(_egress(objects, "dashboard"))
+    assert pods(dashboard) == {("auth", 50051), ("ledger", 50052)}
     envoy = _without_dns(_egress(objects, "envoy"))
     assert pods(envoy) == {("auth", 50051), ("ledger", 50052), ("synth", 50053)}
     assert _without_dns(_egress(objects, "synth")) == []
@@ -637,12 +694,16 @@ def test_envoy_clusters_resolve_headless_services_of_the_right_pods(overlay: str
         ).items()
 
 
-def test_the_gateway_dials_services_that_exist(overlay: str) -> None:
+@pytest.mark.parametrize("name", sorted(WEB))
+def test_web_services_dial_services_that_exist(overlay: str, name: str) -> None:
     objects = render(overlay)
-    gateway = env(next(containers(named(objects, "Deployment", "gateway"), init=False)))
-    expected = {"AUTH": "auth", "LEDGER": "ledger", "SYNTH": "envoy"}
-    for upstream, service_name in expected.items():
-        host, port = gateway[f"GATEWAY_{upstream}_ADDRESS"].rsplit(":", 1)
+    variables = env(next(containers(named(objects, "Deployment", name), init=False)))
+    addresses = {
+        k for k in variables if k.startswith(f"{name.upper()}_") and k.endswith("_ADDRESS")
+    }
+    assert addresses == {f"{name.upper()}_{upstream}_ADDRESS" for upstream in WEB[name]}
+    for upstream, service_name in WEB[name].items():
+        host, port = variables[f"{name.upper()}_{upstream}_ADDRESS"].rsplit(":", 1)
         assert host == f"{service_name}.{NAMESPACE}.svc.cluster.local"
         service = named(objects, "Service", service_name)
         assert service["spec"].get("clusterIP") != "None"
@@ -662,10 +723,10 @@ def test_envoy_answers_health_checks_with_synth(overlay: str) -> None:
 # --- scaling -----------------------------------------------------------------------------
 
 
-def test_prod_autoscales_gateway_on_cpu_and_synth_on_streams() -> None:
+def test_prod_autoscales_web_services_on_cpu_and_synth_on_streams() -> None:
     objects = render("prod")
     autoscalers = {h["metadata"]["name"]: h for h in of_kind(objects, "HorizontalPodAutoscaler")}
-    assert set(autoscalers) == {"gateway", "envoy", "synth"}
+    assert set(autoscalers) == {"gateway", "dashboard", "envoy", "synth"}
     for name, hpa in autoscalers.items():
         assert hpa["spec"]["scaleTargetRef"] == {
             "apiVersion": "apps/v1",
@@ -675,8 +736,9 @@ def test_prod_autoscales_gateway_on_cpu_and_synth_on_streams() -> None:
         assert hpa["spec"]["minReplicas"] >= 2
         # The HPA owns the count; a count in the Deployment would fight it at every apply.
         assert "replicas" not in named(objects, "Deployment", name)["spec"]
-    (gateway_metric,) = autoscalers["gateway"]["spec"]["metrics"]
-    assert gateway_metric["resource"]["name"] == "cpu"
+    for name in WEB:
+        (metric,) = autoscalers[name]["spec"]["metrics"]
+        assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu", name
     (synth_metric,) = autoscalers["synth"]["spec"]["metrics"]
     assert synth_metric["type"] == "External"
     assert synth_metric["external"]["metric"]["name"] == "envoy_cluster_upstream_rq_active"
@@ -735,7 +797,7 @@ def test_the_ingress_admits_every_body_the_gateway_answers_itself(overlay: str) 
     # Over the gateway's cap the client gets the gateway's 413 JSON; the proxy's own 413 (an
     # HTML page) must never come first.
     objects = render(overlay)
-    (ingress,) = of_kind(objects, "Ingress")
+    ingress = named(objects, "Ingress", "gateway")
     proxy_limit = _bytes(
         ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
     )
@@ -745,3 +807,116 @@ def test_the_ingress_admits_every_body_the_gateway_answers_itself(overlay: str) 
         int(configured) if configured else GatewaySettings.model_fields["max_body_bytes"].default
     )
     assert proxy_limit > gateway_limit
+
+
+# --- the dashboard ---------------------------------------------------------------------------
+
+# The dashboard's forms (sign up, sign in, a key's name) are a few hundred bytes.
+DASHBOARD_MAX_PROXY_BODY = 64 * 1024
+
+
+def _same_name_objects(objects: list[Obj], name: str) -> set[str]:
+    return {o["kind"] for o in objects if o["metadata"]["name"] == name}
+
+
+def test_the_dashboard_has_every_object_the_gateway_has(overlay: str) -> None:
+    objects = render(overlay)
+    kinds = _same_name_objects(objects, "gateway")
+    assert {"Deployment", "Service", "ServiceAccount", "Ingress", "NetworkPolicy"} <= kinds
+    assert _same_name_objects(objects, "dashboard") == kinds
+    dashboard = named(objects, "Deployment", "dashboard")
+    assert pod_spec(dashboard)["serviceAccountName"] == "dashboard"
+    (spread,) = pod_spec(dashboard)["topologySpreadConstraints"]
+    (gateway_spread,) = pod_spec(named(objects, "Deployment", "gateway"))[
+        "topologySpreadConstraints"
+    ]
+    assert spread["labelSelector"] == {"matchLabels": {"app.kubernetes.io/name": "dashboard"}}
+    assert {k: v for k, v in spread.items() if k != "labelSelector"} == {
+        k: v for k, v in gateway_spread.items() if k != "labelSelector"
+    }
+    (container,) = containers(dashboard)
+    image = container["image"]
+    assert image.rpartition(":")[0].endswith("kokoropay/dashboard"), image
+
+
+def _dashboard_env(objects: list[Obj]) -> dict[str, str]:
+    return env(next(containers(named(objects, "Deployment", "dashboard"), init=False)))
+
+
+def test_the_dashboard_cookie_is_secure_wherever_its_ingress_serves_https(overlay: str) -> None:
+    objects = render(overlay)
+    ingress = named(objects, "Ingress", "dashboard")
+    secure = _dashboard_env(objects)["DASHBOARD_COOKIE_SECURE"]
+    assert secure in ("true", "false")
+    assert (secure == "true") == bool(ingress["spec"].get("tls"))
+    assert (secure == "true") == (overlay == "prod")
+
+
+def test_the_dashboard_shows_the_gateways_public_url(overlay: str) -> None:
+    objects = render(overlay)
+    url = urlsplit(_dashboard_env(objects)["DASHBOARD_PUBLIC_API_URL"])
+    gateway = named(objects, "Ingress", "gateway")
+    (host,) = _hosts(gateway)
+    assert url.hostname == host
+    assert url.scheme == ("https" if gateway["spec"].get("tls") else "http")
+    assert url.path == "/v1" and not url.query and not url.fragment
+
+
+def test_the_dashboard_opens_sign_up_and_the_prod_ledger_grants_nothing_for_it() -> None:
+    for overlay in ("dev", "prod"):
+        assert _dashboard_env(render(overlay))["DASHBOARD_SIGNUP_ENABLED"] == "true"
+    ledger = env(next(containers(named(render("prod"), "Deployment", "ledger"), init=False)))
+    assert ledger["LEDGER_SIGNUP_GRANT_CREDITS"] == "0"
+
+
+def test_the_dashboard_trusts_forwarded_addresses_from_private_ranges_only(overlay: str) -> None:
+    """X-Forwarded-For is believed only from the ingress controller's pod range: from anywhere
+    else, a client could name any address and dodge auth's per-address throttling."""
+    setting = _dashboard_env(render(overlay))["DASHBOARD_TRUSTED_PROXIES"]
+    networks = [ipaddress.ip_network(cidr.strip()) for cidr in setting.split(",")]
+    assert networks
+    for network in networks:
+        assert network.is_private and network.prefixlen >= 8, network
+
+
+def test_the_dashboard_ingress_serves_its_host_with_small_buffered_bodies(overlay: str) -> None:
+    objects = render(overlay)
+    ingress = named(objects, "Ingress", "dashboard")
+    annotations = ingress["metadata"].get("annotations", {})
+    nginx = "nginx.ingress.kubernetes.io/"
+    assert _bytes(annotations[f"{nginx}proxy-body-size"]) <= DASHBOARD_MAX_PROXY_BODY
+    # Pages are short answers: the controller's buffering and timeouts suit them.
+    for streaming in ("proxy-buffering", "proxy-request-buffering", "proxy-read-timeout"):
+        assert f"{nginx}{streaming}" not in annotations, streaming
+    assert (
+        ingress["spec"]["ingressClassName"]
+        == named(objects, "Ingress", "gateway")["spec"]["ingressClassName"]
+    )
+    (host,) = _hosts(ingress)
+    assert host.startswith("dashboard.")
+    if overlay == "prod":
+        assert ingress["spec"]["tls"] == [{"hosts": [host], "secretName": "dashboard-tls"}]
+        (gateway_tls,) = named(objects, "Ingress", "gateway")["spec"]["tls"]
+        assert gateway_tls["hosts"] == _hosts(named(objects, "Ingress", "gateway"))
+    else:
+        assert "tls" not in ingress["spec"]
+
+
+def test_a_waiting_sign_in_outlasts_neither_the_ingress_nor_the_drain(overlay: str) -> None:
+    """A sign-in may wait out auth's delay after failed attempts, up to the dashboard's sign-in
+    timeout: the Ingress must not cut it first (a 504 page), nor a rollout's drain."""
+    settings = pytest.importorskip("services.dashboard.settings").DashboardSettings
+    objects = render(overlay)
+    variables = _dashboard_env(objects)
+    configured = variables.get("DASHBOARD_SIGN_IN_TIMEOUT_SECONDS")
+    wait = (
+        float(configured)
+        if configured
+        else settings.model_fields["sign_in_timeout_seconds"].default
+    )
+    annotations = named(objects, "Ingress", "dashboard")["metadata"].get("annotations", {})
+    for name in ("proxy-read-timeout", "proxy-send-timeout"):
+        # ingress-nginx's default, 60 s, applies when unset.
+        seconds = float(annotations.get(f"nginx.ingress.kubernetes.io/{name}", 60))
+        assert seconds > wait, name
+    assert float(variables["DASHBOARD_GRACE_SECONDS"]) >= wait

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import httpx
@@ -20,6 +21,7 @@ import pytest
 
 from services.cli.admin import AdminClient
 from services.cli.mesh import LocalMesh
+from tests.support.browser import chromium_path
 from tests.support.paths import REPO_ROOT
 from tests.support.postgres import create_database
 
@@ -50,6 +52,12 @@ def mesh(
         data_dir=tmp_path_factory.mktemp("mesh"),
         database_url=create_database(postgres_url, prefix="e2e"),
         log_dir=log_dir,
+        # Every test signs in and up from 127.0.0.1: the per-address limits are auth's
+        # integration tests' to check (tests/integration/test_auth_people.py), not to trip here.
+        env={
+            "AUTH_SIGN_INS_PER_ADDRESS_PER_MINUTE": "10000",
+            "AUTH_SIGN_UPS_PER_ADDRESS_PER_HOUR": "10000",
+        },
     )
     mesh.start()
     yield mesh
@@ -60,6 +68,25 @@ def mesh(
 def base_url(mesh: LocalMesh) -> str:
     """What a customer puts in their client: the gateway's `…/v1`."""
     return f"{mesh.addresses['gateway']}/v1"
+
+
+@pytest.fixture(scope="session")
+def dashboard_url(mesh: LocalMesh) -> str:
+    """What a person opens in their browser."""
+    return mesh.addresses["dashboard"]
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """pytest-playwright-asyncio launches Debian's Chromium (tests/support/browser.py)."""
+    return {**browser_type_launch_args, "executable_path": chromium_path(), "headless": True}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(
+    browser_context_args: dict[str, Any], dashboard_url: str
+) -> dict[str, Any]:
+    return {**browser_context_args, "base_url": dashboard_url}
 
 
 @pytest.fixture(scope="session")

@@ -192,3 +192,41 @@ def test_ledger_verify_says_the_books_balance_and_lists_what_does_not(mesh: Loca
                 "UPDATE ledger.accounts SET balance = balance - 1"
                 " WHERE id = (SELECT id FROM ledger.accounts ORDER BY create_time DESC LIMIT 1)"
             )
+
+
+def test_a_person_is_given_to_an_account_and_their_password_reset(mesh: LocalMesh) -> None:
+    # Imported here so that this test stays an addition at the end of the file.
+    import grpc
+    from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
+
+    from services.common.channels import channel_credentials
+
+    assert kokoro_pay(mesh, "account", "create", "staffed").returncode == 0
+    created = kokoro_pay(mesh, "user", "create", "staffed", "--email", "Staff@Example.com")
+    assert created.returncode == 0, created.stderr
+    assert "<staff@example.com> signs in for account 'staffed'" in created.stdout
+    generated = created.stdout.strip().splitlines()[-1]
+    assert len(generated) >= 20
+
+    again = kokoro_pay(mesh, "user", "create", "staffed", "--email", "other@example.com")
+    assert again.stderr.strip() == "error: the account already has its person"
+    short = kokoro_pay(mesh, "user", "reset-password", "staff@example.com", "--password", "short")
+    assert short.stderr.strip() == "error: new_password must be at least 8 characters"
+
+    dashboard = grpc.secure_channel(
+        mesh.grpc_address("auth"), channel_credentials(mesh.pki.identity("dashboard"))
+    )
+    with dashboard:
+        sign_in = auth_pb2_grpc.AuthServiceStub(dashboard).SignIn
+        signed_in = sign_in(
+            auth_pb2.SignInRequest(email="staff@example.com", password=generated), timeout=30
+        )
+        assert signed_in.account.name == "staffed"
+
+        reset = kokoro_pay(mesh, "user", "reset-password", "staff@example.com")
+        assert reset.returncode == 0, reset.stderr
+        assert "1 sessions ended" in reset.stdout
+        new_password = reset.stdout.strip().splitlines()[-1]
+        assert new_password != generated
+        request = auth_pb2.SignInRequest(email="staff@example.com", password=new_password)
+        assert sign_in(request, timeout=30).user.email == "staff@example.com"

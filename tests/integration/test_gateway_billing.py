@@ -76,6 +76,15 @@ async def test_a_completed_stream_whose_hold_lapsed_is_charged_anew(
 
     # The lapsed hold returned its 7 credits; the late charge took them again, once.
     assert (await ledger.balance(account)).balance == 10 - len(TEXT)
+    # Both holds say what they paid for: the key auth verified, the voice, format and model.
+    listed = await ledger.stub.ListHolds(ledger_pb2.ListHoldsRequest(account_id=account))
+    labels = ledger_pb2.UsageLabels(
+        key_id="key_test", voice="af_sky", response_format="mp3", model="kokoro"
+    )
+    assert [(h.state, h.labels) for h in listed.holds] == [
+        (ledger_pb2.HOLD_STATE_CAPTURED, labels),  # the late charge
+        (ledger_pb2.HOLD_STATE_EXPIRED, labels),
+    ]
     if keyed:  # and the key counts the late charge: a retry owes nothing more
         again = await billing.hold(
             Principal(account, "key_test"), _order(), f"req:{uuid.uuid4().hex}", 60, "retry-1"

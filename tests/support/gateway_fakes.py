@@ -30,6 +30,7 @@ from services.gateway.clients import (
     SynthesisRequest,
     UpstreamError,
     Upstreams,
+    UsageLabels,
     Voice,
 )
 from services.gateway.serving import SpeechSeller
@@ -75,6 +76,8 @@ class FakeHold:
     request_key: str | None = None
     # Credits delivered as of the last checkpoint: what expiry captures.
     checkpointed: int = 0
+    # What the Reserve that placed it labelled it with.
+    labels: UsageLabels | None = None
 
     def frozen(self, *, replayed: bool = False) -> Hold:
         return Hold(self.id, self.amount, self.state, self.captured, replayed, self.checkpointed)
@@ -146,7 +149,12 @@ class FakeLedger:
         return Balance(self.balances[account_id], held, account_id in self.unlimited)
 
     async def reserve(
-        self, account_id: str, amount: int, idempotency_key: str, ttl_seconds: int
+        self,
+        account_id: str,
+        amount: int,
+        idempotency_key: str,
+        ttl_seconds: int,
+        labels: UsageLabels | None = None,
     ) -> Hold:
         self.calls.append(("reserve", account_id, str(amount), idempotency_key))
         self.request_ids.append(request_id_var.get())
@@ -174,7 +182,9 @@ class FakeLedger:
             )
         if not unlimited:
             self.balances[account_id] -= amount
-        hold = FakeHold(f"hold_{next(self._ids)}", account_id, amount, idempotency_key)
+        hold = FakeHold(
+            f"hold_{next(self._ids)}", account_id, amount, idempotency_key, labels=labels
+        )
         self.holds[hold.id] = hold
         return hold.frozen()
 
@@ -185,6 +195,7 @@ class FakeLedger:
         idempotency_key: str,
         ttl_seconds: int,
         keyed: KeyedRequest,
+        labels: UsageLabels | None = None,
     ) -> KeyedReservation:
         """ledger.proto's KeyedRequest rules, in memory (no window: tests run within a day)."""
         record = self.keyed.setdefault(keyed.key, FakeKeyedRequest(keyed.fingerprint, keyed.price))
@@ -212,7 +223,9 @@ class FakeLedger:
                 raise refused(grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_COMPLETED")
             record.replays += 1
             return KeyedReservation(None, True, charged, replays_left - 1)
-        hold = await self.reserve(account_id, min(amount, left), idempotency_key, ttl_seconds)
+        hold = await self.reserve(
+            account_id, min(amount, left), idempotency_key, ttl_seconds, labels
+        )
         self.holds[hold.id].request_key = keyed.key
         return KeyedReservation(hold, False, charged, replays_left)
 

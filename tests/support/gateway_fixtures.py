@@ -19,7 +19,7 @@ import uvicorn
 from starlette.types import Message
 
 from services.cli.processes import free_port
-from services.gateway.__main__ import GatewayServer
+from services.common.web import DrainingServer
 from services.gateway.delivery import DeliveryResponse, SpeechDelivery
 from services.gateway.protocol import SpeechRequest
 from tests.support.gateway_fakes import GOOD_KEY, FakeMesh, fake_mesh
@@ -59,11 +59,11 @@ async def http(live_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 @dataclass(frozen=True)
 class LiveGateway:
-    server: GatewayServer
+    server: DrainingServer
     url: str
 
 
-class _QuietGatewayServer(GatewayServer):
+class _QuietGatewayServer(DrainingServer):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield  # the test process keeps its own signal handlers

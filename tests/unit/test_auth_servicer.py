@@ -12,7 +12,7 @@ from kokoropay.auth.v1 import auth_pb2
 from services.auth import ids
 from services.auth.keys import KeyHasher, generate_key
 from services.auth.servicer import ERRORS, AuthServicer, KeyRejected, name_problem
-from services.auth.store import ApiKey, KeyMatch
+from services.auth.store import ApiKey, KeyLimitReached, KeyMatch
 
 HASHER = KeyHasher("unit-test-secret-long-enough")
 
@@ -27,13 +27,17 @@ class RecordingStore:
     def __init__(self, known: dict[bytes, KeyMatch] | None = None) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.known = known or {}
+        self.limits: list[int] = []
 
     async def find_key(self, key_hash: bytes) -> KeyMatch | None:
         self.calls.append(("find_key", (key_hash,)))
         return self.known.get(key_hash)
 
-    async def create_key(self, account_id: str, name: str, prefix: str, key_hash: bytes) -> ApiKey:
+    async def create_key(
+        self, account_id: str, name: str, prefix: str, key_hash: bytes, *, limit: int
+    ) -> ApiKey:
         self.calls.append(("create_key", (account_id, name, prefix, key_hash)))
+        self.limits.append(limit)
         now = datetime.now(UTC)
         return ApiKey(ids.new_id(ids.KEY), account_id, name, prefix, now, None)
 
@@ -91,6 +95,22 @@ async def test_create_key_hands_the_store_a_hash_and_prefix_never_the_plaintext(
     assert stored == (account_id, "ci", response.plaintext[:12], HASHER.hash(response.plaintext))
     secret_part = response.plaintext[12:]
     assert not any(isinstance(arg, str) and secret_part in arg for arg in stored)
+
+
+async def test_create_key_holds_the_account_to_the_configured_limit() -> None:
+    store = RecordingStore()
+    request = auth_pb2.CreateKeyRequest(account_id=ids.new_id(ids.ACCOUNT))
+
+    await AuthServicer(store, HASHER).CreateKey(request, Context())  # type: ignore[arg-type]
+    await AuthServicer(store, HASHER, max_keys_per_account=7).CreateKey(request, Context())  # type: ignore[arg-type]
+
+    assert store.limits == [100, 7]
+
+
+def test_an_account_at_its_key_limit_is_a_failed_precondition_naming_the_limit() -> None:
+    refusal = KeyLimitReached(100)
+    assert ERRORS.status_of(refusal) == grpc.StatusCode.FAILED_PRECONDITION
+    assert (refusal.reason, refusal.metadata) == ("KEY_LIMIT_REACHED", {"limit": "100"})
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import grpc
 import httpx
 import pytest
 
-from services.gateway.clients import HoldState
+from services.gateway.clients import HoldState, UsageLabels
 from tests.support.gateway_fakes import (
     ACCOUNT,
     FakeMesh,
@@ -246,6 +246,21 @@ async def test_a_lapsed_hold_is_charged_anew_at_the_end(
     assert status == 200
     assert mesh.ledger.balance_of() == 1000 - 5
     assert mesh.ledger.captured() == 5
+
+
+@pytest.mark.parametrize("headers", [{}, {"Idempotency-Key": "k"}], ids=["plain", "keyed"])
+@pytest.mark.parametrize("lapses", [False, True], ids=["captured", "charged-anew"])
+async def test_every_hold_of_a_request_is_labelled_with_its_key_voice_format_and_model(
+    mesh: FakeMesh, client: httpx.AsyncClient, headers: dict[str, str], lapses: bool
+) -> None:
+    mesh.ledger.expire_before_capture = lapses
+    body = {"input": "hi", "voice": " af_sarah(2)+af_bella(2)", "model": "tts-1"}
+    status, _ = await speak(client, {**body, "response_format": "wav"}, **headers)
+
+    assert status == 200
+    # The voice and model as requested (not resolved), the key that auth verified.
+    labels = UsageLabels("key_good", "af_sarah(2)+af_bella(2)", "wav", "tts-1")
+    assert [h.labels for h in mesh.ledger.holds.values()] == [labels] * (2 if lapses else 1)
 
 
 async def test_requests_beyond_the_balance_are_402(

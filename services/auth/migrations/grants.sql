@@ -1,14 +1,47 @@
 -- What auth's serving role may do: exactly the statements of store.py, no more.
 -- services.common.postgres applies this as the schema's owner at every start, right after the
 -- migrations and in their transaction, having first revoked everything the role held in the
--- schema; a migration that adds a column the store writes adds it here too.
+-- schema's tables; a migration that adds a column the store writes adds it here too.
 --
--- Nothing is ever deleted (a key is revoked by setting its revoke time), and the role
--- owns no table, so it cannot ALTER, DROP or TRUNCATE one either.
+-- The role deletes nothing (a key is revoked by setting its revoke time, a session ended by
+-- setting its end time; only the owner's functions below forget what no longer counts), and it
+-- owns no table, so it cannot ALTER, DROP or TRUNCATE one or disable its triggers either.
+-- Columns the database fills in (create times, last_seen_time at first) are not the role's to
+-- insert, so nothing is backdated.
 
 GRANT USAGE ON SCHEMA auth TO {role};
 
 GRANT SELECT, INSERT (id, name) ON auth.accounts TO {role};
 
-GRANT SELECT, INSERT (id, account_id, name, prefix, key_hash), UPDATE (revoke_time)
+-- VerifyKey stamps last_use_time; RevokeKey and RevokeOwnKey set revoke_time. CreateKey and
+-- CreateOwnKey take an advisory lock per account (pg_advisory_xact_lock, PUBLIC's to call).
+GRANT SELECT, INSERT (id, account_id, name, prefix, key_hash),
+    UPDATE (revoke_time, last_use_time)
     ON auth.api_keys TO {role};
+
+-- SignUp and CreateUser insert; ChangePassword, ResetPassword and a sign-in's rehash update.
+-- The UPDATE also lets a sign-in lock the person's row (SELECT … FOR SHARE needs UPDATE on some
+-- column) while it opens a session, so it waits for a password change in flight.
+GRANT SELECT, INSERT (id, account_id, email, password_hash),
+    UPDATE (password_hash, password_change_time)
+    ON auth.users TO {role};
+
+-- Sign-in opens (expire_time is computed by the statement); use, sign-out and password
+-- changes move last_seen_time and end_time, never the token or the owner (and a trigger,
+-- migration 0003, keeps an end once set, for every role).
+GRANT SELECT, INSERT (id, token_hash, user_id, expire_time), UPDATE (last_seen_time, end_time)
+    ON auth.sessions TO {role};
+
+-- The throttle's upserts (INSERT … ON CONFLICT DO UPDATE).
+GRANT SELECT, INSERT (key, window_start, count), UPDATE (window_start, count)
+    ON auth.throttle_windows TO {role};
+GRANT SELECT, INSERT (email, failures, last_failure_time), UPDATE (failures, last_failure_time)
+    ON auth.sign_in_failures TO {role};
+
+-- Function privileges are not among those revoked before this file runs: take them back here,
+-- so a function dropped from this list is no longer callable after the next start.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA auth FROM {role};
+-- Deletes only throttle rows that no longer count, as the owner (migration 0002).
+GRANT EXECUTE ON FUNCTION auth.forget_stale_throttles() TO {role};
+-- Deletes only sessions ended or expired more than 30 days ago, as the owner (migration 0003).
+GRANT EXECUTE ON FUNCTION auth.forget_old_sessions() TO {role};

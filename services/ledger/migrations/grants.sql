@@ -14,10 +14,12 @@ GRANT USAGE ON SCHEMA ledger TO {role};
 -- every write takes first, needs UPDATE on a column.
 GRANT SELECT, INSERT (id), UPDATE (balance, held, unlimited) ON ledger.accounts TO {role};
 
--- A hold is placed once and closed once; while held, its checkpoint grows and its deadline
--- moves later (the holds_close_once trigger refuses the rest).
+-- A hold is placed once, with its usage labels, and closed once; while held, its checkpoint
+-- grows and its deadline moves later (the holds_close_once trigger refuses the rest). Labels
+-- are INSERT only: what a hold paid for is never rewritten, not even by the ledger.
 GRANT SELECT,
-    INSERT (id, account_id, amount, drawn, idempotency_key, expire_time, keyed_request_id),
+    INSERT (id, account_id, amount, drawn, idempotency_key, expire_time, keyed_request_id,
+            key_id, voice, response_format, model),
     UPDATE (state, close_time, captured, checkpointed, expire_time)
     ON ledger.holds TO {role};
 

@@ -73,6 +73,15 @@ CASES = [
     _case("entries: no account", E.ListEntriesRequest(), INVALID),
     _case("entries: unknown account", E.ListEntriesRequest(account_id=UNKNOWN), NOT_FOUND),
     _case("entries: forged token", E.ListEntriesRequest(account_id=OPEN, page_token="x"), INVALID),
+    _case("reserve: long key label", _reserve(labels=E.UsageLabels(key_id="k" * 65)), INVALID),
+    _case("reserve: long voice label", _reserve(labels=E.UsageLabels(voice="v" * 401)), INVALID),
+    _case("reserve: control in label", _reserve(labels=E.UsageLabels(model="m\x07")), INVALID),
+    _case("holds: no account", E.ListHoldsRequest(), INVALID),
+    _case("holds: unknown account", E.ListHoldsRequest(account_id=UNKNOWN), NOT_FOUND),
+    _case("holds: forged token", E.ListHoldsRequest(account_id=OPEN, page_token="x"), INVALID),
+    _case("usage: no account", E.SummarizeUsageRequest(days=1), INVALID),
+    _case("usage: unknown account", E.SummarizeUsageRequest(account_id=UNKNOWN), NOT_FOUND),
+    _case("usage: 91 days", E.SummarizeUsageRequest(account_id=OPEN, days=91), INVALID),
 ]
 
 
@@ -134,8 +143,10 @@ ADMIN_CALLS = [
     ("OpenAccount", lambda account: E.OpenAccountRequest(account_id=account + "-new")),
     ("Grant", lambda account: E.GrantRequest(account_id=account, amount=5, idempotency_key="x")),
     ("SetUnlimited", lambda account: E.SetUnlimitedRequest(account_id=account, unlimited=True)),
-    # Reads of another account's journal are the dashboard's and the operator's alone.
+    # Reads of another account's journal and usage are the dashboard's and the operator's alone.
     ("ListEntries", lambda account: E.ListEntriesRequest(account_id=account)),
+    ("ListHolds", lambda account: E.ListHoldsRequest(account_id=account)),
+    ("SummarizeUsage", lambda account: E.SummarizeUsageRequest(account_id=account)),
 ]
 # Callers that may not administer: the gateway (its key holders' money path only), an internal
 # service, a certificate of our CA that names no caller of the mesh.

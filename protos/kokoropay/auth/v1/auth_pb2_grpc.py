@@ -65,6 +65,56 @@ class AuthServiceStub:
                 request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyRequest.SerializeToString,
                 response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyResponse.FromString,
                 _registered_method=True)
+        self.SignUp = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/SignUp',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignUpRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignInResponse.FromString,
+                _registered_method=True)
+        self.SignIn = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/SignIn',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignInRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignInResponse.FromString,
+                _registered_method=True)
+        self.ResolveSession = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/ResolveSession',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResolveSessionRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResolveSessionResponse.FromString,
+                _registered_method=True)
+        self.SignOut = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/SignOut',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignOutRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignOutResponse.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/ChangePassword',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.CreateOwnKey = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/CreateOwnKey',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateOwnKeyRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListOwnKeys = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/ListOwnKeys',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ListOwnKeysRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeOwnKey = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/RevokeOwnKey',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeOwnKeyRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeKeyResponse.FromString,
+                _registered_method=True)
+        self.CreateUser = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/CreateUser',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateUserRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateUserResponse.FromString,
+                _registered_method=True)
+        self.ResetPassword = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/ResetPassword',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResetPasswordRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResetPasswordResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -114,6 +164,88 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignUp(self, request, context):
+        """Creates a person with an account of their own and signs them in. The account is named after
+        the email when that name is free. ALREADY_EXISTS (EMAIL_TAKEN) for a known email;
+        INVALID_ARGUMENT with metadata `field` for a bad email or password; RESOURCE_EXHAUSTED
+        (SIGN_UP_THROTTLED, metadata `retry_after_seconds`) past AUTH_SIGN_UPS_PER_ADDRESS_PER_HOUR.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignIn(self, request, context):
+        """Checks an email and password and opens a session. UNAUTHENTICATED (CREDENTIALS_INVALID) for
+        a wrong password and an unknown email alike. Failures slow further attempts on the same
+        email (each waits longer before it is checked, up to a cap; never a lockout, so a stranger
+        cannot lock a person out); RESOURCE_EXHAUSTED (SIGN_IN_THROTTLED) past
+        AUTH_SIGN_INS_PER_ADDRESS_PER_MINUTE attempts from one client address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveSession(self, request, context):
+        """The session's person and account, and it counts as activity (the idle deadline moves on,
+        written at most once a minute). UNAUTHENTICATED (SESSION_INVALID) once the session is signed
+        out, idle past AUTH_SESSION_IDLE_SECONDS, older than AUTH_SESSION_MAX_SECONDS, or unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignOut(self, request, context):
+        """Ends a session. Idempotent: an unknown or ended session is fine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """Changes the session's password after checking the current one (UNAUTHENTICATED,
+        CREDENTIALS_INVALID, when wrong); every other session of the person ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateOwnKey(self, request, context):
+        """Issues a key on the session's account; the response is the only place its plaintext appears.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOwnKeys(self, request, context):
+        """The session account's keys, revoked ones included, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOwnKey(self, request, context):
+        """Revokes one of the session account's keys. NOT_FOUND for a key of another account, exactly as
+        for a key that does not exist. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUser(self, request, context):
+        """Gives an existing account its person (one per account). ALREADY_EXISTS (EMAIL_TAKEN or
+        ACCOUNT_HAS_USER) when either is taken. How `make run` gives the local account a sign-in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetPassword(self, request, context):
+        """Sets a person's password without the current one, and ends all their sessions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +278,56 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.VerifyKey,
                     request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyRequest.FromString,
                     response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyResponse.SerializeToString,
+            ),
+            'SignUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignUp,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignUpRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignInResponse.SerializeToString,
+            ),
+            'SignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignIn,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignInRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignInResponse.SerializeToString,
+            ),
+            'ResolveSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveSession,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResolveSessionRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResolveSessionResponse.SerializeToString,
+            ),
+            'SignOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignOut,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignOutRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignOutResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'CreateOwnKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOwnKey,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateOwnKeyRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListOwnKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOwnKeys,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ListOwnKeysRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeOwnKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOwnKey,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeOwnKeyRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeKeyResponse.SerializeToString,
+            ),
+            'CreateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUser,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateUserRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateUserResponse.SerializeToString,
+            ),
+            'ResetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPassword,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResetPasswordRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResetPasswordResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +493,276 @@ class AuthService:
             '/kokoropay.auth.v1.AuthService/VerifyKey',
             kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyRequest.SerializeToString,
             kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/SignUp',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignUpRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/SignIn',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignInRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/ResolveSession',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResolveSessionRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResolveSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/SignOut',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignOutRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/ChangePassword',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOwnKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/CreateOwnKey',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateOwnKeyRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOwnKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/ListOwnKeys',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.ListOwnKeysRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOwnKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/RevokeOwnKey',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeOwnKeyRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/CreateUser',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateUserRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/ResetPassword',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResetPasswordRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.ResetPasswordResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,7 +42,7 @@ ENTRY_KIND_EXPIRE: EntryKind
 ENTRY_KIND_UNLIMITED: EntryKind
 
 class Hold(_message.Message):
-    __slots__ = ("id", "account_id", "amount", "state", "idempotency_key", "expire_time", "create_time", "captured_amount", "checkpointed")
+    __slots__ = ("id", "account_id", "amount", "state", "idempotency_key", "expire_time", "create_time", "captured_amount", "checkpointed", "labels", "close_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,8 @@ class Hold(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     CAPTURED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTED_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     account_id: str
     amount: int
@@ -61,7 +63,21 @@ class Hold(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     captured_amount: int
     checkpointed: int
-    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[int] = ..., state: _Optional[_Union[HoldState, str]] = ..., idempotency_key: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_amount: _Optional[int] = ..., checkpointed: _Optional[int] = ...) -> None: ...
+    labels: UsageLabels
+    close_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[int] = ..., state: _Optional[_Union[HoldState, str]] = ..., idempotency_key: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., captured_amount: _Optional[int] = ..., checkpointed: _Optional[int] = ..., labels: _Optional[_Union[UsageLabels, _Mapping]] = ..., close_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UsageLabels(_message.Message):
+    __slots__ = ("key_id", "voice", "response_format", "model")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    voice: str
+    response_format: str
+    model: str
+    def __init__(self, key_id: _Optional[str] = ..., voice: _Optional[str] = ..., response_format: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Entry(_message.Message):
     __slots__ = ("id", "account_id", "kind", "amount", "balance_after", "hold_id", "idempotency_key", "create_time")
@@ -158,18 +174,20 @@ class SetUnlimitedResponse(_message.Message):
     def __init__(self, balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("account_id", "amount", "idempotency_key", "ttl_seconds", "keyed")
+    __slots__ = ("account_id", "amount", "idempotency_key", "ttl_seconds", "keyed", "labels")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     KEYED_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     amount: int
     idempotency_key: str
     ttl_seconds: int
     keyed: KeyedRequest
-    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., keyed: _Optional[_Union[KeyedRequest, _Mapping]] = ...) -> None: ...
+    labels: UsageLabels
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., keyed: _Optional[_Union[KeyedRequest, _Mapping]] = ..., labels: _Optional[_Union[UsageLabels, _Mapping]] = ...) -> None: ...
 
 class KeyedRequest(_message.Message):
     __slots__ = ("key", "fingerprint", "price", "late_charge")
@@ -274,6 +292,52 @@ class VerifyResponse(_message.Message):
     holds: int
     discrepancies: _containers.RepeatedCompositeFieldContainer[Discrepancy]
     def __init__(self, expired_holds: _Optional[int] = ..., accounts: _Optional[int] = ..., holds: _Optional[int] = ..., discrepancies: _Optional[_Iterable[_Union[Discrepancy, _Mapping]]] = ...) -> None: ...
+
+class SummarizeUsageRequest(_message.Message):
+    __slots__ = ("account_id", "days")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    days: int
+    def __init__(self, account_id: _Optional[str] = ..., days: _Optional[int] = ...) -> None: ...
+
+class DailyKeyUsage(_message.Message):
+    __slots__ = ("day", "key_id", "characters", "requests")
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CHARACTERS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    day: str
+    key_id: str
+    characters: int
+    requests: int
+    def __init__(self, day: _Optional[str] = ..., key_id: _Optional[str] = ..., characters: _Optional[int] = ..., requests: _Optional[int] = ...) -> None: ...
+
+class SummarizeUsageResponse(_message.Message):
+    __slots__ = ("usage", "first_day")
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_DAY_FIELD_NUMBER: _ClassVar[int]
+    usage: _containers.RepeatedCompositeFieldContainer[DailyKeyUsage]
+    first_day: str
+    def __init__(self, usage: _Optional[_Iterable[_Union[DailyKeyUsage, _Mapping]]] = ..., first_day: _Optional[str] = ...) -> None: ...
+
+class ListHoldsRequest(_message.Message):
+    __slots__ = ("account_id", "page_size", "page_token")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListHoldsResponse(_message.Message):
+    __slots__ = ("holds", "next_page_token")
+    HOLDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    holds: _containers.RepeatedCompositeFieldContainer[Hold]
+    next_page_token: str
+    def __init__(self, holds: _Optional[_Iterable[_Union[Hold, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListEntriesRequest(_message.Message):
     __slots__ = ("account_id", "page_size", "page_token")

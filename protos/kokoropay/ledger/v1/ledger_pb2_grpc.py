@@ -90,6 +90,16 @@ class LedgerServiceStub:
                 request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.SummarizeUsage = channel.unary_unary(
+                '/kokoropay.ledger.v1.LedgerService/SummarizeUsage',
+                request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.SummarizeUsageRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.SummarizeUsageResponse.FromString,
+                _registered_method=True)
+        self.ListHolds = channel.unary_unary(
+                '/kokoropay.ledger.v1.LedgerService/ListHolds',
+                request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -184,6 +194,22 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SummarizeUsage(self, request, context):
+        """What an account spent per UTC day and API key over the last `days` days, added up in the
+        database from its holds: credits captured (partial captures and expired holds' checkpoints
+        included) and requests. Days and keys with no holds are left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHolds(self, request, context):
+        """An account's holds, newest first, paginated: its requests, with their labels and outcomes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +267,16 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyRequest.FromString,
                     response_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyResponse.SerializeToString,
+            ),
+            'SummarizeUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SummarizeUsage,
+                    request_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.SummarizeUsageRequest.FromString,
+                    response_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.SummarizeUsageResponse.SerializeToString,
+            ),
+            'ListHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHolds,
+                    request_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsRequest.FromString,
+                    response_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -541,6 +577,60 @@ class LedgerService:
             '/kokoropay.ledger.v1.LedgerService/Verify',
             kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyRequest.SerializeToString,
             kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SummarizeUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.ledger.v1.LedgerService/SummarizeUsage',
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.SummarizeUsageRequest.SerializeToString,
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.SummarizeUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.ledger.v1.LedgerService/ListHolds',
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsRequest.SerializeToString,
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

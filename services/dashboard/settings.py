@@ -1,0 +1,64 @@
+"""Dashboard settings, from `DASHBOARD_*` environment variables, built once in `main()`."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.mesh import PORTS, local_address
+from services.common.settings import ServiceSettings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class DashboardSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DASHBOARD_", extra="ignore", frozen=True)
+    service_name: ClassVar[str] = "dashboard"
+
+    port: int = Field(default=PORTS["dashboard"], ge=1, le=65535)
+    auth_address: str = Field(default=local_address("auth"), min_length=1)
+    ledger_address: str = Field(default=local_address("ledger"), min_length=1)
+    # Where customers send API requests: shown on the key and usage pages in examples.
+    public_api_url: str = Field(default=f"http://{local_address('gateway')}/v1", min_length=1)
+    # Whether strangers may create accounts here; off, only the operator creates people
+    # (`kokoro-pay user create`).
+    signup_enabled: bool = True
+    # Cookies only over HTTPS. On wherever the dashboard is served behind TLS (the Ingress);
+    # off for `make run`, which serves plain HTTP on loopback.
+    cookie_secure: bool = False
+    # Proxies whose X-Forwarded-For is believed (comma-separated addresses or CIDRs): the
+    # Ingress controller's. The client's address is what throttles sign-ins, so a header from
+    # anyone else is ignored: a client could otherwise claim a fresh address per attempt.
+    trusted_proxies: str = ""
+    # Deadline of each auth and ledger call. Sign-in waits out the growing delay auth imposes
+    # after failures (AUTH_SIGN_IN_DELAY_CAP_SECONDS) before it answers, so it gets its own.
+    rpc_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    sign_in_timeout_seconds: float = Field(default=45.0, gt=0, le=600)
+    # Budget of each health check behind /readyz.
+    ready_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def trusted_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
+
+
+def parse_networks(value: str) -> tuple[Network, ...]:
+    """`10.0.0.0/8, 192.168.1.7` → networks; ValueError naming the entry that is not one."""
+    networks = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
+    return tuple(networks)
