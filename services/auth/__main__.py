@@ -42,11 +42,13 @@ def main() -> None:
         ),
         concurrency=settings.password_hash_concurrency,
     )
+    rules = Rules.of(settings)
     servicer = AuthServicer(
         store,
         hasher,
-        People(store, passwords, Rules.of(settings)),
+        People(store, passwords, rules),
         max_keys_per_account=settings.max_keys_per_account,
+        session_idle=rules.lifetimes.idle,
     )
 
     async def startup() -> None:

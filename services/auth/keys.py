@@ -4,6 +4,14 @@ A key is `kp_live_` followed by 32 random bytes written in base62 (43 characters
 keeps only an HMAC-SHA256 of it under a server secret, so a copy of the database alone neither
 reveals keys nor lets anyone test guesses offline; a short visible prefix lets people tell
 their keys apart in a list.
+
+A session's playground key has the same shape, but its 32 bytes are derived rather than drawn:
+an HMAC-SHA256 of the session's token under a key of its own, itself derived from the server
+secret with a purpose label. So every MintPlaygroundKey of a session returns the same plaintext
+while the database keeps only its hash, as for any key. The token, not the session's id or the
+token's digest, is what is derived from: neither of those may be kept secret (both are in the
+database), and the token is, so even the server secret and a copy of the database together
+reveal no playground key. Whoever holds the token holds the session, and could mint it anyway.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ MIN_SECRET_LENGTH = 16
 MAX_LISTED_KEYS = 1000
 # AUTH_MAX_KEYS_PER_ACCOUNT's default.
 DEFAULT_MAX_KEYS_PER_ACCOUNT = 100
+# What the server secret is HMAC'd with to make the playground keys' own derivation key, so that
+# no derived key body is ever the HMAC of a stored key (the other use of the same secret).
+PLAYGROUND_PURPOSE = b"kokoropay.auth.v1 playground key"
 
 _KEY_SHAPE = re.compile(rf"{KEY_PREFIX}[0-9A-Za-z]{{{BODY_LENGTH}}}")
 
@@ -59,8 +70,11 @@ def base62(value: int, width: int) -> str:
 
 
 def generate_key() -> NewKey:
-    random_value = int.from_bytes(secrets.token_bytes(RANDOM_BYTES), "big")
-    return NewKey(plaintext=KEY_PREFIX + base62(random_value, BODY_LENGTH))
+    return _key_of(secrets.token_bytes(RANDOM_BYTES))
+
+
+def _key_of(body: bytes) -> NewKey:
+    return NewKey(plaintext=KEY_PREFIX + base62(int.from_bytes(body, "big"), BODY_LENGTH))
 
 
 def looks_like_key(candidate: str) -> bool:
@@ -74,12 +88,22 @@ def visible_prefix(plaintext: str) -> str:
 
 
 class KeyHasher:
-    """HMAC-SHA256 of keys under the server secret: the only form in which keys are stored."""
+    """The server secret's two uses: HMAC-SHA256 of keys, the only form in which keys are
+    stored; and the derivation of each session's playground key."""
 
     def __init__(self, secret: str) -> None:
         if len(secret) < MIN_SECRET_LENGTH:
             raise ValueError(f"the key hash secret must be at least {MIN_SECRET_LENGTH} characters")
         self._secret = secret.encode()
+        self._playground_secret = hmac.new(
+            self._secret, PLAYGROUND_PURPOSE, hashlib.sha256
+        ).digest()
 
     def hash(self, plaintext: str) -> bytes:
         return hmac.new(self._secret, plaintext.encode(), hashlib.sha256).digest()
+
+    def playground_key(self, session_token: str) -> NewKey:
+        """The playground key of the session `session_token` names: the same for every call,
+        unguessable without both the token and the server secret."""
+        body = hmac.new(self._playground_secret, session_token.encode(), hashlib.sha256).digest()
+        return _key_of(body)

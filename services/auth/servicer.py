@@ -8,6 +8,12 @@ refusal the dashboard shows a person carries an ErrorInfo (domain `auth.kokoropa
 reason; metadata says more: `field` names a bad field, `retry_after_seconds` when a throttled
 attempt may come again, `limit` the most live keys an account may hold.
 
+A session's playground key (MintPlaygroundKey) is an API key like any other to the gateway, but
+it verifies only while its session lives and its person can neither see it (ListOwnKeys without
+include_playground), revoke it, nor count it against their limit. The operator's ListKeys lists
+it (`playground` set) and RevokeKey revokes it. Listed, it carries as `revoke_time` the moment
+it stopped verifying: its revocation or its session's end, whichever came first.
+
 | refusal                           | status              | reason                    |
 |-----------------------------------|---------------------|---------------------------|
 | a malformed field                 | INVALID_ARGUMENT    | FIELD_INVALID             |
@@ -15,8 +21,10 @@ attempt may come again, `limit` the most live keys an account may hold.
 | an email already taken            | ALREADY_EXISTS      | EMAIL_TAKEN               |
 | an account with its person        | ALREADY_EXISTS      | ACCOUNT_HAS_USER          |
 | no such account, key, person      | NOT_FOUND           |                           |
+| a playground key (RevokeOwnKey)   | NOT_FOUND           |                           |
 | an account at its live-key limit  | FAILED_PRECONDITION | KEY_LIMIT_REACHED         |
 | a key that does not verify        | UNAUTHENTICATED     | KEY_INVALID / KEY_REVOKED |
+| a playground key, session ended   | UNAUTHENTICATED     | KEY_REVOKED               |
 | wrong password or email           | UNAUTHENTICATED     | CREDENTIALS_INVALID       |
 | a session that is not open        | UNAUTHENTICATED     | SESSION_INVALID           |
 | an address past its sign-ins      | RESOURCE_EXHAUSTED  | SIGN_IN_THROTTLED         |
@@ -26,6 +34,8 @@ attempt may come again, `limit` the most live keys an account may hold.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import grpc
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -44,6 +54,7 @@ from services.auth.passwords import (
     password_problem,
 )
 from services.auth.people import CredentialsInvalid, People, SessionInvalid, SignedIn
+from services.auth.sessions import DEFAULT_IDLE
 from services.auth.store import (
     Account,
     AccountHasUser,
@@ -67,6 +78,8 @@ from services.common.timestamps import timestamp
 
 SERVICE_NAME: str = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 MAX_NAME_LENGTH = 64
+# Every playground key's name: the dashboard shows it as such, whatever it is called.
+PLAYGROUND_KEY_NAME = "Playground"
 
 
 class KeyRejected(ServiceError):
@@ -119,11 +132,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         people: People | None = None,
         *,
         max_keys_per_account: int = DEFAULT_MAX_KEYS_PER_ACCOUNT,
+        session_idle: timedelta = DEFAULT_IDLE,
     ) -> None:
         self._store = store
         self._hasher = hasher
         self._people_or_none = people
         self._max_keys_per_account = max_keys_per_account
+        # How long an unused session lives (AUTH_SESSION_IDLE_SECONDS), which a playground key
+        # does not outlive: the same value People resolves sessions with.
+        self._session_idle = session_idle
 
     @property
     def _people(self) -> People:
@@ -165,13 +182,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ListKeysRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListKeysResponse:
         _check_account_id(request.account_id)
-        return await self._list_keys(request.account_id)
+        # The operator sees every key that can spend the account's credits.
+        return await self._list_keys(request.account_id, playground=True)
 
     async def RevokeKey(
         self, request: auth_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.RevokeKeyResponse:
         _check_key_id(request.key_id)
-        key = await self._store.revoke_key(request.key_id)
+        # A playground key too: how an operator stops one before its session ends.
+        key = await self._store.revoke_key(request.key_id, session_idle=self._session_idle)
         return auth_pb2.RevokeKeyResponse(key=_key_message(key))
 
     async def VerifyKey(
@@ -180,10 +199,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         # Strings that cannot be keys are answered here, so floods of junk never reach the pool.
         match = None
         if looks_like_key(request.key):
-            match = await self._store.find_key(self._hasher.hash(request.key))
+            match = await self._store.find_key(
+                self._hasher.hash(request.key), session_idle=self._session_idle
+            )
         if match is None:
             raise KeyRejected("invalid API key", reason="KEY_INVALID")
-        if match.revoked:
+        if match.revoked:  # a playground key's ended session included
             raise KeyRejected("API key has been revoked", reason="KEY_REVOKED")
         return auth_pb2.VerifyKeyResponse(account_id=match.account_id, key_id=match.key_id)
 
@@ -245,15 +266,34 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ListOwnKeysRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListKeysResponse:
         session = await self._people.resolve(request.session_token)
-        return await self._list_keys(session.account.id)
+        return await self._list_keys(session.account.id, playground=request.include_playground)
 
     async def RevokeOwnKey(
         self, request: auth_pb2.RevokeOwnKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.RevokeKeyResponse:
         _check_key_id(request.key_id)
         session = await self._people.resolve(request.session_token)
-        key = await self._store.revoke_key(request.key_id, account_id=session.account.id)
+        key = await self._store.revoke_key(
+            request.key_id, account_id=session.account.id, session_idle=self._session_idle
+        )
         return auth_pb2.RevokeKeyResponse(key=_key_message(key))
+
+    async def MintPlaygroundKey(
+        self, request: auth_pb2.MintPlaygroundKeyRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.CreateKeyResponse:
+        # Resolving counts as the session's use, as any dashboard call does. The key is derived
+        # from the token (keys.py), so this call and every later one hand out the same plaintext
+        # without the database keeping it.
+        session = await self._people.resolve(request.session_token)
+        new_key = self._hasher.playground_key(request.session_token)
+        key = await self._store.playground_key(
+            session.id,
+            new_key.visible_prefix,
+            self._hasher.hash(new_key.plaintext),
+            name=PLAYGROUND_KEY_NAME,
+            session_idle=self._session_idle,
+        )
+        return auth_pb2.CreateKeyResponse(key=_key_message(key), plaintext=new_key.plaintext)
 
     # --- the operator's people ---------------------------------------------------------------
 
@@ -287,8 +327,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         )
         return auth_pb2.CreateKeyResponse(key=_key_message(key), plaintext=new_key.plaintext)
 
-    async def _list_keys(self, account_id: str) -> auth_pb2.ListKeysResponse:
-        keys = await self._store.list_keys(account_id)
+    async def _list_keys(self, account_id: str, *, playground: bool) -> auth_pb2.ListKeysResponse:
+        keys = await self._store.list_keys(
+            account_id, playground=playground, session_idle=self._session_idle
+        )
         return auth_pb2.ListKeysResponse(keys=[_key_message(key) for key in keys])
 
 
@@ -376,6 +418,7 @@ def _key_message(key: ApiKey) -> auth_pb2.ApiKey:
         name=key.name,
         prefix=key.prefix,
         create_time=timestamp(key.create_time),
+        playground=key.playground,
     )
     if key.revoke_time is not None:
         message.revoke_time.CopyFrom(timestamp(key.revoke_time))

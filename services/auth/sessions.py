@@ -25,6 +25,9 @@ MAX_TOUCH_INTERVAL = timedelta(minutes=1)
 # No session may last longer, sign-in to absolute deadline: the database's CHECK (migration
 # 0003) and the bound on AUTH_SESSION_MAX_SECONDS.
 MAX_SESSION_SECONDS = 400 * 24 * 3600
+# AUTH_SESSION_IDLE_SECONDS' and AUTH_SESSION_MAX_SECONDS' defaults: a day unused, a week in all.
+DEFAULT_IDLE = timedelta(days=1)
+DEFAULT_MAX = timedelta(days=7)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.auth.keys import DEFAULT_MAX_KEYS_PER_ACCOUNT, MAX_LISTED_KEYS
-from services.auth.sessions import MAX_SESSION_SECONDS
+from services.auth.sessions import DEFAULT_IDLE, DEFAULT_MAX, MAX_SESSION_SECONDS
 from services.common.mesh import KEY_HASH_SECRET_ENV, KEY_HASH_SECRET_FILE, PORTS
 from services.common.settings import DatabaseSettings, read_secret
 
@@ -31,10 +31,12 @@ class AuthSettings(DatabaseSettings):
     password_hash_concurrency: int = Field(default=4, ge=1, le=64)
 
     # A session ends when unused this long (activity is written at most once a minute)…
-    session_idle_seconds: int = Field(default=24 * 3600, ge=1)
+    session_idle_seconds: int = Field(default=int(DEFAULT_IDLE.total_seconds()), ge=1)
     # …or this long after sign-in, whatever its activity; the database refuses a session that
     # would last longer than MAX_SESSION_SECONDS (migration 0003).
-    session_max_seconds: int = Field(default=7 * 24 * 3600, ge=1, le=MAX_SESSION_SECONDS)
+    session_max_seconds: int = Field(
+        default=int(DEFAULT_MAX.total_seconds()), ge=1, le=MAX_SESSION_SECONDS
+    )
 
     # Attempts per client address, in fixed windows; past them RESOURCE_EXHAUSTED.
     sign_ins_per_address_per_minute: int = Field(default=20, ge=1)

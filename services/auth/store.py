@@ -13,8 +13,14 @@ Decisions that concurrent callers race for are left to the database: a unique in
 one sign-up that gets an email, an upsert (`INSERT … ON CONFLICT DO UPDATE … RETURNING`) hands
 each attempt its own count, a conditional `UPDATE … WHERE last_use_time < now() - …` makes
 replicas write a key's use about once a minute between them, a row lock (`FOR SHARE`) makes a
-sign-in wait for a password change in flight before it opens a session, and an advisory lock per
-account makes key creations count the account's live keys one after another.
+sign-in wait for a password change in flight before it opens a session, an advisory lock per
+account makes key creations count the account's live keys one after another, and the unique
+key_hash makes concurrent mints of one session's playground key store it once.
+
+A playground key (a row with a session_id) lives while its session does, judged in the very
+statements that read the key (`_SESSION_LIVES`, ResolveSession's own test): VerifyKey refuses it
+as revoked once the session has ended, and lists report it revoked from that moment. Nothing is
+written to the key when its session ends.
 """
 
 from __future__ import annotations
@@ -64,8 +70,11 @@ class ApiKey:
     name: str
     prefix: str
     create_time: datetime
+    # When it stopped verifying: revoked, or, for a playground key, when its session ended.
     revoke_time: datetime | None
     last_use_time: datetime | None = None
+    # A session's playground key (MintPlaygroundKey).
+    playground: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class KeyMatch:
 
     key_id: str
     account_id: str
+    # Revoked, or a playground key whose session no longer lives.
     revoked: bool
 
 
@@ -200,23 +210,52 @@ class KeyUses:
         return len(self._stamped)
 
 
-_KEY_COLUMNS = "id, account_id, name, prefix, create_time, revoke_time, last_use_time"
-
-_FIND_KEY: LiteralString = (
-    "SELECT id, account_id, revoke_time IS NOT NULL FROM auth.api_keys WHERE key_hash = %(hash)s"
+# Whether session `s` lives: not ended, before its absolute deadline, not idle past %(idle)s.
+# ResolveSession finds only such a session, and VerifyKey and the key lists judge a playground
+# key's session by the very same test.
+_SESSION_LIVES: LiteralString = (
+    "s.end_time IS NULL AND s.expire_time > now() AND s.last_seen_time > now() - %(idle)s"
 )
-# The same lookup, stamping the key's use unless it is revoked or any replica stamped it within
-# the minute; a row lock taken by a concurrent stamp is waited for, then its stamp is seen.
-_FIND_AND_STAMP_KEY: LiteralString = """
-WITH found AS (
-    SELECT id, account_id, revoke_time FROM auth.api_keys WHERE key_hash = %(hash)s
-), stamped AS (
+# When session `s` stopped living (its end, its deadline or its idle deadline, whichever came
+# first), or NULL while it lives.
+_SESSION_STOP_TIME: LiteralString = f"""
+CASE WHEN NOT coalesce({_SESSION_LIVES}, false)
+    THEN least(s.end_time, s.expire_time, s.last_seen_time + %(idle)s) END
+"""
+
+# A key's row as stored, for the subqueries that pick keys before their sessions are joined.
+_KEY_ROW: LiteralString = (
+    "id, account_id, name, prefix, create_time, revoke_time, last_use_time, session_id"
+)
+# A key as ApiKey: key `k`, with its session `s` (LEFT JOINed; NULL for a key of no session),
+# reported revoked from the earlier of its revocation and its session's end.
+_KEY_COLUMNS: LiteralString = f"""
+k.id, k.account_id, k.name, k.prefix, k.create_time,
+least(k.revoke_time, CASE WHEN k.session_id IS NOT NULL THEN {_SESSION_STOP_TIME} END)
+    AS revoke_time,
+k.last_use_time, k.session_id IS NOT NULL AS playground
+"""
+
+# The key stored under a hash, and whether it verifies: unrevoked and, if a playground key, of
+# a session that lives (one more lookup, by the session's primary key, in the same statement).
+_FOUND_KEY: LiteralString = f"""
+SELECT k.id, k.account_id,
+    k.revoke_time IS NULL AND (k.session_id IS NULL OR EXISTS (
+        SELECT FROM auth.sessions s WHERE s.id = k.session_id AND {_SESSION_LIVES}
+    )) AS live
+FROM auth.api_keys k WHERE k.key_hash = %(hash)s
+"""
+_FIND_KEY: LiteralString = f"SELECT id, account_id, NOT live FROM ({_FOUND_KEY}) found"
+# The same lookup, stamping the key's use unless it does not verify or any replica stamped it
+# within the minute; a row lock taken by a concurrent stamp is waited for, then its stamp is seen.
+_FIND_AND_STAMP_KEY: LiteralString = f"""
+WITH found AS ({_FOUND_KEY}), stamped AS (
     UPDATE auth.api_keys k SET last_use_time = now()
     FROM found
-    WHERE k.id = found.id AND k.revoke_time IS NULL
+    WHERE k.id = found.id AND found.live AND k.revoke_time IS NULL
         AND (k.last_use_time IS NULL OR k.last_use_time < now() - interval '1 minute')
 )
-SELECT id, account_id, revoke_time IS NOT NULL FROM found
+SELECT id, account_id, NOT live FROM found
 """
 
 _USER_COLUMNS: LiteralString = "u.id, u.account_id, u.email, u.create_time"
@@ -229,9 +268,8 @@ _SESSION_COLUMNS: LiteralString = (
 # the last write is older than the touch interval. One statement, one round trip.
 _RESOLVE_SESSION: LiteralString = f"""
 WITH found AS (
-    SELECT id, user_id, last_seen_time, expire_time FROM auth.sessions
-    WHERE token_hash = %(digest)s AND end_time IS NULL
-        AND expire_time > now() AND last_seen_time > now() - %(idle)s
+    SELECT s.id, s.user_id, s.last_seen_time, s.expire_time FROM auth.sessions s
+    WHERE s.token_hash = %(digest)s AND {_SESSION_LIVES}
 ), touched AS (
     UPDATE auth.sessions t SET last_seen_time = now()
     FROM found
@@ -298,16 +336,17 @@ _PASSWORD_ATTEMPT: LiteralString = (
     ") SELECT attempt.*, (SELECT failures_before FROM failure) FROM attempt"
 )
 
-# A new key, unless the account is unknown or already holds `limit` live keys (then no row).
-# Run after the account's advisory lock (create_key), so the count sees every key committed by
-# the creations before it.
-_CREATE_KEY: LiteralString = f"""
+# A new key, unless the account is unknown or already holds `limit` live keys (then no row);
+# playground keys do not count. Run after the account's advisory lock (create_key), so the count
+# sees every key committed by the creations before it. A new key has no session and is live.
+_CREATE_KEY: LiteralString = """
 INSERT INTO auth.api_keys (id, account_id, name, prefix, key_hash)
 SELECT %(id)s, a.id, %(name)s, %(prefix)s, %(hash)s FROM auth.accounts a
 WHERE a.id = %(account)s
     AND (SELECT count(*) FROM auth.api_keys k
-         WHERE k.account_id = a.id AND k.revoke_time IS NULL) < %(limit)s
-RETURNING {_KEY_COLUMNS}
+         WHERE k.account_id = a.id AND k.revoke_time IS NULL AND k.session_id IS NULL)
+        < %(limit)s
+RETURNING id, account_id, name, prefix, create_time, revoke_time, last_use_time
 """
 # Creations of one account's keys take turns on this lock, held to the end of the transaction.
 # Advisory locks need no grant, and they leave the account's row alone (locking it would need
@@ -316,24 +355,61 @@ _LOCK_ACCOUNTS_KEYS: LiteralString = (
     "SELECT pg_advisory_xact_lock(hashtextextended('kokoropay.auth.keys:' || %(account)s, 0))"
 )
 
-# An account's keys, newest first: every live one (there are at most AUTH_MAX_KEYS_PER_ACCOUNT),
-# then as many of the newest revoked ones as fit in `most`, so no live key is crowded out by
-# newer revoked ones. Each half reads its own index in order and stops at `most`.
+# An account's keys, newest first: every live one that is not a playground key (there are at
+# most AUTH_MAX_KEYS_PER_ACCOUNT), then as many of the newest others (revoked keys and, with
+# %(playground)s, playground keys, live or not) as fit in `most`, so no live key is crowded out
+# by newer revoked ones. Each half reads an index in order and stops at `most`; the sessions of
+# the keys kept are joined last, to report when each playground key stopped.
 _LIST_KEYS: LiteralString = f"""
 SELECT {_KEY_COLUMNS} FROM (
-    SELECT {_KEY_COLUMNS} FROM (
-        (SELECT {_KEY_COLUMNS} FROM auth.api_keys
-         WHERE account_id = %(account)s AND revoke_time IS NULL
+    SELECT {_KEY_ROW} FROM (
+        (SELECT {_KEY_ROW} FROM auth.api_keys
+         WHERE account_id = %(account)s AND revoke_time IS NULL AND session_id IS NULL
          ORDER BY create_time DESC, id DESC LIMIT %(most)s)
         UNION ALL
-        (SELECT {_KEY_COLUMNS} FROM auth.api_keys
-         WHERE account_id = %(account)s AND revoke_time IS NOT NULL
+        (SELECT {_KEY_ROW} FROM auth.api_keys
+         WHERE account_id = %(account)s
+            AND (revoke_time IS NOT NULL OR session_id IS NOT NULL)
+            AND (session_id IS NULL OR %(playground)s)
          ORDER BY create_time DESC, id DESC LIMIT %(most)s)
     ) candidates
-    ORDER BY (revoke_time IS NULL) DESC, create_time DESC, id DESC
+    ORDER BY (revoke_time IS NULL AND session_id IS NULL) DESC, create_time DESC, id DESC
     LIMIT %(most)s
-) listed
-ORDER BY create_time DESC, id DESC
+) k LEFT JOIN auth.sessions s ON s.id = k.session_id
+ORDER BY k.create_time DESC, k.id DESC
+"""
+
+# Revoke a key, keeping the first revoke time; with %(account)s, only a key of that account and
+# never a playground key (its person cannot revoke it: it ends with the session).
+_REVOKE_KEY: LiteralString = f"""
+WITH k AS (
+    UPDATE auth.api_keys SET revoke_time = coalesce(revoke_time, now())
+    WHERE id = %(key)s
+        AND (%(account)s::text IS NULL OR (account_id = %(account)s AND session_id IS NULL))
+    RETURNING {_KEY_ROW}
+)
+SELECT {_KEY_COLUMNS} FROM k LEFT JOIN auth.sessions s ON s.id = k.session_id
+"""
+
+# The session's playground key, stored on first use: found by its hash (the common case, no
+# write), else inserted for the session's own account; on a concurrent mint's conflict nothing is
+# returned and the caller asks again. A key of that hash bound to another session is not
+# returned (it cannot happen short of an HMAC collision).
+_PLAYGROUND_KEY: LiteralString = f"""
+WITH existing AS (
+    SELECT {_KEY_ROW} FROM auth.api_keys WHERE key_hash = %(hash)s
+), inserted AS (
+    INSERT INTO auth.api_keys (id, account_id, name, prefix, key_hash, session_id)
+    SELECT %(id)s, u.account_id, %(name)s, %(prefix)s, %(hash)s, s.id
+    FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id
+    WHERE s.id = %(session)s AND NOT EXISTS (SELECT FROM existing)
+    ON CONFLICT (key_hash) DO NOTHING
+    RETURNING {_KEY_ROW}
+), k AS (
+    SELECT * FROM existing UNION ALL SELECT * FROM inserted
+)
+SELECT {_KEY_COLUMNS} FROM k LEFT JOIN auth.sessions s ON s.id = k.session_id
+WHERE k.session_id = %(session)s
 """
 
 
@@ -446,40 +522,87 @@ class AuthStore:
                 raise KeyLimitReached(limit)
         return key
 
-    async def list_keys(self, account_id: str, *, most: int = MAX_LISTED_KEYS) -> list[ApiKey]:
-        """The account's keys, newest first: every live one, then as many of the newest
-        revoked ones as fit in `most`."""
+    async def list_keys(
+        self,
+        account_id: str,
+        *,
+        playground: bool,
+        session_idle: timedelta,
+        most: int = MAX_LISTED_KEYS,
+    ) -> list[ApiKey]:
+        """The account's keys, newest first: every live one but playground keys, then as many
+        of the newest others (revoked ones; playground keys if `playground`) as fit in `most`.
+        A playground key is reported revoked from when its session stopped living (its end, its
+        deadline, or `session_idle` after its last use)."""
         async with self._connection() as conn:
             exists = await conn.execute("SELECT 1 FROM auth.accounts WHERE id = %s", [account_id])
             if await exists.fetchone() is None:
                 raise AccountNotFound(account_id)
             cursor = conn.cursor(row_factory=class_row(ApiKey))
-            await cursor.execute(_LIST_KEYS, {"account": account_id, "most": most})
+            await cursor.execute(
+                _LIST_KEYS,
+                {
+                    "account": account_id,
+                    "most": most,
+                    "playground": playground,
+                    "idle": session_idle,
+                },
+            )
             return await cursor.fetchall()
 
-    async def revoke_key(self, key_id: str, account_id: str | None = None) -> ApiKey:
+    async def revoke_key(
+        self, key_id: str, account_id: str | None = None, *, session_idle: timedelta
+    ) -> ApiKey:
         """Revoke a key; revoking it again keeps the first revoke time. With `account_id`, a
-        key of another account is KeyNotFound, exactly like one that does not exist."""
+        key of another account, or a playground key, is KeyNotFound, exactly like one that does
+        not exist."""
         async with self._connection() as conn:
             cursor = conn.cursor(row_factory=class_row(ApiKey))
             await cursor.execute(
-                "UPDATE auth.api_keys SET revoke_time = coalesce(revoke_time, now())"
-                " WHERE id = %(key)s AND (%(account)s::text IS NULL OR account_id = %(account)s)"
-                f" RETURNING {_KEY_COLUMNS}",
-                {"key": key_id, "account": account_id},
+                _REVOKE_KEY, {"key": key_id, "account": account_id, "idle": session_idle}
             )
             key = await cursor.fetchone()
         if key is None:
             raise KeyNotFound(key_id)
         return key
 
-    async def find_key(self, key_hash: bytes) -> KeyMatch | None:
+    async def playground_key(
+        self, session_id: str, prefix: str, key_hash: bytes, *, name: str, session_idle: timedelta
+    ) -> ApiKey:
+        """The playground key of session `session_id`, stored under `key_hash` the first time
+        (for the account of the session's person; it counts towards no limit), found by it
+        every time after. One statement; a second only when a concurrent mint stored it first."""
+        params = {
+            "id": ids.new_id(ids.KEY),
+            "session": session_id,
+            "name": name,
+            "prefix": prefix,
+            "hash": key_hash,
+            "idle": session_idle,
+        }
+        async with self._connection() as conn:
+            cursor = conn.cursor(row_factory=class_row(ApiKey))
+            for _ in range(2):
+                await cursor.execute(_PLAYGROUND_KEY, params)
+                key = await cursor.fetchone()
+                if key is not None:
+                    return key
+        # Not there, and not inserted: the session is gone (forgotten), or the hash is bound to
+        # another session.
+        raise AssertionError(f"no playground key could be stored for session {session_id}")
+
+    async def find_key(self, key_hash: bytes, *, session_idle: timedelta) -> KeyMatch | None:
         """The key stored under `key_hash`: one lookup on its unique index, never cached, so a
-        revocation committed by any replica is seen by the very next call. The same statement
-        stamps the key's use when this process has not done so within the minute."""
+        revocation committed by any replica is seen by the very next call. A playground key's
+        session is judged in the same statement (`session_idle` as ResolveSession judges it),
+        so its end is seen as soon. The same statement stamps the key's use when this process
+        has not done so within the minute."""
         now = asyncio.get_running_loop().time()
         stamp = self._key_uses.due(key_hash, now)
-        row = await self._one(_FIND_AND_STAMP_KEY if stamp else _FIND_KEY, {"hash": key_hash})
+        row = await self._one(
+            _FIND_AND_STAMP_KEY if stamp else _FIND_KEY,
+            {"hash": key_hash, "idle": session_idle},
+        )
         if row is None:
             return None
         match = KeyMatch(key_id=row[0], account_id=row[1], revoked=row[2])

@@ -64,6 +64,11 @@ class LocalMesh:
             "DASHBOARD_AUTH_ADDRESS": self.grpc_address("auth"),
             "DASHBOARD_LEDGER_ADDRESS": self.grpc_address("ledger"),
             "DASHBOARD_PUBLIC_API_URL": f"{self.addresses['gateway']}/v1",
+            "DASHBOARD_SYNTH_ADDRESS": self.grpc_address("synth"),
+            "DASHBOARD_GATEWAY_URL": self.addresses["gateway"],
+            "DASHBOARD_PUBLIC_URL": self.addresses["dashboard"],
+            # A 402 sends the customer to this run's billing page.
+            "GATEWAY_BILLING_URL": f"{self.addresses['dashboard']}/billing",
             **(env or {}),
         }
         log_dir.mkdir(parents=True, exist_ok=True)

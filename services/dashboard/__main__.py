@@ -13,6 +13,7 @@ from services.common.settings import load_settings
 from services.common.web import DrainingServer
 from services.dashboard.app import create_app
 from services.dashboard.clients import Backends
+from services.dashboard.payments import payments_from
 from services.dashboard.settings import DashboardSettings
 
 _log = logging.getLogger("dashboard")
@@ -23,12 +24,13 @@ async def serve(settings: DashboardSettings) -> None:
     backends = Backends(
         settings.auth_address,
         settings.ledger_address,
+        settings.synth_address,
         settings.tls_identity(),
         timeout=settings.rpc_timeout_seconds,
         sign_in_timeout=settings.sign_in_timeout_seconds,
         ready_timeout=settings.ready_timeout_seconds,
     )
-    app = create_app(settings, backends)
+    app = create_app(settings, backends, payments_from(settings))
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -6,9 +6,12 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
@@ -21,7 +24,9 @@ from services.dashboard import sessions
 from services.dashboard.clients import BackendError, Backends
 from services.dashboard.cookies import Cookies
 from services.dashboard.pages import SECURITY_HEADERS, render
-from services.dashboard.routes import health, keys, overview, people
+from services.dashboard.payments import PaymentProvider
+from services.dashboard.previews import VoicePreviews
+from services.dashboard.routes import billing, health, keys, overview, people, playground
 from services.dashboard.sessions import SignedOut
 from services.dashboard.settings import DashboardSettings
 
@@ -82,15 +87,48 @@ class EdgeMiddleware:
             request_id_var.reset(token)
 
 
-def create_app(settings: DashboardSettings, backends: Backends) -> FastAPI:
-    app = FastAPI(title="kokoro-pay dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(
+    settings: DashboardSettings,
+    backends: Backends,
+    payments: PaymentProvider | None = None,
+) -> FastAPI:
+    """The dashboard over `backends`; `payments` sells credits (None: the operator grants them)."""
+    # The playground's one upstream: the public API. Reading waits for the first audio, which
+    # may queue for a model slot like any request's (the gateway's own limit is 300 s).
+    gateway = httpx.AsyncClient(
+        base_url=settings.gateway_url,
+        timeout=httpx.Timeout(connect=5.0, read=330.0, write=30.0, pool=5.0),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await gateway.aclose()
+
+    app = FastAPI(
+        title="kokoro-pay dashboard",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
     app.state.settings = settings
     app.state.backends = backends
+    app.state.gateway = gateway
+    app.state.previews = VoicePreviews(backends)
+    app.state.payments = payments
     app.state.cookies = Cookies(settings.cookie_secure)
     # Set when the process is asked to stop, so /readyz sends new traffic elsewhere.
     app.state.draining = asyncio.Event()
     app.mount("/static", StaticFiles(directory=Path(__file__).with_name("static")), "static")
-    for router in (overview.router, keys.router, people.router, health.router):
+    for router in (
+        overview.router,
+        keys.router,
+        playground.router,
+        billing.router,
+        people.router,
+        health.router,
+    ):
         app.include_router(router)
 
     @app.exception_handler(SignedOut)

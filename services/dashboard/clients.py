@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 
 from services.common.channels import open_channel
 from services.common.errors import error_info
@@ -59,12 +60,13 @@ class Usage:
 
 
 class Backends:
-    """gRPC stubs for auth and ledger with deadlines; channels open lazily on first call."""
+    """gRPC stubs for auth, ledger and synth with deadlines; channels open lazily on first call."""
 
     def __init__(
         self,
         auth_address: str,
         ledger_address: str,
+        synth_address: str,
         tls: TlsIdentity,
         *,
         timeout: float,
@@ -75,6 +77,8 @@ class Backends:
         self._ledger_channel = open_channel(ledger_address, tls)
         self._auth = auth_pb2_grpc.AuthServiceStub(self._auth_channel)
         self._ledger = ledger_pb2_grpc.LedgerServiceStub(self._ledger_channel)
+        self._synth_channel = open_channel(synth_address, tls)
+        self._synth = synth_pb2_grpc.SynthServiceStub(self._synth_channel)
         self._timeout = timeout
         self._sign_in_timeout = sign_in_timeout
         self._ready_timeout = ready_timeout
@@ -82,6 +86,7 @@ class Backends:
     async def close(self) -> None:
         await self._auth_channel.close()
         await self._ledger_channel.close()
+        await self._synth_channel.close()
 
     # People and sessions (auth)
 
@@ -113,8 +118,12 @@ class Backends:
         request = auth_pb2.CreateOwnKeyRequest(session_token=token, name=name)
         return await _call("auth", self._auth.CreateOwnKey(request, timeout=self._timeout))
 
-    async def list_keys(self, token: str) -> list[auth_pb2.ApiKey]:
-        request = auth_pb2.ListOwnKeysRequest(session_token=token)
+    async def list_keys(
+        self, token: str, include_playground: bool = False
+    ) -> list[auth_pb2.ApiKey]:
+        request = auth_pb2.ListOwnKeysRequest(
+            session_token=token, include_playground=include_playground
+        )
         response = await _call("auth", self._auth.ListOwnKeys(request, timeout=self._timeout))
         return list(response.keys)
 
@@ -122,6 +131,12 @@ class Backends:
         request = auth_pb2.RevokeOwnKeyRequest(session_token=token, key_id=key_id)
         response = await _call("auth", self._auth.RevokeOwnKey(request, timeout=self._timeout))
         return response.key
+
+    async def playground_key(self, token: str) -> str:
+        """The session's playground key (the same one for the whole session)."""
+        request = auth_pb2.MintPlaygroundKeyRequest(session_token=token)
+        response = await _call("auth", self._auth.MintPlaygroundKey(request, timeout=self._timeout))
+        return response.plaintext
 
     # Credits and usage (ledger)
 
@@ -140,6 +155,14 @@ class Backends:
                 ledger_pb2.GrantSignupBonusRequest(account_id=account_id), timeout=self._timeout
             ),
         )
+
+    async def grant_top_up(
+        self, account_id: str, credits: int, event_id: str
+    ) -> ledger_pb2.GrantTopUpResponse:
+        request = ledger_pb2.GrantTopUpRequest(
+            account_id=account_id, credits=credits, payment_event_id=event_id
+        )
+        return await _call("ledger", self._ledger.GrantTopUp(request, timeout=self._timeout))
 
     async def balance(self, account_id: str) -> ledger_pb2.GetBalanceResponse:
         request = ledger_pb2.GetBalanceRequest(account_id=account_id)
@@ -164,6 +187,26 @@ class Backends:
         )
         return Usage(summary=summary, holds=list(holds.holds))
 
+    # Voices and previews (synth; never billed)
+
+    async def list_voices(self) -> list[synth_pb2.Voice]:
+        request = synth_pb2.ListVoicesRequest()
+        response = await _call("synth", self._synth.ListVoices(request, timeout=self._timeout))
+        return list(response.voices)
+
+    async def synthesize_mp3(self, text: str, voice: str, timeout: float) -> bytes:
+        """A whole short clip, for previews."""
+        request = synth_pb2.SynthesizeRequest(
+            text=text, voice=voice, format=synth_pb2.AUDIO_FORMAT_MP3
+        )
+        pieces = []
+        try:
+            async for chunk in self._synth.Synthesize(request, timeout=timeout):
+                pieces.append(chunk.audio)
+        except grpc.aio.AioRpcError as error:
+            raise _backend_error("synth", error) from error
+        return b"".join(pieces)
+
     async def ready(self) -> dict[str, bool]:
         """Whether auth and ledger each answer SERVING, within the readiness budget."""
         names = ("auth", "ledger")
@@ -187,11 +230,15 @@ async def _call(service: str, call: Awaitable[T]) -> T:
     try:
         return await call
     except grpc.aio.AioRpcError as error:
-        info = error_info(error)
-        raise BackendError(
-            service,
-            error.code(),
-            error.details() or "",
-            info.reason if info else "",
-            dict(info.metadata) if info else {},
-        ) from error
+        raise _backend_error(service, error) from error
+
+
+def _backend_error(service: str, error: grpc.aio.AioRpcError) -> BackendError:
+    info = error_info(error)
+    return BackendError(
+        service,
+        error.code(),
+        error.details() or "",
+        info.reason if info else "",
+        dict(info.metadata) if info else {},
+    )

@@ -14,13 +14,20 @@ from services.dashboard.sessions import Session
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 
-# No script or style from anywhere but here, no framing, forms post only back here.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
+
+def content_security_policy(form_targets: str = "") -> str:
+    """No script or style from anywhere but here, no framing; forms post only back here (and,
+    on the billing page, may be redirected on to the payment provider's checkout)."""
+    return (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "media-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; "
-        "form-action 'self'; base-uri 'none'; object-src 'none'"
-    ),
+        f"form-action 'self'{' ' + form_targets if form_targets else ''}; base-uri 'none'; "
+        "object-src 'none'"
+    )
+
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": content_security_policy(),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.mesh import PORTS, local_address
@@ -21,6 +21,14 @@ class DashboardSettings(ServiceSettings):
     port: int = Field(default=PORTS["dashboard"], ge=1, le=65535)
     auth_address: str = Field(default=local_address("auth"), min_length=1)
     ledger_address: str = Field(default=local_address("ledger"), min_length=1)
+    # Voice previews are synthesized once per voice by synth (never billed); in a cluster
+    # through Envoy, like the gateway's streams.
+    synth_address: str = Field(default=local_address("synth"), min_length=1)
+    # The playground spends through the public API like any client, at this address (in a
+    # cluster, the gateway's Service), with the session's playground key.
+    gateway_url: str = Field(default=f"http://{local_address('gateway')}", min_length=1)
+    # The dashboard as customers reach it: the payment provider sends them back here.
+    public_url: str = Field(default=f"http://{local_address('dashboard')}", min_length=1)
     # Where customers send API requests: shown on the key and usage pages in examples.
     public_api_url: str = Field(default=f"http://{local_address('gateway')}/v1", min_length=1)
     # Whether strangers may create accounts here; off, only the operator creates people
@@ -37,6 +45,18 @@ class DashboardSettings(ServiceSettings):
     # after failures (AUTH_SIGN_IN_DELAY_CAP_SECONDS) before it answers, so it gets its own.
     rpc_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     sign_in_timeout_seconds: float = Field(default=45.0, gt=0, le=600)
+    # Top-ups through Stripe Checkout; without both secrets the billing page says how to get
+    # credits from the operator instead. The webhook to register is <public_url>/billing/webhook,
+    # for checkout.session.completed and checkout.session.async_payment_succeeded.
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    # Stripe's API address; only tests point it elsewhere (a local stand-in for Stripe's API).
+    stripe_api_base: str | None = None
+    # What one pack of credits holds and costs; a purchase is 1 to max_packs packs.
+    topup_credits_per_pack: int = Field(default=10_000, ge=1, le=10_000_000)
+    topup_cents_per_pack: int = Field(default=500, ge=50, le=1_000_000)
+    topup_currency: str = Field(default="usd", pattern="^[a-z]{3}$")
+    topup_max_packs: int = Field(default=100, ge=1, le=1000)
     # Budget of each health check behind /readyz.
     ready_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
 

@@ -236,8 +236,11 @@ class Billing:
         reserve_retry_delays: tuple[float, ...] = RESERVE_RETRY_DELAYS,
         checkpoint_interval: float = 5.0,
         hold_extension: int = 60,
+        billing_url: str = "",
     ) -> None:
         self._ledger = ledger
+        # Where a 402 sends the customer to buy credits (GATEWAY_BILLING_URL).
+        self._billing_url = billing_url
         self._settle_retry_delays = settle_retry_delays
         self._reserve_retry_delays = reserve_retry_delays
         self._checkpoint_interval = checkpoint_interval
@@ -272,7 +275,9 @@ class Billing:
                 self._reserve_retry_delays,
             )
         except UpstreamError as error:
-            raise reserve_error(error, order.characters, order.fingerprint()) from error
+            raise reserve_error(
+                error, order.characters, order.fingerprint(), self._billing_url
+            ) from error
         if reservation.hold is None:
             _log.info(
                 "a paid keyed request again: served free (%d replays left)",

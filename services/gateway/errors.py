@@ -125,15 +125,25 @@ def synthesis_error(error: UpstreamError) -> ApiError:
     return ApiError(502, "upstream synthesis error; any charge for this request was refunded")
 
 
-def reserve_error(error: UpstreamError, cost: int, fingerprint: str) -> ApiError:
-    """A refused Reserve: no credits (or no account opened yet) is a 402 naming the cost; an
-    Idempotency-Key already naming another request, in progress, or completed is a 400 or 409."""
+def insufficient_credits(cost: int, billing_url: str) -> ApiError:
+    """The 402: the contract's sentence, with where to top up (GATEWAY_BILLING_URL) when there
+    is such a place, then what the request costs."""
+    where = f" at {billing_url}" if billing_url else ""
+    return ApiError(
+        402,
+        f"Insufficient credits — top up your balance{where}. "
+        f"This request costs {cost} credits (one per character of input).",
+    )
+
+
+def reserve_error(
+    error: UpstreamError, cost: int, fingerprint: str, billing_url: str = ""
+) -> ApiError:
+    """A refused Reserve: no credits (or no account opened yet) is a 402 naming the cost and
+    the billing page (settings.billing_url; none when not given); an Idempotency-Key already
+    naming another request, in progress, or completed is a 400 or 409."""
     if error.reason == "INSUFFICIENT_CREDITS" or error.code == grpc.StatusCode.NOT_FOUND:
-        return ApiError(
-            402,
-            f"insufficient credits: this request costs {cost} credits "
-            "(one per character of input); top up your balance",
-        )
+        return insufficient_credits(cost, billing_url)
     if error.reason == "REQUEST_KEY_REUSED":
         differing = fields_that_differ(error.metadata.get("fingerprint", ""), fingerprint)
         return ApiError(

@@ -60,6 +60,7 @@ class SpeechSeller:
             settle_retry_delays=settings.settle_retry_delays_seconds,
             checkpoint_interval=settings.checkpoint_interval_seconds,
             hold_extension=settings.hold_extension_seconds,
+            billing_url=settings.billing_url,
         )
         # Deliveries started and not yet finished; drain() waits for them.
         self._live: set[SpeechDelivery] = set()

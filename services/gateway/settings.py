@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from typing import Annotated, ClassVar, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.mesh import PORTS, local_address
 from services.common.settings import ServiceSettings
+
+# The local run's dashboard, where a customer buys credits.
+DEFAULT_BILLING_URL = f"http://{local_address('dashboard')}/billing"
 
 
 class GatewaySettings(ServiceSettings):
@@ -65,6 +69,19 @@ class GatewaySettings(ServiceSettings):
     send_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Budget of each health check behind /readyz.
     ready_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+    # The dashboard's billing page, which the 402 answer names so that a customer knows where
+    # to top up; empty leaves the contract's sentence without a place.
+    billing_url: str = Field(default=DEFAULT_BILLING_URL, max_length=2048)
+
+    @field_validator("billing_url")
+    @classmethod
+    def _a_web_address_or_nothing(cls, value: str) -> str:
+        # Sent to clients as written: a browser must be able to open it.
+        parts = urlsplit(value)
+        sound = parts.scheme in ("http", "https") and parts.netloc and value.isprintable()
+        if value and (not sound or " " in value):
+            raise ValueError(f"must be an absolute http(s) URL without spaces, or empty: {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _timings_agree(self) -> Self:

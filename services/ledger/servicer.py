@@ -12,6 +12,7 @@ caller branches on carry a google.rpc.ErrorInfo (domain "ledger.kokoropay"):
 | Capture of an expired hold                | FAILED_PRECONDITION | HOLD_EXPIRED           |
 | Capture again, of another amount          | FAILED_PRECONDITION | HOLD_CAPTURED          |
 | idempotency key reused with another amount| ALREADY_EXISTS      | IDEMPOTENCY_KEY_REUSED |
+| top-up whose key another grant holds      | ALREADY_EXISTS      | IDEMPOTENCY_KEY_REUSED |
 | keyed request: key names another request  | ALREADY_EXISTS      | REQUEST_KEY_REUSED     |
 | keyed request: an attempt still held      | FAILED_PRECONDITION | ATTEMPT_IN_PROGRESS    |
 | keyed request: paid and replayed enough   | FAILED_PRECONDITION | REQUEST_COMPLETED      |
@@ -20,6 +21,9 @@ IDEMPOTENCY_KEY_REUSED is ALREADY_EXISTS rather than FAILED_PRECONDITION: retryi
 and the key, not the balance, is at fault, so a caller (or the gateway's status table) that
 reads only the code never mistakes it for insufficient credits. Bad fields are INVALID_ARGUMENT,
 unknown accounts and holds NOT_FOUND, and neither writes anything.
+
+A payment event comes again (GrantTopUp) as an answer, not a refusal: the first grant, with
+`replayed`, whichever account it credited; the balance is the asking account's.
 
 Usage (SummarizeUsage, ListHolds) is read from the holds, which keep the labels their Reserve
 gave: the report of what a key spent is the money itself, not a second count beside it.
@@ -51,6 +55,7 @@ from services.ledger.store import (
     LedgerStore,
     RequestCompleted,
     RequestKeyReused,
+    TopUpKeyTaken,
     UsageLabels,
 )
 
@@ -67,6 +72,7 @@ ERRORS = ErrorTable(
         InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,
         HoldClosed: grpc.StatusCode.FAILED_PRECONDITION,
         IdempotencyKeyReused: grpc.StatusCode.ALREADY_EXISTS,
+        TopUpKeyTaken: grpc.StatusCode.ALREADY_EXISTS,
         RequestKeyReused: grpc.StatusCode.ALREADY_EXISTS,
         AttemptInProgress: grpc.StatusCode.FAILED_PRECONDITION,
         RequestCompleted: grpc.StatusCode.FAILED_PRECONDITION,
@@ -145,6 +151,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self._max_free_replays = settings.max_free_replays
         self._sweep_batch_size = settings.sweep_batch_size
         self._signup_grant_credits = settings.signup_grant_credits
+        self._max_top_up_credits = settings.max_top_up_credits
 
     async def OpenAccount(
         self, request: ledger_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext
@@ -164,7 +171,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.GrantResponse:
         account_id = validation.require_id(request.account_id, "account_id")
         amount = validation.require_amount(request.amount)
-        key = validation.require_key(request.idempotency_key)
+        key = validation.require_grant_key(request.idempotency_key)
         entry, balance = await self._store.grant(account_id, amount, key)
         return ledger_pb2.GrantResponse(
             entry=entry_message(entry), balance=balance_message(balance)
@@ -184,6 +191,17 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         )
         return ledger_pb2.GrantSignupBonusResponse(
             entry=entry_message(entry), balance=balance_message(balance)
+        )
+
+    async def GrantTopUp(
+        self, request: ledger_pb2.GrantTopUpRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.GrantTopUpResponse:
+        account_id = validation.require_id(request.account_id, "account_id")
+        credits = validation.top_up_credits(request.credits, self._max_top_up_credits)
+        event_id = validation.require_payment_event_id(request.payment_event_id)
+        entry, balance, replayed = await self._store.top_up(account_id, credits, event_id)
+        return ledger_pb2.GrantTopUpResponse(
+            entry=entry_message(entry), balance=balance_message(balance), replayed=replayed
         )
 
     async def SetUnlimited(

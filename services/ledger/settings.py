@@ -34,6 +34,10 @@ class LedgerSettings(DatabaseSettings):
     # Credits a new account gets once, through GrantSignupBonus (the dashboard's sign-up);
     # 0 turns the bonus off (the prod overlay does).
     signup_grant_credits: int = Field(default=1000, ge=0, le=1_000_000)
+    # The most credits one payment event may grant (GrantTopUp): far above any pack the
+    # dashboard sells, so a mistake in its prices or a forged amount cannot mint a fortune.
+    # At most validation.MAX_AMOUNT.
+    max_top_up_credits: int = Field(default=10_000_000, ge=1, le=10**12)
 
     @model_validator(mode="after")
     def _ttls_agree(self) -> Self:

@@ -31,6 +31,14 @@ Usage: each hold keeps the labels its Reserve gave (API key, voice, format, mode
 the rest of it) and its close_time, so holds are the record of usage and a report built from
 them cannot disagree with the money. `summarize_usage` and `list_holds` only read: one statement
 each, no lock, on the index holds_by_account_newest (migration 0005).
+
+Top-ups (`top_up`): a payment event grants once across all accounts. Under the lock of the
+account it names, one statement writes the GRANT entry (keyed `topup:<event id>`) and the
+event's row, which the event id keys (migration 0006), unless the event is known; then the
+event's grant is read back, by a later statement, so it sees whatever stopped the write.
+Deliveries of one event for one account take turns on its lock, and the later ones find the
+event. Deliveries for two accounts hold two locks: one that wrote the event while the other was
+writing it fails on the primary key once the other commits, and is run again: a replay.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from pathlib import Path
 from typing import Any, LiteralString
 
 from psycopg import AsyncConnection, AsyncCursor, OperationalError
+from psycopg.errors import UniqueViolation
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -55,6 +64,8 @@ from services.ledger.ids import new_hold_id
 
 SCHEMA = "ledger"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# A top-up's GRANT key is this and the payment event id; migration 0006's trigger checks it.
+TOP_UP_KEY_PREFIX = "topup:"
 
 _log = logging.getLogger("ledger.store")
 
@@ -194,6 +205,16 @@ class IdempotencyKeyReused(ServiceError):
     def __init__(self, key: str, original_amount: int, amount: int) -> None:
         super().__init__(
             f"idempotency key {key!r} was already used for {original_amount} credits, not {amount}",
+            reason="IDEMPOTENCY_KEY_REUSED",
+        )
+
+
+class TopUpKeyTaken(ServiceError):
+    """Another grant holds the key a top-up would take (Grant refuses such keys since 0006)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used by a grant that is no top-up",
             reason="IDEMPOTENCY_KEY_REUSED",
         )
 
@@ -390,6 +411,35 @@ WITH credited AS (
 INSERT INTO ledger.entries (account_id, kind, amount, balance_after, idempotency_key)
 SELECT %(account_id)s, 'grant', %(amount)s, credited.balance, %(key)s FROM credited
 RETURNING *
+"""
+
+# A payment event's grant, whichever account it credited.
+_TOP_UP_BY_EVENT: LiteralString = """
+SELECT e.* FROM ledger.payment_events p JOIN ledger.entries e ON e.id = p.entry_id
+WHERE p.id = %(event_id)s
+"""
+
+# Credits the account, journals the GRANT and records the event, all or nothing: nothing when
+# the event was granted before, or when another grant holds its key. The primary key of
+# ledger.payment_events refuses an event another account's transaction recorded meanwhile.
+_TOP_UP_IF_NEW_EVENT: LiteralString = """
+WITH credited AS (
+    UPDATE ledger.accounts SET balance = balance + %(credits)s
+    WHERE id = %(account_id)s
+        AND NOT EXISTS (SELECT 1 FROM ledger.payment_events WHERE id = %(event_id)s)
+        AND NOT EXISTS (SELECT 1 FROM ledger.entries
+                        WHERE account_id = %(account_id)s AND kind = 'grant'
+                            AND idempotency_key = %(key)s)
+    RETURNING balance
+), granted AS (
+    INSERT INTO ledger.entries (account_id, kind, amount, balance_after, idempotency_key)
+    SELECT %(account_id)s, 'grant', %(credits)s, credited.balance, %(key)s FROM credited
+    RETURNING *
+), recorded AS (
+    INSERT INTO ledger.payment_events (id, account_id, credits, entry_id)
+    SELECT %(event_id)s, granted.account_id, granted.amount, granted.id FROM granted
+)
+SELECT * FROM granted
 """
 
 # The conditional debit is the rule "never below zero" (unlimited accounts draw nothing); when
@@ -714,6 +764,51 @@ class LedgerStore:
                 (_READ_BALANCE, {"account_id": account_id}),
             )
             return _entry(earlier[0]), _balance(balance[0])
+
+    async def top_up(
+        self, account_id: str, credits: int, event_id: str
+    ) -> tuple[Entry, Balance, bool]:
+        """The grant of payment event `event_id`: made now for `account_id`, or found (then
+        True) whichever account it credited and however many credits it gave; the balance of
+        `account_id` after."""
+        key = TOP_UP_KEY_PREFIX + event_id
+        params = {"account_id": account_id, "credits": credits, "event_id": event_id, "key": key}
+        # The lookup comes after the write, so it sees what stopped it: another account's
+        # delivery may commit the event between any two of these statements.
+        batch = (
+            (_LOCK_ACCOUNT, params),
+            (_TOP_UP_IF_NEW_EVENT, params),
+            (_TOP_UP_BY_EVENT, params),
+            (_READ_BALANCE, params),
+        )
+        try:
+            locked, granted, found, balance = await self._run(*batch)
+        except UniqueViolation as exc:
+            if exc.diag.constraint_name != "payment_events_pkey":
+                raise
+            # Another account's delivery of the event committed first, and this one wrote
+            # nothing; run again, it finds the event.
+            locked, granted, found, balance = await self._run(*batch)
+        if not locked:
+            raise AccountNotFound(account_id)
+        if granted:
+            return _entry(granted[0]), _balance(balance[0]), False
+        if found:
+            original = _entry(found[0])
+            if (original.account_id, original.amount) != (account_id, credits):
+                _log.warning(
+                    "payment event %s came again for %s, %d credits; its grant to %s, "
+                    "%d credits, stands",
+                    event_id,
+                    account_id,
+                    credits,
+                    original.account_id,
+                    original.amount,
+                    extra={"account_id": account_id, "payment_event_id": event_id},
+                )
+            return original, _balance(balance[0]), True
+        # The account is open and the event new: only a grant holding its key stops the write.
+        raise TopUpKeyTaken(key)
 
     async def set_unlimited(self, account_id: str, unlimited: bool) -> Balance:
         params = {"account_id": account_id, "unlimited": unlimited}

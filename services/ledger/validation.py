@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 
 from services.common.errors import InvalidArgument
-from services.ledger.store import KeyedRequest, UsageLabels
+from services.ledger.store import TOP_UP_KEY_PREFIX, KeyedRequest, UsageLabels
 
 __all__ = ["InvalidArgument"]  # raised by every check here
 
@@ -53,6 +53,36 @@ def require_id(value: str, field: str) -> str:
 def require_key(value: str) -> str:
     """An idempotency key: 1–128 characters, no control characters."""
     return _printable(value, "idempotency_key", MAX_KEY_LENGTH)
+
+
+def require_grant_key(value: str) -> str:
+    """A Grant's idempotency key: as any key, outside the top-ups' `topup:` keys, so that no
+    grant by hand can take the key of a payment event not yet granted."""
+    key = require_key(value)
+    if key.startswith(TOP_UP_KEY_PREFIX):
+        raise InvalidArgument(
+            f"idempotency_key may not start with {TOP_UP_KEY_PREFIX!r}: GrantTopUp's keys do"
+        )
+    return key
+
+
+def require_payment_event_id(value: str) -> str:
+    """A payment provider's event id: 1–128 printable characters (no control, format or
+    separator characters but the space, so no invisible character sets apart two ids that
+    read the same)."""
+    event_id = _printable(value, "payment_event_id", MAX_ID_LENGTH)
+    if not event_id.isprintable():
+        raise InvalidArgument("payment_event_id contains characters that are not printable")
+    return event_id
+
+
+def top_up_credits(value: int, maximum: int) -> int:
+    """The credits one payment event grants: positive, at most LEDGER_MAX_TOP_UP_CREDITS."""
+    if value <= 0:
+        raise InvalidArgument(f"credits must be positive, got {value}")
+    if value > maximum:
+        raise InvalidArgument(f"credits must be at most {maximum} per top-up, got {value}")
+    return value
 
 
 def require_amount(value: int) -> int:

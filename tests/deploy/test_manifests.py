@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
@@ -47,7 +48,11 @@ SECRETS = {
     "ledger-database",
     "ledger-migration-database",
     "auth-key-hash",
+    "dashboard-payments",
 }
+# Those a pod starts without: every reference to them is `optional: true`, every other one is not
+# (a missing database URL must stop the pod, not start it unconfigured).
+OPTIONAL_SECRETS = {"dashboard-payments"}
 # Each member of the mesh mounts its certificate from a Secret (cert-manager's layout), never
 # committed either: components/cert-manager issues them, or create-mesh-certificates.sh.
 CERTIFICATES = {
@@ -58,11 +63,15 @@ CERTIFICATES = {
     "dashboard": "dashboard-mesh-tls",
 }
 # The HTTP workloads browsers and REST clients reach, each through an Ingress of its own, and the
-# gRPC Services each dials directly (by the <PREFIX>_<UPSTREAM>_ADDRESS variable's upstream).
+# gRPC Services each dials directly (by the <PREFIX>_<UPSTREAM>_ADDRESS variable's upstream): both
+# reach synth through Envoy.
 WEB = {
     "gateway": {"AUTH": "auth", "LEDGER": "ledger", "SYNTH": "envoy"},
-    "dashboard": {"AUTH": "auth", "LEDGER": "ledger"},
+    "dashboard": {"AUTH": "auth", "LEDGER": "ledger", "SYNTH": "envoy"},
 }
+# Who may call each web workload's HTTP port from inside the namespace, besides the ingress
+# controller: the dashboard's playground calls the gateway's REST API as a client would.
+IN_CLUSTER_HTTP_CALLERS = {"gateway": ["dashboard"], "dashboard": []}
 # The one ingress controller whose pods may reach them.
 INGRESS_CONTROLLER = {
     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
@@ -75,6 +84,9 @@ GRPC_SERVICES: dict[str, ServiceDescriptor] = {
     "synth": synth_pb2.DESCRIPTOR.services_by_name["SynthService"],
 }
 GPU = "nvidia.com/gpu"
+# The internet, HTTPS only, without the private and link-local ranges (other pods, the nodes,
+# the cloud's metadata service): the weights Job's hub downloads and the dashboard's Stripe calls.
+PRIVATE_RANGES = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
 
 
 @pytest.fixture(params=OVERLAYS)
@@ -321,6 +333,38 @@ def test_secrets_are_referenced_never_committed(overlay: str) -> None:
         assert f"`{name}`" in operations, f"docs/operations.md does not explain Secret {name}"
 
 
+def _secret_key_refs(objects: list[Obj]) -> list[tuple[str, str, Obj]]:
+    """(workload, variable, secretKeyRef) for every variable read from a Secret."""
+    return [
+        (workload["metadata"]["name"], source["name"], ref)
+        for workload in _workloads(objects)
+        for container in containers(workload)
+        for source in container.get("env", [])
+        if (ref := source.get("valueFrom", {}).get("secretKeyRef"))
+    ]
+
+
+def test_only_the_payments_secret_is_optional(overlay: str) -> None:
+    """Without `dashboard-payments` the dashboard starts and its billing page sends customers to
+    the operator; without any other Secret the pod must not start (CreateContainerConfigError)."""
+    refs = _secret_key_refs(render(overlay))
+    for workload, variable, ref in refs:
+        optional = ref.get("optional", False)
+        assert optional is (ref["name"] in OPTIONAL_SECRETS), (workload, variable)
+    payments = {
+        (workload, variable): ref["key"]
+        for workload, variable, ref in refs
+        if ref["name"] == "dashboard-payments"
+    }
+    assert payments == {
+        ("dashboard", "DASHBOARD_STRIPE_SECRET_KEY"): "stripe-secret-key",
+        ("dashboard", "DASHBOARD_STRIPE_WEBHOOK_SECRET"): "stripe-webhook-secret",
+    }
+    # No value in the repository turns payments on: not a placeholder either.
+    variables = _dashboard_env(render(overlay))
+    assert not {name for name in variables if name.startswith("DASHBOARD_STRIPE_")}
+
+
 @pytest.mark.parametrize("service", sorted(CERTIFICATES))
 def test_each_member_of_the_mesh_mounts_its_certificate_read_only(
     overlay: str, service: str
@@ -418,6 +462,11 @@ def _kind_of(objects: list[Obj], name: str) -> str:
     raise AssertionError(f"no workload {name}")
 
 
+def _pod(name: str) -> Obj:
+    """The peer that names this namespace's pods of one workload."""
+    return {"podSelector": {"matchLabels": {"app.kubernetes.io/name": name}}}
+
+
 def _peer_is_pod(peer: Obj, name: str) -> bool:
     return "namespaceSelector" not in peer and peer.get("podSelector", {}).get("matchLabels") == {
         "app.kubernetes.io/name": name
@@ -456,7 +505,10 @@ def test_only_the_web_services_are_exposed_each_through_its_own_ingress(overlay:
         assert service["spec"]["selector"] == {"app.kubernetes.io/name": name}
         (port,) = service["spec"]["ports"]
         assert port["name"] == port["targetPort"] == "http"
-        assert _ingress_sources(objects, name) == [(INGRESS_CONTROLLER, [PORTS[name]])]
+        in_cluster = [_pod(caller) for caller in IN_CLUSTER_HTTP_CALLERS[name]]
+        assert _ingress_sources(objects, name) == [
+            (peer, [PORTS[name]]) for peer in [INGRESS_CONTROLLER, *in_cluster]
+        ]
     hosts = [host for ingress in ingresses.values() for host in _hosts(ingress)]
     assert len(hosts) == len(set(hosts)), "one host each: the dashboard's cookie stays its own"
 
@@ -520,21 +572,66 @@ def test_each_grpc_service_admits_only_the_workloads_that_call_it(overlay: str) 
         assert admitted == expected, name
 
 
-def test_the_dashboard_reaches_auth_and_ledger_and_nothing_else(overlay: str) -> None:
-    """Its egress, exactly, and the other side of each arrow: auth and ledger admit it; synth
-    and Envoy do not (synth.proto already names DASHBOARD; the playground opens that later)."""
+def test_the_dashboard_reaches_its_upstreams_and_nothing_else(overlay: str) -> None:
+    """Its egress, exactly, and the other side of each arrow: auth and ledger admit it on their
+    mTLS ports; Envoy on its gRPC port (the playground's synth calls), synth itself not at all;
+    the gateway on its pods' HTTP port (the playground's REST calls); and Stripe's API, HTTPS
+    to public addresses only."""
     objects = render(overlay)
     allowed = _without_dns(_egress(objects, "dashboard"))
     assert allowed == [
-        ({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "auth"}}}, [PORTS["auth"]]),
-        ({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ledger"}}}, [PORTS["ledger"]]),
+        (_pod("auth"), [PORTS["auth"]]),
+        (_pod("ledger"), [PORTS["ledger"]]),
+        (_pod("envoy"), [8080]),
+        (_pod("gateway"), [PORTS["gateway"]]),
+        (_public_internet(allowed), [443]),
     ]
     assert any(ports == [53, 53] for _, ports in _egress(objects, "dashboard"))
-    for name in ("auth", "ledger"):
-        assert any(_peer_is_pod(peer, "dashboard") for peer, _ in _ingress_sources(objects, name))
-    for name in ("synth", "envoy"):
-        admitted = _ingress_sources(objects, name)
-        assert not any(_peer_is_pod(peer, "dashboard") for peer, _ in admitted), name
+    for name, port in (("auth", PORTS["auth"]), ("ledger", PORTS["ledger"]), ("envoy", 8080)):
+        assert (_pod("dashboard"), [port]) in _ingress_sources(objects, name), name
+    assert (_pod("dashboard"), [PORTS["gateway"]]) in _ingress_sources(objects, "gateway")
+    admitted = _ingress_sources(objects, "synth")
+    assert not any(_peer_is_pod(peer, "dashboard") for peer, _ in admitted)
+
+
+def _public_internet(allowed: list[tuple[Obj, list[int]]]) -> Obj:
+    """The one ipBlock peer among these, checked to be the internet without private ranges."""
+    (peer,) = [peer for peer, _ in allowed if "ipBlock" in peer]
+    assert set(peer) == {"ipBlock"}
+    assert peer["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert set(peer["ipBlock"]["except"]) >= PRIVATE_RANGES
+    return peer
+
+
+def test_the_dashboard_reaches_synth_where_the_gateway_does(overlay: str) -> None:
+    """Through Envoy, which forwards the dashboard's identity: synth must declare DASHBOARD on
+    what the playground calls (ListVoices, and Synthesize for previews)."""
+    objects = render(overlay)
+    dashboard = _dashboard_env(objects)
+    gateway = _gateway_env(objects)
+    assert dashboard["DASHBOARD_SYNTH_ADDRESS"] == gateway["GATEWAY_SYNTH_ADDRESS"]
+    assert dashboard["DASHBOARD_SYNTH_ADDRESS"] == f"envoy.{NAMESPACE}.svc.cluster.local:8080"
+    synth = GRPC_SERVICES["synth"]
+    for method in ("ListVoices", "Synthesize"):
+        assert access_pb2.DASHBOARD in declared_callers(synth.methods_by_name[method]), method
+
+
+def test_the_dashboard_calls_the_gateways_service_in_plain_http(overlay: str) -> None:
+    """DASHBOARD_GATEWAY_URL is the gateway's Service inside the cluster, on a port the Service
+    publishes, whose pods' port the gateway's policy admits the dashboard to."""
+    objects = render(overlay)
+    url = urlsplit(_dashboard_env(objects)["DASHBOARD_GATEWAY_URL"])
+    assert url.scheme == "http"
+    assert url.hostname == f"gateway.{NAMESPACE}.svc.cluster.local"
+    assert url.path in ("", "/") and not url.query and not url.fragment
+    assert url.username is None and url.password is None
+    service = named(objects, "Service", "gateway")
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == (url.port or 80)]
+    container = next(containers(named(objects, "Deployment", "gateway"), init=False))
+    pod_port = _container_port(container, port["targetPort"])
+    assert pod_port == PORTS["gateway"]
+    assert (_pod("dashboard"), [pod_port]) in _ingress_sources(objects, "gateway")
+    assert (_pod("gateway"), [pod_port]) in _egress(objects, "dashboard")
 
 
 def test_no_policy_admits_a_pod_to_a_health_port(overlay: str) -> None:
@@ -546,13 +643,14 @@ def test_no_policy_admits_a_pod_to_a_health_port(overlay: str) -> None:
             assert not ports & health_ports, policy["metadata"]["name"]
 
 
-def test_envoy_admits_the_gateway_internal_clients_and_the_scraper(overlay: str) -> None:
+def test_envoy_admits_the_web_services_internal_clients_and_the_scraper(overlay: str) -> None:
     sources = _ingress_sources(render(overlay), "envoy")
     assert {tuple(ports) for _, ports in sources} == {(8080,), (9902,)}
     grpc_peers = [peer for peer, ports in sources if ports == [8080]]
-    (gateway,) = [peer for peer in grpc_peers if _peer_is_pod(peer, "gateway")]
+    web = [peer for peer in grpc_peers if any(_peer_is_pod(peer, name) for name in WEB)]
+    assert web == [_pod("gateway"), _pod("dashboard")]
     # Internal callers: opted-in pods of the namespaces listed by name, none of them this one.
-    (internal,) = [peer for peer in grpc_peers if peer is not gateway]
+    (internal,) = [peer for peer in grpc_peers if peer not in web]
     assert internal["podSelector"] == {"matchLabels": {"kokoropay.io/grpc-client": "true"}}
     (names,) = internal["namespaceSelector"]["matchExpressions"]
     assert names["key"] == "kubernetes.io/metadata.name" and names["operator"] == "In"
@@ -593,16 +691,26 @@ def test_egress_follows_the_design_arrows(overlay: str) -> None:
     def pods(allowed: list[tuple[Obj, list[int]]]) -> set[tuple[str, int]]:
         result: set[tuple[str, int]] = set()
         for peer, ports in allowed:
+            if "ipBlock" in peer:  # the dashboard's Stripe calls: checked below
+                continue
             assert set(peer) == {"podSelector"}, peer
             (name,) = peer["podSelector"]["matchLabels"].values()
             result.update((name, port) for port in ports)
         return result
 
     gateway = _without_dns(_egress(objects, "gateway"))
+    assert not any("ipBlock" in peer for peer, _ in gateway)
     assert pods(gateway) == {("auth", 50051), ("ledger", 50052), ("envoy", 8080)}
     dashboard = _without_dns(_egress(objects, "dashboard"))
-    assert pods(dashboard) == {("auth", 50051), ("ledger", 50052)}
+    assert pods(dashboard) == {
+        ("auth", 50051),
+        ("ledger", 50052),
+        ("envoy", 8080),
+        ("gateway", 8000),
+    }
+    _public_internet(dashboard)
     envoy = _without_dns(_egress(objects, "envoy"))
+    assert not any("ipBlock" in peer for peer, _ in envoy)
     assert pods(envoy) == {("auth", 50051), ("ledger", 50052), ("synth", 50053)}
     assert _without_dns(_egress(objects, "synth")) == []
 
@@ -636,16 +744,16 @@ def test_dev_postgres_admits_only_the_database_clients() -> None:
     assert not of_kind(render("prod"), "StatefulSet")
 
 
-def test_only_the_weights_job_leaves_the_cluster(overlay: str) -> None:
+def test_only_the_weights_job_and_the_dashboard_leave_the_cluster(overlay: str) -> None:
+    """The weights Job for the model hub, the dashboard for Stripe's API: HTTPS to public
+    addresses, nothing else (auth and ledger reach the database's private range)."""
     objects = render(overlay)
     for workload in _workloads(objects):
-        external = [
-            peer for peer, _ in _egress(objects, workload["metadata"]["name"]) if "ipBlock" in peer
-        ]
         name = workload["metadata"]["name"]
-        if name == "synth-weights":
-            assert [p["ipBlock"]["cidr"] for p in external] == ["0.0.0.0/0"]
-            assert "10.0.0.0/8" in external[0]["ipBlock"]["except"]
+        allowed = _egress(objects, name)
+        external = [(peer, ports) for peer, ports in allowed if "ipBlock" in peer]
+        if name in ("synth-weights", "dashboard"):
+            assert external == [(_public_internet(allowed), [443])], name
         elif name not in ("auth", "ledger"):
             assert external == [], name
 
@@ -811,7 +919,8 @@ def test_the_ingress_admits_every_body_the_gateway_answers_itself(overlay: str) 
 
 # --- the dashboard ---------------------------------------------------------------------------
 
-# The dashboard's forms (sign up, sign in, a key's name) are a few hundred bytes.
+# The dashboard's forms (sign up, sign in, a key's name) are a few hundred bytes, a playground
+# request a few KB, Stripe's webhook events a few tens of KB.
 DASHBOARD_MAX_PROXY_BODY = 64 * 1024
 
 
@@ -885,9 +994,10 @@ def test_the_dashboard_ingress_serves_its_host_with_small_buffered_bodies(overla
     annotations = ingress["metadata"].get("annotations", {})
     nginx = "nginx.ingress.kubernetes.io/"
     assert _bytes(annotations[f"{nginx}proxy-body-size"]) <= DASHBOARD_MAX_PROXY_BODY
-    # Pages are short answers: the controller's buffering and timeouts suit them.
-    for streaming in ("proxy-buffering", "proxy-request-buffering", "proxy-read-timeout"):
-        assert f"{nginx}{streaming}" not in annotations, streaming
+    # Requests are small and buffered by the controller (the default); answers are not, for the
+    # playground's audio relayed as it comes.
+    assert f"{nginx}proxy-request-buffering" not in annotations
+    assert annotations[f"{nginx}proxy-buffering"] == "off"
     assert (
         ingress["spec"]["ingressClassName"]
         == named(objects, "Ingress", "gateway")["spec"]["ingressClassName"]
@@ -902,21 +1012,118 @@ def test_the_dashboard_ingress_serves_its_host_with_small_buffered_bodies(overla
         assert "tls" not in ingress["spec"]
 
 
-def test_a_waiting_sign_in_outlasts_neither_the_ingress_nor_the_drain(overlay: str) -> None:
+def _setting(variables: dict[str, str], settings: Any, field: str) -> Any:
+    """A setting as the Deployment sets it (<PREFIX>_<FIELD>), else the settings' default."""
+    configured = variables.get(settings.env_name(field))
+    default = settings.model_fields[field].default
+    return type(default)(configured) if configured is not None else default
+
+
+def test_no_dashboard_wait_outlasts_the_ingress_or_the_drain(overlay: str) -> None:
     """A sign-in may wait out auth's delay after failed attempts, up to the dashboard's sign-in
-    timeout: the Ingress must not cut it first (a 504 page), nor a rollout's drain."""
+    timeout; the playground waits for the gateway's first audio, which may queue for a model
+    slot up to the gateway's first-chunk timeout. No such wait (nor any other
+    DASHBOARD_*_TIMEOUT_SECONDS) may outlast the Ingress's read timeout (a 504 page), and the
+    dashboard drains as long as the gateway, whose streams the playground relays."""
     settings = pytest.importorskip("services.dashboard.settings").DashboardSettings
     objects = render(overlay)
     variables = _dashboard_env(objects)
-    configured = variables.get("DASHBOARD_SIGN_IN_TIMEOUT_SECONDS")
-    wait = (
-        float(configured)
-        if configured
-        else settings.model_fields["sign_in_timeout_seconds"].default
-    )
+    timeouts = {
+        field: float(_setting(variables, settings, field))
+        for field in settings.model_fields
+        if field.endswith("_timeout_seconds")
+    }
+    assert "sign_in_timeout_seconds" in timeouts
+    gateway = _gateway_env(objects)
+    first_audio = float(_setting(gateway, GatewaySettings, "first_chunk_timeout_seconds"))
+    assert float(variables["DASHBOARD_GRACE_SECONDS"]) >= float(gateway["GATEWAY_GRACE_SECONDS"])
     annotations = named(objects, "Ingress", "dashboard")["metadata"].get("annotations", {})
-    for name in ("proxy-read-timeout", "proxy-send-timeout"):
-        # ingress-nginx's default, 60 s, applies when unset.
-        seconds = float(annotations.get(f"nginx.ingress.kubernetes.io/{name}", 60))
-        assert seconds > wait, name
-    assert float(variables["DASHBOARD_GRACE_SECONDS"]) >= wait
+    grace = float(variables["DASHBOARD_GRACE_SECONDS"])
+    for field, wait in timeouts.items():
+        assert grace >= wait, field
+    for field, wait in {**timeouts, "the gateway's first audio": first_audio}.items():
+        for name in ("proxy-read-timeout", "proxy-send-timeout"):
+            # ingress-nginx's default, 60 s, applies when unset.
+            seconds = float(annotations.get(f"nginx.ingress.kubernetes.io/{name}", 60))
+            assert seconds > wait, (field, name)
+
+
+def _gateway_env(objects: list[Obj]) -> dict[str, str]:
+    return env(next(containers(named(objects, "Deployment", "gateway"), init=False)))
+
+
+def test_the_dashboards_own_url_is_its_ingress_host(overlay: str) -> None:
+    """DASHBOARD_PUBLIC_URL (Stripe's return URLs, the webhook's address) and the gateway's
+    GATEWAY_BILLING_URL (named in its 402 answer) are where browsers reach the dashboard: its
+    Ingress's host, over HTTPS wherever the Ingress serves it."""
+    objects = render(overlay)
+    ingress = named(objects, "Ingress", "dashboard")
+    (host,) = _hosts(ingress)
+    scheme = "https" if ingress["spec"].get("tls") else "http"
+    public = _dashboard_env(objects)["DASHBOARD_PUBLIC_URL"]
+    assert public == f"{scheme}://{host}"
+    assert _gateway_env(objects)["GATEWAY_BILLING_URL"] == f"{public}/billing"
+    if overlay == "prod":
+        assert public == "https://dashboard.kokoropay.example"
+        # Stripe delivers live-mode events to HTTPS endpoints only, with a verifiable certificate.
+        assert host in ingress["spec"]["tls"][0]["hosts"]
+
+
+def test_stripes_webhook_reaches_the_dashboard(overlay: str) -> None:
+    """POST <DASHBOARD_PUBLIC_URL>/billing/webhook goes through the dashboard's Ingress like any
+    page, with room for every event the dashboard itself accepts, and nothing in front that asks
+    for a session, a client address or a password."""
+    billing = pytest.importorskip("services.dashboard.routes.billing")
+    objects = render(overlay)
+    ingress = named(objects, "Ingress", "dashboard")
+    webhook = urlsplit(_dashboard_env(objects)["DASHBOARD_PUBLIC_URL"] + "/billing/webhook")
+    (rule,) = [r for r in ingress["spec"]["rules"] if r["host"] == webhook.hostname]
+    # A Prefix path matches whole segments: "/" and "/billing" both cover "/billing/webhook".
+    routed = [
+        path["backend"]["service"]["name"]
+        for path in rule["http"]["paths"]
+        if path["pathType"] == "Prefix"
+        and f"{webhook.path}/".startswith(path["path"].rstrip("/") + "/")
+    ]
+    assert routed == ["dashboard"]
+    annotations = ingress["metadata"].get("annotations", {})
+    nginx = "nginx.ingress.kubernetes.io/"
+    limit = _bytes(annotations.get(f"{nginx}proxy-body-size", "1m"))
+    assert limit >= billing.MAX_EVENT_BYTES
+    for blocking in ("whitelist-source-range", "denylist-source-range", "auth-url", "auth-type"):
+        assert f"{nginx}{blocking}" not in annotations, blocking
+
+
+def test_a_dashboard_purchase_fits_one_ledger_top_up(overlay: str) -> None:
+    """The most a customer can buy at once (DASHBOARD_TOPUP_MAX_PACKS packs of
+    DASHBOARD_TOPUP_CREDITS_PER_PACK) is a grant the ledger accepts (LEDGER_MAX_TOP_UP_CREDITS):
+    otherwise a paid checkout is never credited. The prices keep their defaults in every
+    overlay."""
+    dashboard_settings = pytest.importorskip("services.dashboard.settings").DashboardSettings
+    ledger_settings = pytest.importorskip("services.ledger.settings").LedgerSettings
+    objects = render(overlay)
+    variables = _dashboard_env(objects)
+    assert not {name for name in variables if name.startswith("DASHBOARD_TOPUP_")}
+    packs = _setting(variables, dashboard_settings, "topup_max_packs")
+    credits = _setting(variables, dashboard_settings, "topup_credits_per_pack")
+    ledger = env(next(containers(named(objects, "Deployment", "ledger"), init=False)))
+    assert packs * credits <= _setting(ledger, ledger_settings, "max_top_up_credits")
+
+
+# Settings the base leaves at their defaults, documented all the same.
+DOCUMENTED_DEFAULTS = {
+    "DASHBOARD_TOPUP_CREDITS_PER_PACK",
+    "DASHBOARD_TOPUP_CENTS_PER_PACK",
+    "DASHBOARD_TOPUP_CURRENCY",
+    "DASHBOARD_TOPUP_MAX_PACKS",
+}
+
+
+def test_every_dashboard_setting_is_documented(overlay: str) -> None:
+    """docs/operations.md names every variable the dashboard's Deployment sets (values and
+    Secrets alike), the price settings, and the gateway's billing URL."""
+    (container,) = containers(named(render(overlay), "Deployment", "dashboard"))
+    names = {e["name"] for e in container["env"] if e["name"].startswith("DASHBOARD_")}
+    operations = (REPO_ROOT / "docs" / "operations.md").read_text()
+    for name in names | DOCUMENTED_DEFAULTS | {"GATEWAY_BILLING_URL"}:
+        assert f"`{name}`" in operations, f"docs/operations.md does not explain {name}"

@@ -125,7 +125,9 @@ def test_the_generator_writes_limits_above_the_default(tmp_path: Path) -> None:
 def test_the_ingress_lets_a_stream_outlast_the_gateways_limit(overlay: str) -> None:
     objects = render(overlay)
     limit = gateway_limit(objects)
-    # The gateway's own: the dashboard's Ingress carries no audio.
+    # The gateway's own. The dashboard's also relays audio (the playground), but from its own
+    # client of the gateway, whose read deadline bounds every pause: its Ingress outlasts that
+    # instead (test_manifests.py, test_no_dashboard_wait_outlasts_the_ingress_or_the_drain).
     ingress = named(objects, "Ingress", "gateway")
     annotations = ingress["metadata"].get("annotations", {})
     for name in NGINX_TIMEOUTS:

@@ -20,8 +20,10 @@ import httpx
 import pytest
 
 from services.cli.admin import AdminClient
-from services.cli.mesh import LocalMesh
+from services.cli.mesh import START_TIMEOUT_SECONDS, LocalMesh
+from tests.support import fake_stripe as fake_stripe_module
 from tests.support.browser import chromium_path
+from tests.support.fake_stripe import FakeStripe
 from tests.support.paths import REPO_ROOT
 from tests.support.postgres import create_database
 
@@ -43,8 +45,18 @@ NewCustomer = Callable[..., Awaitable[Customer]]
 
 
 @pytest.fixture(scope="session")
+def fake_stripe() -> Iterator[FakeStripe]:
+    """Stripe's API as the dashboard reaches it in the tests (tests/support/fake_stripe.py)."""
+    with FakeStripe() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
 def mesh(
-    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, log_dir: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_url: str,
+    log_dir: Path,
+    fake_stripe: FakeStripe,
 ) -> Iterator[LocalMesh]:
     if not WEIGHTS_MANIFEST.exists():
         pytest.skip("the Kokoro weights are not under .data/weights (run `make weights`)")
@@ -57,6 +69,10 @@ def mesh(
         env={
             "AUTH_SIGN_INS_PER_ADDRESS_PER_MINUTE": "10000",
             "AUTH_SIGN_UPS_PER_ADDRESS_PER_HOUR": "10000",
+            # The dashboard sells credits through its real Stripe code, against the stand-in.
+            "DASHBOARD_STRIPE_SECRET_KEY": fake_stripe_module.SECRET_KEY,
+            "DASHBOARD_STRIPE_WEBHOOK_SECRET": fake_stripe_module.WEBHOOK_SECRET,
+            "DASHBOARD_STRIPE_API_BASE": fake_stripe.url,
         },
     )
     mesh.start()
@@ -79,7 +95,13 @@ def dashboard_url(mesh: LocalMesh) -> str:
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
     """pytest-playwright-asyncio launches Debian's Chromium (tests/support/browser.py)."""
-    return {**browser_type_launch_args, "executable_path": chromium_path(), "headless": True}
+    return {
+        **browser_type_launch_args,
+        "executable_path": chromium_path(),
+        "headless": True,
+        # The playground starts audio on a click; previews and tests need no further gesture.
+        "args": ["--autoplay-policy=no-user-gesture-required"],
+    }
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +129,21 @@ def new_customer(admin: AdminClient) -> NewCustomer:
         return Customer(account.id, created.plaintext, created.key.id)
 
     return create
+
+
+@pytest.fixture
+async def synth_restarted_after(mesh: LocalMesh) -> AsyncIterator[None]:
+    """For tests that kill synth: afterwards it runs again and the gateway is ready."""
+    yield
+    synth = mesh.process("synth")
+    if synth.process is not None and synth.process.poll() is None:
+        return
+    await asyncio.to_thread(synth.start, True, START_TIMEOUT_SECONDS.get("synth", 600.0))
+    deadline = time.monotonic() + 300
+    async with httpx.AsyncClient(base_url=mesh.addresses["gateway"]) as client:
+        while (await client.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, "gateway not ready after synth restarted"
+            await asyncio.sleep(0.5)
 
 
 @pytest.fixture

@@ -155,6 +155,9 @@ async def test_too_few_credits_is_402_and_the_balance_stays(
     )
     assert response.status_code == 402
     assert set(response.json()) == {"detail"}
+    # The contract's words, then where to top up and what the request costs.
+    assert response.json()["detail"].startswith("Insufficient credits — top up your balance")
+    assert "costs 10 credits" in response.json()["detail"]
     assert await balance_of(http, customer) == 9
 
 

@@ -8,8 +8,6 @@ test waits until the gateway is ready, so the session's other tests find the mes
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -24,20 +22,6 @@ LONG_TEXT = " ".join(
     f"Sentence number {n} is here so that the model keeps talking for a good while."
     for n in range(1, 13)
 )
-
-
-@pytest.fixture
-async def synth_restarted_after(mesh: LocalMesh) -> AsyncIterator[None]:
-    yield
-    synth = mesh.process("synth")
-    if synth.process is not None and synth.process.poll() is None:
-        return
-    await asyncio.to_thread(synth.start, True, START_TIMEOUT_SECONDS.get("synth", 600.0))
-    deadline = time.monotonic() + 300
-    async with httpx.AsyncClient(base_url=mesh.addresses["gateway"]) as client:
-        while (await client.get("/readyz")).status_code != 200:
-            assert time.monotonic() < deadline, "gateway not ready after synth restarted"
-            await asyncio.sleep(0.5)
 
 
 async def test_synth_killed_mid_stream_cuts_the_stream_and_refunds(

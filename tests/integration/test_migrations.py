@@ -83,10 +83,13 @@ async def test_two_processes_migrating_at_once_both_succeed(database_url: str) -
         "holds",
         "entries",
         "keyed_requests",
+        "payment_events",
     }
     # information_schema lists row triggers only; the TRUNCATE guard is checked elsewhere.
     assert {row[0] for row in triggers} == {
         "entries_append_only",
         "holds_close_once",
         "holds_keyed_capture_within_price",
+        "payment_events_append_only",
+        "payment_events_record_their_grant",
     }

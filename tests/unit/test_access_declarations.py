@@ -35,6 +35,7 @@ EXPECTED = {
         "RevokeOwnKey": {"DASHBOARD"},
         "CreateUser": {"OPERATOR"},
         "ResetPassword": {"OPERATOR"},
+        "MintPlaygroundKey": {"DASHBOARD"},
     },
     "LedgerService": {
         "Reserve": {"GATEWAY", "PREDICTIONS"},
@@ -45,6 +46,7 @@ EXPECTED = {
         "OpenAccount": {"DASHBOARD", "OPERATOR"},
         "Grant": {"OPERATOR"},
         "GrantSignupBonus": {"DASHBOARD"},
+        "GrantTopUp": {"DASHBOARD"},
         "SetUnlimited": {"OPERATOR"},
         "Checkpoint": {"GATEWAY", "PREDICTIONS"},
         "Verify": {"OPERATOR"},

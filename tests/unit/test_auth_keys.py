@@ -11,6 +11,7 @@ import pytest
 
 from services.auth import keys
 from services.auth.keys import KeyHasher, base62, generate_key, looks_like_key, visible_prefix
+from services.auth.sessions import new_token
 
 SECRET = "a-server-secret-of-enough-length"
 
@@ -113,3 +114,33 @@ def test_hash_is_hmac_sha256_under_the_server_secret() -> None:
 def test_a_short_server_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 16"):
         KeyHasher("too-short")
+
+
+# --- playground keys ------------------------------------------------------------------------------
+
+
+def test_a_playground_key_is_shaped_like_any_key_and_the_same_for_its_session() -> None:
+    token = new_token().plaintext
+    key = KeyHasher(SECRET).playground_key(token)
+
+    assert looks_like_key(key.plaintext)
+    assert key.visible_prefix == key.plaintext[:12]
+    assert KeyHasher(SECRET).playground_key(token) == key, "stable across instances and restarts"
+
+
+def test_a_playground_key_is_derived_from_the_token_under_its_own_key() -> None:
+    token = new_token().plaintext
+    key = KeyHasher(SECRET).playground_key(token).plaintext
+    own_key = hmac.new(SECRET.encode(), keys.PLAYGROUND_PURPOSE, hashlib.sha256).digest()
+    body = hmac.new(own_key, token.encode(), hashlib.sha256).digest()
+
+    assert _base62_value(key.removeprefix("kp_live_")) == int.from_bytes(body, "big")
+    # Not the stored hash's HMAC: the two uses of the secret never meet.
+    assert body != KeyHasher(SECRET).hash(token)
+
+
+def test_playground_keys_differ_by_session_and_by_secret() -> None:
+    tokens = [new_token().plaintext for _ in range(500)]
+    derived = {KeyHasher(SECRET).playground_key(token).plaintext for token in tokens}
+    assert len(derived) == 500
+    assert KeyHasher(SECRET + "!").playground_key(tokens[0]).plaintext not in derived

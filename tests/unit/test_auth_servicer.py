@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -11,8 +11,10 @@ from kokoropay.auth.v1 import auth_pb2
 
 from services.auth import ids
 from services.auth.keys import KeyHasher, generate_key
+from services.auth.people import SessionInvalid
 from services.auth.servicer import ERRORS, AuthServicer, KeyRejected, name_problem
-from services.auth.store import ApiKey, KeyLimitReached, KeyMatch
+from services.auth.sessions import new_token
+from services.auth.store import Account, ApiKey, KeyLimitReached, KeyMatch, Session, User
 
 HASHER = KeyHasher("unit-test-secret-long-enough")
 
@@ -28,9 +30,11 @@ class RecordingStore:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.known = known or {}
         self.limits: list[int] = []
+        self.idles: list[timedelta] = []
 
-    async def find_key(self, key_hash: bytes) -> KeyMatch | None:
+    async def find_key(self, key_hash: bytes, *, session_idle: timedelta) -> KeyMatch | None:
         self.calls.append(("find_key", (key_hash,)))
+        self.idles.append(session_idle)
         return self.known.get(key_hash)
 
     async def create_key(
@@ -40,6 +44,29 @@ class RecordingStore:
         self.limits.append(limit)
         now = datetime.now(UTC)
         return ApiKey(ids.new_id(ids.KEY), account_id, name, prefix, now, None)
+
+    async def playground_key(
+        self, session_id: str, prefix: str, key_hash: bytes, *, name: str, session_idle: timedelta
+    ) -> ApiKey:
+        self.calls.append(("playground_key", (session_id, prefix, key_hash, name)))
+        self.idles.append(session_idle)
+        now = datetime.now(UTC)
+        return ApiKey("key_playground", "acct_a", name, prefix, now, None, playground=True)
+
+
+class OnePerson:
+    """People who know one session token."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        now = datetime.now(UTC)
+        user = User("usr_a", "acct_a", "a@example.com", now)
+        self.session = Session("ses_a", user, Account("acct_a", "a", now), now, now)
+
+    async def resolve(self, token: str) -> Session:
+        if token != self.token:
+            raise SessionInvalid()
+        return self.session
 
 
 async def verify(servicer: AuthServicer, key: str) -> auth_pb2.VerifyKeyResponse:
@@ -170,4 +197,47 @@ async def test_malformed_requests_are_invalid_arguments_before_the_store(
 
     assert ERRORS.status_of(raised.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert str(raised.value).startswith(message)
+    assert store.calls == []
+
+
+async def test_verify_judges_playground_sessions_by_the_configured_idle_lifetime() -> None:
+    key = generate_key().plaintext
+    store = RecordingStore({HASHER.hash(key): KeyMatch("key_a", "acct_a", revoked=False)})
+
+    await verify(AuthServicer(store, HASHER), key)  # type: ignore[arg-type]
+    await verify(AuthServicer(store, HASHER, session_idle=timedelta(minutes=5)), key)  # type: ignore[arg-type]
+
+    assert store.idles == [timedelta(days=1), timedelta(minutes=5)]
+
+
+async def test_a_playground_key_is_derived_from_the_session_token_and_stored_as_a_hash() -> None:
+    token = new_token().plaintext
+    store = RecordingStore()
+    servicer = AuthServicer(
+        store,  # type: ignore[arg-type]
+        HASHER,
+        OnePerson(token),  # type: ignore[arg-type]
+        session_idle=timedelta(hours=2),
+    )
+    request = auth_pb2.MintPlaygroundKeyRequest(session_token=token)
+
+    first = await servicer.MintPlaygroundKey(request, Context())  # type: ignore[arg-type]
+    again = await servicer.MintPlaygroundKey(request, Context())  # type: ignore[arg-type]
+
+    assert first.plaintext == again.plaintext == HASHER.playground_key(token).plaintext
+    assert (first.key.name, first.key.playground) == ("Playground", True)
+    stored = ("ses_a", first.plaintext[:12], HASHER.hash(first.plaintext), "Playground")
+    assert store.calls == [("playground_key", stored)] * 2
+    assert store.idles == [timedelta(hours=2)] * 2
+
+
+async def test_no_playground_key_is_minted_without_an_open_session() -> None:
+    store = RecordingStore()
+    servicer = AuthServicer(store, HASHER, OnePerson(new_token().plaintext))  # type: ignore[arg-type]
+    request = auth_pb2.MintPlaygroundKeyRequest(session_token=new_token().plaintext)
+
+    with pytest.raises(SessionInvalid) as raised:
+        await servicer.MintPlaygroundKey(request, Context())  # type: ignore[arg-type]
+
+    assert ERRORS.status_of(raised.value) == grpc.StatusCode.UNAUTHENTICATED
     assert store.calls == []

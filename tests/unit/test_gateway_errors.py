@@ -11,6 +11,7 @@ from services.gateway.clients import UpstreamError, _call
 from services.gateway.errors import (
     GRPC_TO_HTTP,
     http_status,
+    insufficient_credits,
     reserve_error,
     should_retry,
     synthesis_error,
@@ -54,10 +55,62 @@ def test_status_table(code: grpc.StatusCode, reason: str | None, status: int) ->
     ],
 )
 def test_a_refused_reserve(code: grpc.StatusCode, reason: str | None, status: int) -> None:
-    answer = reserve_error(UpstreamError("ledger", code, "m", reason), 7, "input=a")
+    refusal = UpstreamError("ledger", code, "m", reason)
+    answer = reserve_error(refusal, 7, "input=a", "http://127.0.0.1:8080/billing")
     assert answer.status == status
     if status == 402:
-        assert "costs 7 credits" in answer.detail
+        # The contract's sentence, where to top up, what the request costs.
+        assert answer.detail == (
+            "Insufficient credits — top up your balance at http://127.0.0.1:8080/billing. "
+            "This request costs 7 credits (one per character of input)."
+        )
+
+
+def test_the_402_names_the_billing_page_it_is_given() -> None:
+    refusal = UpstreamError(
+        "ledger", grpc.StatusCode.FAILED_PRECONDITION, "m", "INSUFFICIENT_CREDITS"
+    )
+
+    answer = reserve_error(refusal, 3, "input=abc", "https://dashboard.kokoropay.example/billing")
+
+    assert answer.detail.startswith(
+        "Insufficient credits — top up your balance at "
+        "https://dashboard.kokoropay.example/billing. "
+    )
+
+
+def test_without_a_billing_url_the_402_is_the_contracts_sentence() -> None:
+    refusal = UpstreamError("ledger", grpc.StatusCode.NOT_FOUND, "m")
+
+    for answer in (insufficient_credits(7, billing_url=""), reserve_error(refusal, 7, "input=a")):
+        assert answer.status == 402
+        assert answer.detail == (
+            "Insufficient credits — top up your balance. "
+            "This request costs 7 credits (one per character of input)."
+        )
+
+
+def test_the_billing_url_defaults_to_the_local_dashboard_and_may_be_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GATEWAY_BILLING_URL", raising=False)
+    assert load_settings(GatewaySettings).billing_url == "http://127.0.0.1:8080/billing"
+
+    monkeypatch.setenv("GATEWAY_BILLING_URL", "")
+    assert load_settings(GatewaySettings).billing_url == ""
+
+
+@pytest.mark.parametrize(
+    "value", ["dashboard.example/billing", "ftp://dashboard.example/", "https://a b/", "https://"]
+)
+def test_a_billing_url_a_browser_cannot_open_stops_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("GATEWAY_BILLING_URL", value)
+    with pytest.raises(SystemExit) as stopped:
+        load_settings(GatewaySettings)
+    message = str(stopped.value)
+    assert "GATEWAY_BILLING_URL" in message and "\n" not in message
 
 
 def test_a_key_reused_for_another_request_names_the_fields_that_differ() -> None:

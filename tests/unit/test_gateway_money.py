@@ -59,7 +59,9 @@ async def test_without_the_credits_it_is_402_and_leaves_no_hold(
     mesh.ledger.balances = dict(balances)
     response = await client.post(SPEECH, json={"input": "héllo 👋"}, headers=auth_header())
     assert response.status_code == 402
-    assert "7 credits" in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert detail.startswith("Insufficient credits — top up your balance")
+    assert "7 credits" in detail
     assert response.headers["x-should-retry"] == "false"
     assert mesh.ledger.balances == balances
     assert mesh.ledger.holds == {}

@@ -67,3 +67,40 @@ def test_hold_ids_are_unique_and_sort_by_creation_time() -> None:
     assert all(hold_id.startswith("hold_") and len(hold_id) == 31 for hold_id in ids)
     # Same millisecond ids differ only in their random part; across milliseconds they sort.
     assert [hold_id[:15] for hold_id in ids] == sorted(hold_id[:15] for hold_id in ids)
+
+
+@pytest.mark.parametrize("value", ["evt_1NqV2kLkdIwHu7ix", "e" * 128, "évènement 1"])
+def test_payment_event_ids_of_1_to_128_printable_characters_pass(value: str) -> None:
+    assert validation.require_payment_event_id(value) == value
+
+
+@pytest.mark.parametrize(
+    "value,complaint",
+    [
+        ("", "required"),
+        ("e" * 129, "longer than 128"),
+        ("evt\n1", "control"),
+        ("evt\u200b1", "not printable"),  # a zero-width space: two ids that read the same
+        ("evt\u00a01", "not printable"),
+    ],
+)
+def test_bad_payment_event_ids_are_refused(value: str, complaint: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"payment_event_id.*{complaint}"):
+        validation.require_payment_event_id(value)
+
+
+def test_top_up_credits_are_positive_and_at_most_the_cap() -> None:
+    assert validation.top_up_credits(1, maximum=100) == 1
+    assert validation.top_up_credits(100, maximum=100) == 100
+    for credits in (0, -1, 101):
+        with pytest.raises(InvalidArgument, match="credits"):
+            validation.top_up_credits(credits, maximum=100)
+
+
+def test_grant_keys_stay_out_of_the_top_ups_keys() -> None:
+    assert validation.require_grant_key("cli-grant:1") == "cli-grant:1"
+    assert validation.require_grant_key("topup-1") == "topup-1"
+    with pytest.raises(InvalidArgument, match="topup:"):
+        validation.require_grant_key("topup:evt_1")
+    with pytest.raises(InvalidArgument, match="required"):
+        validation.require_grant_key("")

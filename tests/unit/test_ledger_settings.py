@@ -15,7 +15,13 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://ledger@db/ledger")
     for name in ("TLS_DIR", "HEALTH_PORT"):
         monkeypatch.delenv(f"LEDGER_{name}", raising=False)
-    for name in ("PORT", "HOST", "DEFAULT_HOLD_TTL_SECONDS", "MAX_HOLD_TTL_SECONDS"):
+    for name in (
+        "PORT",
+        "HOST",
+        "DEFAULT_HOLD_TTL_SECONDS",
+        "MAX_HOLD_TTL_SECONDS",
+        "MAX_TOP_UP_CREDITS",
+    ):
         monkeypatch.delenv(f"LEDGER_{name}", raising=False)
 
 
@@ -28,6 +34,7 @@ def test_defaults() -> None:
     # Health alone, in plaintext, for kubelet; the certificate `make run` writes.
     assert settings.health_bind_address == "127.0.0.1:50062"
     assert settings.tls_dir is None
+    assert settings.max_top_up_credits == 10_000_000
 
 
 def test_prefixed_variables_and_the_shared_ones_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,6 +49,16 @@ def test_prefixed_variables_and_the_shared_ones_are_read(monkeypatch: pytest.Mon
     assert settings.sweep_interval_seconds == 0.5
     assert str(settings.tls_dir) == "/etc/kokoropay/tls"
     assert settings.health_bind_address == "127.0.0.1:6001"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", str(10**12 + 1)])
+def test_the_top_up_cap_is_positive_and_bounded(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("LEDGER_MAX_TOP_UP_CREDITS", value)
+
+    with pytest.raises(ValidationError, match="max_top_up_credits"):
+        LedgerSettings()
 
 
 def test_a_database_url_is_required(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,9 @@ GRANT SELECT, INSERT (id, name) ON auth.accounts TO {role};
 
 -- VerifyKey stamps last_use_time; RevokeKey and RevokeOwnKey set revoke_time. CreateKey and
 -- CreateOwnKey take an advisory lock per account (pg_advisory_xact_lock, PUBLIC's to call).
-GRANT SELECT, INSERT (id, account_id, name, prefix, key_hash),
+-- MintPlaygroundKey inserts with session_id (migration 0004), which is never updated: a key is
+-- not moved from its session, nor a key made a session's after it was created.
+GRANT SELECT, INSERT (id, account_id, name, prefix, key_hash, session_id),
     UPDATE (revoke_time, last_use_time)
     ON auth.api_keys TO {role};
 
@@ -43,5 +45,6 @@ GRANT SELECT, INSERT (email, failures, last_failure_time), UPDATE (failures, las
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA auth FROM {role};
 -- Deletes only throttle rows that no longer count, as the owner (migration 0002).
 GRANT EXECUTE ON FUNCTION auth.forget_stale_throttles() TO {role};
--- Deletes only sessions ended or expired more than 30 days ago, as the owner (migration 0003).
+-- Deletes only sessions ended or expired more than 30 days ago, as the owner (migration 0003),
+-- and with them their playground keys (ON DELETE CASCADE, migration 0004).
 GRANT EXECUTE ON FUNCTION auth.forget_old_sessions() TO {role};

@@ -33,10 +33,10 @@ async def overview(request: Request, session: Annotated[Session, Depends(signed_
         await backends.start_account(account_id)
         balance = await backends.balance(account_id)
     keys, usage = await asyncio.gather(
-        backends.list_keys(session.token),
+        backends.list_keys(session.token, include_playground=True),
         backends.usage(account_id, USAGE_DAYS, RECENT_REQUESTS),
     )
-    names = {key.id: key.name or key.prefix for key in keys}
+    names = {key.id: "Playground" if key.playground else key.name or key.prefix for key in keys}
     today = dt.datetime.now(dt.UTC).date()
     return render(
         request,
@@ -45,5 +45,5 @@ async def overview(request: Request, session: Annotated[Session, Depends(signed_
         balance=balance,
         chart=daily_chart(usage.summary.usage, names, today, USAGE_DAYS),
         rows=request_rows(usage.holds, names),
-        has_keys=bool(keys),
+        has_keys=any(not key.playground for key in keys),
     )

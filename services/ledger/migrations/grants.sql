@@ -30,3 +30,7 @@ GRANT SELECT, INSERT (account_id, kind, amount, balance_after, hold_id, idempote
 -- A keyed request counts its free replays; its price and window never change.
 GRANT SELECT, INSERT (account_id, key, fingerprint, price, expire_time), UPDATE (replays)
     ON ledger.keyed_requests TO {role};
+
+-- A top-up's payment event is recorded once, with the grant that credited it, and read back
+-- when the event comes again; never changed.
+GRANT SELECT, INSERT (id, account_id, credits, entry_id) ON ledger.payment_events TO {role};

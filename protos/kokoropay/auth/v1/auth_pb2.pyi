@@ -21,7 +21,7 @@ class Account(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("id", "account_id", "name", "prefix", "create_time", "revoke_time", "last_use_time")
+    __slots__ = ("id", "account_id", "name", "prefix", "create_time", "revoke_time", "last_use_time", "playground")
     ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class ApiKey(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
     LAST_USE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PLAYGROUND_FIELD_NUMBER: _ClassVar[int]
     id: str
     account_id: str
     name: str
@@ -36,7 +37,8 @@ class ApiKey(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     revoke_time: _timestamp_pb2.Timestamp
     last_use_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., name: _Optional[str] = ..., prefix: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_use_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    playground: bool
+    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., name: _Optional[str] = ..., prefix: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_use_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., playground: _Optional[bool] = ...) -> None: ...
 
 class User(_message.Message):
     __slots__ = ("id", "account_id", "email", "create_time")
@@ -137,6 +139,14 @@ class CreateOwnKeyRequest(_message.Message):
     def __init__(self, session_token: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ListOwnKeysRequest(_message.Message):
+    __slots__ = ("session_token", "include_playground")
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PLAYGROUND_FIELD_NUMBER: _ClassVar[int]
+    session_token: str
+    include_playground: bool
+    def __init__(self, session_token: _Optional[str] = ..., include_playground: _Optional[bool] = ...) -> None: ...
+
+class MintPlaygroundKeyRequest(_message.Message):
     __slots__ = ("session_token",)
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_token: str

@@ -105,6 +105,11 @@ class AuthServiceStub:
                 request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeOwnKeyRequest.SerializeToString,
                 response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeKeyResponse.FromString,
                 _registered_method=True)
+        self.MintPlaygroundKey = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/MintPlaygroundKey',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.MintPlaygroundKeyRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
         self.CreateUser = channel.unary_unary(
                 '/kokoropay.auth.v1.AuthService/CreateUser',
                 request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateUserRequest.SerializeToString,
@@ -231,6 +236,17 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MintPlaygroundKey(self, request, context):
+        """The session's playground key: what the dashboard's playground spends with, through the
+        gateway like any client. The same key for the whole session (each call returns it again);
+        it verifies only while its session lives, so it ends with sign-out, idleness or age; it is
+        not in ListOwnKeys unless asked for, cannot be revoked by RevokeOwnKey, and does not count
+        towards the account's key limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateUser(self, request, context):
         """Gives an existing account its person (one per account). ALREADY_EXISTS (EMAIL_TAKEN or
         ACCOUNT_HAS_USER) when either is taken. How `make run` gives the local account a sign-in.
@@ -318,6 +334,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.RevokeOwnKey,
                     request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeOwnKeyRequest.FromString,
                     response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeKeyResponse.SerializeToString,
+            ),
+            'MintPlaygroundKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.MintPlaygroundKey,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.MintPlaygroundKeyRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateKeyResponse.SerializeToString,
             ),
             'CreateUser': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateUser,
@@ -709,6 +730,33 @@ class AuthService:
             '/kokoropay.auth.v1.AuthService/RevokeOwnKey',
             kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeOwnKeyRequest.SerializeToString,
             kokoropay_dot_auth_dot_v1_dot_auth__pb2.RevokeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MintPlaygroundKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/MintPlaygroundKey',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.MintPlaygroundKeyRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.CreateKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

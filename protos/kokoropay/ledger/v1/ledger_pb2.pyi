@@ -159,6 +159,26 @@ class GrantResponse(_message.Message):
     balance: GetBalanceResponse
     def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ...) -> None: ...
 
+class GrantTopUpRequest(_message.Message):
+    __slots__ = ("account_id", "credits", "payment_event_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    credits: int
+    payment_event_id: str
+    def __init__(self, account_id: _Optional[str] = ..., credits: _Optional[int] = ..., payment_event_id: _Optional[str] = ...) -> None: ...
+
+class GrantTopUpResponse(_message.Message):
+    __slots__ = ("entry", "balance", "replayed")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    balance: GetBalanceResponse
+    replayed: bool
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., balance: _Optional[_Union[GetBalanceResponse, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
 class SetUnlimitedRequest(_message.Message):
     __slots__ = ("account_id", "unlimited")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -55,6 +55,11 @@ class LedgerServiceStub:
                 request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusRequest.SerializeToString,
                 response_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusResponse.FromString,
                 _registered_method=True)
+        self.GrantTopUp = channel.unary_unary(
+                '/kokoropay.ledger.v1.LedgerService/GrantTopUp',
+                request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantTopUpRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantTopUpResponse.FromString,
+                _registered_method=True)
         self.SetUnlimited = channel.unary_unary(
                 '/kokoropay.ledger.v1.LedgerService/SetUnlimited',
                 request_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.SetUnlimitedRequest.SerializeToString,
@@ -131,6 +136,16 @@ class LedgerServiceServicer:
         """Grants a new account its sign-up credits, once per account however often it is called. The
         amount is the ledger's own setting (LEDGER_SIGNUP_GRANT_CREDITS), never the caller's: the
         dashboard can start an account, not mint credits. With the setting at 0 it grants nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantTopUp(self, request, context):
+        """Grants credits a customer paid for, once per payment event however often the provider
+        delivers it: a repeat of the event (to any account) grants nothing and answers the first
+        grant with `replayed`. At most LEDGER_MAX_TOP_UP_CREDITS per event. The dashboard calls it
+        only for an event whose provider signature it verified.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,6 +247,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GrantSignupBonus,
                     request_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusRequest.FromString,
                     response_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusResponse.SerializeToString,
+            ),
+            'GrantTopUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantTopUp,
+                    request_deserializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantTopUpRequest.FromString,
+                    response_serializer=kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantTopUpResponse.SerializeToString,
             ),
             'SetUnlimited': grpc.unary_unary_rpc_method_handler(
                     servicer.SetUnlimited,
@@ -388,6 +408,33 @@ class LedgerService:
             '/kokoropay.ledger.v1.LedgerService/GrantSignupBonus',
             kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusRequest.SerializeToString,
             kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantSignupBonusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantTopUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.ledger.v1.LedgerService/GrantTopUp',
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantTopUpRequest.SerializeToString,
+            kokoropay_dot_ledger_dot_v1_dot_ledger__pb2.GrantTopUpResponse.FromString,
             options,
             channel_credentials,
             insecure,
