@@ -84,9 +84,11 @@ envoy-config: $(INSTALLED) ## Regenerate deploy/k8s/base/envoy/envoy.yaml from t
 	@mkdir -p build
 	$(VENV)/bin/kokoro-pay envoy-config \
 	  --target auth=127.0.0.1:50051 --target ledger=127.0.0.1:50052 --target synth=127.0.0.1:50053 \
+	  --target predictions=127.0.0.1:50054 \
 	  --upstream auth=auth-headless.kokoropay.svc.cluster.local:50051 \
 	  --upstream ledger=ledger-headless.kokoropay.svc.cluster.local:50052 \
 	  --upstream synth=synth-headless.kokoropay.svc.cluster.local:50053 \
+	  --upstream predictions=predictions-headless.kokoropay.svc.cluster.local:50054 \
 	  --health-upstream synth --out deploy/k8s/base/envoy/envoy.yaml --descriptor-out build/protos.pb
 
 lock: $(INSTALLED) ## Re-pin requirements.lock from the current .venv

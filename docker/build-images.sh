@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# `make images`: builds kokoro-pay's six images from the repository root with docker (or
-# podman), tagged $IMAGE_PREFIX/<name>:$TAG: auth, ledger, gateway and dashboard from
+# `make images`: builds kokoro-pay's seven images from the repository root with docker (or
+# podman), tagged $IMAGE_PREFIX/<name>:$TAG: auth, ledger, predictions, gateway and dashboard from
 # docker/service.Dockerfile (SERVICE=<name>, installing the pyproject extra of that name), synth
 # and envoy from their own Dockerfiles. Where no container engine answers, it says so in one
 # line and exits 0: the Dockerfiles are still linted and checked by `make test`.
 #   IMAGE_PREFIX  default kokoropay (e.g. registry.example.com/kokoropay)
 #   TAG           default dev
-#   IMAGES        default "auth ledger gateway dashboard envoy synth"
+#   IMAGES        default "auth ledger predictions gateway dashboard envoy synth"
 #   PUSH=1        push after building
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 prefix="${IMAGE_PREFIX:-kokoropay}"
 tag="${TAG:-dev}"
-images="${IMAGES:-auth ledger gateway dashboard envoy synth}"
+images="${IMAGES:-auth ledger predictions gateway dashboard envoy synth}"
 
 engine=""
 for candidate in "${CONTAINER_ENGINE:-}" docker podman; do
@@ -35,13 +35,13 @@ port_of() {
 
 for name in $images; do
   case "$name" in
-    auth|ledger|gateway|dashboard)
+    auth|ledger|predictions|gateway|dashboard)
       build=(--file docker/service.Dockerfile
              --build-arg "SERVICE=$name" --build-arg "PORT=$(port_of "$name")") ;;
     synth|envoy)
       build=(--file "docker/$name.Dockerfile") ;;
     *)
-      echo "make images: no image called $name (auth ledger gateway dashboard envoy synth)" >&2
+      echo "make images: no image called $name (auth ledger predictions gateway dashboard envoy synth)" >&2
       exit 2 ;;
   esac
   echo "building $prefix/$name:$tag ($engine)"

@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # kokoro-pay's Python services without a GPU, one image each from this file:
-#   auth (accounts and API keys), ledger (credits, holds and the journal), gateway (the REST API),
-#   dashboard (the customers' web pages; its templates and static files ship as package data).
+#   auth (accounts and API keys), ledger (credits, holds and the journal), predictions (the
+#   asynchronous predictions API; its workers run the same image with
+#   `python -m services.predictions.worker`), gateway (the REST API), dashboard (the customers'
+#   web pages; its templates and static files ship as package data).
 # SERVICE names the service and the pyproject extra the image installs (`.[auth]`, …); PORT is
 # its default port (services/common/mesh.py), for EXPOSE only. synth has its own Dockerfile
 # (CUDA base). `make images` builds them all; one by hand, from the repository root:
@@ -14,8 +16,9 @@ FROM ${PYTHON_IMAGE} AS build
 ARG SERVICE
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 RUN case "${SERVICE}" in \
-      auth|ledger|gateway|dashboard) ;; \
-      *) echo "build with --build-arg SERVICE=auth|ledger|gateway|dashboard (synth: its own)" >&2; \
+      auth|ledger|predictions|gateway|dashboard) ;; \
+      *) echo "build with --build-arg SERVICE=auth|ledger|predictions|gateway|dashboard" \
+              "(synth: its own)" >&2; \
          exit 1 ;; \
     esac \
     && python -m venv /opt/venv

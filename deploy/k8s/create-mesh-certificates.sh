@@ -77,6 +77,9 @@ server="serverAuth, clientAuth"
 issue auth-tls auth "$server" "$(service auth)" "$(service auth-headless)"
 issue ledger-tls ledger "$server" "$(service ledger)" "$(service ledger-headless)"
 issue synth-tls synth "$server" "$(service synth-headless)"
+# The predictions service and its workers share this one (the PREDICTIONS role).
+issue predictions-mesh-tls predictions "$server" "$(service predictions)" \
+  "$(service predictions-headless)"
 # localhost: admin tools reach Envoy through `kubectl port-forward`.
 issue envoy-tls envoy "$server" "$(service envoy)" localhost 127.0.0.1
 issue gateway-mesh-tls gateway clientAuth

@@ -14,8 +14,10 @@ from types import TracebackType
 import grpc
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from kokoropay.predictions.v1 import predictions_pb2, predictions_pb2_grpc
 
 from services.common.channels import open_channel
+from services.common.mesh import local_address
 from services.common.pki import TlsIdentity
 
 
@@ -26,16 +28,25 @@ class CreatedKey:
 
 
 class AdminClient:
-    """Operator calls on auth and ledger; use as `async with AdminClient(...) as admin:`."""
+    """Operator calls on auth, ledger and predictions; use as
+    `async with AdminClient(...) as admin:`."""
 
-    def __init__(self, auth_address: str, ledger_address: str, tls: TlsIdentity) -> None:
+    def __init__(
+        self,
+        auth_address: str,
+        ledger_address: str,
+        tls: TlsIdentity,
+        predictions_address: str = local_address("predictions"),
+    ) -> None:
         """`tls` is the operator's certificate: it is what proves the OPERATOR role."""
         self.auth_address = auth_address
         self.ledger_address = ledger_address
         self._auth_channel = open_channel(auth_address, tls)
         self._ledger_channel = open_channel(ledger_address, tls)
+        self._predictions_channel = open_channel(predictions_address, tls)
         self.auth = auth_pb2_grpc.AuthServiceStub(self._auth_channel)
         self.ledger = ledger_pb2_grpc.LedgerServiceStub(self._ledger_channel)
+        self.predictions = predictions_pb2_grpc.PredictionServiceStub(self._predictions_channel)
 
     async def __aenter__(self) -> AdminClient:
         return self
@@ -48,6 +59,7 @@ class AdminClient:
     ) -> None:
         await self._auth_channel.close()
         await self._ledger_channel.close()
+        await self._predictions_channel.close()
 
     async def find_account(self, reference: str) -> auth_pb2.Account:
         """An account by name, or by id when no account has that name."""
@@ -138,6 +150,14 @@ class AdminClient:
         request = auth_pb2.ResetPasswordRequest(email=email, new_password=password)
         response: auth_pb2.ResetPasswordResponse = await self.auth.ResetPassword(request)
         return response
+
+    async def webhook_secret(self, account_id: str, rotate: bool = False) -> str:
+        """The account's webhook signing secret (Standard Webhooks), rotated first if asked."""
+        if rotate:
+            request = predictions_pb2.RotateWebhookSecretRequest(account_id=account_id)
+            return (await self.predictions.RotateWebhookSecret(request)).secret
+        lookup = predictions_pb2.GetWebhookSecretRequest(account_id=account_id)
+        return (await self.predictions.GetWebhookSecret(lookup)).secret
 
     async def key_is_live(self, account_id: str, key_id: str) -> bool:
         """Whether the account still has the key, unrevoked. (The operator may not call

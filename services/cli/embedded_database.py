@@ -19,7 +19,11 @@ from pathlib import Path
 # Creates the roles below; the services' migrations grant the serving ones their privileges.
 LOCAL_ROLES_SQL = Path(__file__).with_name("local_roles.sql")
 OWNER_ROLE = "kokoropay_owner"
-SERVING_ROLES = {"auth": "kokoropay_auth", "ledger": "kokoropay_ledger"}
+SERVING_ROLES = {
+    "auth": "kokoropay_auth",
+    "ledger": "kokoropay_ledger",
+    "predictions": "kokoropay_predictions",
+}
 # The embedded server's default database, where the local run's data has always lived.
 EMBEDDED_DATABASE = "postgres"
 
@@ -32,20 +36,28 @@ class DatabaseUrls:
     owner: str
     auth: str
     ledger: str
+    # Unset: predictions serves as the owner (a warning), as with `single`.
+    predictions: str | None = None
 
     @classmethod
     def single(cls, url: str) -> DatabaseUrls:
-        """One role for everything: auth and ledger serve as the owner, and each warns so."""
-        return cls(owner=url, auth=url, ledger=url)
+        """One role for everything: the services serve as the owner, and each warns so."""
+        return cls(owner=url, auth=url, ledger=url, predictions=url)
 
     def env(self, service: str) -> dict[str, str]:
-        """The variables `service` reads its database from; none for a service without one."""
-        serving = {"auth": self.auth, "ledger": self.ledger}.get(service)
+        """The variables `service` reads its database from; none for a service without one.
+        The predictions workers (`predictions-worker`) share the predictions service's."""
+        serving = {
+            "auth": self.auth,
+            "ledger": self.ledger,
+            "predictions": self.predictions or self.owner,
+        }.get(service.removesuffix("-worker"))
         if serving is None:
             return {}
         if serving == self.owner:  # nothing to migrate as: DATABASE_URL alone means the owner
             return {"DATABASE_URL": serving}
-        return {"DATABASE_URL": serving, f"{service.upper()}_MIGRATION_DATABASE_URL": self.owner}
+        prefix = service.removesuffix("-worker").upper()
+        return {"DATABASE_URL": serving, f"{prefix}_MIGRATION_DATABASE_URL": self.owner}
 
 
 @contextmanager
@@ -79,6 +91,7 @@ def local_database(data_dir: Path) -> Iterator[DatabaseUrls]:
             owner=url(OWNER_ROLE),
             auth=url(SERVING_ROLES["auth"]),
             ledger=url(SERVING_ROLES["ledger"]),
+            predictions=url(SERVING_ROLES["predictions"]),
         )
     finally:
         server.cleanup()

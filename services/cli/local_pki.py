@@ -13,7 +13,7 @@ from pathlib import Path
 from services.common.pki import LOCAL_HOSTS, DevelopmentCa, TlsIdentity, spiffe_id
 
 # Identity → its role; the services also serve, so their certificates name the local hosts.
-SERVERS = ("auth", "ledger", "synth")
+SERVERS = ("auth", "ledger", "synth", "predictions")
 CLIENTS = ("gateway", "dashboard", "operator", "envoy")
 
 

@@ -1,16 +1,18 @@
 -- The local run's database roles, applied by its embedded PostgreSQL's superuser at every start
 -- (services/cli/embedded_database.py); every step is idempotent.
 --
--- kokoropay_owner owns the auth and ledger schemas and runs their migrations. Each service
--- serves as a role of its own, to which its migrations grant only what its store runs
--- (services/<service>/migrations/grants.sql). The server listens on a Unix socket only and
--- trusts it, so the roles have no passwords.
+-- kokoropay_owner owns the auth, ledger and predictions schemas and runs their migrations. Each
+-- service serves as a role of its own, to which its migrations grant only what its store runs
+-- (services/<service>/migrations/grants.sql); predictions' workers serve as predictions' role.
+-- The server listens on a Unix socket only and trusts it, so the roles have no passwords.
 
 DO $$
 DECLARE
     name text;
 BEGIN
-    FOREACH name IN ARRAY ARRAY['kokoropay_owner', 'kokoropay_auth', 'kokoropay_ledger'] LOOP
+    FOREACH name IN ARRAY ARRAY[
+        'kokoropay_owner', 'kokoropay_auth', 'kokoropay_ledger', 'kokoropay_predictions'
+    ] LOOP
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) THEN
             EXECUTE format('CREATE ROLE %I LOGIN', name);
         END IF;

@@ -1,6 +1,7 @@
 """kokoro-pay: run the local mesh and administer accounts, people, keys and credits over gRPC.
 
-Addresses come from KOKOROPAY_AUTH_ADDRESS / KOKOROPAY_LEDGER_ADDRESS (local defaults); the
+Addresses come from KOKOROPAY_AUTH_ADDRESS / KOKOROPAY_LEDGER_ADDRESS /
+KOKOROPAY_PREDICTIONS_ADDRESS (local defaults); the
 operator proves itself with its certificate, KOKOROPAY_TLS_DIR or `.data/pki/operator`. Every
 failure prints one line on stderr and exits non-zero.
 """
@@ -26,7 +27,12 @@ from services.common.settings import DATA_DIR, load_settings
 
 def _admin() -> AdminClient:
     settings = load_settings(CliSettings)
-    return AdminClient(settings.auth_address, settings.ledger_address, settings.tls_identity())
+    return AdminClient(
+        settings.auth_address,
+        settings.ledger_address,
+        settings.tls_identity(),
+        settings.predictions_address,
+    )
 
 
 def _describe_balance(balance: Any) -> str:
@@ -67,6 +73,15 @@ def _generated_password() -> str:
 def _print_generated(password: str) -> None:
     print("password (shown once, copy it now):")
     print(password)
+
+
+async def webhook_secret(args: argparse.Namespace) -> None:
+    async with _admin() as admin:
+        account = await admin.find_account(args.account)
+        secret = await admin.webhook_secret(account.id, rotate=args.action == "rotate")
+    verb = "new webhook signing secret" if args.action == "rotate" else "webhook signing secret"
+    print(f"{verb} of account '{account.name}' (Standard Webhooks; keep it secret):")
+    print(secret)
 
 
 async def key_create(args: argparse.Namespace) -> None:
@@ -202,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke_parser = key.add_parser("revoke", help="revoke a key by id")
     key_revoke_parser.add_argument("key_id")
     key_revoke_parser.set_defaults(handler=key_revoke)
+
+    webhooks = commands.add_parser(
+        "webhook-secret", help="the key an account's prediction webhooks are signed with"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("show", "print the secret (created on first use)"),
+        ("rotate", "replace it; webhooks sent from now on use the new one"),
+    ):
+        parser_ = webhooks.add_parser(action, help=text)
+        parser_.add_argument("account", help="account name or id")
+        parser_.set_defaults(handler=webhook_secret)
 
     credits = commands.add_parser("credits", help="manage credits").add_subparsers(
         dest="action", required=True, metavar="ACTION"

@@ -14,10 +14,18 @@ from services.cli.embedded_database import DatabaseUrls
 from services.cli.local_pki import ensure_local_pki
 from services.cli.local_secrets import ensure_local_secrets
 from services.cli.processes import ServiceProcess, free_port
-from services.common.mesh import KEY_HASH_SECRET_ENV, PKI_DIR
+from services.common.mesh import KEY_HASH_SECRET_ENV, PKI_DIR, URL_SIGNING_SECRET_ENV
 
 # Start order matters only for reporting: the gateway waits on its upstreams by itself.
-SERVICES = ("auth", "ledger", "synth", "gateway", "dashboard")
+SERVICES = ("auth", "ledger", "synth", "predictions", "predictions-worker", "gateway", "dashboard")
+# Processes that are not a service of their own name: module, settings prefix, health variable.
+WORKERS = {
+    "predictions-worker": (
+        "services.predictions.worker",
+        "PREDICTIONS",
+        "PREDICTIONS_WORKER_HEALTH_PORT",
+    ),
+}
 # Served over HTTP; ready when /readyz answers 200.
 HTTP_SERVICES = ("gateway", "dashboard")
 # Loading and warming up the model dominates start-up on a CPU.
@@ -58,6 +66,14 @@ class LocalMesh:
         self.databases = databases
         shared_env = {
             KEY_HASH_SECRET_ENV: secrets.key_hash_secret,
+            URL_SIGNING_SECRET_ENV: secrets.url_signing_secret,
+            "PREDICTIONS_LEDGER_ADDRESS": self.grpc_address("ledger"),
+            "PREDICTIONS_SYNTH_ADDRESS": self.grpc_address("synth"),
+            # Output URLs point at this run's gateway; webhooks may go to this machine.
+            "PREDICTIONS_PUBLIC_BASE_URL": self.addresses["gateway"],
+            "PREDICTIONS_ALLOW_PRIVATE_WEBHOOKS": "true",
+            "GATEWAY_PREDICTIONS_ADDRESS": self.grpc_address("predictions"),
+            "DASHBOARD_PREDICTIONS_ADDRESS": self.grpc_address("predictions"),
             "GATEWAY_AUTH_ADDRESS": self.grpc_address("auth"),
             "GATEWAY_LEDGER_ADDRESS": self.grpc_address("ledger"),
             "GATEWAY_SYNTH_ADDRESS": self.grpc_address("synth"),
@@ -72,22 +88,26 @@ class LocalMesh:
             **(env or {}),
         }
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._processes = {
-            name: ServiceProcess(
+        self._processes = {}
+        for name in self.services:
+            module, prefix, health_variable = WORKERS.get(name, (None, name.upper(), None))
+            identity = name.removesuffix("-worker")  # workers prove themselves as their service
+            self._processes[name] = ServiceProcess(
                 name,
                 # Each process proves itself with its own certificate.
                 {
                     **databases.env(name),
                     **shared_env,
-                    f"{name.upper()}_TLS_DIR": str(self.pki.folder(name)),
+                    f"{prefix}_TLS_DIR": str(self.pki.folder(identity)),
                 },
                 log_dir,
                 port=self.ports[name],
                 http_ready_path="/readyz" if name in HTTP_SERVICES else None,
                 health_port=(health_ports or {}).get(name),
+                module=module,
+                env_prefix=prefix,
+                health_port_variable=health_variable,
             )
-            for name in self.services
-        }
 
     def grpc_address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"

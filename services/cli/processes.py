@@ -61,7 +61,11 @@ class ServiceFailed(RuntimeError):
 
 
 class ServiceProcess:
-    """`python -m services.<name>` on a free port, stopped with SIGTERM like a pod."""
+    """`python -m services.<name>` on a free port, stopped with SIGTERM like a pod.
+
+    `module`, `env_prefix` and `health_port_variable` are for a process that is not a service of
+    its own name, such as the predictions workers (`services.predictions.worker`, configured as
+    PREDICTIONS_*, reporting health on PREDICTIONS_WORKER_HEALTH_PORT)."""
 
     def __init__(
         self,
@@ -71,8 +75,12 @@ class ServiceProcess:
         port: int | None = None,
         http_ready_path: str | None = None,
         health_port: int | None = None,
+        module: str | None = None,
+        env_prefix: str | None = None,
+        health_port_variable: str | None = None,
     ) -> None:
         self.name = name
+        self.module = module or f"services.{name}"
         # HTTP services (the gateway) report readiness on a path instead of gRPC health.
         self.http_ready_path = http_ready_path
         self.port = port or free_port()
@@ -81,13 +89,13 @@ class ServiceProcess:
         self.health_port = health_port or free_port()
         self.health_address = f"127.0.0.1:{self.health_port}"
         self.log_path = log_dir / f"{name}-{self.port}.log"
-        prefix = name.upper()
+        prefix = env_prefix or name.upper()
         self._env = {
             **os.environ,
             **env,
             f"{prefix}_PORT": str(self.port),
             f"{prefix}_HOST": "127.0.0.1",
-            f"{prefix}_HEALTH_PORT": str(self.health_port),
+            health_port_variable or f"{prefix}_HEALTH_PORT": str(self.health_port),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -95,7 +103,7 @@ class ServiceProcess:
         # The child keeps its own copy of the descriptor; the parent's is closed at once.
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.name}"],
+                [sys.executable, "-m", self.module],
                 cwd=REPO_ROOT,
                 env=self._env,
                 stdout=log,

@@ -19,6 +19,7 @@ class CliSettings(BaseSettings):
     # The services the admin commands talk to; the local run's by default.
     auth_address: str = Field(default=local_address("auth"), min_length=1)
     ledger_address: str = Field(default=local_address("ledger"), min_length=1)
+    predictions_address: str = Field(default=local_address("predictions"), min_length=1)
     # The local CA and identities `make run` keeps; `kokoro-pay cert issue` issues from here.
     pki_dir: Path = DATA_DIR / PKI_DIR
     # The operator's certificate (tls.crt, tls.key, ca.crt); unset: the local one.

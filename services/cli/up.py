@@ -16,7 +16,7 @@ from services.cli.admin import AdminClient
 from services.cli.embedded_database import local_database
 from services.cli.mesh import SERVICES, LocalMesh
 from services.cli.processes import ServiceFailed
-from services.common.mesh import HEALTH_PORTS, PORTS
+from services.common.mesh import HEALTH_PORTS, PORTS, PREDICTIONS_WORKER_HEALTH_PORT
 
 LOCAL_ACCOUNT = "local"
 LOCAL_CREDITS = 100_000
@@ -33,7 +33,10 @@ async def ensure_local_account(mesh: LocalMesh, data_dir: Path) -> dict[str, str
     path = data_dir / LOCAL_ACCOUNT_FILE
     saved: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     async with AdminClient(
-        mesh.grpc_address("auth"), mesh.grpc_address("ledger"), mesh.operator_tls
+        mesh.grpc_address("auth"),
+        mesh.grpc_address("ledger"),
+        mesh.operator_tls,
+        mesh.grpc_address("predictions"),
     ) as admin:
         if not (
             saved.get("key")
@@ -105,7 +108,7 @@ def run_up(data_dir: Path) -> int:
             database_url=database_url,
             log_dir=data_dir / "logs",
             ports=PORTS,
-            health_ports=HEALTH_PORTS,
+            health_ports={**HEALTH_PORTS, "predictions-worker": PREDICTIONS_WORKER_HEALTH_PORT},
         )
         print(f"starting {', '.join(SERVICES)} (the model takes a while to load)…", flush=True)
         try:

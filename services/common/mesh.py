@@ -12,13 +12,24 @@ PORTS: dict[str, int] = {
     "auth": 50051,
     "ledger": 50052,
     "synth": 50053,
+    "predictions": 50054,
     "gateway": 8000,
     "dashboard": 8080,
 }
 
 
 # Plaintext ports that answer grpc.health.v1 alone, for probes that carry no certificate.
-HEALTH_PORTS: dict[str, int] = {"auth": 50061, "ledger": 50062, "synth": 50063}
+HEALTH_PORTS: dict[str, int] = {
+    "auth": 50061,
+    "ledger": 50062,
+    "synth": 50063,
+    "predictions": 50064,
+}
+
+
+# The predictions worker (`python -m services.predictions.worker`) serves no RPC: this plaintext
+# port answers grpc.health.v1 alone, for its probes.
+PREDICTIONS_WORKER_HEALTH_PORT = 50065
 
 
 def local_address(service: str) -> str:
@@ -33,3 +44,6 @@ PKI_DIR = "pki"
 # also settable through the environment variable beside it.
 KEY_HASH_SECRET_FILE = "key-hash-secret"
 KEY_HASH_SECRET_ENV = "AUTH_KEY_HASH_SECRET"
+# Signs the predictions' output URLs (HMAC-SHA256); whoever has it can mint working links.
+URL_SIGNING_SECRET_FILE = "predictions-url-signing-secret"
+URL_SIGNING_SECRET_ENV = "PREDICTIONS_URL_SIGNING_SECRET"

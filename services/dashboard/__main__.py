@@ -25,6 +25,7 @@ async def serve(settings: DashboardSettings) -> None:
         settings.auth_address,
         settings.ledger_address,
         settings.synth_address,
+        settings.predictions_address,
         settings.tls_identity(),
         timeout=settings.rpc_timeout_seconds,
         sign_in_timeout=settings.sign_in_timeout_seconds,

@@ -26,7 +26,16 @@ from services.dashboard.cookies import Cookies
 from services.dashboard.pages import SECURITY_HEADERS, render
 from services.dashboard.payments import PaymentProvider
 from services.dashboard.previews import VoicePreviews
-from services.dashboard.routes import billing, health, keys, overview, people, playground
+from services.dashboard.routes import (
+    billing,
+    health,
+    keys,
+    overview,
+    people,
+    playground,
+    webhooks,
+)
+from services.dashboard.routes.playground import SessionStreams
 from services.dashboard.sessions import SignedOut
 from services.dashboard.settings import DashboardSettings
 
@@ -98,6 +107,7 @@ def create_app(
     gateway = httpx.AsyncClient(
         base_url=settings.gateway_url,
         timeout=httpx.Timeout(connect=5.0, read=330.0, write=30.0, pool=5.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=20),
     )
 
     @asynccontextmanager
@@ -116,6 +126,7 @@ def create_app(
     app.state.backends = backends
     app.state.gateway = gateway
     app.state.previews = VoicePreviews(backends)
+    app.state.playground_streams = SessionStreams()
     app.state.payments = payments
     app.state.cookies = Cookies(settings.cookie_secure)
     # Set when the process is asked to stop, so /readyz sends new traffic elsewhere.
@@ -126,6 +137,7 @@ def create_app(
         keys.router,
         playground.router,
         billing.router,
+        webhooks.router,
         people.router,
         health.router,
     ):

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from kokoropay.predictions.v1 import predictions_pb2, predictions_pb2_grpc
 from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 
 from services.common.channels import open_channel
@@ -67,6 +68,7 @@ class Backends:
         auth_address: str,
         ledger_address: str,
         synth_address: str,
+        predictions_address: str,
         tls: TlsIdentity,
         *,
         timeout: float,
@@ -79,6 +81,8 @@ class Backends:
         self._ledger = ledger_pb2_grpc.LedgerServiceStub(self._ledger_channel)
         self._synth_channel = open_channel(synth_address, tls)
         self._synth = synth_pb2_grpc.SynthServiceStub(self._synth_channel)
+        self._predictions_channel = open_channel(predictions_address, tls)
+        self._predictions = predictions_pb2_grpc.PredictionServiceStub(self._predictions_channel)
         self._timeout = timeout
         self._sign_in_timeout = sign_in_timeout
         self._ready_timeout = ready_timeout
@@ -87,6 +91,7 @@ class Backends:
         await self._auth_channel.close()
         await self._ledger_channel.close()
         await self._synth_channel.close()
+        await self._predictions_channel.close()
 
     # People and sessions (auth)
 
@@ -165,7 +170,15 @@ class Backends:
         return await _call("ledger", self._ledger.GrantTopUp(request, timeout=self._timeout))
 
     async def balance(self, account_id: str) -> ledger_pb2.GetBalanceResponse:
+        """The account's balance. An account with none yet is a sign-up whose ledger step did
+        not happen (the ledger was away): its balance is opened, with its sign-up credits."""
         request = ledger_pb2.GetBalanceRequest(account_id=account_id)
+        try:
+            return await _call("ledger", self._ledger.GetBalance(request, timeout=self._timeout))
+        except BackendError as error:
+            if error.code != grpc.StatusCode.NOT_FOUND:
+                raise
+        await self.start_account(account_id)
         return await _call("ledger", self._ledger.GetBalance(request, timeout=self._timeout))
 
     async def usage(self, account_id: str, days: int, recent: int) -> Usage:
@@ -186,6 +199,21 @@ class Backends:
             ),
         )
         return Usage(summary=summary, holds=list(holds.holds))
+
+    # Webhook signing secret (predictions)
+
+    async def webhook_secret(self, account_id: str, rotate: bool = False) -> str:
+        if rotate:
+            call = self._predictions.RotateWebhookSecret(
+                predictions_pb2.RotateWebhookSecretRequest(account_id=account_id),
+                timeout=self._timeout,
+            )
+        else:
+            call = self._predictions.GetWebhookSecret(
+                predictions_pb2.GetWebhookSecretRequest(account_id=account_id),
+                timeout=self._timeout,
+            )
+        return (await _call("predictions", call)).secret
 
     # Voices and previews (synth; never billed)
 

@@ -115,6 +115,9 @@ class StripePayments:
                 "metadata": {
                     "account_id": account_id,
                     "credits": str(packs * offer.credits_per_pack),
+                    # What the credits cost: checked against what Stripe says was paid.
+                    "amount_cents": str(packs * offer.cents_per_pack),
+                    "currency": offer.currency,
                 },
                 "success_url": success_url,
                 "cancel_url": cancel_url,
@@ -137,6 +140,11 @@ class StripePayments:
             if session.get("payment_status") != "paid":
                 return None  # delayed methods complete later with another event
             metadata = session["metadata"]
+            if (
+                int(session["amount_total"]) != int(metadata["amount_cents"])
+                or str(session["currency"]).lower() != str(metadata["currency"]).lower()
+            ):
+                raise BadEvent("the amount paid is not what the checkout asked")
             return PaidCheckout(
                 event_id=str(event["id"]),
                 account_id=str(metadata["account_id"]),

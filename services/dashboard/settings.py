@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import ClassVar
+from typing import ClassVar, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.mesh import PORTS, local_address
 from services.common.settings import ServiceSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The ledger's default LEDGER_MAX_TOP_UP_CREDITS: the most one payment can be credited.
+LEDGER_MAX_TOP_UP_CREDITS = 10_000_000
 
 
 class DashboardSettings(ServiceSettings):
@@ -24,6 +26,8 @@ class DashboardSettings(ServiceSettings):
     # Voice previews are synthesized once per voice by synth (never billed); in a cluster
     # through Envoy, like the gateway's streams.
     synth_address: str = Field(default=local_address("synth"), min_length=1)
+    # Webhook signing secrets (and, later, the predictions list) are the predictions service's.
+    predictions_address: str = Field(default=local_address("predictions"), min_length=1)
     # The playground spends through the public API like any client, at this address (in a
     # cluster, the gateway's Service), with the session's playground key.
     gateway_url: str = Field(default=f"http://{local_address('gateway')}", min_length=1)
@@ -59,6 +63,18 @@ class DashboardSettings(ServiceSettings):
     topup_max_packs: int = Field(default=100, ge=1, le=1000)
     # Budget of each health check behind /readyz.
     ready_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+
+    @model_validator(mode="after")
+    def _largest_purchase_fits_the_ledger(self) -> Self:
+        largest = self.topup_credits_per_pack * self.topup_max_packs
+        if largest > LEDGER_MAX_TOP_UP_CREDITS:
+            raise ValueError(
+                f"{self.env_name('topup_max_packs')} × {self.env_name('topup_credits_per_pack')}"
+                f" is {largest:,} credits, more than the ledger grants for one payment"
+                f" (LEDGER_MAX_TOP_UP_CREDITS, {LEDGER_MAX_TOP_UP_CREDITS:,} by default): a"
+                " customer would pay and never be credited"
+            )
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -24,6 +24,7 @@ async def serve(settings: GatewaySettings) -> None:
         settings.auth_address,
         settings.ledger_address,
         settings.synth_address,
+        settings.predictions_address,
         timeout=settings.rpc_timeout_seconds,
         ready_timeout=settings.ready_timeout_seconds,
         tls=settings.tls_identity(),
@@ -48,6 +49,7 @@ async def serve(settings: GatewaySettings) -> None:
             "auth": settings.auth_address,
             "ledger": settings.ledger_address,
             "synth": settings.synth_address,
+            "predictions": settings.predictions_address,
         },
     )
     try:

@@ -14,15 +14,21 @@ from services.gateway.catalog import Catalog
 from services.gateway.clients import Upstreams
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from services.gateway.routes import account, catalog, health, speech
+from services.gateway.predictions import PredictionDesk
+from services.gateway.routes import account, catalog, health, predictions, speech
 from services.gateway.serving import SpeechSeller
 from services.gateway.settings import GatewaySettings
 
 DESCRIPTION = """\
 OpenAI-compatible text to speech on Kokoro-82M, paid per input character from prepaid credits.
 If you can call OpenAI's `/v1/audio/speech`, you can call this: change the base URL and use
-your `kp_live_…` key as a Bearer token. Errors are `{"detail": "…"}`; every response carries
-`x-request-id`. Client errors carry `x-should-retry: false`, transient ones `true`.
+your `kp_live_…` key as a Bearer token (or in an `X-API-Key` header). Errors are
+`{"detail": "…"}`; every response carries `x-request-id`. Client errors carry
+`x-should-retry: false`, transient ones `true`.
+
+The hosted Kokoro listing's asynchronous API is served too: `POST /v1/prediction/`, then poll
+`GET /v1/prediction/{id}` (or receive a webhook) and download `output` without the key. Its
+errors are the listing's `{"status": "error", "message": "…", "details": "<code>"}`.
 """
 
 
@@ -59,6 +65,8 @@ def _describe_the_edge(schema: dict[str, Any], max_input_chars: int) -> None:
         schemas.pop(unused, None)
     if "SpeechRequest" in schemas:
         schemas["SpeechRequest"]["properties"]["input"]["maxLength"] = max_input_chars
+    if "PredictionRequestInput" in schemas:
+        schemas["PredictionRequestInput"]["properties"]["text"]["maxLength"] = max_input_chars
 
 
 _REQUEST_ID_HEADER = {
@@ -73,7 +81,8 @@ _SHOULD_RETRY_HEADER = {
 
 def create_app(settings: GatewaySettings, clients: Upstreams) -> FastAPI:
     """The gateway over `clients`: gRPC ones when served, in-memory fakes in unit tests."""
-    seller = SpeechSeller(clients, Catalog(clients.synth, settings.catalog_ttl_seconds), settings)
+    voices_and_models = Catalog(clients.synth, settings.catalog_ttl_seconds)
+    seller = SpeechSeller(clients, voices_and_models, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -93,10 +102,13 @@ def create_app(settings: GatewaySettings, clients: Upstreams) -> FastAPI:
     app.max_input_chars = settings.max_input_chars
     app.max_body_bytes = settings.max_body_bytes
     app.state.seller = seller
+    app.state.predictions = PredictionDesk(clients.predictions, voices_and_models, settings)
+    app.state.public_url = settings.public_url
     app.state.upstreams = clients
     # Set when the process is asked to stop, so /readyz sends new traffic elsewhere.
     app.state.draining = asyncio.Event()
     install_error_handlers(app)
-    for router in (speech.router, catalog.router, account.router, health.router):
+    routers = (speech.router, predictions.router, catalog.router, account.router, health.router)
+    for router in routers:
         app.include_router(router)
     return app

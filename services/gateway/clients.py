@@ -1,4 +1,5 @@
-"""What the gateway needs from auth, ledger and synth: interfaces, and their gRPC implementations.
+"""What the gateway needs from auth, ledger, synth and predictions: interfaces, and their gRPC
+implementations.
 
 The serving layer (serving.py, billing.py, delivery.py) depends only on the Protocols and the
 plain values below, so it can be exercised with in-memory fakes; `GrpcUpstreams` is what runs.
@@ -12,12 +13,14 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from kokoropay.predictions.v1 import predictions_pb2, predictions_pb2_grpc
 from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 
 from services.common.channels import open_channel
@@ -29,7 +32,8 @@ VoiceKind = Literal["builtin", "alias", "blend"]
 
 
 class UpstreamError(Exception):
-    """A call to auth, ledger or synth failed; `code` and `reason` (with its metadata) say how."""
+    """A call to auth, ledger, synth or predictions failed; `code` and `reason` (with its
+    metadata) say how."""
 
     def __init__(
         self,
@@ -159,6 +163,69 @@ class AudioStream(Protocol):
     def cancel(self) -> None: ...
 
 
+class PredictionStatus(enum.Enum):
+    PROCESSING = "processing"
+    SUCCESS = "success"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class PredictionInput:
+    """What a prediction speaks, as the predictions service keeps it."""
+
+    text: str
+    voice: str
+    speed: float
+    # One of mp3, opus, aac, flac, wav, pcm.
+    output_format: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    id: str
+    status: PredictionStatus
+    input: PredictionInput
+    # For SUCCESS: the signed, expiring URL of the audio; empty otherwise.
+    output_url: str = ""
+    # Seconds the synthesis took, for SUCCESS.
+    predict_time: float = 0.0
+    # For ERROR: what happened, and more detail.
+    message: str = ""
+    details: str = ""
+    created_at: datetime | None = None
+    # Unset while PROCESSING.
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """A signed output URL's parts and the bytes wanted: from `offset`, `length` of them (0: to
+    the end)."""
+
+    prediction_id: str
+    expires: int
+    signature: str
+    offset: int = 0
+    length: int = 0
+
+
+@dataclass(frozen=True)
+class OutputPiece:
+    """One message of ReadOutput: the first carries the whole output's size and media type."""
+
+    data: bytes
+    total_size: int = 0
+    content_type: str = ""
+
+
+class OutputStream(Protocol):
+    """A running ReadOutput: pieces in order, then None; cancel() stops it upstream."""
+
+    async def next(self) -> OutputPiece | None: ...
+
+    def cancel(self) -> None: ...
+
+
 class AuthClient(Protocol):
     async def verify_key(self, key: str) -> Principal: ...
 
@@ -213,11 +280,37 @@ class SynthClient(Protocol):
     async def ready(self) -> bool: ...
 
 
+class PredictionsClient(Protocol):
+    async def create_prediction(
+        self,
+        principal: Principal,
+        prediction_input: PredictionInput,
+        webhook_url: str,
+    ) -> Prediction:
+        """Reserve len(text) and queue the job; INSUFFICIENT_CREDITS when the balance is short."""
+        ...
+
+    async def get_prediction(self, account_id: str, prediction_id: str) -> Prediction:
+        """NOT_FOUND for an unknown id and for another account's."""
+        ...
+
+    async def cancel_prediction(self, account_id: str, prediction_id: str) -> Prediction:
+        """Stop, refund and end a running one as ERROR; a finished one comes back unchanged."""
+        ...
+
+    def read_output(self, request: OutputRequest) -> OutputStream:
+        """The stored audio behind a signed output URL, checked by the service."""
+        ...
+
+    async def ready(self) -> bool: ...
+
+
 @dataclass
 class Upstreams:
     auth: AuthClient
     ledger: LedgerClient
     synth: SynthClient
+    predictions: PredictionsClient
 
     async def close(self) -> None:
         """Release connections; nothing to do for in-memory clients."""
@@ -465,8 +558,125 @@ class GrpcSynthClient:
         return await _serving(self._channel, self._ready_timeout)
 
 
+_PREDICTION_STATUSES = {
+    predictions_pb2.PREDICTION_STATUS_PROCESSING: PredictionStatus.PROCESSING,
+    predictions_pb2.PREDICTION_STATUS_SUCCESS: PredictionStatus.SUCCESS,
+    predictions_pb2.PREDICTION_STATUS_ERROR: PredictionStatus.ERROR,
+}
+
+
+def _prediction(message: predictions_pb2.Prediction) -> Prediction:
+    def when(field: str) -> datetime | None:
+        if not message.HasField(field):
+            return None
+        stamp: datetime = getattr(message, field).ToDatetime(tzinfo=UTC)
+        return stamp
+
+    spoken = message.input
+    return Prediction(
+        id=message.id,
+        status=_PREDICTION_STATUSES.get(message.status, PredictionStatus.PROCESSING),
+        # The service's defaults for fields left empty (predictions.proto).
+        input=PredictionInput(
+            text=spoken.text,
+            voice=spoken.voice or "af",
+            # float32 on the wire: 1.1 comes back as 1.100000023841858 without the rounding.
+            speed=round(spoken.speed, 6) or 1.0,
+            output_format=spoken.output_format or "mp3",
+        ),
+        output_url=message.output_url,
+        predict_time=message.predict_time,
+        message=message.message,
+        details=message.details,
+        created_at=when("create_time"),
+        finished_at=when("finish_time"),
+    )
+
+
+class GrpcOutputStream:
+    """ReadOutput as an OutputStream: read() one message at a time, errors as UpstreamError."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
+        self._call = call
+
+    async def next(self) -> OutputPiece | None:
+        try:
+            message = await self._call.read()
+        except grpc.RpcError as error:
+            raise _upstream_error("predictions", error) from error
+        if message is grpc.aio.EOF:
+            return None
+        assert isinstance(message, predictions_pb2.OutputChunk)
+        return OutputPiece(message.data, message.total_size, message.content_type)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcPredictionsClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float, ready_timeout: float) -> None:
+        self._channel = channel
+        self._stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        self._timeout = timeout
+        self._ready_timeout = ready_timeout
+
+    async def create_prediction(
+        self, principal: Principal, prediction_input: PredictionInput, webhook_url: str
+    ) -> Prediction:
+        request = predictions_pb2.CreatePredictionRequest(
+            account_id=principal.account_id,
+            key_id=principal.key_id,
+            input=predictions_pb2.PredictionInput(
+                text=prediction_input.text,
+                voice=prediction_input.voice,
+                speed=prediction_input.speed,
+                output_format=prediction_input.output_format,
+            ),
+            webhook_url=webhook_url,
+        )
+        response = await _call(
+            "predictions", self._stub.CreatePrediction(request, timeout=self._timeout)
+        )
+        return _prediction(response)
+
+    async def get_prediction(self, account_id: str, prediction_id: str) -> Prediction:
+        request = predictions_pb2.GetPredictionRequest(
+            account_id=account_id, prediction_id=prediction_id
+        )
+        response = await _call(
+            "predictions", self._stub.GetPrediction(request, timeout=self._timeout)
+        )
+        return _prediction(response)
+
+    async def cancel_prediction(self, account_id: str, prediction_id: str) -> Prediction:
+        request = predictions_pb2.CancelPredictionRequest(
+            account_id=account_id, prediction_id=prediction_id
+        )
+        response = await _call(
+            "predictions", self._stub.CancelPrediction(request, timeout=self._timeout)
+        )
+        return _prediction(response)
+
+    def read_output(self, request: OutputRequest) -> OutputStream:
+        # No deadline: a large output streams to a slow client for as long as it reads; the
+        # caller bounds the wait for the first message and cancels when the client leaves.
+        call = self._stub.ReadOutput(
+            predictions_pb2.ReadOutputRequest(
+                prediction_id=request.prediction_id,
+                expires=request.expires,
+                signature=request.signature,
+                offset=request.offset,
+                length=request.length,
+            )
+        )
+        return GrpcOutputStream(call)
+
+    async def ready(self) -> bool:
+        return await _serving(self._channel, self._ready_timeout)
+
+
 class GrpcUpstreams(Upstreams):
-    """The three clients over their own mutual-TLS channels, each call made with the gateway's
+    """The four clients over their own mutual-TLS channels, each call made with the gateway's
     certificate (its role, GATEWAY, is what the services check); close() when it stops."""
 
     def __init__(
@@ -474,18 +684,20 @@ class GrpcUpstreams(Upstreams):
         auth_address: str,
         ledger_address: str,
         synth_address: str,
+        predictions_address: str,
         *,
         timeout: float,
         ready_timeout: float,
         tls: TlsIdentity,
     ) -> None:
-        addresses = (auth_address, ledger_address, synth_address)
+        addresses = (auth_address, ledger_address, synth_address, predictions_address)
         self._channels = [open_channel(address, tls) for address in addresses]
-        auth_channel, ledger_channel, synth_channel = self._channels
+        auth_channel, ledger_channel, synth_channel, predictions_channel = self._channels
         super().__init__(
             auth=GrpcAuthClient(auth_channel, timeout, ready_timeout),
             ledger=GrpcLedgerClient(ledger_channel, timeout, ready_timeout),
             synth=GrpcSynthClient(synth_channel, timeout, ready_timeout),
+            predictions=GrpcPredictionsClient(predictions_channel, timeout, ready_timeout),
         )
 
     async def close(self) -> None:

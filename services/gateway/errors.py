@@ -1,4 +1,12 @@
-"""One error envelope, `{"detail": "…"}`, for every failure the gateway answers.
+"""Two error envelopes, one per contract, for every failure the gateway answers.
+
+The OpenAI-compatible endpoints answer `{"detail": "…"}`; the hosted listing's prediction API
+(every path under /v1/prediction) answers its own `{"status": "error", "message": "…",
+"details": "<code>"}`, where `message` is the same sentence and `details` a stable snake_case
+code naming the failure (`invalid_input`, `insufficient_credits`, `prediction_not_found`, …):
+the ErrorInfo reason when an upstream gave one, else one per status. Which envelope an answer
+takes follows its path alone, so validation errors, unknown methods and 500s agree with the
+route's own refusals.
 
 FastAPI's own 422 never reaches a client: request validation failures become the contract's 400.
 Upstream failures are translated by one table from gRPC status (and ErrorInfo reason, where the
@@ -79,14 +87,53 @@ def should_retry(status: int) -> bool | None:
     return None
 
 
-class ApiError(Exception):
-    """A failure answered with `status`, `{"detail": detail}` and any extra `headers`."""
+# Paths under this prefix answer errors in the hosted listing's envelope.
+LISTING_PREFIX = "/v1/prediction"
 
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+# The listing envelope's `details` for an answer that names no more specific code.
+_STATUS_CODES = {
+    400: "invalid_input",
+    401: "unauthorized",
+    402: "insufficient_credits",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    410: "gone",
+    413: "body_too_large",
+    416: "range_not_satisfiable",
+    500: "internal_error",
+    502: "upstream_error",
+    503: "unavailable",
+    504: "upstream_timeout",
+}
+
+
+def uses_listing_envelope(path: str) -> bool:
+    return path == LISTING_PREFIX or path.startswith(LISTING_PREFIX + "/")
+
+
+class ApiError(Exception):
+    """A failure answered with `status`, its message (`detail`), and any extra `headers`;
+    `code` is the listing envelope's `details` (default: one per status)."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        *,
+        code: str | None = None,
+    ) -> None:
         super().__init__(f"{status}: {detail}")
         self.status = status
         self.detail = detail
         self.headers = headers or {}
+        self.code = code or status_code_name(status)
+
+
+def status_code_name(status: int) -> str:
+    return _STATUS_CODES.get(status, "client_error" if status < 500 else "server_error")
 
 
 def http_status(error: UpstreamError) -> int:
@@ -110,7 +157,8 @@ def api_error(error: UpstreamError) -> ApiError:
         )
         what = "speech synthesis" if error.service == "synth" else f"the {error.service} service"
         return ApiError(status, f"{what} failed ({error.code.name.lower()}); please retry")
-    return ApiError(status, error.message or error.code.name.lower())
+    code = error.reason.lower() if error.reason else None
+    return ApiError(status, error.message or error.code.name.lower(), code=code)
 
 
 def synthesis_error(error: UpstreamError) -> ApiError:
@@ -133,6 +181,7 @@ def insufficient_credits(cost: int, billing_url: str) -> ApiError:
         402,
         f"Insufficient credits — top up your balance{where}. "
         f"This request costs {cost} credits (one per character of input).",
+        code="insufficient_credits",
     )
 
 
@@ -166,11 +215,25 @@ def reserve_error(
 
 
 def missing_key() -> ApiError:
-    return ApiError(401, "missing API key: send `Authorization: Bearer kp_live_…`")
+    return ApiError(
+        401,
+        "missing API key: send `Authorization: Bearer kp_live_…` or `X-API-Key: kp_live_…`",
+        code="missing_api_key",
+    )
 
 
 def invalid_key() -> ApiError:
-    return ApiError(401, "invalid API key")
+    return ApiError(401, "invalid API key", code="key_invalid")
+
+
+def conflicting_credentials() -> ApiError:
+    """Both headers sent, naming different keys: which account would pay is not ours to guess."""
+    return ApiError(
+        401,
+        "conflicting credentials: `Authorization: Bearer` and `X-API-Key` name different keys; "
+        "send one of them",
+        code="conflicting_credentials",
+    )
 
 
 def invalid_order(problem: str) -> ApiError:
@@ -201,7 +264,89 @@ def synthesis_not_started() -> ApiError:
     return ApiError(502, "speech synthesis did not start in time; nothing was charged")
 
 
-def error_response(status: int, detail: str) -> JSONResponse:
+# The prediction API's answers (routes under LISTING_PREFIX).
+
+
+def unknown_model(model: str, known: str) -> ApiError:
+    """The listing answers an unknown model slug with 404."""
+    return ApiError(
+        404, f"unknown model {model!r}; this API serves {known}", code="model_not_found"
+    )
+
+
+def _shown(prediction_id: str) -> str:
+    """An id as quoted back: no id is longer than 128 characters, so neither is the quote."""
+    return repr(prediction_id if len(prediction_id) <= 128 else prediction_id[:128] + "…")
+
+
+def prediction_not_found(prediction_id: str) -> ApiError:
+    return ApiError(404, f"unknown prediction {_shown(prediction_id)}", code="prediction_not_found")
+
+
+def create_prediction_error(error: UpstreamError, cost: int, billing_url: str) -> ApiError:
+    """A refused CreatePrediction: short of credits (or no ledger account yet) is the 402 with
+    the billing page; bad input (the webhook URL included) a 400 with the service's reason."""
+    if error.reason == "INSUFFICIENT_CREDITS" or error.code == grpc.StatusCode.NOT_FOUND:
+        return insufficient_credits(cost, billing_url)
+    return api_error(error)
+
+
+def prediction_error(error: UpstreamError, prediction_id: str) -> ApiError:
+    """A refused GetPrediction or CancelPrediction: not found (another account's too) is 404."""
+    if error.code == grpc.StatusCode.NOT_FOUND:
+        return prediction_not_found(prediction_id)
+    return api_error(error)
+
+
+def output_error(error: UpstreamError, prediction_id: str) -> ApiError:
+    """A refused ReadOutput. A URL whose signature does not check is 403; one past its
+    retention (OUTPUT_EXPIRED) is 410 Gone, so a client can tell "this link worked and has
+    lapsed" from "there never was such an output" (404); an output not stored (yet) is 404."""
+    if error.code == grpc.StatusCode.PERMISSION_DENIED or error.reason == "SIGNATURE_INVALID":
+        return ApiError(403, "the output URL's signature is not valid", code="signature_invalid")
+    if error.reason == "OUTPUT_EXPIRED":
+        return ApiError(
+            410,
+            "this prediction's output has expired and was deleted",
+            code="output_expired",
+        )
+    if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+        return output_not_found(prediction_id)
+    return api_error(error)
+
+
+def output_not_found(prediction_id: str) -> ApiError:
+    return ApiError(
+        404, f"no output for prediction {_shown(prediction_id)}", code="output_not_found"
+    )
+
+
+def range_not_satisfiable(size: int | None) -> ApiError:
+    """The 416, naming the output's size (RFC 9110 14.4) when it is known."""
+    headers = {} if size is None else {"Content-Range": f"bytes */{size}"}
+    return ApiError(
+        416,
+        "the requested range is outside the output" + ("" if size is None else f" ({size} bytes)"),
+        headers,
+        code="range_not_satisfiable",
+    )
+
+
+def output_not_started() -> ApiError:
+    return ApiError(504, "the predictions service did not start sending the output in time")
+
+
+def output_missing() -> ApiError:
+    return ApiError(502, "the predictions service sent no output")
+
+
+def error_response(
+    status: int, detail: str, *, path: str = "", code: str | None = None
+) -> JSONResponse:
+    """The error answer in the envelope `path` takes."""
+    if uses_listing_envelope(path):
+        body = {"status": "error", "message": detail, "details": code or status_code_name(status)}
+        return JSONResponse(body, status_code=status)
     return JSONResponse({"detail": detail}, status_code=status)
 
 
@@ -212,7 +357,11 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
 
 def _describe(error: Any) -> str:
     kind = error.get("type", "")
-    loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "header")]
+    loc = [
+        str(part)
+        for part in error.get("loc", ())
+        if part not in ("body", "query", "header", "path")
+    ]
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     if kind == "json_invalid":
         reason = error.get("ctx", {}).get("error", "malformed")
@@ -227,30 +376,37 @@ def _describe(error: Any) -> str:
     return f"`{field}`: {message}"
 
 
-async def _api_error_handler(_: Request, exc: Exception) -> JSONResponse:
+def _route_path(request: Request) -> str:
+    """The path as routed: under a root_path, what follows it."""
+    path: str = request.scope["path"]
+    root = request.scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+async def _api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    response = error_response(exc.status, exc.detail)
+    response = error_response(exc.status, exc.detail, path=_route_path(request), code=exc.code)
     response.headers.update(exc.headers)
     return response
 
 
-async def _validation_handler(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(400, describe_validation_errors(exc.errors()))
+    return error_response(400, describe_validation_errors(exc.errors()), path=_route_path(request))
 
 
-async def _http_exception_handler(_: Request, exc: Exception) -> JSONResponse:
+async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's own answers (404 unknown path, 405 wrong method) in the same envelope.
     assert isinstance(exc, StarletteHTTPException)
-    response = error_response(exc.status_code, str(exc.detail))
+    response = error_response(exc.status_code, str(exc.detail), path=_route_path(request))
     if exc.headers:
         response.headers.update(exc.headers)
     return response
 
 
-async def _unexpected_handler(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
     # Starlette logs the exception itself after this response is sent.
-    return error_response(500, "internal error")
+    return error_response(500, "internal error", path=_route_path(request))
 
 
 def install_error_handlers(app: FastAPI) -> None:

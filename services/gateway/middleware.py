@@ -19,11 +19,10 @@ from contextlib import contextmanager
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.logs import request_id_var
-from services.gateway.errors import should_retry
+from services.gateway.errors import error_response, should_retry
 
 REQUEST_ID_HEADER = "x-request-id"
 # Forwarded into gRPC metadata, logs and ledger keys (at most 128 characters), so only short,
@@ -111,7 +110,7 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses a request body over `limit` bytes with 413 in the contract's envelope.
+    """Refuses a request body over `limit` bytes with 413 in the path's error envelope.
 
     A Content-Length over the limit is refused before a byte of the body is read; a chunked
     body is counted as it arrives and refused as soon as it passes the limit (FastAPI passes an
@@ -131,7 +130,7 @@ class BodyLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.limit:
-            response = JSONResponse({"detail": self._detail()}, status_code=413)
+            response = error_response(413, self._detail(), path=scope["path"])
             await response(scope, receive, send)
             return
         received = 0

@@ -1,13 +1,16 @@
 """The REST contract's bodies as pydantic models: what clients send and what they get back.
 
 Field names, defaults and ranges follow OpenAI's `POST /v1/audio/speech`, so its clients work
-unchanged. Unknown fields are ignored, as OpenAI-compatible servers do, so a client that sends
-a newer OpenAI field still gets its audio.
+unchanged; the prediction API's follow the hosted Kokoro listing's (`/v1/prediction`), so its
+clients work by changing the base URL and the key. Unknown fields are ignored, as
+OpenAI-compatible servers do, so a client that sends a newer field still gets its audio.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -173,3 +176,173 @@ class SpeechAudioDone(BaseModel):
 
     type: Literal["speech.audio.done"] = "speech.audio.done"
     usage: SpeechUsage
+
+
+# --- the hosted listing's prediction API ---------------------------------------------------------
+
+# The listing's model slug: the one model /v1/prediction serves.
+PREDICTION_MODEL = "kokoro-82m"
+# The listing's default voice (synth's `af`, a blend of af_bella and af_sarah).
+PREDICTION_DEFAULT_VOICE = "af"
+MAX_WEBHOOK_URL_CHARS = 2048
+# Every media type an output may be served as: the six formats, and a fallback for an output
+# the service stored without one.
+OUTPUT_CONTENT_TYPES = (*CONTENT_TYPES.values(), "application/octet-stream")
+
+
+class PredictionRequestInput(BaseModel):
+    """What to speak: the listing's input schema, plus an output format."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: str = Field(
+        min_length=1,
+        description=(
+            "Text to speak. Required, not blank, at most 4096 characters by default (the "
+            "server's GATEWAY_MAX_INPUT_CHARS). Billed at one credit per character (code point)."
+        ),
+    )
+    voice: str = Field(
+        default=PREDICTION_DEFAULT_VOICE,
+        min_length=1,
+        max_length=MAX_EXPRESSION_CHARS,
+        description=(
+            "A voice id, alias or blend from /v1/audio/voices (the listing's af, af_bella, "
+            "af_sarah, am_adam, am_michael, bf_emma, bf_isabella, bm_george, bm_lewis, "
+            "af_nicole, af_sky among them)."
+        ),
+    )
+    speed: float = Field(
+        default=1.0,
+        ge=0.5,
+        le=5.0,
+        allow_inf_nan=False,
+        description="Speech speed multiplier (0.5 = half speed, 2.0 = double speed).",
+    )
+    output_format: AudioFormat = Field(default="mp3", description="The output's audio format.")
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must not be empty")
+        return value
+
+
+class PredictionRequest(BaseModel):
+    """`POST /v1/prediction/`."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": PREDICTION_MODEL,
+                    "input": {"text": "Hi, welcome to kokoro-pay!", "voice": "af_sky"},
+                    "webhook_url": "https://your.host/path",
+                }
+            ]
+        },
+    )
+
+    model: str = Field(
+        default=PREDICTION_MODEL,
+        max_length=128,
+        description=f"The model slug: `{PREDICTION_MODEL}`; any other is a 404.",
+    )
+    input: PredictionRequestInput
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=MAX_WEBHOOK_URL_CHARS,
+        description=(
+            "Where the result is POSTed when the prediction ends: an absolute http(s) URL. The "
+            "request is signed per Standard Webhooks with your account's webhook secret."
+        ),
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _a_web_address(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # "" reads as no webhook, as clients that always send the field mean
+        try:
+            parts = urlsplit(value)
+            sound = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # an unclosed IPv6 bracket
+            sound = False
+        if not sound or not value.isprintable():
+            raise ValueError("must be an absolute http(s) URL")
+        if " " in value:
+            raise ValueError("must be an absolute http(s) URL without spaces")
+        return value
+
+
+class PredictionCreated(BaseModel):
+    """The listing's answer to a create."""
+
+    # Always sent: required in the documented answer, defaults or not.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    status: Literal["success"] = "success"
+    message: Literal["Prediction created successfully"] = "Prediction created successfully"
+    predictionID: str = Field(description="Poll `GET /v1/prediction/{predictionID}`.")
+
+
+class PredictionMetrics(BaseModel):
+    predict_time: float = Field(description="Seconds the synthesis took; 0 until it succeeds.")
+
+
+class PredictionInputEcho(BaseModel):
+    """The input as the prediction was made, defaults filled in."""
+
+    text: str
+    voice: str
+    speed: float
+    output_format: str = Field(description="mp3, opus, aac, flac, wav or pcm.")
+
+
+class PredictionUrls(BaseModel):
+    cancel: str = Field(description="`POST` here to cancel the prediction.")
+
+
+class PredictionState(BaseModel):
+    """`GET /v1/prediction/{id}`: the listing's fields, then extras."""
+
+    status: Literal["processing", "success", "error"] = Field(
+        description="`processing`: poll again; `success`: read `output`; `error`: read "
+        "`message` and `details`."
+    )
+    predictionID: str
+    output: str = Field(
+        description="For `success`, the audio's URL: signed, expiring with the output's "
+        "retention, fetched without the API key. Empty otherwise."
+    )
+    metrics: PredictionMetrics
+    # Present only for `error`.
+    message: str = Field(
+        default="", description="For `error` only: what happened (e.g. cancelled)."
+    )
+    details: str = Field(default="", description="For `error` only: more detail.")
+    input: PredictionInputEcho
+    created_at: datetime | None = Field(description="When it was created (UTC).")
+    finished_at: datetime | None = Field(description="When it ended (UTC); null while processing.")
+    urls: PredictionUrls
+
+
+class PredictionErrorBody(BaseModel):
+    """Every error answer of the prediction API, as the listing shapes it."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    status: Literal["error"] = "error"
+    message: str = Field(
+        examples=["Insufficient credits — top up your balance at https://…/billing. …"],
+        description="What went wrong, for a person.",
+    )
+    details: str = Field(
+        examples=["insufficient_credits"],
+        description="A stable code naming the failure: invalid_input, missing_api_key, "
+        "key_invalid, key_revoked, conflicting_credentials, insufficient_credits, "
+        "model_not_found, prediction_not_found, output_not_found, signature_invalid, "
+        "output_expired, range_not_satisfiable, unavailable, …",
+    )

@@ -24,6 +24,7 @@ class GatewaySettings(ServiceSettings):
     auth_address: str = Field(default=local_address("auth"), min_length=1)
     ledger_address: str = Field(default=local_address("ledger"), min_length=1)
     synth_address: str = Field(default=local_address("synth"), min_length=1)
+    predictions_address: str = Field(default=local_address("predictions"), min_length=1)
     # OpenAI's own limit; longer inputs are refused with 400 before anything is charged.
     max_input_chars: int = Field(default=4096, ge=1, le=1_000_000)
     # Larger request bodies are refused with 413 {"detail": …} before they are read. The default
@@ -72,8 +73,12 @@ class GatewaySettings(ServiceSettings):
     # The dashboard's billing page, which the 402 answer names so that a customer knows where
     # to top up; empty leaves the contract's sentence without a place.
     billing_url: str = Field(default=DEFAULT_BILLING_URL, max_length=2048)
+    # Where clients reach this gateway (e.g. https://api.kokoropay.example), for the absolute
+    # URLs in prediction answers (`urls.cancel`); empty: each request's own scheme and Host.
+    # Behind a proxy that does not forward its scheme (an Ingress terminating TLS), set it.
+    public_url: str = Field(default="", max_length=2048)
 
-    @field_validator("billing_url")
+    @field_validator("billing_url", "public_url")
     @classmethod
     def _a_web_address_or_nothing(cls, value: str) -> str:
         # Sent to clients as written: a browser must be able to open it.

@@ -28,7 +28,9 @@ _log = logging.getLogger("synth.rpc")
 SERVICE_NAME: str = synth_pb2.DESCRIPTOR.services_by_name["SynthService"].full_name
 
 
-MIN_SPEED, MAX_SPEED = 0.25, 4.0
+# 0.25–4 is OpenAI's range (the gateway's /v1/audio/speech keeps it); up to 5 serves the hosted
+# listing's predictions (0.5–5).
+MIN_SPEED, MAX_SPEED = 0.25, 5.0
 # Well under gRPC's default 4 MiB receive limit: a long chunk of PCM/WAV at a slow speed
 # encodes to more than that, so its bytes travel in several messages.
 MAX_MESSAGE_AUDIO_BYTES = 1 << 20

@@ -39,8 +39,10 @@ from tests.deploy.manifests import (
 COMPONENT = "cert-manager"
 CERT_MANAGER = "cert-manager.io/v1"
 # Every identity the component issues; servers are dialed, the rest only dial.
-SERVERS = {"auth", "ledger", "synth", "envoy"}
+SERVERS = {"auth", "ledger", "synth", "predictions", "envoy"}
 CLIENTS = {"gateway", "dashboard", "operator"}
+# Workloads that act as another's identity: the predictions workers are the PREDICTIONS role too.
+IDENTITY_OF = {"predictions-worker": "predictions"}
 SCRIPT = K8S / "create-mesh-certificates.sh"
 
 
@@ -153,13 +155,14 @@ def test_every_mounted_certificate_is_issued_for_the_workload_that_mounts_it(
     objects: list[Obj],
 ) -> None:
     issued = _issued(objects)
-    mesh = {"auth", "ledger", "synth", "gateway", "dashboard", "envoy"}
+    mesh = SERVERS | {"gateway", "dashboard"} | set(IDENTITY_OF)
     for deployment in of_kind(objects, "Deployment"):
         name = deployment["metadata"]["name"]
         mounted = _mounted_secrets(deployment)
         assert mounted <= set(issued), f"{name} mounts {mounted - set(issued)}, issued by nothing"
+        identity = IDENTITY_OF.get(name, name)
         for secret in mounted:
-            assert issued[secret]["spec"]["uris"] == [spiffe_id(name)], (name, secret)
+            assert issued[secret]["spec"]["uris"] == [spiffe_id(identity)], (name, secret)
         if name in mesh:
             assert mounted, f"{name} mounts no certificate"
 
@@ -173,16 +176,16 @@ def _envoy_config(objects: list[Obj]) -> Obj:
 
 
 def _dialed_hosts(objects: list[Obj]) -> set[str]:
-    """Every in-cluster host a caller of the mesh dials: the gateway's and the dashboard's
-    upstreams, and Envoy's."""
+    """Every in-cluster host a caller of the mesh dials: every workload's upstreams (the
+    gateway's, the dashboard's, predictions' and its workers'), and Envoy's."""
     hosts = set()
-    for caller in ("gateway", "dashboard"):
-        container = next(containers(named(objects, "Deployment", caller), init=False))
-        hosts |= {
-            e["value"].rsplit(":", 1)[0]
-            for e in container["env"]
-            if e["name"].endswith("_ADDRESS") and "value" in e
-        }
+    for deployment in of_kind(objects, "Deployment"):
+        for container in containers(deployment, init=False):
+            hosts |= {
+                e["value"].rsplit(":", 1)[0]
+                for e in container.get("env", [])
+                if e["name"].endswith("_ADDRESS") and "value" in e
+            }
     config = _envoy_config(objects)
     for cluster in config["static_resources"]["clusters"]:
         if cluster.get("type") != "STRICT_DNS":

@@ -19,16 +19,19 @@ from tests.deploy.manifests import K8S
 from tests.support.pki import identity
 
 DEPLOYED = K8S / "base" / "envoy" / "envoy.yaml"
-# What the checked-in configuration was generated with (docs/operations.md, `make envoy-config`).
-DEPLOY_TARGETS = [
+# What the checked-in configuration was generated with (docs/operations.md, `make envoy-config`):
+# the services' headless Services, predictions for the operator's webhook-secret commands.
+TARGETS = [
     "--target=auth=auth-headless.kokoropay.svc.cluster.local:50051",
     "--target=ledger=ledger-headless.kokoropay.svc.cluster.local:50052",
+    "--target=predictions=predictions-headless.kokoropay.svc.cluster.local:50054",
     "--target=synth=synth-headless.kokoropay.svc.cluster.local:50053",
-    "--health-upstream=synth",
 ]
+DEPLOY_TARGETS = [*TARGETS, "--health-upstream=synth"]
 SERVICES = {
     "kokoropay.auth.v1.AuthService": "auth",
     "kokoropay.ledger.v1.LedgerService": "ledger",
+    "kokoropay.predictions.v1.PredictionService": "predictions",
     "kokoropay.synth.v1.SynthService": "synth",
 }
 
@@ -58,7 +61,7 @@ def _grpc_chain(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_one_route_per_service_to_its_cluster(tmp_path: Path) -> None:
-    config, path = _generate(tmp_path, *DEPLOY_TARGETS[:3])
+    config, path = _generate(tmp_path, *TARGETS)
     routes = _routes(config)
     assert [(r["match"]["prefix"], r["route"]["cluster"]) for r in routes] == [
         (f"/{service}/", cluster) for service, cluster in SERVICES.items()
@@ -67,7 +70,7 @@ def test_one_route_per_service_to_its_cluster(tmp_path: Path) -> None:
 
 
 def test_health_and_reflection_go_to_the_named_upstream_only(tmp_path: Path) -> None:
-    several, _ = _generate(tmp_path, *DEPLOY_TARGETS[:3])
+    several, _ = _generate(tmp_path, *TARGETS)
     assert not [r for r in _routes(several) if r["match"]["prefix"].startswith("/grpc.")]
 
     config, path = _generate(tmp_path, *DEPLOY_TARGETS)
@@ -82,7 +85,7 @@ def test_health_and_reflection_go_to_the_named_upstream_only(tmp_path: Path) -> 
 
 
 def test_streams_get_no_response_timeout_and_unary_calls_a_short_one(tmp_path: Path) -> None:
-    config, _ = _generate(tmp_path, *DEPLOY_TARGETS[:3])
+    config, _ = _generate(tmp_path, *TARGETS)
     by_cluster = {r["route"]["cluster"]: r["route"] for r in _routes(config)}
     synth = by_cluster["synth"]
     assert synth["timeout"] == "0s"
@@ -91,6 +94,10 @@ def test_streams_get_no_response_timeout_and_unary_calls_a_short_one(tmp_path: P
     for unary in ("auth", "ledger"):
         assert by_cluster[unary]["timeout"] == "15s"
         assert "max_stream_duration" not in by_cluster[unary]
+    # ReadOutput streams a stored output (the gateway's downloads): predictions' route is a
+    # stream's, capped like synth's.
+    assert by_cluster["predictions"]["timeout"] == "0s"
+    assert by_cluster["predictions"]["max_stream_duration"] == synth["max_stream_duration"]
     for route in by_cluster.values():
         policy = route["retry_policy"]
         assert "unavailable" in policy["retry_on"].split(",")
@@ -100,7 +107,7 @@ def test_streams_get_no_response_timeout_and_unary_calls_a_short_one(tmp_path: P
 def test_clusters_are_http2_strict_dns_health_checked(tmp_path: Path) -> None:
     config, _ = _generate(tmp_path, *DEPLOY_TARGETS)
     clusters = _clusters(config)
-    for name in ("auth", "ledger", "synth"):
+    for name in ("auth", "ledger", "predictions", "synth"):
         cluster = clusters[name]
         assert cluster["type"] == "STRICT_DNS"
         options = cluster["typed_extension_protocol_options"][

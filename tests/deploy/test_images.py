@@ -2,8 +2,9 @@
 held against pyproject.toml's extras, requirements.lock and what each service actually imports.
 
 Dependencies are stated once (docs/decisions/0005): pyproject pins each direct dependency, one
-extra per image; the images install `.[<service>]` under the lock. Auth, ledger, gateway and
-dashboard share docker/service.Dockerfile (build argument SERVICE); synth and Envoy have their own.
+extra per image; the images install `.[<service>]` under the lock. Auth, ledger, predictions,
+gateway and dashboard share docker/service.Dockerfile (build argument SERVICE); synth and Envoy
+have their own. The predictions workers run the predictions image with another command.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -35,19 +37,26 @@ PROJECT = "kokoro-pay"
 IMAGES = {
     "auth": "service",
     "ledger": "service",
+    "predictions": "service",
     "gateway": "service",
     "dashboard": "service",
     "synth": "synth",
     "envoy": "envoy",
 }
 DOCKERFILES = sorted(set(IMAGES.values()))
-LIGHT = ("auth", "ledger", "gateway", "dashboard")
+LIGHT = ("auth", "ledger", "predictions", "gateway", "dashboard")
 # The light images that serve HTTP (FastAPI) and reach no database.
 WEB = ("gateway", "dashboard")
-# What `python -m …` runs in each Python service image, and the Job that shares synth's.
+# What `python -m …` runs in each Python service image, the Job that shares synth's, and the
+# predictions workers (a module or a package: whichever exists is walked).
 ENTRY_MODULES = {
     "auth": ["services.auth.__main__"],
     "ledger": ["services.ledger.__main__"],
+    "predictions": [
+        "services.predictions.__main__",
+        "services.predictions.worker",
+        "services.predictions.worker.__main__",
+    ],
     "gateway": ["services.gateway.__main__"],
     "dashboard": ["services.dashboard.__main__"],
     "synth": ["services.synth.__main__", "services.synth.weights.__main__"],
@@ -121,7 +130,8 @@ def dockerfile(request: pytest.FixtureRequest) -> str:
 
 
 def test_one_dockerfile_per_kind_of_image() -> None:
-    # auth, ledger, gateway and dashboard differ only in SERVICE: a per-service copy would drift.
+    # auth, ledger, predictions, gateway and dashboard differ only in SERVICE: a per-service copy
+    # would drift.
     assert sorted(p.name for p in DOCKER.glob("*.Dockerfile")) == [
         f"{name}.Dockerfile" for name in DOCKERFILES
     ]
@@ -276,6 +286,48 @@ def test_kustomize_images_name_the_built_images() -> None:
     for path in (K8S / "base").rglob("*.yaml"):
         used.update(re.findall(r"image: (kokoropay/\w+)", path.read_text()))
     assert used == built
+
+
+def _base_containers() -> list[tuple[str, dict[str, object]]]:
+    """(file, container) for every container and init container of base's workloads."""
+    found = []
+    for path in sorted((K8S / "base").rglob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if not document or document.get("kind") not in ("Deployment", "StatefulSet", "Job"):
+                continue
+            spec = document["spec"]["template"]["spec"]
+            for container in spec.get("containers", []) + spec.get("initContainers", []):
+                found.append((path.relative_to(K8S).as_posix(), container))
+    return found
+
+
+def test_every_module_a_pod_runs_is_an_entry_point_of_its_image() -> None:
+    """A container that overrides its image's command (the predictions workers, the weights
+    Job) runs `python -m` on a module whose imports its image's extra is checked against."""
+    commands = 0
+    for where, container in _base_containers():
+        command = container.get("command")
+        if not isinstance(command, list) or command[:2] != ["python", "-m"]:
+            continue
+        commands += 1
+        image = str(container["image"]).removeprefix("kokoropay/")
+        module = command[2]
+        entries = ENTRY_MODULES[image]
+        assert module in entries or f"{module}.__main__" in entries, (where, module)
+    assert commands >= 2, "the predictions workers and the weights Job override their command"
+
+
+def test_the_http_client_is_pinned_once_for_the_dashboard_and_the_predictions_workers() -> None:
+    """httpx (the playground's relay, the workers' webhooks) comes from one shared extra."""
+    holders = [
+        name
+        for name, requirements in _extras().items()
+        if any(canonicalize_name(r.name) == "httpx" for r in requirements)
+    ]
+    assert holders == ["http-client"]
+    for extra in ("dashboard", "predictions"):
+        (own,) = [r for r in _extras()[extra] if _is_self(r)]
+        assert "http-client" in own.extras, extra
 
 
 # The dashboard's pages and their assets, read from the installed package at run time.

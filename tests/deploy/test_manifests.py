@@ -18,10 +18,11 @@ from google.protobuf.descriptor import ServiceDescriptor
 from kokoropay.auth.v1 import auth_pb2
 from kokoropay.common.v1 import access_pb2
 from kokoropay.ledger.v1 import ledger_pb2
+from kokoropay.predictions.v1 import predictions_pb2
 from kokoropay.synth.v1 import synth_pb2
 
 from services.common.access import declared_callers
-from services.common.mesh import HEALTH_PORTS, PORTS
+from services.common.mesh import HEALTH_PORTS, PORTS, PREDICTIONS_WORKER_HEALTH_PORT
 from services.gateway.settings import GatewaySettings
 from tests.deploy.manifests import (
     NAMESPACE,
@@ -47,7 +48,10 @@ SECRETS = {
     "auth-migration-database",
     "ledger-database",
     "ledger-migration-database",
+    "predictions-database",
+    "predictions-migration-database",
     "auth-key-hash",
+    "predictions-secrets",
     "dashboard-payments",
 }
 # Those a pod starts without: every reference to them is `optional: true`, every other one is not
@@ -55,19 +59,38 @@ SECRETS = {
 OPTIONAL_SECRETS = {"dashboard-payments"}
 # Each member of the mesh mounts its certificate from a Secret (cert-manager's layout), never
 # committed either: components/cert-manager issues them, or create-mesh-certificates.sh.
+# The predictions workers mount the service's: they act as the same role, PREDICTIONS.
 CERTIFICATES = {
     "auth": "auth-tls",
     "ledger": "ledger-tls",
     "synth": "synth-tls",
+    "predictions": "predictions-mesh-tls",
+    "predictions-worker": "predictions-mesh-tls",
     "gateway": "gateway-mesh-tls",
     "dashboard": "dashboard-mesh-tls",
 }
+# The predictions workers: the predictions image under another command, with the service's
+# settings (PREDICTIONS_*), its certificate and its database role, but no API of their own.
+WORKER = "predictions-worker"
+WORKER_COMMAND = ["python", "-m", "services.predictions.worker"]
+
+
+def _prefix(workload: str) -> str:
+    """The prefix of a workload's settings: the predictions workers read the service's."""
+    return "PREDICTIONS" if workload == WORKER else workload.upper()
+
+
 # The HTTP workloads browsers and REST clients reach, each through an Ingress of its own, and the
 # gRPC Services each dials directly (by the <PREFIX>_<UPSTREAM>_ADDRESS variable's upstream): both
 # reach synth through Envoy.
 WEB = {
-    "gateway": {"AUTH": "auth", "LEDGER": "ledger", "SYNTH": "envoy"},
-    "dashboard": {"AUTH": "auth", "LEDGER": "ledger", "SYNTH": "envoy"},
+    "gateway": {"AUTH": "auth", "LEDGER": "ledger", "PREDICTIONS": "predictions", "SYNTH": "envoy"},
+    "dashboard": {
+        "AUTH": "auth",
+        "LEDGER": "ledger",
+        "PREDICTIONS": "predictions",
+        "SYNTH": "envoy",
+    },
 }
 # Who may call each web workload's HTTP port from inside the namespace, besides the ingress
 # controller: the dashboard's playground calls the gateway's REST API as a client would.
@@ -82,11 +105,24 @@ GRPC_SERVICES: dict[str, ServiceDescriptor] = {
     "auth": auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
     "ledger": ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
     "synth": synth_pb2.DESCRIPTOR.services_by_name["SynthService"],
+    "predictions": predictions_pb2.DESCRIPTOR.services_by_name["PredictionService"],
 }
 GPU = "nvidia.com/gpu"
 # The internet, HTTPS only, without the private and link-local ranges (other pods, the nodes,
 # the cloud's metadata service): the weights Job's hub downloads and the dashboard's Stripe calls.
 PRIVATE_RANGES = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
+# Customers' webhook URLs, which anyone can point anywhere: besides those, no address a URL could
+# name to reach inside the cluster or its network (loopback, "this network", carrier-grade NAT
+# that some clusters give pods, benchmarking, multicast and reserved).
+WEBHOOK_REFUSED_RANGES = PRIVATE_RANGES | {
+    "0.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "192.0.0.0/24",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+}
 
 
 @pytest.fixture(params=OVERLAYS)
@@ -148,9 +184,41 @@ def test_grpc_services_probe_the_plaintext_health_port(overlay: str) -> None:
         health = _container_port(container, "health")
         assert health == HEALTH_PORTS[name] == int(env(container)[f"{name.upper()}_HEALTH_PORT"])
         assert _container_port(container, "grpc") == PORTS[name] != health
+        assert env(container)[f"{name.upper()}_PORT"] == str(PORTS[name])
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             # A gRPC probe takes a port number only, not a name: it must be the health port's.
             assert container[probe]["grpc"]["port"] == health, (name, probe)
+
+
+def _worker(objects: list[Obj]) -> Obj:
+    (container,) = containers(named(objects, "Deployment", WORKER))
+    return container
+
+
+def test_predictions_workers_probe_their_health_port_and_listen_on_nothing_else(
+    overlay: str,
+) -> None:
+    """The workers serve no API: one port, grpc.health.v1 in plaintext on a health port of their
+    own (PREDICTIONS_WORKER_HEALTH_PORT, on every interface), which all three probes ask."""
+    objects = render(overlay)
+    container = _worker(objects)
+    variables = env(container)
+    assert [p["name"] for p in container["ports"]] == ["health"]
+    health = _container_port(container, "health")
+    assert (
+        health == PREDICTIONS_WORKER_HEALTH_PORT == int(variables["PREDICTIONS_WORKER_HEALTH_PORT"])
+    )
+    assert variables["PREDICTIONS_HOST"] == "0.0.0.0"
+    # Neither the service's port nor its health port: the worker binds neither.
+    assert not {"PREDICTIONS_PORT", "PREDICTIONS_HEALTH_PORT"} & set(variables)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == health, probe
+    # Nothing routes to the workers: no Service selects them.
+    labels = pod_labels(named(objects, "Deployment", WORKER))
+    for service in of_kind(objects, "Service"):
+        assert not selects({"matchLabels": service["spec"].get("selector", {})}, labels), service[
+            "metadata"
+        ]["name"]
 
 
 @pytest.mark.parametrize("name", sorted(WEB))
@@ -379,7 +447,7 @@ def test_each_member_of_the_mesh_mounts_its_certificate_read_only(
     assert {"name": volume["name"], "mountPath": TLS_DIR, "readOnly": True} in container[
         "volumeMounts"
     ]
-    assert env(container)[f"{service.upper()}_TLS_DIR"] == TLS_DIR
+    assert env(container)[f"{_prefix(service)}_TLS_DIR"] == TLS_DIR
 
 
 def test_no_operator_token_is_left(overlay: str) -> None:
@@ -397,8 +465,8 @@ def _secret_refs(container: Obj) -> dict[str, tuple[str, str]]:
     }
 
 
-@pytest.mark.parametrize("service", ["auth", "ledger"])
-def test_auth_and_ledger_migrate_as_the_owner_and_serve_as_their_own_role(
+@pytest.mark.parametrize("service", ["auth", "ledger", "predictions"])
+def test_auth_ledger_and_predictions_migrate_as_the_owner_and_serve_as_their_own_role(
     overlay: str, service: str
 ) -> None:
     """Two URLs from two Secrets: the owner's for migrations (and grants), the serving role's."""
@@ -409,6 +477,16 @@ def test_auth_and_ledger_migrate_as_the_owner_and_serve_as_their_own_role(
         f"{service}-migration-database",
         "MIGRATION_DATABASE_URL",
     )
+
+
+def test_predictions_workers_use_the_services_database_urls(overlay: str) -> None:
+    """The workers open the schema as the service does (services/predictions/store.py: migrate
+    as the owner, serve as predictions' own role), from the same two Secrets."""
+    objects = render(overlay)
+    worker = _secret_refs(_worker(objects))
+    service = _secret_refs(_predictions(objects))
+    for variable in ("DATABASE_URL", "PREDICTIONS_MIGRATION_DATABASE_URL"):
+        assert worker[variable] == service[variable], variable
 
 
 # --- the network: deny-all, then one allow per arrow of docs/architecture.md ----------------
@@ -541,19 +619,24 @@ def test_no_policy_admits_pods_of_any_namespace_by_their_own_labels(overlay: str
 
 
 def _dials(objects: list[Obj], workload: str) -> set[str]:
-    """The Services a web workload dials directly (the gateway reaches synth through Envoy)."""
+    """The Services a workload dials directly (the gateway reaches synth through Envoy)."""
     variables = env(next(containers(named(objects, "Deployment", workload), init=False)))
     return {value.split(".", 1)[0] for key, value in variables.items() if key.endswith("_ADDRESS")}
 
 
 # The role each direct caller's certificate carries (its SPIFFE id names it).
-DIRECT_CALLERS = {"gateway": access_pb2.GATEWAY, "dashboard": access_pb2.DASHBOARD}
+DIRECT_CALLERS = {
+    "gateway": access_pb2.GATEWAY,
+    "dashboard": access_pb2.DASHBOARD,
+    "predictions": access_pb2.PREDICTIONS,
+    WORKER: access_pb2.PREDICTIONS,
+}
 
 
 def test_each_grpc_service_admits_only_the_workloads_that_call_it(overlay: str) -> None:
-    """Pods of this namespace, by name, on the mTLS port: the gateway and the dashboard where
-    they dial the service directly (and it declares their role a caller), and Envoy where it
-    routes to it."""
+    """Pods of this namespace, by name, on the mTLS port: the gateway, the dashboard,
+    predictions and its workers where they dial the service directly (and it declares their role
+    a caller), and Envoy where it routes to it."""
     objects = render(overlay)
     dials = {caller: _dials(objects, caller) for caller in DIRECT_CALLERS}
     dials["envoy"] = {c["name"] for c in _envoy_config(objects)["static_resources"]["clusters"]}
@@ -573,33 +656,41 @@ def test_each_grpc_service_admits_only_the_workloads_that_call_it(overlay: str) 
 
 
 def test_the_dashboard_reaches_its_upstreams_and_nothing_else(overlay: str) -> None:
-    """Its egress, exactly, and the other side of each arrow: auth and ledger admit it on their
-    mTLS ports; Envoy on its gRPC port (the playground's synth calls), synth itself not at all;
-    the gateway on its pods' HTTP port (the playground's REST calls); and Stripe's API, HTTPS
-    to public addresses only."""
+    """Its egress, exactly, and the other side of each arrow: auth, ledger and predictions admit
+    it on their mTLS ports; Envoy on its gRPC port (the playground's synth calls), synth itself
+    not at all; the gateway on its pods' HTTP port (the playground's REST calls); and Stripe's
+    API, HTTPS to public addresses only."""
     objects = render(overlay)
     allowed = _without_dns(_egress(objects, "dashboard"))
     assert allowed == [
         (_pod("auth"), [PORTS["auth"]]),
         (_pod("ledger"), [PORTS["ledger"]]),
+        (_pod("predictions"), [PORTS["predictions"]]),
         (_pod("envoy"), [8080]),
         (_pod("gateway"), [PORTS["gateway"]]),
         (_public_internet(allowed), [443]),
     ]
     assert any(ports == [53, 53] for _, ports in _egress(objects, "dashboard"))
-    for name, port in (("auth", PORTS["auth"]), ("ledger", PORTS["ledger"]), ("envoy", 8080)):
-        assert (_pod("dashboard"), [port]) in _ingress_sources(objects, name), name
+    for name in ("auth", "ledger", "predictions"):
+        assert (_pod("dashboard"), [PORTS[name]]) in _ingress_sources(objects, name), name
+    assert (_pod("dashboard"), [8080]) in _ingress_sources(objects, "envoy")
     assert (_pod("dashboard"), [PORTS["gateway"]]) in _ingress_sources(objects, "gateway")
     admitted = _ingress_sources(objects, "synth")
     assert not any(_peer_is_pod(peer, "dashboard") for peer, _ in admitted)
 
 
-def _public_internet(allowed: list[tuple[Obj, list[int]]]) -> Obj:
-    """The one ipBlock peer among these, checked to be the internet without private ranges."""
+def _public_internet(
+    allowed: list[tuple[Obj, list[int]]], refused: set[str] = PRIVATE_RANGES
+) -> Obj:
+    """The one ipBlock peer among these, checked to be the internet without private ranges
+    (each of `refused` inside one of its exceptions)."""
     (peer,) = [peer for peer, _ in allowed if "ipBlock" in peer]
     assert set(peer) == {"ipBlock"}
     assert peer["ipBlock"]["cidr"] == "0.0.0.0/0"
-    assert set(peer["ipBlock"]["except"]) >= PRIVATE_RANGES
+    excepted = [ipaddress.ip_network(cidr) for cidr in peer["ipBlock"]["except"]]
+    for cidr in refused:
+        network = ipaddress.ip_network(cidr)
+        assert any(network.subnet_of(block) for block in excepted), f"{cidr} is reachable"
     return peer
 
 
@@ -636,21 +727,23 @@ def test_the_dashboard_calls_the_gateways_service_in_plain_http(overlay: str) ->
 
 def test_no_policy_admits_a_pod_to_a_health_port(overlay: str) -> None:
     """The plaintext health ports are for kubelet's probes, from the node, not for pods."""
-    health_ports = set(HEALTH_PORTS.values())
+    health_ports = set(HEALTH_PORTS.values()) | {PREDICTIONS_WORKER_HEALTH_PORT}
     for policy in _policies(render(overlay)):
         for rule in policy["spec"].get("ingress", []):
             ports = {p["port"] for p in rule.get("ports", [])}
             assert not ports & health_ports, policy["metadata"]["name"]
 
 
-def test_envoy_admits_the_web_services_internal_clients_and_the_scraper(overlay: str) -> None:
+def test_envoy_admits_its_callers_internal_clients_and_the_scraper(overlay: str) -> None:
     sources = _ingress_sources(render(overlay), "envoy")
     assert {tuple(ports) for _, ports in sources} == {(8080,), (9902,)}
     grpc_peers = [peer for peer, ports in sources if ports == [8080]]
-    web = [peer for peer in grpc_peers if any(_peer_is_pod(peer, name) for name in WEB)]
-    assert web == [_pod("gateway"), _pod("dashboard")]
+    # This namespace's callers: the web services, predictions and its workers (synth, as the
+    # gateway reaches it).
+    local = [peer for peer in grpc_peers if "namespaceSelector" not in peer]
+    assert local == [_pod("gateway"), _pod("dashboard"), _pod("predictions"), _pod(WORKER)]
     # Internal callers: opted-in pods of the namespaces listed by name, none of them this one.
-    (internal,) = [peer for peer in grpc_peers if peer not in web]
+    (internal,) = [peer for peer in grpc_peers if peer not in local]
     assert internal["podSelector"] == {"matchLabels": {"kokoropay.io/grpc-client": "true"}}
     (names,) = internal["namespaceSelector"]["matchExpressions"]
     assert names["key"] == "kubernetes.io/metadata.name" and names["operator"] == "In"
@@ -691,7 +784,7 @@ def test_egress_follows_the_design_arrows(overlay: str) -> None:
     def pods(allowed: list[tuple[Obj, list[int]]]) -> set[tuple[str, int]]:
         result: set[tuple[str, int]] = set()
         for peer, ports in allowed:
-            if "ipBlock" in peer:  # the dashboard's Stripe calls: checked below
+            if "ipBlock" in peer:  # the dashboard's Stripe calls, the webhooks: checked below
                 continue
             assert set(peer) == {"podSelector"}, peer
             (name,) = peer["podSelector"]["matchLabels"].values()
@@ -700,19 +793,38 @@ def test_egress_follows_the_design_arrows(overlay: str) -> None:
 
     gateway = _without_dns(_egress(objects, "gateway"))
     assert not any("ipBlock" in peer for peer, _ in gateway)
-    assert pods(gateway) == {("auth", 50051), ("ledger", 50052), ("envoy", 8080)}
+    assert pods(gateway) == {
+        ("auth", 50051),
+        ("ledger", 50052),
+        ("predictions", 50054),
+        ("envoy", 8080),
+    }
     dashboard = _without_dns(_egress(objects, "dashboard"))
     assert pods(dashboard) == {
         ("auth", 50051),
         ("ledger", 50052),
+        ("predictions", 50054),
         ("envoy", 8080),
         ("gateway", 8000),
     }
     _public_internet(dashboard)
     envoy = _without_dns(_egress(objects, "envoy"))
     assert not any("ipBlock" in peer for peer, _ in envoy)
-    assert pods(envoy) == {("auth", 50051), ("ledger", 50052), ("synth", 50053)}
+    assert pods(envoy) == {
+        ("auth", 50051),
+        ("ledger", 50052),
+        ("predictions", 50054),
+        ("synth", 50053),
+    }
     assert _without_dns(_egress(objects, "synth")) == []
+    # predictions: the ledger and synth's voices (and PostgreSQL, below); synthesis and webhooks
+    # are the workers'.
+    predictions = [p for p in _without_dns(_egress(objects, "predictions")) if p[1] != [5432]]
+    assert not any("ipBlock" in peer for peer, _ in predictions)
+    assert pods(predictions) == {("ledger", 50052), ("envoy", 8080)}
+    worker = [p for p in _without_dns(_egress(objects, WORKER)) if p[1] != [5432]]
+    assert pods(worker) == {("ledger", 50052), ("envoy", 8080)}
+    _public_internet(worker, WEBHOOK_REFUSED_RANGES)
 
 
 def test_auth_and_ledger_reach_postgres_and_nothing_else(overlay: str) -> None:
@@ -720,12 +832,64 @@ def test_auth_and_ledger_reach_postgres_and_nothing_else(overlay: str) -> None:
     for name in ("auth", "ledger"):
         allowed = _without_dns(_egress(objects, name))
         assert [ports for _, ports in allowed] == [[5432]], name
-        (peer,) = [peer for peer, _ in allowed]
+    for name in ("auth", "ledger", "predictions", WORKER):
+        database = [peer for peer, ports in _egress(objects, name) if ports == [5432]]
+        (peer,) = database
         if overlay == "dev":
             assert peer == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "postgres"}}}
         else:
             cidr = peer["ipBlock"]["cidr"]
             assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+/\d+", cidr) and cidr != "0.0.0.0/0"
+
+
+def test_predictions_reaches_its_upstreams_and_nothing_else(overlay: str) -> None:
+    """Its egress, exactly, and the other side of each arrow: Reserve and Release with the
+    ledger, synth's voice list through Envoy (synth itself does not admit it), its schema."""
+    objects = render(overlay)
+    allowed = _without_dns(_egress(objects, "predictions"))
+    assert [(peer, ports) for peer, ports in allowed if ports != [5432]] == [
+        (_pod("ledger"), [PORTS["ledger"]]),
+        (_pod("envoy"), [8080]),
+    ]
+    assert [ports for _, ports in allowed].count([5432]) == 1
+    assert (_pod("predictions"), [PORTS["ledger"]]) in _ingress_sources(objects, "ledger")
+    assert (_pod("predictions"), [8080]) in _ingress_sources(objects, "envoy")
+    assert not any(
+        _peer_is_pod(peer, "predictions") for peer, _ in _ingress_sources(objects, "synth")
+    )
+    for method in ("Reserve", "Release"):
+        declared = declared_callers(GRPC_SERVICES["ledger"].methods_by_name[method])
+        assert access_pb2.PREDICTIONS in declared, method
+    synth = GRPC_SERVICES["synth"]
+    assert access_pb2.PREDICTIONS in declared_callers(synth.methods_by_name["ListVoices"])
+
+
+def test_predictions_workers_reach_their_upstreams_and_public_webhooks_only(
+    overlay: str,
+) -> None:
+    """Their egress, exactly, and the other side of each arrow: the ledger (Capture, Release),
+    synth through Envoy (which admits them on its gRPC port; synth itself does not), PostgreSQL,
+    and customers' webhooks over HTTP and HTTPS to public addresses only. Nothing calls them."""
+    objects = render(overlay)
+    allowed = _without_dns(_egress(objects, WORKER))
+    upstreams = [(peer, ports) for peer, ports in allowed if ports != [5432]]
+    assert upstreams == [
+        (_pod("ledger"), [PORTS["ledger"]]),
+        (_pod("envoy"), [8080]),
+        (_public_internet(upstreams, WEBHOOK_REFUSED_RANGES), [80, 443]),
+    ]
+    assert [ports for _, ports in allowed].count([5432]) == 1
+    assert any(ports == [53, 53] for _, ports in _egress(objects, WORKER))
+    assert (_pod(WORKER), [PORTS["ledger"]]) in _ingress_sources(objects, "ledger")
+    assert (_pod(WORKER), [8080]) in _ingress_sources(objects, "envoy")
+    assert not any(_peer_is_pod(peer, WORKER) for peer, _ in _ingress_sources(objects, "synth"))
+    assert _ingress_sources(objects, WORKER) == []
+    # The role they call as, through Envoy's forwarded identity and directly.
+    synth = GRPC_SERVICES["synth"]
+    assert access_pb2.PREDICTIONS in declared_callers(synth.methods_by_name["Synthesize"])
+    for method in ("Capture", "Release"):
+        declared = declared_callers(GRPC_SERVICES["ledger"].methods_by_name[method])
+        assert access_pb2.PREDICTIONS in declared, method
 
 
 def test_dev_postgres_admits_only_the_database_clients() -> None:
@@ -739,14 +903,17 @@ def test_dev_postgres_admits_only_the_database_clients() -> None:
         for w in _workloads(objects)
         if pod_labels(w).get("kokoropay.io/database-client") == "true"
     ]
-    assert sorted(clients) == ["auth", "ledger"]
+    assert sorted(clients) == ["auth", "ledger", "predictions", WORKER]
     assert _without_dns(_egress(objects, "postgres")) == []
     assert not of_kind(render("prod"), "StatefulSet")
 
 
-def test_only_the_weights_job_and_the_dashboard_leave_the_cluster(overlay: str) -> None:
+def test_only_the_weights_job_the_dashboard_and_the_webhooks_leave_the_cluster(
+    overlay: str,
+) -> None:
     """The weights Job for the model hub, the dashboard for Stripe's API: HTTPS to public
-    addresses, nothing else (auth and ledger reach the database's private range)."""
+    addresses; the predictions workers for customers' webhooks: HTTP and HTTPS to public
+    addresses; nothing else (the database clients reach the database's private range)."""
     objects = render(overlay)
     for workload in _workloads(objects):
         name = workload["metadata"]["name"]
@@ -754,7 +921,10 @@ def test_only_the_weights_job_and_the_dashboard_leave_the_cluster(overlay: str) 
         external = [(peer, ports) for peer, ports in allowed if "ipBlock" in peer]
         if name in ("synth-weights", "dashboard"):
             assert external == [(_public_internet(allowed), [443])], name
-        elif name not in ("auth", "ledger"):
+        elif name == WORKER:
+            webhooks = [(peer, ports) for peer, ports in external if ports != [5432]]
+            assert webhooks == [(_public_internet(webhooks, WEBHOOK_REFUSED_RANGES), [80, 443])]
+        elif name not in ("auth", "ledger", "predictions"):
             assert external == [], name
 
 
@@ -785,7 +955,7 @@ def test_envoy_clusters_resolve_headless_services_of_the_right_pods(overlay: str
     objects = render(overlay)
     config = _envoy_config(objects)
     upstreams = [c for c in config["static_resources"]["clusters"] if c["type"] == "STRICT_DNS"]
-    assert {c["name"] for c in upstreams} == {"auth", "ledger", "synth"}
+    assert {c["name"] for c in upstreams} == {"auth", "ledger", "predictions", "synth"}
     for cluster in upstreams:
         (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
         address = endpoint["endpoint"]["address"]["socket_address"]
@@ -831,10 +1001,10 @@ def test_envoy_answers_health_checks_with_synth(overlay: str) -> None:
 # --- scaling -----------------------------------------------------------------------------
 
 
-def test_prod_autoscales_web_services_on_cpu_and_synth_on_streams() -> None:
+def test_prod_autoscales_web_services_and_workers_on_cpu_and_synth_on_streams() -> None:
     objects = render("prod")
     autoscalers = {h["metadata"]["name"]: h for h in of_kind(objects, "HorizontalPodAutoscaler")}
-    assert set(autoscalers) == {"gateway", "dashboard", "envoy", "synth"}
+    assert set(autoscalers) == {"gateway", "dashboard", "envoy", "synth", WORKER}
     for name, hpa in autoscalers.items():
         assert hpa["spec"]["scaleTargetRef"] == {
             "apiVersion": "apps/v1",
@@ -844,9 +1014,11 @@ def test_prod_autoscales_web_services_on_cpu_and_synth_on_streams() -> None:
         assert hpa["spec"]["minReplicas"] >= 2
         # The HPA owns the count; a count in the Deployment would fight it at every apply.
         assert "replicas" not in named(objects, "Deployment", name)["spec"]
-    for name in WEB:
+    for name in (*WEB, WORKER):
         (metric,) = autoscalers[name]["spec"]["metrics"]
         assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu", name
+    # The predictions service itself has a fixed count, like auth and ledger.
+    assert "predictions" not in autoscalers
     (synth_metric,) = autoscalers["synth"]["spec"]["metrics"]
     assert synth_metric["type"] == "External"
     assert synth_metric["external"]["metric"]["name"] == "envoy_cluster_upstream_rq_active"
@@ -867,7 +1039,7 @@ def test_dev_runs_one_of_each_without_autoscaling() -> None:
 
 def test_prod_runs_several_of_each() -> None:
     objects = render("prod")
-    for name in ("auth", "ledger"):
+    for name in ("auth", "ledger", "predictions"):
         assert named(objects, "Deployment", name)["spec"]["replicas"] >= 2
 
 
@@ -1127,3 +1299,174 @@ def test_every_dashboard_setting_is_documented(overlay: str) -> None:
     operations = (REPO_ROOT / "docs" / "operations.md").read_text()
     for name in names | DOCUMENTED_DEFAULTS | {"GATEWAY_BILLING_URL"}:
         assert f"`{name}`" in operations, f"docs/operations.md does not explain {name}"
+
+
+# --- predictions and its workers -------------------------------------------------------------
+
+# The settings the service and its workers share, which must agree: a worker signs the output
+# URL its webhook carries as the service signs the URL GetPrediction answers.
+PREDICTIONS_SHARED = (
+    "PREDICTIONS_LEDGER_ADDRESS",
+    "PREDICTIONS_SYNTH_ADDRESS",
+    "PREDICTIONS_PUBLIC_BASE_URL",
+    "PREDICTIONS_OUTPUT_RETENTION_SECONDS",
+    "PREDICTIONS_ALLOW_PRIVATE_WEBHOOKS",
+    "PREDICTIONS_TLS_DIR",
+    "PREDICTIONS_HOST",
+    "PREDICTIONS_LOG_LEVEL",
+)
+PREDICTIONS_ADDRESS = f"predictions.{NAMESPACE}.svc.cluster.local:{PORTS['predictions']}"
+
+
+def _predictions(objects: list[Obj]) -> Obj:
+    return next(containers(named(objects, "Deployment", "predictions"), init=False))
+
+
+def test_predictions_has_every_object_auth_has_and_its_workers_their_own(overlay: str) -> None:
+    """The service: auth's shape (Deployment, ServiceAccount, Service and headless Service,
+    PodDisruptionBudget, NetworkPolicy). The workers: a Deployment, ServiceAccount, budget and
+    policy of their own, no Service, and in prod an autoscaler."""
+    objects = render(overlay)
+    assert _same_name_objects(objects, "predictions") == _same_name_objects(objects, "auth")
+    assert _same_name_objects(objects, "predictions-headless") == {"Service"}
+    headless = named(objects, "Service", "predictions-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == {"app.kubernetes.io/name": "predictions"}
+    (port,) = named(objects, "Service", "predictions")["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (PORTS["predictions"], "grpc")
+    worker_kinds = {"Deployment", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy"}
+    if overlay == "prod":
+        worker_kinds.add("HorizontalPodAutoscaler")
+    assert _same_name_objects(objects, WORKER) == worker_kinds
+    for name in ("predictions", WORKER):
+        spec = pod_spec(named(objects, "Deployment", name))
+        assert spec["serviceAccountName"] == name
+        (spread,) = spec["topologySpreadConstraints"]
+        assert spread["labelSelector"] == {"matchLabels": {"app.kubernetes.io/name": name}}
+
+
+def test_predictions_workers_run_the_worker_from_the_services_image(overlay: str) -> None:
+    """One image (the `predictions` extra): the service by its entrypoint, the workers by
+    command, with python as PID 1 so that SIGTERM reaches their shutdown."""
+    objects = render(overlay)
+    service = _predictions(objects)
+    worker = _worker(objects)
+    assert service["image"] == worker["image"]
+    assert service["image"].rpartition(":")[0].endswith("kokoropay/predictions"), service["image"]
+    assert "command" not in service and "args" not in service
+    assert worker["command"] == WORKER_COMMAND and "args" not in worker
+
+
+def test_predictions_and_its_workers_share_their_settings(overlay: str) -> None:
+    objects = render(overlay)
+    service, worker = env(_predictions(objects)), env(_worker(objects))
+    for name in PREDICTIONS_SHARED:
+        assert service[name] == worker[name], name
+    secret = ("predictions-secrets", "url-signing-secret")
+    assert _secret_refs(_predictions(objects))["PREDICTIONS_URL_SIGNING_SECRET"] == secret
+    assert _secret_refs(_worker(objects))["PREDICTIONS_URL_SIGNING_SECRET"] == secret
+    assert service["PREDICTIONS_LEDGER_ADDRESS"] == f"ledger.{NAMESPACE}.svc.cluster.local:50052"
+    assert service["PREDICTIONS_OUTPUT_RETENTION_SECONDS"] == "86400"
+    # synth through Envoy, where the gateway reaches it.
+    assert service["PREDICTIONS_SYNTH_ADDRESS"] == _gateway_env(objects)["GATEWAY_SYNTH_ADDRESS"]
+    # Each drain fits in its pod's grace (the general check above), the workers' long enough
+    # for a running synthesis to finish rather than start over elsewhere.
+    assert float(worker["PREDICTIONS_WORKER_GRACE_SECONDS"]) >= 60
+
+
+def test_predictions_refuses_private_webhooks_wherever_it_runs(overlay: str) -> None:
+    """Off in base and in every overlay: the workers' NetworkPolicy refuses private ranges
+    anyway, so a webhook allowed by the setting could never be delivered."""
+    objects = render(overlay)
+    for container in (_predictions(objects), _worker(objects)):
+        assert env(container)["PREDICTIONS_ALLOW_PRIVATE_WEBHOOKS"] == "false"
+
+
+def test_predictions_output_urls_are_on_the_gateways_public_host(overlay: str) -> None:
+    """PREDICTIONS_PUBLIC_BASE_URL is where customers download outputs without a key: the
+    gateway Ingress's scheme and host, which routes every path to the gateway."""
+    objects = render(overlay)
+    url = urlsplit(env(_predictions(objects))["PREDICTIONS_PUBLIC_BASE_URL"])
+    gateway = named(objects, "Ingress", "gateway")
+    (host,) = _hosts(gateway)
+    assert url.hostname == host
+    assert url.scheme == ("https" if gateway["spec"].get("tls") else "http")
+    assert url.path in ("", "/") and not url.query and not url.fragment
+    if overlay == "prod":
+        assert f"{url.scheme}://{url.hostname}" == "https://api.kokoropay.example"
+    (rule,) = gateway["spec"]["rules"]
+    assert [(p["path"], p["pathType"]) for p in rule["http"]["paths"]] == [("/", "Prefix")]
+
+
+def test_the_gateway_and_the_dashboard_dial_the_predictions_service(overlay: str) -> None:
+    objects = render(overlay)
+    assert _gateway_env(objects)["GATEWAY_PREDICTIONS_ADDRESS"] == PREDICTIONS_ADDRESS
+    assert _dashboard_env(objects)["DASHBOARD_PREDICTIONS_ADDRESS"] == PREDICTIONS_ADDRESS
+    # And the service declares each one's calls (the operator's come through Envoy).
+    service = GRPC_SERVICES["predictions"]
+    callers = {
+        role
+        for method in service.methods
+        for role in declared_callers(method)
+        if role != access_pb2.OPERATOR
+    }
+    assert callers == {access_pb2.GATEWAY, access_pb2.DASHBOARD}
+    admitted = {
+        name
+        for peer, _ in _ingress_sources(objects, "predictions")
+        for name in ("gateway", "dashboard", "envoy")
+        if _peer_is_pod(peer, name)
+    }
+    assert admitted == {"gateway", "dashboard", "envoy"}
+
+
+def _predictions_variables(objects: list[Obj]) -> set[str]:
+    return {
+        e["name"]
+        for container in (_predictions(objects), _worker(objects))
+        for e in container["env"]
+        if e["name"].startswith("PREDICTIONS_")
+    }
+
+
+def test_predictions_variables_are_settings_the_service_reads(overlay: str) -> None:
+    """Every PREDICTIONS_* variable either Deployment sets names a field of the settings in
+    services/predictions/settings.py: a misspelt one would be ignored, leaving the default."""
+    module = pytest.importorskip("services.predictions.settings")
+    from services.common.settings import ServiceSettings
+
+    classes = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, ServiceSettings)
+        and value.__module__ == module.__name__
+    ]
+    assert classes, "no settings class in services.predictions.settings"
+    known = {cls.env_name(field) for cls in classes for field in cls.model_fields}
+    unknown = _predictions_variables(render(overlay)) - known
+    assert not unknown, f"not read by services.predictions: {sorted(unknown)}"
+
+
+def test_every_predictions_setting_is_documented(overlay: str) -> None:
+    names = _predictions_variables(render(overlay)) | {
+        "GATEWAY_PREDICTIONS_ADDRESS",
+        "DASHBOARD_PREDICTIONS_ADDRESS",
+        "PREDICTIONS_MIGRATION_DATABASE_URL",
+    }
+    operations = (REPO_ROOT / "docs" / "operations.md").read_text()
+    for name in names:
+        assert f"`{name}`" in operations, f"docs/operations.md does not explain {name}"
+
+
+def test_the_dev_secrets_script_makes_every_secret_dev_reads() -> None:
+    """create-secrets.sh creates each (Secret, key) the dev overlay's pods read, but the
+    optional ones, which it cannot fill."""
+    script = (REPO_ROOT / "deploy" / "k8s" / "overlays" / "dev" / "create-secrets.sh").read_text()
+    created = set(re.findall(r"^create ([\w-]+) ([\w-]+) ", script, flags=re.MULTILINE))
+    read = {
+        (ref["name"], ref["key"])
+        for _, _, ref in _secret_key_refs(render("dev"))
+        if ref["name"] not in OPTIONAL_SECRETS
+    }
+    assert read == created

@@ -69,6 +69,9 @@ def mesh(
         env={
             "AUTH_SIGN_INS_PER_ADDRESS_PER_MINUTE": "10000",
             "AUTH_SIGN_UPS_PER_ADDRESS_PER_HOUR": "10000",
+            # A webhook receiver that fails is retried within a second, not half a minute.
+            "PREDICTIONS_WEBHOOK_RETRY_BASE_SECONDS": "0.5",
+            "PREDICTIONS_WEBHOOK_RETRY_MAX_DELAY_SECONDS": "2",
             # The dashboard sells credits through its real Stripe code, against the stand-in.
             "DASHBOARD_STRIPE_SECRET_KEY": fake_stripe_module.SECRET_KEY,
             "DASHBOARD_STRIPE_WEBHOOK_SECRET": fake_stripe_module.WEBHOOK_SECRET,
@@ -114,7 +117,10 @@ def browser_context_args(
 @pytest.fixture(scope="session")
 async def admin(mesh: LocalMesh) -> AsyncIterator[AdminClient]:
     async with AdminClient(
-        mesh.grpc_address("auth"), mesh.grpc_address("ledger"), mesh.operator_tls
+        mesh.grpc_address("auth"),
+        mesh.grpc_address("ledger"),
+        mesh.operator_tls,
+        mesh.grpc_address("predictions"),
     ) as admin:
         yield admin
 

@@ -47,6 +47,8 @@ class FakeStripe:
                         "metadata": {
                             "account_id": fields.get("metadata[account_id]"),
                             "credits": fields.get("metadata[credits]"),
+                            "amount_cents": fields.get("metadata[amount_cents]"),
+                            "currency": fields.get("metadata[currency]"),
                         },
                     },
                 )
@@ -102,6 +104,8 @@ def completed_checkout_event(
                 "metadata": {
                     "account_id": session["metadata[account_id]"],
                     "credits": session["metadata[credits]"],
+                    "amount_cents": session["metadata[amount_cents]"],
+                    "currency": session["metadata[currency]"],
                 },
             }
         },

@@ -1,4 +1,5 @@
-"""In-memory auth, ledger and synth behind the gateway's client Protocols, and the app over them.
+"""In-memory auth, ledger, synth and predictions behind the gateway's client Protocols, and the
+app over them.
 
 Only the gateway's unit tests use these; the end-to-end tests run the real services. The fakes
 keep the rules the real services document in their protos (idempotent Reserve, Capture refused
@@ -9,9 +10,13 @@ The fixtures that serve them are in gateway_fixtures.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from fastapi import FastAPI
@@ -26,6 +31,11 @@ from services.gateway.clients import (
     KeyedRequest,
     KeyedReservation,
     Model,
+    OutputPiece,
+    OutputRequest,
+    Prediction,
+    PredictionInput,
+    PredictionStatus,
     Principal,
     SynthesisRequest,
     UpstreamError,
@@ -403,11 +413,217 @@ class FakeSynth:
         return self.serving
 
 
+# --- predictions ----------------------------------------------------------------------------
+
+
+def output_signature(prediction_id: str, expires: int) -> str:
+    """The fake's stand-in for the service's HMAC over the id and expiry."""
+    return f"sig.{prediction_id}.{expires}"
+
+
+@dataclass
+class FakePrediction:
+    prediction: Prediction
+    account_id: str
+    hold_id: str
+    audio: bytes = b""
+    content_type: str = ""
+    # Unix time after which the output is gone (the retention).
+    expires: int = 0
+
+
+# What a scripted output stream does at each step: give a message, fail, or wait for a signal.
+OutputStep = OutputPiece | UpstreamError | asyncio.Event
+
+
+class FakeOutputStream:
+    def __init__(self, steps: list[OutputStep]) -> None:
+        self._steps = list(steps)
+        self.cancelled = False
+        self.taken = 0
+
+    async def next(self) -> OutputPiece | None:
+        while self._steps:
+            step = self._steps.pop(0)
+            if isinstance(step, asyncio.Event):
+                await step.wait()
+                continue
+            if isinstance(step, UpstreamError):
+                raise step
+            self.taken += 1
+            return step
+        return None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class FakePredictions:
+    """predictions.proto's rules in memory: create reserves len(text) on the fake ledger, an
+    account sees only its own predictions, cancel releases, ReadOutput checks the signature and
+    the retention and sends the range asked for in `chunk_bytes` pieces after a header."""
+
+    ledger: FakeLedger
+    public_url: str = "http://gateway.test"
+    predictions: dict[str, FakePrediction] = field(default_factory=dict)
+    creates: list[tuple[Principal, PredictionInput, str]] = field(default_factory=list)
+    reads: list[OutputRequest] = field(default_factory=list)
+    streams: list[FakeOutputStream] = field(default_factory=list)
+    # Failures the next calls (any RPC) raise before doing anything.
+    failures: list[UpstreamError] = field(default_factory=list)
+    # Hosts a webhook URL may not name (the service's refused addresses).
+    refused_webhook_hosts: tuple[str, ...] = ("169.254.169.254",)
+    chunk_bytes: int = 4
+    # The first ReadOutput message carries only the size and type, not the first bytes.
+    header_alone: bool = False
+    # An offset past the end is refused with OUT_OF_RANGE rather than answered with no bytes.
+    refuse_offsets_past_the_end: bool = False
+    # Where the stream breaks: an error after this many data pieces (None: never).
+    break_after: int | None = None
+    # Set: the stream waits for it after its first message.
+    pause_after_first: asyncio.Event | None = None
+    serving: bool = True
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def _fail_if_told(self) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+
+    @staticmethod
+    def _refused(code: grpc.StatusCode, reason: str, **metadata: str) -> UpstreamError:
+        return UpstreamError(
+            "predictions", code, reason.lower().replace("_", " "), reason, metadata
+        )
+
+    async def create_prediction(
+        self, principal: Principal, prediction_input: PredictionInput, webhook_url: str
+    ) -> Prediction:
+        self._fail_if_told()
+        self.creates.append((principal, prediction_input, webhook_url))
+        if any(host in webhook_url for host in self.refused_webhook_hosts):
+            raise self._refused(
+                grpc.StatusCode.INVALID_ARGUMENT, "WEBHOOK_URL_REFUSED", field="webhook_url"
+            )
+        prediction_id = f"pred_{next(self._ids):04d}"
+        try:
+            hold = await self.ledger.reserve(
+                principal.account_id,
+                len(prediction_input.text),
+                f"prediction:{prediction_id}",
+                3600,
+            )
+        except UpstreamError as error:
+            if error.reason == "INSUFFICIENT_CREDITS":
+                raise self._refused(
+                    grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS"
+                ) from error
+            raise
+        prediction = Prediction(
+            id=prediction_id,
+            status=PredictionStatus.PROCESSING,
+            input=prediction_input,
+            created_at=datetime(2026, 4, 6, 12, 0, tzinfo=UTC),
+        )
+        self.predictions[prediction_id] = FakePrediction(prediction, principal.account_id, hold.id)
+        return prediction
+
+    def _own(self, account_id: str, prediction_id: str) -> FakePrediction:
+        stored = self.predictions.get(prediction_id)
+        if stored is None or stored.account_id != account_id:
+            raise self._refused(grpc.StatusCode.NOT_FOUND, "PREDICTION_NOT_FOUND")
+        return stored
+
+    async def get_prediction(self, account_id: str, prediction_id: str) -> Prediction:
+        self._fail_if_told()
+        return self._own(account_id, prediction_id).prediction
+
+    async def cancel_prediction(self, account_id: str, prediction_id: str) -> Prediction:
+        self._fail_if_told()
+        stored = self._own(account_id, prediction_id)
+        if stored.prediction.status is PredictionStatus.PROCESSING:
+            await self.ledger.release(stored.hold_id)
+            self._end(stored, PredictionStatus.ERROR, message="cancelled", details="by request")
+        return stored.prediction
+
+    async def succeed(
+        self,
+        prediction_id: str,
+        audio: bytes = b"0123456789abcdefghij",
+        content_type: str = "audio/mpeg",
+        *,
+        retention: int = 86_400,
+    ) -> Prediction:
+        """What a worker does: store the audio, capture the hold, sign the output URL."""
+        stored = self.predictions[prediction_id]
+        await self.ledger.capture(stored.hold_id)
+        stored.audio, stored.content_type = audio, content_type
+        stored.expires = int(time.time()) + retention
+        signature = output_signature(prediction_id, stored.expires)
+        url = (
+            f"{self.public_url}/v1/prediction/{prediction_id}/output"
+            f"?expires={stored.expires}&signature={signature}"
+        )
+        self._end(stored, PredictionStatus.SUCCESS, output_url=url, predict_time=1.25)
+        return stored.prediction
+
+    async def fail(self, prediction_id: str, message: str, details: str) -> Prediction:
+        stored = self.predictions[prediction_id]
+        await self.ledger.release(stored.hold_id)
+        self._end(stored, PredictionStatus.ERROR, message=message, details=details)
+        return stored.prediction
+
+    @staticmethod
+    def _end(stored: FakePrediction, status: PredictionStatus, **fields: Any) -> None:
+        finished = datetime(2026, 4, 6, 12, 0, 3, tzinfo=UTC)
+        stored.prediction = dataclasses.replace(
+            stored.prediction, status=status, finished_at=finished, **fields
+        )
+
+    def read_output(self, request: OutputRequest) -> FakeOutputStream:
+        self.reads.append(request)
+        stream = FakeOutputStream(self._output_pieces(request))
+        self.streams.append(stream)
+        return stream
+
+    def _output_pieces(self, request: OutputRequest) -> list[OutputStep]:
+        if self.failures:
+            return [self.failures.pop(0)]
+        stored = self.predictions.get(request.prediction_id)
+        if request.signature != output_signature(request.prediction_id, request.expires):
+            return [self._refused(grpc.StatusCode.PERMISSION_DENIED, "SIGNATURE_INVALID")]
+        if stored is None or stored.prediction.status is not PredictionStatus.SUCCESS:
+            return [self._refused(grpc.StatusCode.NOT_FOUND, "PREDICTION_NOT_FOUND")]
+        if request.expires < time.time() or stored.expires < time.time():
+            return [self._refused(grpc.StatusCode.NOT_FOUND, "OUTPUT_EXPIRED")]
+        size = len(stored.audio)
+        if request.offset >= size and self.refuse_offsets_past_the_end:
+            return [UpstreamError("predictions", grpc.StatusCode.OUT_OF_RANGE, "past the end")]
+        end = size if request.length == 0 else min(size, request.offset + request.length)
+        wanted = stored.audio[request.offset : end]
+        data = [wanted[i : i + self.chunk_bytes] for i in range(0, len(wanted), self.chunk_bytes)]
+        if self.break_after is not None:
+            data = data[: self.break_after]
+        # The header rides on the first piece of data unless told otherwise (or there is none).
+        first = b"" if self.header_alone or not data else data.pop(0)
+        steps: list[OutputStep] = [OutputPiece(first, size, stored.content_type)]
+        if self.pause_after_first is not None:
+            steps.append(self.pause_after_first)
+        steps += [OutputPiece(piece) for piece in data]
+        if self.break_after is not None:
+            steps.append(UpstreamError("predictions", grpc.StatusCode.INTERNAL, "storage failed"))
+        return steps
+
+    async def ready(self) -> bool:
+        return self.serving
+
+
 @dataclass
 class FakeMesh:
     auth: FakeAuth
     ledger: FakeLedger
     synth: FakeSynth
+    predictions: FakePredictions
     app: FastAPI
 
     @property
@@ -419,9 +635,16 @@ class FakeMesh:
 def fake_mesh(**settings: object) -> FakeMesh:
     """The gateway app over fresh fakes, built with `settings` (GatewaySettings fields)."""
     auth, ledger, synth = FakeAuth(), FakeLedger(), FakeSynth()
-    app = create_app(GatewaySettings(**settings), Upstreams(auth, ledger, synth))  # type: ignore[arg-type]
-    return FakeMesh(auth, ledger, synth, app)
+    predictions = FakePredictions(ledger)
+    upstreams = Upstreams(auth, ledger, synth, predictions)
+    app = create_app(GatewaySettings(**settings), upstreams)  # type: ignore[arg-type]
+    return FakeMesh(auth, ledger, synth, predictions, app)
 
 
 def auth_header(key: str = GOOD_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def api_key_header(key: str = GOOD_KEY) -> dict[str, str]:
+    """The hosted listing's header."""
+    return {"X-API-Key": key}

@@ -23,7 +23,7 @@ _ROOT = Path(tempfile.mkdtemp(prefix="kokoropay-test-pki-"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 PKI: LocalPki = ensure_local_pki(_ROOT / "mesh" / "pki")
-for _role in ("dashboard", "predictions"):
+for _role in ("dashboard",):
     PKI.ca.issue(PKI.folder(_role), spiffe_id(_role))
 PKI.issue("reports", "internal")  # what `kokoro-pay cert issue reports --role internal` makes
 # Signed by the mesh's CA but naming no caller of the mesh.

@@ -10,6 +10,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from kokoropay.auth.v1 import auth_pb2
 from kokoropay.common.v1 import access_pb2
 from kokoropay.ledger.v1 import ledger_pb2
+from kokoropay.predictions.v1 import predictions_pb2
 from kokoropay.synth.v1 import synth_pb2
 
 from services.common.access import AccessPolicy, declared_callers
@@ -53,6 +54,15 @@ EXPECTED = {
         "SummarizeUsage": {"DASHBOARD", "OPERATOR"},
         "ListHolds": {"DASHBOARD", "OPERATOR"},
     },
+    "PredictionService": {
+        "CreatePrediction": {"GATEWAY"},
+        "GetPrediction": {"GATEWAY"},
+        "CancelPrediction": {"GATEWAY"},
+        "ListPredictions": {"GATEWAY", "DASHBOARD"},
+        "ReadOutput": {"GATEWAY"},
+        "GetWebhookSecret": {"DASHBOARD", "OPERATOR"},
+        "RotateWebhookSecret": {"DASHBOARD", "OPERATOR"},
+    },
     "SynthService": {
         "Synthesize": {"GATEWAY", "PREDICTIONS", "DASHBOARD", "INTERNAL"},
         "ListVoices": EVERYONE,
@@ -63,6 +73,7 @@ EXPECTED = {
 SERVICES: list[ServiceDescriptor] = [
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
+    predictions_pb2.DESCRIPTOR.services_by_name["PredictionService"],
     synth_pb2.DESCRIPTOR.services_by_name["SynthService"],
 ]
 

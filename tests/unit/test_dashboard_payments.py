@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import time
 
 import pytest
@@ -16,6 +19,8 @@ SESSION = {
     "client_reference_id": "acct_1",
     "metadata[account_id]": "acct_1",
     "metadata[credits]": "30000",
+    "metadata[amount_cents]": "1500",
+    "metadata[currency]": "usd",
 }
 
 
@@ -67,13 +72,27 @@ def test_other_events_and_unpaid_checkouts_grant_nothing(stripe_payments: Stripe
         lambda body, header: (body, header.replace("v1=", "v1=00")),  # wrong signature
         lambda body, header: (body + b" ", header),  # another body
         lambda body, header: (body, ""),  # no signature
-        lambda body, header: (body, f"t={int(time.time()) - 3600},v1=ab"),  # too old
     ],
 )
 def test_a_bad_signature_is_a_bad_event(stripe_payments: StripePayments, mangle: object) -> None:
     body, header = signed(completed_checkout_event(SESSION, "cs_1", amount_total=1500))
     with pytest.raises(BadEvent):
         stripe_payments.paid_checkout(*mangle(body, header))  # type: ignore[operator]
+
+
+def test_an_old_event_correctly_signed_is_refused(stripe_payments: StripePayments) -> None:
+    event = completed_checkout_event(SESSION, "cs_1", amount_total=1500)
+    payload = json.dumps(event).encode()
+    then = int(time.time()) - 3600
+    mac = hmac.new(WEBHOOK_SECRET.encode(), f"{then}.".encode() + payload, hashlib.sha256)
+    with pytest.raises(BadEvent):
+        stripe_payments.paid_checkout(payload, f"t={then},v1={mac.hexdigest()}")
+
+
+def test_a_paid_amount_unlike_the_checkouts_is_refused(stripe_payments: StripePayments) -> None:
+    cheap = completed_checkout_event(SESSION, "cs_1", amount_total=1)
+    with pytest.raises(BadEvent):
+        stripe_payments.paid_checkout(*signed(cheap))
 
 
 def test_a_signed_event_without_the_fields_is_a_bad_event(stripe_payments: StripePayments) -> None:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from services.dashboard import cookies, csrf
 from services.dashboard.app import create_app
 from services.dashboard.clients import BackendError
+from services.dashboard.routes.playground import SessionStreams
 from services.dashboard.settings import DashboardSettings
 
 
@@ -80,3 +81,12 @@ def test_every_page_carries_the_security_headers() -> None:
     assert response.headers["cache-control"] == "no-store"
     cookie = response.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=lax" in cookie
+
+
+def test_a_session_has_at_most_two_playground_streams_at_once() -> None:
+    streams = SessionStreams(limit=2)
+    assert streams.acquire("a") and streams.acquire("a")
+    assert not streams.acquire("a")
+    assert streams.acquire("b")  # another person is not affected
+    streams.release("a")
+    assert streams.acquire("a")

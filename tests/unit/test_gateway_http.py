@@ -301,8 +301,16 @@ async def test_openapi_describes_the_contract(client: httpx.AsyncClient) -> None
         "bearerFormat": "kp_live_…",
         "description": "Your kokoro-pay API key: `Authorization: Bearer kp_live_…`.",
     }
+    # Either header authenticates: two alternatives (OpenAPI ORs the list's entries).
+    either_key: list[dict[str, list[str]]] = [{"apiKey": []}, {"apiKeyHeader": []}]
+    assert document["components"]["securitySchemes"]["apiKeyHeader"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "The same key in the hosted listing's header: `X-API-Key: kp_live_…`.",
+    }
     speech = document["paths"][SPEECH]["post"]
-    assert speech["security"] == [{"apiKey": []}]
+    assert speech["security"] == either_key
     assert speech["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/SpeechRequest"
     }
@@ -322,7 +330,7 @@ async def test_openapi_describes_the_contract(client: httpx.AsyncClient) -> None
     assert schemas["SpeechRequest"]["properties"]["input"]["maxLength"] == 4096
     assert schemas["SpeechRequest"]["required"] == ["input"]
     for path in ("/v1/balance", "/v1/models", "/v1/audio/voices"):
-        assert document["paths"][path]["get"]["security"] == [{"apiKey": []}]
+        assert document["paths"][path]["get"]["security"] == either_key
     for path in ("/healthz", "/readyz"):
         assert "security" not in document["paths"][path]["get"]
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from kokoropay.synth.v1 import synth_pb2
 
+from services.common.errors import InvalidArgument
 from services.synth import servicer as servicer_module
 from services.synth.audio.encoders import AudioFormat, PyAVEncoder, StreamEncoder, open_encoder
 from services.synth.engine.manager import GeneratedChunk
@@ -52,6 +53,28 @@ def servicer(chunks: list[GeneratedChunk]) -> SynthServicer:
 
 def request(text: str, audio_format: int) -> synth_pb2.SynthesizeRequest:
     return synth_pb2.SynthesizeRequest(text=text, voice="af_bella", format=audio_format)
+
+
+async def spoken(speed: float) -> list[synth_pb2.AudioChunk]:
+    synthesis = servicer([chunk(0, 3, 2_400, is_last=True)]).Synthesize(
+        synth_pb2.SynthesizeRequest(
+            text="Hi.", voice="af_bella", speed=speed, format=synth_pb2.AUDIO_FORMAT_PCM
+        ),
+        FakeContext(),  # type: ignore[arg-type]
+    )
+    return [message async for message in synthesis]
+
+
+# OpenAI's 0.25–4 for /v1/audio/speech, up to 5 for the listing's predictions (0.5–5); 0 is 1.
+@pytest.mark.parametrize("speed", [0, 0.25, 4.0, 4.5, 5.0])
+async def test_speeds_from_a_quarter_to_five_are_spoken(speed: float) -> None:
+    assert (await spoken(speed))[-1].summary.characters == 3
+
+
+@pytest.mark.parametrize("speed", [0.1, 5.5, 100.0])
+async def test_speeds_outside_a_quarter_to_five_are_refused(speed: float) -> None:
+    with pytest.raises(InvalidArgument, match="speed"):
+        await spoken(speed)
 
 
 def test_split_audio_bounds_pieces_and_concatenates_back() -> None:

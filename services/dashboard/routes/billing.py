@@ -8,13 +8,15 @@ proof, and a bad one is a 400 that grants nothing.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any
 
+import grpc
 from fastapi import APIRouter, Depends, Form, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from services.dashboard import csrf
-from services.dashboard.clients import Backends
+from services.dashboard.clients import BackendError, Backends
 from services.dashboard.pages import content_security_policy, render
 from services.dashboard.payments import BadEvent, PaymentProvider
 from services.dashboard.sessions import Session, signed_in
@@ -74,7 +76,7 @@ async def start_checkout(
             status_code=403,
             message="This form has expired. Reload the page and try again.",
         )
-    count = int(packs) if packs.isdigit() and len(packs) <= 4 else 0
+    count = int(packs) if re.fullmatch(r"[0-9]{1,4}", packs) else 0
     if not 1 <= count <= offer.max_packs:
         errors = {"packs": f"Choose between 1 and {offer.max_packs} packs."}
         return await _billing_page(request, session, 400, errors=errors)
@@ -110,6 +112,12 @@ async def payment_webhook(request: Request) -> Response:
         _log.error("a paid checkout with nothing to grant", extra={"event": paid.event_id})
         return JSONResponse({"detail": "the payment names no credits"}, status_code=422)
     backends: Backends = request.app.state.backends
-    granted = await backends.grant_top_up(paid.account_id, paid.credits, paid.event_id)
+    try:
+        granted = await backends.grant_top_up(paid.account_id, paid.credits, paid.event_id)
+    except BackendError as error:
+        # Stripe retries for days; an operator must hear of anything but a passing outage.
+        level = logging.WARNING if error.code == grpc.StatusCode.UNAVAILABLE else logging.ERROR
+        _log.log(level, "top-up not granted: %s", error, extra={"event": paid.event_id})
+        return JSONResponse({"detail": "the credits could not be granted yet"}, status_code=503)
     _log.info("top-up", extra={"event": paid.event_id, "replayed": granted.replayed})
     return JSONResponse({"received": True, "granted": not granted.replayed})

@@ -6,11 +6,10 @@ import asyncio
 import datetime as dt
 from typing import Annotated
 
-import grpc
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from services.dashboard.clients import BackendError, Backends
+from services.dashboard.clients import Backends
 from services.dashboard.pages import render
 from services.dashboard.sessions import Session, signed_in
 from services.dashboard.usage import daily_chart, request_rows
@@ -24,14 +23,7 @@ RECENT_REQUESTS = 50
 async def overview(request: Request, session: Annotated[Session, Depends(signed_in)]) -> Response:
     backends: Backends = request.app.state.backends
     account_id = session.account.id
-    try:
-        balance = await backends.balance(account_id)
-    except BackendError as error:
-        if error.code != grpc.StatusCode.NOT_FOUND:
-            raise
-        # A sign-up whose ledger step did not happen (the ledger was away): do it now.
-        await backends.start_account(account_id)
-        balance = await backends.balance(account_id)
+    balance = await backends.balance(account_id)
     keys, usage = await asyncio.gather(
         backends.list_keys(session.token, include_playground=True),
         backends.usage(account_id, USAGE_DAYS, RECENT_REQUESTS),

@@ -12,7 +12,7 @@ Previews are the exception, on purpose: short clips of each voice made once by s
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import httpx
@@ -27,6 +27,29 @@ from services.dashboard.previews import UnknownVoice, VoicePreviews
 from services.dashboard.sessions import Session, signed_in
 
 router = APIRouter()
+
+
+class SessionStreams:
+    """Playground requests in flight per session (this replica's): one person cannot tie up
+    the dashboard's connections to the gateway."""
+
+    def __init__(self, limit: int = 2) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def acquire(self, session_token: str) -> bool:
+        count = self._open.get(session_token, 0)
+        if count >= self.limit:
+            return False
+        self._open[session_token] = count + 1
+        return True
+
+    def release(self, session_token: str) -> None:
+        count = self._open.pop(session_token, 0) - 1
+        if count > 0:
+            self._open[session_token] = count
+
+
 SignedIn = Annotated[Session, Depends(signed_in)]
 _log = logging.getLogger("dashboard.playground")
 
@@ -89,18 +112,33 @@ async def playground_speech(request: Request, session: SignedIn) -> Response:
     payload: dict[str, Any] = {"model": "kokoro"}
     payload.update({name: body[name] for name in FORWARDED_FIELDS if name in body})
 
-    key = await request.app.state.backends.playground_key(session.token)
-    gateway: httpx.AsyncClient = request.app.state.gateway
-    upstream = await gateway.send(
-        gateway.build_request(
-            "POST",
-            "/v1/audio/speech",
-            json=payload,
-            headers={"Authorization": f"Bearer {key}", "x-request-id": request_id_var.get()},
-        ),
-        stream=True,
-    )
+    streams: SessionStreams = request.app.state.playground_streams
+    if not streams.acquire(session.token):
+        return JSONResponse(
+            {"detail": f"At most {streams.limit} playground requests at once; wait for one."},
+            status_code=429,
+        )
+    try:
+        key = await request.app.state.backends.playground_key(session.token)
+        gateway: httpx.AsyncClient = request.app.state.gateway
+        upstream = await gateway.send(
+            gateway.build_request(
+                "POST",
+                "/v1/audio/speech",
+                json=payload,
+                headers={"Authorization": f"Bearer {key}", "x-request-id": request_id_var.get()},
+            ),
+            stream=True,
+        )
+    except httpx.HTTPError as error:
+        streams.release(session.token)
+        _log.warning("playground: the gateway is out of reach: %s", error)
+        return JSONResponse({"detail": "The API is out of reach; try again shortly."}, 503)
+    except BaseException:
+        streams.release(session.token)
+        raise
     if upstream.status_code != 200:
+        streams.release(session.token)
         # The gateway's own answer ({"detail": …}; a 402 names the billing page), as it is.
         content = await upstream.aread()
         await upstream.aclose()
@@ -110,13 +148,13 @@ async def playground_speech(request: Request, session: SignedIn) -> Response:
             media_type=upstream.headers.get("content-type", "application/json"),
         )
     return StreamingResponse(
-        _relay(upstream),
+        _relay(upstream, lambda: streams.release(session.token)),
         media_type=upstream.headers.get("content-type", "application/octet-stream"),
         headers={"Cache-Control": "no-store"},
     )
 
 
-async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
+async def _relay(upstream: httpx.Response, done: Callable[[], None]) -> AsyncIterator[bytes]:
     """The gateway's bytes as they arrive. If the browser leaves, closing the upstream makes
     the gateway stop synthesis and charge what was delivered, as for any client that leaves."""
     try:
@@ -128,4 +166,5 @@ async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
         _log.warning("playground stream cut upstream: %s", error)
         raise
     finally:
+        done()
         await upstream.aclose()

@@ -86,7 +86,13 @@
         method: "POST",
         headers: { "Content-Type": "application/json", "X-CSRF-Token": form.dataset.csrf },
         body: JSON.stringify(body),
+        // A redirect here is the sign-in page: the session ended. Never play a page as audio.
+        redirect: "manual",
       });
+      if (answer.type === "opaqueredirect") {
+        say("You are signed out. Sign in again to use the playground.", true);
+        return;
+      }
       if (!answer.ok) {
         const problem = await answer.json().catch(() => ({ detail: answer.statusText }));
         say(problem.detail || `Refused (${answer.status}).`, true);
@@ -113,7 +119,10 @@
       download.hidden = false;
       say("Done.", false);
     } catch (error) {
-      say("The audio stopped partway: synthesis failed upstream, and the request is refunded.", true);
+      // The stream was cut: when synthesis fails on our side the request is refunded, and what
+      // was charged, if anything, shows under Usage.
+      say("The audio stopped partway. A request that fails on our side is refunded; see Usage.",
+          true);
     } finally {
       speak.disabled = false;
       setTimeout(refreshBalance, 300);

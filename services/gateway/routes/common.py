@@ -1,24 +1,58 @@
-"""What the routes share: the bearer scheme, the serving layer, documented error answers."""
+"""What the routes share: the two key headers, the serving layers, documented error answers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from services.gateway.clients import Principal
-from services.gateway.protocol import ErrorBody
+from services.gateway.errors import conflicting_credentials
+from services.gateway.predictions import PredictionDesk
+from services.gateway.protocol import ErrorBody, PredictionErrorBody
 from services.gateway.serving import SpeechSeller
 
-# auto_error=False: a missing key is answered by the serving layer, in the one error envelope.
+# auto_error=False: a missing key is answered by the serving layer, in the path's envelope.
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="apiKey",
     bearerFormat="kp_live_…",
     description="Your kokoro-pay API key: `Authorization: Bearer kp_live_…`.",
 )
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+# The hosted listing's header, accepted on every endpoint that takes the Bearer one.
+api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="apiKeyHeader",
+    description="The same key in the hosted listing's header: `X-API-Key: kp_live_…`.",
+)
+
+
+@dataclass(frozen=True)
+class PresentedKey:
+    """The key as the request presents it, in either header or both."""
+
+    bearer: str | None
+    header: str | None
+
+    def key(self) -> str | None:
+        """The one key presented; both headers naming different keys is a 401, not a guess at
+        which account should pay."""
+        if self.bearer and self.header and self.bearer != self.header:
+            raise conflicting_credentials()
+        return self.bearer or self.header
+
+
+def presented_key(
+    bearer_credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    header: Annotated[str | None, Security(api_key_header)],
+) -> PresentedKey:
+    return PresentedKey(bearer_credentials.credentials if bearer_credentials else None, header)
+
+
+Credentials = Annotated[PresentedKey, Depends(presented_key)]
 
 
 def speech_seller(request: Request) -> SpeechSeller:
@@ -29,15 +63,23 @@ def speech_seller(request: Request) -> SpeechSeller:
 Seller = Annotated[SpeechSeller, Depends(speech_seller)]
 
 
+def prediction_desk(request: Request) -> PredictionDesk:
+    desk: PredictionDesk = request.app.state.predictions
+    return desk
+
+
+Desk = Annotated[PredictionDesk, Depends(prediction_desk)]
+
+
 async def authenticated(credentials: Credentials, seller: Seller) -> Principal:
-    return await seller.authenticate(credentials.credentials if credentials else None)
+    return await seller.authenticate(credentials.key())
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticated)]
 
 _ERROR_MEANINGS = {
     400: "Invalid JSON body, missing or empty `input`, or another invalid field.",
-    401: "Missing, invalid, or revoked API key.",
+    401: "Missing, invalid, or revoked API key, or two different keys in the two headers.",
     402: "Insufficient credits — top up your balance.",
     409: "A request with the same Idempotency-Key and content is still in progress; retry "
     "once it has finished.",
@@ -46,9 +88,33 @@ _ERROR_MEANINGS = {
     504: "A service behind the gateway did not answer in time; nothing was charged.",
 }
 
+_PREDICTION_ERROR_MEANINGS = {
+    400: "Invalid input: malformed JSON, a missing or empty `input.text`, text over the limit, "
+    "an unknown voice, a speed outside 0.5–5, a webhook URL that is not http(s) or is refused.",
+    401: "Missing, invalid, or revoked API key (`X-API-Key` or `Authorization: Bearer`), or two "
+    "different keys in the two headers.",
+    402: "Insufficient credits for len(text) — top up your balance on the billing page.",
+    403: "The output URL's signature is not valid.",
+    404: "Unknown model or prediction (another account's prediction is unknown to you), or no "
+    "such output.",
+    410: "The output's retention has passed: the audio was deleted.",
+    416: "The requested byte range starts past the output's end; `Content-Range: bytes */size`.",
+    502: "A service behind the gateway failed. Retry with backoff.",
+    503: "A service behind the gateway is unavailable. Retry with backoff.",
+    504: "A service behind the gateway did not answer in time. Retry with backoff.",
+}
+
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the given error statuses, all with the `{"detail": …}` body."""
     return {
         status: {"model": ErrorBody, "description": _ERROR_MEANINGS[status]} for status in statuses
+    }
+
+
+def prediction_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the prediction API's error statuses, in the listing's envelope."""
+    return {
+        status: {"model": PredictionErrorBody, "description": _PREDICTION_ERROR_MEANINGS[status]}
+        for status in statuses
     }

@@ -83,7 +83,7 @@ async def create_speech(
     # The key is checked here rather than in a dependency so that a malformed body is a 400
     # whoever sends it (docs/architecture.md: parse and validate, then VerifyKey), and checks that
     # need synth's lists run only for customers.
-    principal = await seller.authenticate(credentials.credentials if credentials else None)
+    principal = await seller.authenticate(credentials.key())
     order = await seller.validate(body)
     request_id, request_id_is_ours = request_id_of(request.scope)
     delivery = await seller.sell(

@@ -24,15 +24,20 @@ if kubectl -n "$namespace" get secret postgres >/dev/null 2>&1; then
 else
   password="$(random)"
 fi
-# kokoropay owns the database: auth and ledger migrate as it. Each serves as a role of its own,
-# which the dev PostgreSQL creates from these URLs when it first initializes (postgres.yaml).
+# kokoropay owns the database: auth, ledger and predictions migrate as it. Each serves as a role
+# of its own (predictions' workers share the service's), which the dev PostgreSQL creates from
+# these URLs when it first initializes (postgres.yaml).
 url() { echo "postgresql://$1:$2@postgres.${namespace}.svc.cluster.local:5432/kokoropay"; }
 
 create postgres POSTGRES_PASSWORD "$password"
 create auth-migration-database MIGRATION_DATABASE_URL "$(url kokoropay "$password")"
 create ledger-migration-database MIGRATION_DATABASE_URL "$(url kokoropay "$password")"
+create predictions-migration-database MIGRATION_DATABASE_URL "$(url kokoropay "$password")"
 create auth-database DATABASE_URL "$(url kokoropay_auth "$(random)")"
 create ledger-database DATABASE_URL "$(url kokoropay_ledger "$(random)")"
+create predictions-database DATABASE_URL "$(url kokoropay_predictions "$(random)")"
 create auth-key-hash AUTH_KEY_HASH_SECRET "$(random)"
+# Signs the predictions' output URLs (HMAC): changing it breaks every URL already handed out.
+create predictions-secrets url-signing-secret "$(random)"
 # The mesh's certificates, from a CA of its own (or use components/cert-manager instead).
 "$(dirname "$0")/../../create-mesh-certificates.sh" "$namespace"

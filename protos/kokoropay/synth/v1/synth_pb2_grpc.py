@@ -58,7 +58,7 @@ class SynthServiceServicer:
 
     def Synthesize(self, request, context):
         """Streams encoded audio. INVALID_ARGUMENT for empty text, an unknown voice or model, or a
-        speed outside 0.25–4.0; RESOURCE_EXHAUSTED when the input is longer than the server allows.
+        speed outside 0.25–5.0; RESOURCE_EXHAUSTED when the input is longer than the server allows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,122 @@
+"""Checks on request fields, before anything is reserved or written: bad input costs nothing.
+
+Every refusal is INVALID_ARGUMENT with reason FIELD_INVALID and ErrorInfo metadata `field`
+naming the field as the proto spells it (`input.text`, `webhook_url`, …), so the gateway can
+say which one without parsing a message.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import dataclass
+
+from services.common.errors import InvalidArgument
+from services.common.voice_expressions import (
+    MAX_EXPRESSION_CHARS,
+    VoiceExpressionError,
+    parse_voice_expression,
+)
+from services.predictions.outputs import CONTENT_TYPES
+
+MAX_ID_LENGTH = 128
+MAX_KEY_ID_LENGTH = 64
+MAX_WEBHOOK_URL_LENGTH = 2048
+DEFAULT_VOICE = "af"
+DEFAULT_FORMAT = "mp3"
+MIN_SPEED, MAX_SPEED = 0.5, 5.0
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+class FieldInvalid(InvalidArgument):
+    """A request field that is missing or malformed; metadata `field` names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}", reason="FIELD_INVALID", metadata={"field": field})
+
+
+@dataclass(frozen=True)
+class Input:
+    """PredictionInput, checked and with its defaults filled in."""
+
+    text: str
+    voice: str
+    speed: float
+    output_format: str
+
+
+def _has_control(value: str) -> bool:
+    return any(unicodedata.category(char) == "Cc" for char in value)
+
+
+def require_id(value: str, field: str) -> str:
+    """An account or prediction id: 1–128 characters, no control characters."""
+    if not value:
+        raise FieldInvalid(field, "is required")
+    if len(value) > MAX_ID_LENGTH or _has_control(value):
+        raise FieldInvalid(field, f"must be 1–{MAX_ID_LENGTH} characters without control ones")
+    return value
+
+
+def key_id(value: str) -> str | None:
+    """The gateway's verified key id, optional."""
+    if not value:
+        return None
+    if len(value) > MAX_KEY_ID_LENGTH or _has_control(value):
+        raise FieldInvalid("key_id", f"must be at most {MAX_KEY_ID_LENGTH} characters")
+    return value
+
+
+def prediction_input(
+    text: str, voice: str, speed: float, output_format: str, max_chars: int
+) -> Input:
+    if not text:
+        raise FieldInvalid("input.text", "is required")
+    # len() counts code points: what the customer is charged for.
+    if len(text) > max_chars:
+        raise FieldInvalid("input.text", f"must be at most {max_chars} characters")
+    if "\x00" in text:
+        raise FieldInvalid("input.text", "must not contain NUL characters")
+    voice = voice.strip() or DEFAULT_VOICE
+    if len(voice) > MAX_EXPRESSION_CHARS:
+        raise FieldInvalid("input.voice", f"must be at most {MAX_EXPRESSION_CHARS} characters")
+    try:
+        parse_voice_expression(voice)
+    except VoiceExpressionError as error:
+        raise FieldInvalid("input.voice", f"is not a voice: {error}") from error
+    if speed == 0:
+        speed = 1.0
+    if not math.isfinite(speed) or not MIN_SPEED <= speed <= MAX_SPEED:
+        raise FieldInvalid("input.speed", f"must be between {MIN_SPEED:g} and {MAX_SPEED:g}")
+    output_format = output_format or DEFAULT_FORMAT
+    if output_format not in CONTENT_TYPES:
+        raise FieldInvalid("input.output_format", f"must be one of {', '.join(CONTENT_TYPES)}")
+    return Input(text=text, voice=voice, speed=speed, output_format=output_format)
+
+
+def webhook_url_shape(value: str) -> str | None:
+    """An http(s) URL of at most 2,048 characters, or None; where it points is checked apart
+    (webhooks.check_webhook_url)."""
+    if not value:
+        return None
+    if len(value) > MAX_WEBHOOK_URL_LENGTH:
+        raise FieldInvalid("webhook_url", f"must be at most {MAX_WEBHOOK_URL_LENGTH} characters")
+    if _has_control(value) or any(char.isspace() for char in value):
+        raise FieldInvalid("webhook_url", "must not contain spaces or control characters")
+    return value
+
+
+def page_size(requested: int) -> int:
+    """0 means the default; sizes above the maximum are lowered to it (AIP-158)."""
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(requested, MAX_PAGE_SIZE)
+
+
+def byte_range(offset: int, length: int) -> tuple[int, int]:
+    if offset < 0:
+        raise FieldInvalid("offset", "must not be negative")
+    if length < 0:
+        raise FieldInvalid("length", "must not be negative")
+    return offset, length
