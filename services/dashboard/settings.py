@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import ClassVar, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.client_address import Network, parse_networks
 from services.common.mesh import PORTS, local_address
 from services.common.settings import ServiceSettings
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # The ledger's default LEDGER_MAX_TOP_UP_CREDITS: the most one payment can be credited.
 LEDGER_MAX_TOP_UP_CREDITS = 10_000_000
 
@@ -85,16 +84,3 @@ class DashboardSettings(ServiceSettings):
     @property
     def trusted_networks(self) -> tuple[Network, ...]:
         return parse_networks(self.trusted_proxies)
-
-
-def parse_networks(value: str) -> tuple[Network, ...]:
-    """`10.0.0.0/8, 192.168.1.7` → networks; ValueError naming the entry that is not one."""
-    networks = []
-    for entry in (part.strip() for part in value.split(",")):
-        if not entry:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
-    return tuple(networks)

@@ -37,6 +37,10 @@ async def serve(settings: GatewaySettings) -> None:
         # Logging is ours (JSON, with request ids); uvicorn's access log would duplicate it.
         log_config=None,
         access_log=False,
+        # The client's address (what the invalid-key throttle counts by) is worked out from
+        # X-Forwarded-For in routes/common.py, believing GATEWAY_TRUSTED_PROXIES only; uvicorn
+        # must not rewrite the peer first (by default it believes 127.0.0.1).
+        proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(settings.grace_seconds),
         lifespan="on",
     )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,6 +14,7 @@ from starlette.types import ASGIApp
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Upstreams
 from services.gateway.errors import install_error_handlers
+from services.gateway.key_floods import InvalidKeyThrottle
 from services.gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from services.gateway.predictions import PredictionDesk
 from services.gateway.routes import account, catalog, health, predictions, speech
@@ -24,7 +26,8 @@ OpenAI-compatible text to speech on Kokoro-82M, paid per input character from pr
 If you can call OpenAI's `/v1/audio/speech`, you can call this: change the base URL and use
 your `kp_live_…` key as a Bearer token (or in an `X-API-Key` header). Errors are
 `{"detail": "…"}`; every response carries `x-request-id`. Client errors carry
-`x-should-retry: false`, transient ones `true`.
+`x-should-retry: false`, transient ones `true`. An address that keeps sending invalid keys is
+answered `429` with `Retry-After`, whatever the key, until its window has passed.
 
 The hosted Kokoro listing's asynchronous API is served too: `POST /v1/prediction/`, then poll
 `GET /v1/prediction/{id}` (or receive a webhook) and download `output` without the key. Its
@@ -79,10 +82,19 @@ _SHOULD_RETRY_HEADER = {
 }
 
 
-def create_app(settings: GatewaySettings, clients: Upstreams) -> FastAPI:
-    """The gateway over `clients`: gRPC ones when served, in-memory fakes in unit tests."""
+def create_app(
+    settings: GatewaySettings,
+    clients: Upstreams,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The gateway over `clients`: gRPC ones when served, in-memory fakes in unit tests.
+    `clock` times the invalid-key windows (tests pass one they move by hand)."""
     voices_and_models = Catalog(clients.synth, settings.catalog_ttl_seconds)
-    seller = SpeechSeller(clients, voices_and_models, settings)
+    key_throttle = InvalidKeyThrottle(
+        settings.invalid_keys_per_address, settings.invalid_key_window_seconds, clock=clock
+    )
+    seller = SpeechSeller(clients, voices_and_models, settings, key_throttle)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -104,6 +116,8 @@ def create_app(settings: GatewaySettings, clients: Upstreams) -> FastAPI:
     app.state.seller = seller
     app.state.predictions = PredictionDesk(clients.predictions, voices_and_models, settings)
     app.state.public_url = settings.public_url
+    # Whose X-Forwarded-For names the client (routes/common.py).
+    app.state.trusted_proxies = settings.trusted_networks
     app.state.upstreams = clients
     # Set when the process is asked to stop, so /readyz sends new traffic elsewhere.
     app.state.draining = asyncio.Event()

@@ -102,6 +102,7 @@ _STATUS_CODES = {
     410: "gone",
     413: "body_too_large",
     416: "range_not_satisfiable",
+    429: "too_many_requests",
     500: "internal_error",
     502: "upstream_error",
     503: "unavailable",
@@ -140,6 +141,12 @@ def http_status(error: UpstreamError) -> int:
     if error.reason is not None and error.reason in REASON_TO_HTTP:
         return REASON_TO_HTTP[error.reason]
     return GRPC_TO_HTTP.get(error.code, 502)
+
+
+def rejects_the_key(error: UpstreamError) -> bool:
+    """Whether a failed VerifyKey was auth refusing the key (invalid, revoked), rather than auth
+    failing: the former is the client's doing, and counts against its address."""
+    return http_status(error) == 401
 
 
 def api_error(error: UpstreamError) -> ApiError:
@@ -224,6 +231,18 @@ def missing_key() -> ApiError:
 
 def invalid_key() -> ApiError:
     return ApiError(401, "invalid API key", code="key_invalid")
+
+
+def too_many_invalid_keys(retry_after: int) -> ApiError:
+    """The 429 for an address whose keys failed too often (key_floods.py): every keyed request
+    from it, a valid key's included, until its window has passed."""
+    return ApiError(
+        429,
+        "too many requests with invalid API keys from your address; requests with a key are "
+        f"refused for {retry_after} more seconds",
+        headers={"Retry-After": str(retry_after)},
+        code="too_many_invalid_keys",
+    )
 
 
 def conflicting_credentials() -> ApiError:

@@ -1,7 +1,7 @@
 """The serving layer: one paid speech request from key to first audio, and the free listings.
 
     authenticate ─▶ validate ─▶ hold ─▶ synthesize ─▶ first piece ─▶ deliver ─▶ settle
-        401            400       402        └─ failure before the first piece: release, 502
+      401, 429         400       402        └─ failure before the first piece: release, 502
                                                 failure after it: release, connection cut
 
 Everything that can be checked before the credits are held is (length, voice, model, speed,
@@ -17,6 +17,7 @@ import asyncio
 
 import grpc
 
+from services.common.client_address import UNKNOWN
 from services.gateway.billing import Billing, Outcome, SpeechOrder, ledger_key
 from services.gateway.catalog import Catalog
 from services.gateway.clients import (
@@ -34,23 +35,30 @@ from services.gateway.errors import (
     invalid_key,
     invalid_order,
     missing_key,
+    rejects_the_key,
     synthesis_error,
     synthesis_not_started,
+    too_many_invalid_keys,
 )
+from services.gateway.key_floods import InvalidKeyThrottle, Throttled, looks_like_key
 from services.gateway.middleware import timed
 from services.gateway.protocol import SpeechRequest
 from services.gateway.settings import GatewaySettings
-
-# Keys are 51 characters (`kp_live_` + 43); anything far longer is refused without a lookup.
-MAX_PRESENTED_KEY_CHARS = 256
 
 
 class SpeechSeller:
     """Sells speech by the character: checks the key, validates the order, holds its cost and
     starts the synthesis; also answers the balance and the catalog, and drains at shutdown."""
 
-    def __init__(self, upstreams: Upstreams, catalog: Catalog, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        catalog: Catalog,
+        settings: GatewaySettings,
+        key_throttle: InvalidKeyThrottle,
+    ) -> None:
         self._auth = upstreams.auth
+        self._key_throttle = key_throttle
         self._ledger = upstreams.ledger
         self._synth = upstreams.synth
         self._catalog = catalog
@@ -65,17 +73,27 @@ class SpeechSeller:
         # Deliveries started and not yet finished; drain() waits for them.
         self._live: set[SpeechDelivery] = set()
 
-    async def authenticate(self, key: str | None) -> Principal:
+    async def authenticate(self, key: str | None, address: str = UNKNOWN) -> Principal:
+        """The key's account, if auth verifies it. `address` is the client's (its throttle
+        key): one whose keys failed too often gets 429 before auth is asked (key_floods.py)."""
         if not key:
             raise missing_key()
-        if len(key) > MAX_PRESENTED_KEY_CHARS:
-            # No key is this long; answered here, so junk never travels to auth.
-            raise invalid_key()
         try:
-            with timed("auth"):
-                return await self._auth.verify_key(key)
-        except UpstreamError as error:
-            raise api_error(error) from error
+            check = self._key_throttle.admit(address)
+        except Throttled as throttled:
+            raise too_many_invalid_keys(throttled.retry_after) from None
+        with check:
+            if not looks_like_key(key):
+                # No key has this shape: answered here, so junk never travels to auth.
+                check.failed()
+                raise invalid_key()
+            try:
+                with timed("auth"):
+                    return await self._auth.verify_key(key)
+            except UpstreamError as error:
+                if rejects_the_key(error):
+                    check.failed()
+                raise api_error(error) from error
 
     async def balance(self, principal: Principal) -> Balance:
         try:

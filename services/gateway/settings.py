@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.client_address import Network, parse_networks
 from services.common.mesh import PORTS, local_address
 from services.common.settings import ServiceSettings
 
@@ -77,6 +78,17 @@ class GatewaySettings(ServiceSettings):
     # URLs in prediction answers (`urls.cancel`); empty: each request's own scheme and Host.
     # Behind a proxy that does not forward its scheme (an Ingress terminating TLS), set it.
     public_url: str = Field(default="", max_length=2048)
+    # Proxies whose X-Forwarded-For is believed (comma-separated addresses or CIDRs): the
+    # Ingress controller's. The client's address is what the invalid-key throttle counts by,
+    # so a header from anyone else is ignored: a client could otherwise claim a fresh address
+    # per attempt. Empty: every client is its socket's peer.
+    trusted_proxies: str = ""
+    # An address whose keys failed verification this many times within the window (missing keys
+    # do not count; junk that cannot be a key does) gets 429 for every keyed request until the
+    # window has passed, without a call to auth: a flood of made-up keys costs auth's database
+    # at most this many lookups per address and window, per replica (key_throttle.py).
+    invalid_keys_per_address: int = Field(default=20, ge=1, le=1_000_000)
+    invalid_key_window_seconds: float = Field(default=60.0, gt=0, le=86_400)
 
     @field_validator("billing_url", "public_url")
     @classmethod
@@ -87,6 +99,16 @@ class GatewaySettings(ServiceSettings):
         if value and (not sound or " " in value):
             raise ValueError(f"must be an absolute http(s) URL without spaces, or empty: {value!r}")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def trusted_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
 
     @model_validator(mode="after")
     def _timings_agree(self) -> Self:

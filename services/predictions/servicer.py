@@ -66,7 +66,11 @@ from services.predictions.store import (
     PredictionStore,
 )
 from services.predictions.validation import FieldInvalid
-from services.predictions.webhooks import check_webhook_url
+from services.predictions.webhooks import (
+    WebhookHostUnresolved,
+    WebhookUrlRefused,
+    check_webhook_url,
+)
 
 SERVICE_NAME: str = predictions_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 # What the ledger's usage labels call the model predictions run.
@@ -168,7 +172,11 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         )
         webhook_url = validation.webhook_url_shape(request.webhook_url)
         if webhook_url is not None:
-            await check_webhook_url(webhook_url, allow_private=self._allow_private_webhooks)
+            try:
+                await check_webhook_url(webhook_url, allow_private=self._allow_private_webhooks)
+            except WebhookHostUnresolved as unresolved:
+                # At create the customer is there to hear it; at delivery it is retried.
+                raise WebhookUrlRefused("has a host that does not resolve") from unresolved
         problem = await self._voices.problem(checked.voice)
         if problem is not None:
             raise FieldInvalid("input.voice", problem)

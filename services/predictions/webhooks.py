@@ -90,8 +90,13 @@ class Target:
 
 def refusal(address: IPAddress) -> str | None:
     """Why a webhook may not go to `address`, or None when it is a public one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local:
+            return "site-local"
+        # An IPv4 address carried inside IPv6 is judged as that IPv4 address.
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        if embedded is not None:
+            address = embedded
     for kind in ("loopback", "link_local", "unspecified", "multicast", "private", "reserved"):
         if getattr(address, f"is_{kind}"):
             return kind.replace("_", "-")
@@ -130,7 +135,8 @@ async def _addresses(host: str, port: int) -> list[IPAddress]:
             loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_SECONDS
         )
     except (OSError, TimeoutError) as exc:
-        raise WebhookUrlRefused(f"host {host!r} does not resolve") from exc
+        # Often passing (a resolver timeout, SERVFAIL): the queue tries again later.
+        raise WebhookHostUnresolved(f"host {host!r} does not resolve now: {exc}") from exc
     found: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
@@ -201,7 +207,16 @@ class WebhookSender:
 
     def __init__(self, *, timeout: float, allow_private: bool) -> None:
         self._allow_private = allow_private
-        self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
+        self._timeout = timeout
+        # No pooled connections: the pool keys on the address, not the name a TLS certificate
+        # was checked for, so a kept connection could carry one host's payload to another that
+        # shares its address. A webhook per prediction needs no pool anyway.
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -222,16 +237,24 @@ class WebhookSender:
         # browser would with "localhost" → ::1, 127.0.0.1): never an address not checked.
         for address in target.addresses:
             try:
-                response = await self._client.post(
-                    target.request_url(address),
-                    content=body,
-                    headers=headers,
-                    extensions=extensions,
-                )
+                # The whole try within the timeout (httpx's applies per read, so a receiver
+                # trickling bytes could hold a worker slot for ever), and the answer's body is
+                # never read: its status is all a webhook needs, and a huge one must not land
+                # in the worker's memory.
+                async with asyncio.timeout(self._timeout):
+                    request = self._client.build_request(
+                        "POST",
+                        target.request_url(address),
+                        content=body,
+                        headers=headers,
+                        extensions=extensions,
+                    )
+                    response = await self._client.send(request, stream=True)
+                    await response.aclose()
                 break
             except httpx.ConnectError as exc:
                 problem = f"cannot connect to {address}: {exc}"[:300]
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, TimeoutError) as exc:
                 return Delivery(False, problem=f"{type(exc).__name__}: {exc}"[:300])
         if response is None:
             return Delivery(False, problem=problem)
@@ -242,6 +265,10 @@ class WebhookSender:
 
 class WebhookNotDelivered(Exception):
     """A try that got no 2xx; the queue tries again while the deadline allows."""
+
+
+class WebhookHostUnresolved(Exception):
+    """The receiver's host did not resolve this time; unlike a refused address, retried."""
 
 
 def error_text(prediction: Prediction) -> str:
@@ -283,6 +310,9 @@ class WebhookDeliverer:
         except WebhookUrlRefused as refused:
             _log.warning("webhook not sent: %s", refused, extra=extra)
             return
+        except WebhookHostUnresolved as unresolved:
+            _log.info("webhook not sent yet: %s", unresolved, extra=extra)
+            raise WebhookNotDelivered(str(unresolved)) from unresolved
         if not delivery.delivered:
             _log.info("webhook not delivered: %s", delivery.problem, extra=extra)
             raise WebhookNotDelivered(delivery.problem)

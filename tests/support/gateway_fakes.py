@@ -46,8 +46,15 @@ from services.gateway.clients import (
 from services.gateway.serving import SpeechSeller
 from services.gateway.settings import GatewaySettings
 
-GOOD_KEY = "kp_live_" + "a" * 40
-REVOKED_KEY = "kp_live_" + "r" * 40
+
+def fake_key(letter: str) -> str:
+    """A string of a key's exact shape (`kp_live_` + 43 base62 digits), so the gateway's shape
+    check lets it through to the fake auth."""
+    return "kp_live_" + letter * 43
+
+
+GOOD_KEY = fake_key("a")
+REVOKED_KEY = fake_key("r")
 ACCOUNT = "acct_test"
 
 
@@ -56,10 +63,17 @@ class FakeAuth:
         self.keys = {GOOD_KEY: Principal(ACCOUNT, "key_good")}
         self.revoked = {REVOKED_KEY: Principal(ACCOUNT, "key_revoked")}
         self.request_ids: list[str] = []
+        # Every key VerifyKey was asked about, in order: each one a database lookup in auth.
+        self.verified: list[str] = []
         self.serving = True
+        # Status codes the next verify_key calls fail with, before looking at the key.
+        self.failures: list[grpc.StatusCode] = []
 
     async def verify_key(self, key: str) -> Principal:
         self.request_ids.append(request_id_var.get())
+        self.verified.append(key)
+        if self.failures:
+            raise UpstreamError("auth", self.failures.pop(0), "injected failure")
         if key in self.revoked:
             raise UpstreamError(
                 "auth", grpc.StatusCode.UNAUTHENTICATED, "API key has been revoked", "KEY_REVOKED"
@@ -632,12 +646,31 @@ class FakeMesh:
         return seller
 
 
-def fake_mesh(**settings: object) -> FakeMesh:
-    """The gateway app over fresh fakes, built with `settings` (GatewaySettings fields)."""
+class FakeClock:
+    """A monotonic clock that moves only when told: windows pass without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def fake_mesh(clock: FakeClock | None = None, **settings: object) -> FakeMesh:
+    """The gateway app over fresh fakes, built with `settings` (GatewaySettings fields); `clock`
+    times the invalid-key throttle's windows (default: the real monotonic clock)."""
     auth, ledger, synth = FakeAuth(), FakeLedger(), FakeSynth()
     predictions = FakePredictions(ledger)
     upstreams = Upstreams(auth, ledger, synth, predictions)
-    app = create_app(GatewaySettings(**settings), upstreams)  # type: ignore[arg-type]
+    gateway_settings = GatewaySettings(**settings)  # type: ignore[arg-type]
+    app = (
+        create_app(gateway_settings, upstreams)
+        if clock is None
+        else create_app(gateway_settings, upstreams, clock=clock)
+    )
     return FakeMesh(auth, ledger, synth, predictions, app)
 
 

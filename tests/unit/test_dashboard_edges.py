@@ -8,9 +8,13 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kokoropay.ledger.v1 import ledger_pb2
 
+from services.common.client_address import (
+    MAX_FORWARDED_LENGTH,
+    client_address,
+    parse_networks,
+    throttle_key,
+)
 from services.dashboard import csrf
-from services.dashboard.client_address import MAX_FORWARDED_LENGTH, client_address, throttle_key
-from services.dashboard.settings import parse_networks
 from services.dashboard.usage import daily_chart, outcome, request_rows
 
 PROXIES = parse_networks("10.0.0.0/8, 192.168.1.7")

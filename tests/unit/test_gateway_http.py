@@ -314,7 +314,10 @@ async def test_openapi_describes_the_contract(client: httpx.AsyncClient) -> None
     assert speech["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/SpeechRequest"
     }
-    assert set(speech["responses"]) == {"200", "400", "401", "402", "409", "502", "503", "504"}
+    assert set(speech["responses"]) == {
+        "200", "400", "401", "402", "409", "429", "502", "503", "504"
+    }  # fmt: skip
+    assert "Retry-After" in speech["responses"]["429"]["headers"]
     assert set(speech["responses"]["200"]["content"]) == {
         *CONTENT_TYPES.values(),
         "text/event-stream",

@@ -20,12 +20,13 @@ from tests.support.gateway_fakes import (
     FakeMesh,
     api_key_header,
     auth_header,
+    fake_key,
     output_signature,
 )
 
 CREATE = "/v1/prediction/"
 AUDIO = b"0123456789abcdefghij"  # what the fake worker stores: 20 bytes
-OTHER_KEY = "kp_live_" + "o" * 40
+OTHER_KEY = fake_key("o")
 
 
 def body(text: str = "Hello there.", **fields: Any) -> dict[str, Any]:
@@ -691,7 +692,7 @@ async def test_openapi_documents_the_prediction_api(client: httpx.AsyncClient) -
         create_operation = paths[path]["post"]
         assert create_operation["security"] == either_key
         assert set(create_operation["responses"]) == {
-            "200", "400", "401", "402", "404", "502", "503", "504"
+            "200", "400", "401", "402", "404", "429", "502", "503", "504"
         }  # fmt: skip
         assert create_operation["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/PredictionRequest"
@@ -770,3 +771,20 @@ def test_a_range_selects_within_the_size(
     wanted: ByteRange, size: int, selected: tuple[int, int] | None
 ) -> None:
     assert wanted.select(size) == selected
+
+
+def test_a_hostile_range_header_is_read_in_bounded_time_and_served_whole() -> None:
+    import time
+
+    from services.gateway.output import parse_range
+
+    for header in (
+        "bytes=1-" + "\t" * 60_000 + "x",
+        "bytes=" + "9" * 5_000 + "-",
+        "bytes= 0 - 9 ",
+    ):
+        started = time.perf_counter()
+        parse_range(header)
+        assert time.perf_counter() - started < 0.01, header[:20]
+    assert parse_range("bytes=" + "9" * 5_000 + "-") is None
+    assert parse_range("bytes= 0 - 9 ") is not None

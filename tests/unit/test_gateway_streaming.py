@@ -22,6 +22,7 @@ from tests.support.gateway_fakes import (
     FakeMesh,
     Step,
     auth_header,
+    fake_key,
     pieces_for,
     pieces_with,
     synth_error,
@@ -106,7 +107,7 @@ async def test_openai_client_streams_to_a_file_unchanged(
 
 @pytest.mark.parametrize(
     ("key", "credits", "status"),
-    [("kp_live_nope", 1000, 401), (GOOD_KEY, 1, 402)],
+    [(fake_key("n"), 1000, 401), (GOOD_KEY, 1, 402)],
     ids=["bad-key", "too-few-credits"],
 )
 async def test_openai_client_does_not_retry_a_client_error(

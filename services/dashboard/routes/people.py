@@ -17,8 +17,8 @@ from fastapi import APIRouter, Depends, Form, Request
 from kokoropay.auth.v1 import auth_pb2
 from starlette.responses import RedirectResponse, Response
 
+from services.common.client_address import client_address, throttle_key
 from services.dashboard import cookies, csrf, sessions
-from services.dashboard.client_address import client_address, throttle_key
 from services.dashboard.clients import BackendError, Backends
 from services.dashboard.pages import render
 from services.dashboard.sessions import Session, signed_in

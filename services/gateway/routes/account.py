@@ -14,7 +14,7 @@ router = APIRouter(tags=["account"])
     "/v1/balance",
     summary="Show the balance",
     response_model=BalanceBody,
-    responses=error_responses(401, 502, 503, 504),
+    responses=error_responses(401, 429, 502, 503, 504),
 )
 async def get_balance(principal: CurrentPrincipal, seller: Seller) -> BalanceBody:
     balance = await seller.balance(principal)

@@ -18,7 +18,7 @@ OWNED_BY = "kokoro-pay"
     "/v1/models",
     summary="List models",
     response_model=ModelList,
-    responses=error_responses(401, 502, 503, 504),
+    responses=error_responses(401, 429, 502, 503, 504),
 )
 async def list_models(_: CurrentPrincipal, seller: Seller) -> ModelList:
     cards = [
@@ -33,7 +33,7 @@ async def list_models(_: CurrentPrincipal, seller: Seller) -> ModelList:
     "/v1/audio/voices",
     summary="List voices",
     response_model=VoiceList,
-    responses=error_responses(401, 502, 503, 504),
+    responses=error_responses(401, 429, 502, 503, 504),
 )
 async def list_voices(_: CurrentPrincipal, seller: Seller) -> VoiceList:
     voices = await seller.voices()

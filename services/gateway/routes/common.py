@@ -1,4 +1,5 @@
-"""What the routes share: the two key headers, the serving layers, documented error answers."""
+"""What the routes share: the two key headers and the client's address, the serving layers,
+documented error answers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from services.common.client_address import client_address, throttle_key
 from services.gateway.clients import Principal
 from services.gateway.errors import conflicting_credentials
 from services.gateway.predictions import PredictionDesk
@@ -32,10 +34,12 @@ api_key_header = APIKeyHeader(
 
 @dataclass(frozen=True)
 class PresentedKey:
-    """The key as the request presents it, in either header or both."""
+    """The key as the request presents it, in either header or both, and where it came from:
+    the client's address as the invalid-key throttle counts it."""
 
     bearer: str | None
     header: str | None
+    address: str
 
     def key(self) -> str | None:
         """The one key presented; both headers naming different keys is a 401, not a guess at
@@ -46,10 +50,24 @@ class PresentedKey:
 
 
 def presented_key(
+    request: Request,
     bearer_credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
     header: Annotated[str | None, Security(api_key_header)],
 ) -> PresentedKey:
-    return PresentedKey(bearer_credentials.credentials if bearer_credentials else None, header)
+    return PresentedKey(
+        bearer_credentials.credentials if bearer_credentials else None,
+        header,
+        client_of(request),
+    )
+
+
+def client_of(request: Request) -> str:
+    """The client's address (an IPv6 one's /64): the socket's peer, or, from a proxy named in
+    GATEWAY_TRUSTED_PROXIES, the right-most untrusted hop of X-Forwarded-For."""
+    peer = request.client.host if request.client else None
+    # Header lines a proxy added rather than appended to count as one list, in order.
+    forwarded = ", ".join(request.headers.getlist("x-forwarded-for")) or None
+    return throttle_key(client_address(peer, forwarded, request.app.state.trusted_proxies))
 
 
 Credentials = Annotated[PresentedKey, Depends(presented_key)]
@@ -72,7 +90,7 @@ Desk = Annotated[PredictionDesk, Depends(prediction_desk)]
 
 
 async def authenticated(credentials: Credentials, seller: Seller) -> Principal:
-    return await seller.authenticate(credentials.key())
+    return await seller.authenticate(credentials.key(), credentials.address)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticated)]
@@ -83,6 +101,8 @@ _ERROR_MEANINGS = {
     402: "Insufficient credits — top up your balance.",
     409: "A request with the same Idempotency-Key and content is still in progress; retry "
     "once it has finished.",
+    429: "Too many requests with invalid API keys from your address: every request with a key "
+    "from it is refused (a valid key's too) for `Retry-After` seconds.",
     502: "Upstream synthesis error. Any charge for this request is refunded.",
     503: "A service behind the gateway is unavailable; nothing was charged. Retry later.",
     504: "A service behind the gateway did not answer in time; nothing was charged.",
@@ -99,22 +119,38 @@ _PREDICTION_ERROR_MEANINGS = {
     "such output.",
     410: "The output's retention has passed: the audio was deleted.",
     416: "The requested byte range starts past the output's end; `Content-Range: bytes */size`.",
+    429: "Too many requests with invalid API keys from your address: every request with a key "
+    "from it is refused (a valid key's too) for `Retry-After` seconds "
+    "(`too_many_invalid_keys`).",
     502: "A service behind the gateway failed. Retry with backoff.",
     503: "A service behind the gateway is unavailable. Retry with backoff.",
     504: "A service behind the gateway did not answer in time. Retry with backoff.",
 }
 
 
+_RETRY_AFTER = {
+    "Retry-After": {
+        "schema": {"type": "integer"},
+        "description": "Seconds until requests with a key from this address are served again.",
+    }
+}
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the given error statuses, all with the `{"detail": …}` body."""
-    return {
-        status: {"model": ErrorBody, "description": _ERROR_MEANINGS[status]} for status in statuses
-    }
+    return {status: _entry(ErrorBody, _ERROR_MEANINGS[status], status) for status in statuses}
 
 
 def prediction_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the prediction API's error statuses, in the listing's envelope."""
     return {
-        status: {"model": PredictionErrorBody, "description": _PREDICTION_ERROR_MEANINGS[status]}
+        status: _entry(PredictionErrorBody, _PREDICTION_ERROR_MEANINGS[status], status)
         for status in statuses
     }
+
+
+def _entry(model: type, description: str, status: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"model": model, "description": description}
+    if status == 429:
+        entry["headers"] = dict(_RETRY_AFTER)
+    return entry

@@ -42,7 +42,7 @@ async def create_prediction(
 ) -> PredictionCreated:
     # As for speech: a malformed body is a 400 whoever sends it, then the key, then the checks
     # that need synth's lists.
-    principal = await seller.authenticate(credentials.key())
+    principal = await seller.authenticate(credentials.key(), credentials.address)
     order = await desk.validate(body)
     prediction = await desk.create(principal, order)
     return PredictionCreated(predictionID=prediction.id)
@@ -62,7 +62,7 @@ for _path, _operation_id in (
         summary="Create a prediction",
         description=_CREATE_DESCRIPTION,
         response_model=PredictionCreated,
-        responses=prediction_error_responses(400, 401, 402, 404, 502, 503, 504),
+        responses=prediction_error_responses(400, 401, 402, 404, 429, 502, 503, 504),
     )
 
 
@@ -101,7 +101,7 @@ def _state(prediction: Prediction, request: Request) -> PredictionState:
     ),
     response_model=PredictionState,
     response_model_exclude_unset=True,
-    responses=prediction_error_responses(401, 404, 502, 503, 504),
+    responses=prediction_error_responses(401, 404, 429, 502, 503, 504),
 )
 async def get_prediction(
     prediction_id: str, request: Request, principal: CurrentPrincipal, desk: Desk
@@ -119,7 +119,7 @@ async def get_prediction(
     ),
     response_model=PredictionState,
     response_model_exclude_unset=True,
-    responses=prediction_error_responses(401, 404, 502, 503, 504),
+    responses=prediction_error_responses(401, 404, 429, 502, 503, 504),
 )
 async def cancel_prediction(
     prediction_id: str, request: Request, principal: CurrentPrincipal, desk: Desk

@@ -61,7 +61,7 @@ _OK: dict[int | str, dict[str, Any]] = {
         "audio was delivered, two retries are served again free, then 409."
     ),
     response_class=StreamingResponse,
-    responses={**_OK, **error_responses(400, 401, 402, 409, 502, 503, 504)},
+    responses={**_OK, **error_responses(400, 401, 402, 409, 429, 502, 503, 504)},
 )
 async def create_speech(
     body: SpeechRequest,
@@ -83,7 +83,7 @@ async def create_speech(
     # The key is checked here rather than in a dependency so that a malformed body is a 400
     # whoever sends it (docs/architecture.md: parse and validate, then VerifyKey), and checks that
     # need synth's lists run only for customers.
-    principal = await seller.authenticate(credentials.key())
+    principal = await seller.authenticate(credentials.key(), credentials.address)
     order = await seller.validate(body)
     request_id, request_id_is_ours = request_id_of(request.scope)
     delivery = await seller.sell(

@@ -11,6 +11,7 @@ import pytest
 from services.predictions.settings import PredictionsSettings
 from services.predictions.signing import SignatureInvalid, UrlSigner
 from services.predictions.webhooks import (
+    WebhookHostUnresolved,
     WebhookUrlRefused,
     check_webhook_url,
     payload,
@@ -55,8 +56,21 @@ async def test_checked_urls_keep_their_host_and_connect_to_the_address() -> None
     for bad in ("ftp://example.com/", "http:///nohost", "http://user:pw@example.com/"):
         with pytest.raises(WebhookUrlRefused):
             await check_webhook_url(bad, allow_private=True)
-    with pytest.raises(WebhookUrlRefused, match="does not resolve"):
+    # A name that does not resolve now may later: retried at delivery, refused at create.
+    with pytest.raises(WebhookHostUnresolved, match="does not resolve"):
         await check_webhook_url("http://no-such-host.invalid/", allow_private=True)
+
+
+def test_ipv4_inside_ipv6_and_site_local_addresses_are_refused() -> None:
+    import ipaddress
+
+    for text, kind in (
+        ("::ffff:127.0.0.1", "loopback"),
+        ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
+        ("2002:a00:1::", "private"),  # 6to4 of 10.0.0.1
+        ("fec0::1", "site-local"),
+    ):
+        assert refusal(ipaddress.ip_address(text)) == kind, text
 
 
 def test_retries_back_off_with_jitter_up_to_the_cap() -> None:
@@ -128,3 +142,30 @@ def test_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.public_base_url == "http://127.0.0.1:8000"
     assert (settings.webhook_timeout_seconds, settings.webhook_retry_hours) == (30, 24)
     assert (settings.max_input_chars, settings.allow_private_webhooks) == (4096, False)
+
+
+async def test_a_receiver_cannot_hold_a_worker_nor_fill_its_memory() -> None:
+    import asyncio
+    import time
+
+    from services.predictions.webhooks import WebhookSender
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n")
+        for _ in range(100):  # a byte now and then, for ever as far as the sender knows
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = WebhookSender(timeout=1.0, allow_private=True)
+    try:
+        started = time.monotonic()
+        delivery = await sender.send(f"http://127.0.0.1:{port}/h", "whsec_" + "A" * 43, "m", b"{}")
+        # The status is all that is read: a 2xx, in well under the trickle's 20 s.
+        assert delivery.delivered and time.monotonic() - started < 2.0
+    finally:
+        await sender.close()
+        server.close()

@@ -1,11 +1,13 @@
-"""The address a request came from: what sign-in and sign-up throttling count by.
+"""The address a request came from: what the dashboard's sign-in throttle and the gateway's
+invalid-key throttle count by. Pure functions over the peer, the header and the settings.
 
 Behind the Ingress every connection comes from the controller, so the client's address is in
 `X-Forwarded-For`. That header is whatever the client wrote plus what each proxy appended, so
-it is read from the right: addresses of trusted proxies (DASHBOARD_TRUSTED_PROXIES) are
-skipped, and the first other one is the client. A connection from anyone else is its own
-address, header ignored: otherwise each attempt could claim a fresh address and never be
-throttled.
+it is read from the right: addresses of trusted proxies (DASHBOARD_TRUSTED_PROXIES,
+GATEWAY_TRUSTED_PROXIES) are skipped, and the first other one is the client. A connection from
+anyone else is its own address, header ignored: otherwise each attempt could claim a fresh
+address and never be throttled. Uvicorn's own proxy-header handling stays off in both servers,
+so the peer seen here is the socket's.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from services.dashboard.settings import Network
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # A real chain is a few hops; anything longer is ignored past this, so parsing stays bounded.
 MAX_FORWARDED_HOPS = 16
@@ -42,12 +44,25 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequenc
 
 
 def throttle_key(address: str) -> str:
-    """What auth counts attempts by: the address, or an IPv6 address's /64, since one
+    """What throttles count attempts by: the address, or an IPv6 address's /64, since one
     customer's connection typically holds a whole /64 and could rotate through it."""
     ip = _ip(address)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return address
+
+
+def parse_networks(value: str) -> tuple[Network, ...]:
+    """`10.0.0.0/8, 192.168.1.7` → networks; ValueError naming the entry that is not one."""
+    networks = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
+    return tuple(networks)
 
 
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
