@@ -5,7 +5,14 @@ each call from 1 and from N concurrent clients (each its own channel) for a fixe
 
 - baseline: grpc.health.v1 Check, the cheapest round trip the same server can answer;
 - VerifyKey of a live key: one indexed lookup by keyed hash in PostgreSQL;
-- VerifyKey of junk: refused by shape before any database work.
+- VerifyKey of junk: refused by shape before any database work;
+- VerifyKey with a use, admitted under the key's limits (limits raised so that nothing is
+  refused): KEY_USE_SPEECH counts the request and takes a slot, which the client then gives back
+  with ReleaseSlots as the gateway does when a stream ends (only the VerifyKey is timed: it is
+  what a request waits for; the release runs in the loop, so rps counts both), once with every
+  client on one key (its admissions take turns) and once with a key per client;
+  KEY_USE_PREDICTION_CREATE counts the request only. Their `+p50 ms` is what limits add to the
+  plain VerifyKey's p50, measured in the same run.
 
     .venv/bin/python -m bench.auth_bench [--clients 16] [--seconds 3] [--rounds 3]
 """
@@ -24,13 +31,33 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from services.auth.keys import DEFAULT_MAX_KEYS_PER_ACCOUNT
 from services.common.errors import error_reason
 from tests.support.auth import AuthSecrets, start_auth
 from tests.support.pki import channel
 from tests.support.postgres import create_database, postgres_server_url
 
-# Given a client's channel, the call that client repeats (stubs built once, outside the timing).
-Call = Callable[[grpc.aio.Channel], Callable[[], Awaitable[None]]]
+# Given a client's channel and its number, the call that client repeats (stubs built once,
+# outside the timing). A call may return the seconds of the part of it that counts; else all of
+# it counts.
+Call = Callable[[grpc.aio.Channel, int], Callable[[], Awaitable[float | None]]]
+# Any client's one holder: slots are given back by the holder they were taken for.
+HOLDER = "bench"
+# Limits no phase reaches, so every admission is admitted.
+UNREACHED = auth_pb2.KeyLimits(
+    speech_requests_per_minute=1_000_000,
+    speech_concurrent_streams=10_000,
+    prediction_creates_per_minute=1_000_000,
+    predictions_concurrent=10_000,
+)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    call: Call
+    # The phase whose p50 this one adds to (+p50 ms).
+    versus: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +66,8 @@ class Result:
     clients: int
     latencies: list[float]
     seconds: float
+    # The phase whose p50 this one adds to.
+    versus: str | None = None
 
     @property
     def rps(self) -> float:
@@ -49,7 +78,7 @@ class Result:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1e3
 
 
-def health_check(channel: grpc.aio.Channel) -> Callable[[], Awaitable[None]]:
+def health_check(channel: grpc.aio.Channel, client: int) -> Callable[[], Awaitable[None]]:
     check = health_pb2_grpc.HealthStub(channel).Check
     request = health_pb2.HealthCheckRequest(service="kokoropay.auth.v1.AuthService")
 
@@ -63,7 +92,7 @@ def health_check(channel: grpc.aio.Channel) -> Callable[[], Awaitable[None]]:
 def verify(key: str, expect_reason: str | None) -> Call:
     request = auth_pb2.VerifyKeyRequest(key=key)
 
-    def on(channel: grpc.aio.Channel) -> Callable[[], Awaitable[None]]:
+    def on(channel: grpc.aio.Channel, client: int) -> Callable[[], Awaitable[None]]:
         verify_key = auth_pb2_grpc.AuthServiceStub(channel).VerifyKey
 
         async def call() -> None:
@@ -80,6 +109,28 @@ def verify(key: str, expect_reason: str | None) -> Call:
     return on
 
 
+def admit(keys: list[str], use: auth_pb2.KeyUse) -> Call:
+    """VerifyKey with `use`, client n on keys[n % len(keys)]; a slot taken is given back."""
+
+    def on(channel: grpc.aio.Channel, client: int) -> Callable[[], Awaitable[float]]:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        request = auth_pb2.VerifyKeyRequest(key=keys[client % len(keys)], use=use, holder=HOLDER)
+
+        async def call() -> float:
+            begin = time.perf_counter()
+            admission = (await stub.VerifyKey(request)).admission
+            took = time.perf_counter() - begin
+            assert admission.admitted, admission
+            if admission.slot_id:
+                release = auth_pb2.ReleaseSlotsRequest(holder=HOLDER, slot_ids=[admission.slot_id])
+                assert (await stub.ReleaseSlots(release)).released == 1
+            return took
+
+        return call
+
+    return on
+
+
 async def measure(
     address: str, call: Call, clients: int, seconds: float, warmup: float
 ) -> list[float]:
@@ -89,64 +140,87 @@ async def measure(
     deadline = counted_from + seconds
     per_client: list[list[float]] = [[] for _ in range(clients)]
 
-    async def client(latencies: list[float]) -> None:
+    async def client(number: int, latencies: list[float]) -> None:
         # Over mutual TLS with the gateway's certificate, as the gateway calls VerifyKey.
         async with channel(address, "gateway") as each:
-            once = call(each)
+            once = call(each, number)
             while (begin := time.perf_counter()) < deadline:
-                await once()
+                counted = await once()
                 if begin >= counted_from:
-                    latencies.append(time.perf_counter() - begin)
+                    latencies.append(time.perf_counter() - begin if counted is None else counted)
 
-    await asyncio.gather(*(client(latencies) for latencies in per_client))
+    await asyncio.gather(*(client(n, latencies) for n, latencies in enumerate(per_client)))
     return [latency for latencies in per_client for latency in latencies]
 
 
-async def issue_key(address: str) -> str:
+async def issue_keys(address: str, count: int) -> list[str]:
+    """`count` keys of one account whose limits no phase reaches."""
     async with channel(address, "operator") as as_operator:
         stub = auth_pb2_grpc.AuthServiceStub(as_operator)
-        account = await stub.CreateAccount(auth_pb2.CreateAccountRequest(name="bench"))
-        created = await stub.CreateKey(auth_pb2.CreateKeyRequest(account_id=account.account.id))
-        return str(created.plaintext)
+        account = (await stub.CreateAccount(auth_pb2.CreateAccountRequest(name="bench"))).account
+        await stub.SetAccountLimits(
+            auth_pb2.SetAccountLimitsRequest(account_id=account.id, overrides=UNREACHED)
+        )
+        keys = []
+        for _ in range(count):
+            created = await stub.CreateKey(auth_pb2.CreateKeyRequest(account_id=account.id))
+            keys.append(str(created.plaintext))
+        return keys
 
 
 async def run(address: str, clients: int, seconds: float, rounds: int) -> list[Result]:
     """Phases take turns in short rounds, so load from neighbours on a shared machine falls on
     the baseline and on VerifyKey alike instead of skewing their ratio."""
-    key = await issue_key(address)
+    # A key per client, within what one account may hold (keys are shared round-robin past it).
+    keys = await issue_keys(address, min(clients, DEFAULT_MAX_KEYS_PER_ACCOUNT))
+    key = keys[0]
+    plain = "VerifyKey live key"
     phases = [
-        ("health Check (baseline)", health_check),
-        ("VerifyKey live key", verify(key, None)),
-        ("VerifyKey junk", verify("not-a-key", "KEY_INVALID")),
+        Phase("health Check (baseline)", health_check),
+        Phase(plain, verify(key, None)),
+        Phase("VerifyKey junk", verify("not-a-key", "KEY_INVALID")),
+        Phase("VerifyKey speech, one key", admit([key], auth_pb2.KEY_USE_SPEECH), plain),
+        Phase("VerifyKey speech, key each", admit(keys, auth_pb2.KEY_USE_SPEECH), plain),
+        Phase("VerifyKey create, one key", admit([key], auth_pb2.KEY_USE_PREDICTION_CREATE), plain),
     ]
     slice_seconds = seconds / rounds
     results = []
     for concurrency in sorted({1, clients}):
-        latencies: dict[str, list[float]] = {name: [] for name, _ in phases}
+        latencies: dict[str, list[float]] = {phase.name: [] for phase in phases}
         for _ in range(rounds):
-            for name, call in phases:
-                latencies[name] += await measure(
-                    address, call, concurrency, slice_seconds, warmup=0.2
+            for phase in phases:
+                if concurrency == 1 and phase.name.endswith("key each"):
+                    continue  # one client: the same as one key
+                latencies[phase.name] += await measure(
+                    address, phase.call, concurrency, slice_seconds, warmup=0.2
                 )
-        results += [Result(name, concurrency, latencies[name], seconds) for name, _ in phases]
+        results += [
+            Result(phase.name, concurrency, latencies[phase.name], seconds, phase.versus)
+            for phase in phases
+            if latencies[phase.name]
+        ]
     return results
 
 
 def report(results: list[Result]) -> None:
     print(
-        f"{'call':<26}{'clients':>8}{'calls':>8}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'p50 ×base':>11}{'p99 ×base':>11}{'rps ×base':>11}"
+        f"{'call':<28}{'clients':>8}{'calls':>8}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'p50 ×base':>11}{'p99 ×base':>11}{'rps ×base':>11}{'+p50 ms':>10}"
     )
     for concurrency in sorted({r.clients for r in results}):
         rows = [r for r in results if r.clients == concurrency]
         base = rows[0]
+        by_name = {r.name: r for r in rows}
         for r in rows:
+            added = ""
+            if r.versus is not None:
+                added = f"{r.percentile_ms(0.5) - by_name[r.versus].percentile_ms(0.5):>+10.2f}"
             print(
-                f"{r.name:<26}{r.clients:>8}{len(r.latencies):>8}{r.rps:>9.0f}"
+                f"{r.name:<28}{r.clients:>8}{len(r.latencies):>8}{r.rps:>9.0f}"
                 f"{r.percentile_ms(0.5):>9.2f}{r.percentile_ms(0.99):>9.2f}"
                 f"{r.percentile_ms(0.5) / base.percentile_ms(0.5):>11.2f}"
                 f"{r.percentile_ms(0.99) / base.percentile_ms(0.99):>11.2f}"
-                f"{r.rps / base.rps:>11.2f}"
+                f"{r.rps / base.rps:>11.2f}{added}"
             )
 
 

@@ -24,7 +24,6 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -36,8 +35,8 @@ from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 
+from bench.running_mesh import running_mesh
 from services.cli.admin import AdminClient
-from services.cli.embedded_database import local_database
 from services.cli.mesh import LocalMesh
 from services.common.channels import open_channel
 
@@ -100,11 +99,11 @@ async def direct_stream(synth: synth_pb2_grpc.SynthServiceStub) -> StreamTiming:
     return StreamTiming(first * 1e3, time.perf_counter() - started, size / PCM_BYTES_PER_SECOND)
 
 
-async def gateway_stream(http: httpx.AsyncClient, key: str) -> StreamTiming:
+async def gateway_stream(http: httpx.AsyncClient, key: str, text: str = TEXT) -> StreamTiming:
     started = time.perf_counter()
     first = 0.0
     size = 0
-    body = {"input": TEXT, "voice": VOICE, "response_format": "pcm"}
+    body = {"input": text, "voice": VOICE, "response_format": "pcm"}
     headers = {"Authorization": f"Bearer {key}"}
     async with http.stream("POST", "/v1/audio/speech", json=body, headers=headers) as response:
         response.raise_for_status()
@@ -300,21 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="kokoropay-bench-") as scratch:
-        data_dir = Path(scratch)
-        with local_database(data_dir) as database_url:
-            mesh = LocalMesh(
-                data_dir=data_dir, database_url=database_url, log_dir=data_dir / "logs"
-            )
-            print("starting the mesh (the model takes a while to load)…", flush=True)
-            try:
-                mesh.start(on_ready=lambda name, t: print(f"  {name} ready ({t:.1f}s)", flush=True))
-                report = asyncio.run(measure(mesh, args.rounds, args.balance_seconds))
-            except (RuntimeError, TimeoutError, grpc.RpcError, httpx.HTTPError) as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 1
-            finally:
-                mesh.stop()
+    try:
+        with running_mesh() as mesh:
+            report = asyncio.run(measure(mesh, args.rounds, args.balance_seconds))
+    except (RuntimeError, TimeoutError, grpc.RpcError, httpx.HTTPError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")

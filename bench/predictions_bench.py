@@ -14,15 +14,13 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 
+from bench.running_mesh import running_mesh
 from services.cli.admin import AdminClient
-from services.cli.embedded_database import local_database
 from services.cli.mesh import LocalMesh
 
 TEXT = (
@@ -119,21 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="kokoropay-bench-") as scratch:
-        data_dir = Path(scratch)
-        with local_database(data_dir) as database_url:
-            mesh = LocalMesh(
-                data_dir=data_dir, database_url=database_url, log_dir=data_dir / "logs"
-            )
-            print("starting the mesh (the model takes a while to load)…", flush=True)
-            try:
-                mesh.start(on_ready=lambda name, t: print(f"  {name} ready ({t:.1f}s)", flush=True))
-                asyncio.run(measure(mesh, args.rounds, args.batch))
-            except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 1
-            finally:
-                mesh.stop()
+    try:
+        with running_mesh() as mesh:
+            asyncio.run(measure(mesh, args.rounds, args.batch))
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,6 +9,7 @@ import sys
 from kokoropay.auth.v1 import auth_pb2_grpc
 
 from services.auth.keys import KeyHasher
+from services.auth.limits import LimitPolicy
 from services.auth.passwords import HashCost, Passwords
 from services.auth.people import People, Rules
 from services.auth.servicer import ERRORS, SERVICE_NAME, AuthServicer
@@ -49,6 +50,7 @@ def main() -> None:
         People(store, passwords, rules),
         max_keys_per_account=settings.max_keys_per_account,
         session_idle=rules.lifetimes.idle,
+        limits=LimitPolicy.of(settings),
     )
 
     async def startup() -> None:

@@ -31,6 +31,13 @@ it stopped verifying: its revocation or its session's end, whichever came first.
 | an address past its sign-ups      | RESOURCE_EXHAUSTED  | SIGN_UP_THROTTLED         |
 | a session past its password tries | RESOURCE_EXHAUSTED  | PASSWORD_CHANGE_THROTTLED |
 | the database out of reach         | UNAVAILABLE         |                           |
+| a request over its key's limits   | OK, admitted false  | (Admission.refusal)       |
+
+VerifyKey with a `use` also admits the request under its key's limits (limits.py): the key is
+valid, so a request over a limit is answered OK with `admission.admitted` false and the counts
+the gateway needs for its headers, never RESOURCE_EXHAUSTED. An unknown `use`, or speech without
+a well-formed `holder`, is INVALID_ARGUMENT before the key is looked up; a key that does not
+verify is UNAUTHENTICATED as ever, and nothing is counted for it.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from services.auth import ids
@@ -46,6 +54,19 @@ from services.auth.keys import (
     KeyHasher,
     generate_key,
     looks_like_key,
+)
+from services.auth.limits import (
+    DEFAULT_POLICY,
+    LIMIT_FIELDS,
+    MAX_RELEASED_SLOTS,
+    Admission,
+    KeyLimits,
+    KeyUse,
+    LimitPolicy,
+    Refusal,
+    admission,
+    holder_problem,
+    limit_problem,
 )
 from services.auth.passwords import (
     MAX_PASSWORD_LENGTH,
@@ -63,6 +84,7 @@ from services.auth.store import (
     AuthStore,
     EmailTaken,
     KeyLimitReached,
+    KeyMatch,
     Session,
     User,
 )
@@ -133,6 +155,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         *,
         max_keys_per_account: int = DEFAULT_MAX_KEYS_PER_ACCOUNT,
         session_idle: timedelta = DEFAULT_IDLE,
+        limits: LimitPolicy = DEFAULT_POLICY,
     ) -> None:
         self._store = store
         self._hasher = hasher
@@ -141,6 +164,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         # How long an unused session lives (AUTH_SESSION_IDLE_SECONDS), which a playground key
         # does not outlive: the same value People resolves sessions with.
         self._session_idle = session_idle
+        # Each key's limits unless its account overrides them, and how slots are leased.
+        self._limits = limits
 
     @property
     def _people(self) -> People:
@@ -196,17 +221,79 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def VerifyKey(
         self, request: auth_pb2.VerifyKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.VerifyKeyResponse:
+        use = _checked_use(request.use)
+        holder = _checked_holder(request.holder) if use is KeyUse.SPEECH else None
         # Strings that cannot be keys are answered here, so floods of junk never reach the pool.
-        match = None
-        if looks_like_key(request.key):
-            match = await self._store.find_key(
-                self._hasher.hash(request.key), session_idle=self._session_idle
-            )
-        if match is None:
+        if not looks_like_key(request.key):
             raise KeyRejected("invalid API key", reason="KEY_INVALID")
-        if match.revoked:  # a playground key's ended session included
-            raise KeyRejected("API key has been revoked", reason="KEY_REVOKED")
-        return auth_pb2.VerifyKeyResponse(account_id=match.account_id, key_id=match.key_id)
+        key_hash = self._hasher.hash(request.key)
+        if use is None:
+            match = _verified(await self._store.find_key(key_hash, session_idle=self._session_idle))
+            return auth_pb2.VerifyKeyResponse(account_id=match.account_id, key_id=match.key_id)
+
+        # The slot's id is drawn whether or not a slot is free: the statement decides.
+        slot_id = ids.new_id(ids.SLOT)
+        found = await self._store.admit_key(
+            key_hash,
+            session_idle=self._session_idle,
+            use=use,
+            defaults=self._limits.defaults,
+            holder=holder,
+            slot_id=slot_id,
+            lease=self._limits.lease,
+        )
+        match = _verified(found.match if found is not None else None)
+        if found is None or found.counted is None:
+            raise AssertionError("a live key's request was not counted")
+        admitted = admission(use, found.counted, slot_id, self._limits)
+        return auth_pb2.VerifyKeyResponse(
+            account_id=match.account_id,
+            key_id=match.key_id,
+            admission=_admission_message(admitted),
+        )
+
+    async def ReleaseSlots(
+        self, request: auth_pb2.ReleaseSlotsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ReleaseSlotsResponse:
+        holder = _checked_holder(request.holder)
+        slot_ids = list(request.slot_ids)
+        if len(slot_ids) > MAX_RELEASED_SLOTS:
+            raise FieldInvalid("slot_ids", f"must name at most {MAX_RELEASED_SLOTS:,} slots")
+        if not all(ids.is_id(ids.SLOT, slot_id) for slot_id in slot_ids):
+            raise FieldInvalid("slot_ids", "must all be slot ids (slot_…)")
+        released = await self._store.release_slots(holder, slot_ids) if slot_ids else 0
+        return auth_pb2.ReleaseSlotsResponse(released=released)
+
+    async def RenewSlots(
+        self, request: auth_pb2.RenewSlotsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.RenewSlotsResponse:
+        holder = _checked_holder(request.holder)
+        renewed = await self._store.renew_slots(holder, self._limits.lease)
+        return auth_pb2.RenewSlotsResponse(renewed=renewed, lease=_duration(self._limits.lease))
+
+    async def GetAccountLimits(
+        self, request: auth_pb2.GetAccountLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AccountLimitsResponse:
+        _check_account_id(request.account_id)
+        overrides = await self._store.account_limits(request.account_id)
+        return self._account_limits_message(request.account_id, overrides)
+
+    async def SetAccountLimits(
+        self, request: auth_pb2.SetAccountLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AccountLimitsResponse:
+        _check_account_id(request.account_id)
+        overrides = _checked_overrides(request.overrides)
+        stored = await self._store.set_account_limits(request.account_id, overrides)
+        return self._account_limits_message(request.account_id, stored)
+
+    def _account_limits_message(
+        self, account_id: str, overrides: KeyLimits
+    ) -> auth_pb2.AccountLimitsResponse:
+        return auth_pb2.AccountLimitsResponse(
+            account_id=account_id,
+            overrides=_key_limits_message(overrides),
+            effective=_key_limits_message(self._limits.defaults.overridden_by(overrides)),
+        )
 
     # --- the dashboard: people and their sessions --------------------------------------------
 
@@ -348,6 +435,41 @@ def _check_key_id(key_id: str) -> None:
     _check_id("key_id", key_id, ids.KEY, "a key id (key_…)")
 
 
+def _verified(match: KeyMatch | None) -> KeyMatch:
+    """The key found, if it verifies; else KeyRejected."""
+    if match is None:
+        raise KeyRejected("invalid API key", reason="KEY_INVALID")
+    if match.revoked:  # a playground key's ended session included
+        raise KeyRejected("API key has been revoked", reason="KEY_REVOKED")
+    return match
+
+
+def _checked_use(value: int) -> KeyUse | None:
+    """The request's use; None for KEY_USE_UNSPECIFIED (verification only)."""
+    if value == auth_pb2.KEY_USE_UNSPECIFIED:
+        return None
+    try:
+        return KeyUse(value)
+    except ValueError:
+        raise FieldInvalid("use", "is not a known KeyUse") from None
+
+
+def _checked_holder(holder: str) -> str:
+    problem = holder_problem(holder)
+    if problem is not None:
+        raise FieldInvalid("holder", problem)
+    return holder
+
+
+def _checked_overrides(message: auth_pb2.KeyLimits) -> KeyLimits:
+    overrides = KeyLimits(**{name: getattr(message, name) for name in LIMIT_FIELDS})
+    for name in LIMIT_FIELDS:
+        problem = limit_problem(name, getattr(overrides, name), override=True)
+        if problem is not None:
+            raise FieldInvalid(f"overrides.{name}", problem)
+    return overrides
+
+
 def _check_id(field: str, value: str, prefix: str, kind: str) -> None:
     if not value:
         raise FieldInvalid(field, "is required")
@@ -409,6 +531,40 @@ def _signed_in_message(signed_in: SignedIn) -> auth_pb2.SignInResponse:
         idle_expire_time=timestamp(session.idle_expire_time),
         expire_time=timestamp(session.expire_time),
     )
+
+
+def _duration(span: timedelta) -> Duration:
+    duration = Duration()
+    duration.FromTimedelta(span)
+    return duration
+
+
+_REFUSALS = {
+    None: auth_pb2.LIMIT_REFUSAL_UNSPECIFIED,
+    Refusal.REQUESTS: auth_pb2.LIMIT_REFUSAL_REQUESTS,
+    Refusal.CONCURRENCY: auth_pb2.LIMIT_REFUSAL_CONCURRENCY,
+}
+
+
+def _admission_message(admitted: Admission) -> auth_pb2.Admission:
+    message = auth_pb2.Admission(
+        admitted=admitted.admitted,
+        refusal=_REFUSALS[admitted.refusal],
+        request_limit=admitted.request_limit,
+        requests_remaining=admitted.requests_remaining,
+        requests_reset=_duration(admitted.requests_reset),
+        concurrency_limit=admitted.concurrency_limit,
+        slot_id=admitted.slot_id or "",
+    )
+    if admitted.retry_after is not None:
+        message.retry_after.CopyFrom(_duration(admitted.retry_after))
+    if admitted.lease is not None:
+        message.lease.CopyFrom(_duration(admitted.lease))
+    return message
+
+
+def _key_limits_message(limits: KeyLimits) -> auth_pb2.KeyLimits:
+    return auth_pb2.KeyLimits(**{name: getattr(limits, name) for name in LIMIT_FIELDS})
 
 
 def _key_message(key: ApiKey) -> auth_pb2.ApiKey:

@@ -8,6 +8,14 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.auth.keys import DEFAULT_MAX_KEYS_PER_ACCOUNT, MAX_LISTED_KEYS
+from services.auth.limits import (
+    DEFAULT_CONCURRENCY_RETRY_AFTER,
+    DEFAULT_LEASE,
+    DEFAULT_LIMITS,
+    MAX_CONCURRENT,
+    MAX_LEASE_SECONDS,
+    MAX_REQUESTS_PER_MINUTE,
+)
 from services.auth.sessions import DEFAULT_IDLE, DEFAULT_MAX, MAX_SESSION_SECONDS
 from services.common.mesh import KEY_HASH_SECRET_ENV, KEY_HASH_SECRET_FILE, PORTS
 from services.common.settings import DatabaseSettings, read_secret
@@ -54,6 +62,32 @@ class AuthSettings(DatabaseSettings):
     # what one list shows, so a list always holds every live key.
     max_keys_per_account: int = Field(
         default=DEFAULT_MAX_KEYS_PER_ACCOUNT, ge=1, le=MAX_LISTED_KEYS
+    )
+
+    # Each key's limits unless its account overrides them (SetAccountLimits): requests per
+    # minute and streams (predictions) at once, per use (services/auth/limits.py).
+    speech_requests_per_minute: int = Field(
+        default=DEFAULT_LIMITS.speech_requests_per_minute, ge=1, le=MAX_REQUESTS_PER_MINUTE
+    )
+    speech_concurrent_streams: int = Field(
+        default=DEFAULT_LIMITS.speech_concurrent_streams, ge=1, le=MAX_CONCURRENT
+    )
+    prediction_creates_per_minute: int = Field(
+        default=DEFAULT_LIMITS.prediction_creates_per_minute, ge=1, le=MAX_REQUESTS_PER_MINUTE
+    )
+    predictions_concurrent: int = Field(
+        default=DEFAULT_LIMITS.predictions_concurrent, ge=1, le=MAX_CONCURRENT
+    )
+    # A stream slot is held this long from its admission or its holder's last renewal; a gateway
+    # replica that dies leaves its slots to run out this long after.
+    slot_lease_seconds: int = Field(
+        default=int(DEFAULT_LEASE.total_seconds()), ge=1, le=MAX_LEASE_SECONDS
+    )
+    # What a refusal for concurrency says to wait before trying again.
+    concurrency_retry_after_seconds: int = Field(
+        default=int(DEFAULT_CONCURRENCY_RETRY_AFTER.total_seconds()),
+        ge=1,
+        le=MAX_LEASE_SECONDS,
     )
 
     def key_hash_secret_value(self) -> str | None:

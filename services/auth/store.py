@@ -1,5 +1,5 @@
-"""All of auth's SQL: accounts, keys, people, sessions and throttles in the `auth` schema, and
-the pool it runs on.
+"""All of auth's SQL: accounts, keys, people, sessions, throttles and key limits in the `auth`
+schema, and the pool it runs on.
 
 Connections run in autocommit, and most operations are a single statement: VerifyKey,
 ResolveSession and each throttled attempt cost exactly one round trip to PostgreSQL, with no
@@ -16,6 +16,12 @@ replicas write a key's use about once a minute between them, a row lock (`FOR SH
 sign-in wait for a password change in flight before it opens a session, an advisory lock per
 account makes key creations count the account's live keys one after another, and the unique
 key_hash makes concurrent mints of one session's playground key store it once.
+
+A key's limits (limits.py) are counted in VerifyKey's one statement too: it calls
+auth.admit_key_use() (migration 0005), a function whose window upsert locks the key's window row
+to the end of the statement's transaction and whose slot statements, each with a fresh snapshot,
+then see every slot committed by the admissions before. So one key's concurrent admissions take
+turns and none can take the last request or slot twice; different keys never wait for each other.
 
 A playground key (a row with a session_id) lives while its session does, judged in the very
 statements that read the key (`_SESSION_LIVES`, ResolveSession's own test): VerifyKey refuses it
@@ -41,6 +47,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.auth import ids
 from services.auth.keys import MAX_LISTED_KEYS
+from services.auth.limits import LIMIT_FIELDS, Counted, KeyLimits, KeyUse
 from services.auth.sessions import Lifetimes
 from services.auth.throttle import FAILURE_WINDOW
 from services.common.errors import NotFound, ServiceError, Unavailable
@@ -49,8 +56,9 @@ from services.common.settings import DatabaseSettings
 
 SCHEMA = "auth"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-# How often a process asks the database to drop throttle rows that no longer count, and
-# sessions that ended or expired more than 30 days ago.
+# How often a process asks the database to drop throttle rows that no longer count, sessions
+# that ended or expired more than 30 days ago, expired stream slots and long-ended request
+# windows.
 FORGET_STALE_ROWS_EVERY = timedelta(minutes=10)
 
 _log = logging.getLogger("auth.store")
@@ -85,6 +93,15 @@ class KeyMatch:
     account_id: str
     # Revoked, or a playground key whose session no longer lives.
     revoked: bool
+
+
+@dataclass(frozen=True)
+class KeyAdmission:
+    """A key found for a request of some use, and, if it verifies, what its limits made of it."""
+
+    match: KeyMatch
+    # None when the key does not verify: nothing was counted.
+    counted: Counted | None
 
 
 @dataclass(frozen=True)
@@ -236,26 +253,106 @@ least(k.revoke_time, CASE WHEN k.session_id IS NOT NULL THEN {_SESSION_STOP_TIME
 k.last_use_time, k.session_id IS NOT NULL AS playground
 """
 
-# The key stored under a hash, and whether it verifies: unrevoked and, if a playground key, of
-# a session that lives (one more lookup, by the session's primary key, in the same statement).
+# Whether key `k` verifies: unrevoked and, if a playground key, of a session that lives (one more
+# lookup, by the session's primary key, in the same statement).
+_KEY_LIVES: LiteralString = f"""
+k.revoke_time IS NULL AND (k.session_id IS NULL OR EXISTS (
+    SELECT FROM auth.sessions s WHERE s.id = k.session_id AND {_SESSION_LIVES}
+))
+"""
+# The key stored under a hash, and whether it verifies.
 _FOUND_KEY: LiteralString = f"""
-SELECT k.id, k.account_id,
-    k.revoke_time IS NULL AND (k.session_id IS NULL OR EXISTS (
-        SELECT FROM auth.sessions s WHERE s.id = k.session_id AND {_SESSION_LIVES}
-    )) AS live
-FROM auth.api_keys k WHERE k.key_hash = %(hash)s
+SELECT k.id, k.account_id, {_KEY_LIVES} AS live FROM auth.api_keys k WHERE k.key_hash = %(hash)s
 """
 _FIND_KEY: LiteralString = f"SELECT id, account_id, NOT live FROM ({_FOUND_KEY}) found"
-# The same lookup, stamping the key's use unless it does not verify or any replica stamped it
-# within the minute; a row lock taken by a concurrent stamp is waited for, then its stamp is seen.
+# Stamps the found key's use unless it does not verify or any replica stamped it within the
+# minute; a row lock taken by a concurrent stamp is waited for, then its stamp is seen.
+_STAMP_FOUND_KEY: LiteralString = """
+UPDATE auth.api_keys k SET last_use_time = now()
+FROM found
+WHERE k.id = found.id AND found.live AND k.revoke_time IS NULL
+    AND (k.last_use_time IS NULL OR k.last_use_time < now() - interval '1 minute')
+"""
+# The same lookup, stamping the key's use.
 _FIND_AND_STAMP_KEY: LiteralString = f"""
-WITH found AS ({_FOUND_KEY}), stamped AS (
-    UPDATE auth.api_keys k SET last_use_time = now()
-    FROM found
-    WHERE k.id = found.id AND found.live AND k.revoke_time IS NULL
-        AND (k.last_use_time IS NULL OR k.last_use_time < now() - interval '1 minute')
-)
+WITH found AS ({_FOUND_KEY}), stamped AS ({_STAMP_FOUND_KEY})
 SELECT id, account_id, NOT live FROM found
+"""
+
+# The lookup for a request of %(use)s (limits.KeyUse), with the key's limits for that use: its
+# account's override (LEFT JOINed, read afresh by every call), else the default passed in.
+_FOUND_KEY_WITH_LIMITS: LiteralString = f"""
+SELECT k.id, k.account_id, {_KEY_LIVES} AS live,
+    coalesce(CASE %(use)s::smallint WHEN 1 THEN l.speech_requests_per_minute
+                                    WHEN 2 THEN l.prediction_creates_per_minute END,
+             %(default_requests)s) AS request_limit,
+    coalesce(CASE %(use)s::smallint WHEN 1 THEN l.speech_concurrent_streams
+                                    WHEN 2 THEN l.predictions_concurrent END,
+             %(default_at_once)s) AS concurrency_limit
+FROM auth.api_keys k LEFT JOIN auth.account_limits l ON l.account_id = k.account_id
+WHERE k.key_hash = %(hash)s
+"""
+# ...and, if it verifies, the request admitted under them (migration 0005's auth.admit_key_use:
+# counted in the key's window, a slot taken for %(holder)s when one is given). The function's
+# own statements wait their turn on the key's window row and then see every slot committed
+# before; it is called once (a CTE with a volatile call is never inlined), and only for a live
+# key, the filter on `found` being applied before the call.
+_ADMITTED: LiteralString = """
+SELECT a.request_count, a.window_end_time - now() AS reset, a.slot_taken
+FROM found, auth.admit_key_use(
+    found.id, %(use)s::smallint, found.request_limit, found.concurrency_limit,
+    %(holder)s, %(slot_id)s, %(lease)s
+) a
+WHERE found.live
+"""
+_ADMIT_KEY_COLUMNS: LiteralString = """
+SELECT found.id, found.account_id, NOT found.live, found.request_limit, found.concurrency_limit,
+    admitted.request_count, admitted.reset, admitted.slot_taken
+FROM found LEFT JOIN admitted ON true
+"""
+_ADMIT_KEY: LiteralString = f"""
+WITH found AS ({_FOUND_KEY_WITH_LIMITS}), admitted AS ({_ADMITTED})
+{_ADMIT_KEY_COLUMNS}
+"""
+# The same, stamping the key's use. The stamp waits for the admission (it reads `admitted`), so
+# every transaction locks the window row before the key's row: two admissions of one key, one of
+# them stamping, cannot each hold the lock the other waits for.
+_ADMIT_AND_STAMP_KEY: LiteralString = f"""
+WITH found AS ({_FOUND_KEY_WITH_LIMITS}), admitted AS ({_ADMITTED}),
+stamped AS ({_STAMP_FOUND_KEY} AND EXISTS (SELECT FROM admitted))
+{_ADMIT_KEY_COLUMNS}
+"""
+
+# A holder's unexpired slots, extended to a full lease from now. An expired slot stays expired:
+# an admission may have counted it free already.
+_RENEW_SLOTS: LiteralString = """
+UPDATE auth.stream_slots SET expire_time = now() + %(lease)s
+WHERE holder = %(holder)s AND expire_time > now()
+"""
+
+# An account's overrides (NULL: the default), or no row for an unknown account.
+_ACCOUNT_LIMITS: LiteralString = """
+SELECT l.speech_requests_per_minute, l.speech_concurrent_streams,
+    l.prediction_creates_per_minute, l.predictions_concurrent
+FROM auth.accounts a LEFT JOIN auth.account_limits l ON l.account_id = a.id
+WHERE a.id = %(account)s
+"""
+# Sets all of an account's overrides at once (NULL: back to the default); no row for an unknown
+# account.
+_SET_ACCOUNT_LIMITS: LiteralString = """
+INSERT INTO auth.account_limits AS l (account_id, speech_requests_per_minute,
+    speech_concurrent_streams, prediction_creates_per_minute, predictions_concurrent)
+SELECT a.id, %(speech_requests_per_minute)s, %(speech_concurrent_streams)s,
+    %(prediction_creates_per_minute)s, %(predictions_concurrent)s
+FROM auth.accounts a WHERE a.id = %(account)s
+ON CONFLICT (account_id) DO UPDATE SET
+    speech_requests_per_minute = excluded.speech_requests_per_minute,
+    speech_concurrent_streams = excluded.speech_concurrent_streams,
+    prediction_creates_per_minute = excluded.prediction_creates_per_minute,
+    predictions_concurrent = excluded.predictions_concurrent,
+    update_time = now()
+RETURNING l.speech_requests_per_minute, l.speech_concurrent_streams,
+    l.prediction_creates_per_minute, l.predictions_concurrent
 """
 
 _USER_COLUMNS: LiteralString = "u.id, u.account_id, u.email, u.create_time"
@@ -610,6 +707,82 @@ class AuthStore:
             self._key_uses.stamped(key_hash, now)
         return match
 
+    async def admit_key(
+        self,
+        key_hash: bytes,
+        *,
+        session_idle: timedelta,
+        use: KeyUse,
+        defaults: KeyLimits,
+        holder: str | None,
+        slot_id: str,
+        lease: timedelta,
+    ) -> KeyAdmission | None:
+        """find_key, and in the same statement, if the key verifies, its request of `use`
+        counted under its limits (its account's overrides, else `defaults`) and, with a
+        `holder` (speech), a slot `slot_id` taken for `lease` if one is free. Concurrent
+        admissions of one key are counted one after another (migration 0005)."""
+        now = asyncio.get_running_loop().time()
+        stamp = self._key_uses.due(key_hash, now)
+        row = await self._one(
+            _ADMIT_AND_STAMP_KEY if stamp else _ADMIT_KEY,
+            {
+                "hash": key_hash,
+                "idle": session_idle,
+                "use": int(use),
+                "default_requests": defaults.requests_per_minute(use),
+                "default_at_once": defaults.at_once(use),
+                "holder": holder,
+                "slot_id": slot_id,
+                "lease": lease,
+            },
+        )
+        if row is None:
+            return None
+        match = KeyMatch(key_id=row[0], account_id=row[1], revoked=row[2])
+        if stamp and not match.revoked:
+            self._key_uses.stamped(key_hash, now)
+        counted = None
+        if not match.revoked:
+            counted = Counted(
+                request_limit=row[3],
+                concurrency_limit=row[4],
+                request_count=row[5],
+                requests_reset=row[6],
+                slot_taken=row[7],
+            )
+        return KeyAdmission(match, counted)
+
+    async def release_slots(self, holder: str, slot_ids: list[str]) -> int:
+        """Delete `holder`'s live slots among `slot_ids` (through auth.release_slots, the
+        serving role deleting nothing itself); how many."""
+        row = await self._one(
+            "SELECT auth.release_slots(%(holder)s, %(ids)s)", {"holder": holder, "ids": slot_ids}
+        )
+        return 0 if row is None else int(row[0])
+
+    async def renew_slots(self, holder: str, lease: timedelta) -> int:
+        """Extend `holder`'s unexpired slots to `lease` from now; how many."""
+        async with self._connection() as conn:
+            renewed = await conn.execute(_RENEW_SLOTS, {"holder": holder, "lease": lease})
+        return renewed.rowcount
+
+    async def account_limits(self, account_id: str) -> KeyLimits:
+        """The account's overrides (0: the default); AccountNotFound for an unknown account."""
+        row = await self._one(_ACCOUNT_LIMITS, {"account": account_id})
+        if row is None:
+            raise AccountNotFound(account_id)
+        return _overrides(row)
+
+    async def set_account_limits(self, account_id: str, overrides: KeyLimits) -> KeyLimits:
+        """Replace the account's overrides (0: back to the default); AccountNotFound for an
+        unknown account, which writes nothing."""
+        params: dict[str, Any] = {name: getattr(overrides, name) or None for name in LIMIT_FIELDS}
+        row = await self._one(_SET_ACCOUNT_LIMITS, {**params, "account": account_id})
+        if row is None:
+            raise AccountNotFound(account_id)
+        return _overrides(row)
+
     # --- people -----------------------------------------------------------------------------
 
     async def create_user(self, account_id: str, email: str, password_hash: str) -> User:
@@ -806,17 +979,21 @@ class AuthStore:
         while True:
             try:
                 forgotten = await self._one(
-                    "SELECT auth.forget_stale_throttles(), auth.forget_old_sessions()", {}
+                    "SELECT auth.forget_stale_throttles(), auth.forget_old_sessions(),"
+                    " auth.forget_spent_limits()",
+                    {},
                 )
             except Exception:
                 # Only housekeeping: the next round tries again.
-                _log.warning("could not forget stale throttle rows and sessions", exc_info=True)
+                _log.warning(
+                    "could not forget stale throttle rows, sessions and limits", exc_info=True
+                )
             else:
-                if forgotten and (forgotten[0] or forgotten[1]):
+                if forgotten and any(forgotten):
                     _log.info(
-                        "forgot %d stale throttle rows and %d old sessions",
-                        forgotten[0],
-                        forgotten[1],
+                        "forgot %d stale throttle rows, %d old sessions"
+                        " and %d expired slots and windows",
+                        *forgotten,
                     )
             await asyncio.sleep(FORGET_STALE_ROWS_EVERY.total_seconds())
 
@@ -836,6 +1013,11 @@ def _taken(exc: errors.UniqueViolation) -> ServiceError | None:
     if constraint == "users_account_id_key":
         return AccountHasUser()
     return None
+
+
+def _overrides(row: tuple[Any, ...]) -> KeyLimits:
+    """A row of an account's four overrides, NULL meaning the default (0)."""
+    return KeyLimits(*(value or 0 for value in row))
 
 
 def _session(row: tuple[Any, ...]) -> Session:

@@ -140,6 +140,26 @@ class AdminClient:
         response = await self.auth.RevokeKey(auth_pb2.RevokeKeyRequest(key_id=key_id))
         return response.key
 
+    async def get_account_limits(self, account_id: str) -> auth_pb2.AccountLimitsResponse:
+        """The account's limits per key: its overrides (0: the default) and those in force."""
+        request = auth_pb2.GetAccountLimitsRequest(account_id=account_id)
+        response: auth_pb2.AccountLimitsResponse = await self.auth.GetAccountLimits(request)
+        return response
+
+    async def set_account_limits(
+        self, account_id: str, **changes: int
+    ) -> auth_pb2.AccountLimitsResponse:
+        """Override the account's limits named in `changes` (auth_pb2.KeyLimits fields; 0 goes
+        back to the default) and keep its other overrides. SetAccountLimits replaces all four, so
+        the current ones are read first; two operators changing one account at once may each
+        undo the other's change."""
+        overrides = (await self.get_account_limits(account_id)).overrides
+        for name, value in changes.items():
+            setattr(overrides, name, value)
+        request = auth_pb2.SetAccountLimitsRequest(account_id=account_id, overrides=overrides)
+        response: auth_pb2.AccountLimitsResponse = await self.auth.SetAccountLimits(request)
+        return response
+
     async def create_user(self, account_id: str, email: str, password: str) -> auth_pb2.User:
         """Give an existing account the person who signs in to the dashboard for it."""
         request = auth_pb2.CreateUserRequest(account_id=account_id, email=email, password=password)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
+from kokoropay.auth.v1 import auth_pb2
 
 from services.cli.admin import AdminClient
 from services.cli.envoy import command as envoy_config
@@ -107,6 +108,39 @@ async def key_revoke(args: argparse.Namespace) -> None:
     async with _admin() as admin:
         key = await admin.revoke_key(args.key_id)
     print(f"key {key.id} ({key.prefix}…) revoked")
+
+
+# The limits each key of an account gets, as `limits` prints and sets them: auth_pb2.KeyLimits'
+# fields, each an option of `limits set` (--speech-requests-per-minute, …).
+LIMITS = {
+    "speech_requests_per_minute": "speech requests per minute",
+    "speech_concurrent_streams": "speech streams at once",
+    "prediction_creates_per_minute": "prediction creates per minute",
+    "predictions_concurrent": "predictions queued or running at once",
+}
+
+
+async def limits_show(args: argparse.Namespace) -> None:
+    async with _admin() as admin:
+        account = await admin.find_account(args.account)
+        limits = await admin.get_account_limits(account.id)
+    _print_limits(account, limits)
+
+
+async def limits_set(args: argparse.Namespace) -> None:
+    changes = {name: getattr(args, name) for name in LIMITS if getattr(args, name) is not None}
+    async with _admin() as admin:
+        account = await admin.find_account(args.account)
+        limits = await admin.set_account_limits(account.id, **changes)
+    _print_limits(account, limits)
+
+
+def _print_limits(account: auth_pb2.Account, limits: auth_pb2.AccountLimitsResponse) -> None:
+    print(f"limits per key of account '{account.name}' ({account.id}):")
+    print(f"{'LIMIT':<40}{'IN FORCE':>10}  OVERRIDE")
+    for name, label in LIMITS.items():
+        override = getattr(limits.overrides, name)
+        print(f"{label:<40}{getattr(limits.effective, name):>10}  {override or '(default)'}")
 
 
 async def credits_grant(args: argparse.Namespace) -> None:
@@ -217,6 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke_parser = key.add_parser("revoke", help="revoke a key by id")
     key_revoke_parser.add_argument("key_id")
     key_revoke_parser.set_defaults(handler=key_revoke)
+
+    limits = commands.add_parser(
+        "limits", help="an account's limits per key (requests per minute, things at once)"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    limits_show_parser = limits.add_parser("show", help="the limits in force and the overrides")
+    limits_show_parser.add_argument("account", help="account name or id")
+    limits_show_parser.set_defaults(handler=limits_show)
+    limits_set_parser = limits.add_parser(
+        "set", help="override limits for every key of the account; the others stay as they are"
+    )
+    limits_set_parser.add_argument("account", help="account name or id")
+    for name, label in LIMITS.items():
+        limits_set_parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=_non_negative_int,
+            metavar="N",
+            help=f"{label}; 0 goes back to the default",
+        )
+    limits_set_parser.set_defaults(handler=limits_set)
 
     webhooks = commands.add_parser(
         "webhook-secret", help="the key an account's prediction webhooks are signed with"

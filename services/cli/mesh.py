@@ -18,14 +18,19 @@ from services.common.mesh import KEY_HASH_SECRET_ENV, PKI_DIR, URL_SIGNING_SECRE
 
 # Start order matters only for reporting: the gateway waits on its upstreams by itself.
 SERVICES = ("auth", "ledger", "synth", "predictions", "predictions-worker", "gateway", "dashboard")
-# Processes that are not a service of their own name: module, settings prefix, health variable.
+# Processes that are not a service of their own name: module, settings prefix, health variable,
+# metrics port variable.
 WORKERS = {
     "predictions-worker": (
         "services.predictions.worker",
         "PREDICTIONS",
         "PREDICTIONS_WORKER_HEALTH_PORT",
+        "PREDICTIONS_WORKER_METRICS_PORT",
     ),
 }
+# Processes given a metrics port whose exporter is not wired yet (issue 16's later parts):
+# nothing listens there, so the mesh does not list them in `metrics_addresses`.
+METRICS_NOT_YET_EXPORTED = ("gateway", "predictions-worker")
 # Served over HTTP; ready when /readyz answers 200.
 HTTP_SERVICES = ("gateway", "dashboard")
 # Loading and warming up the model dominates start-up on a CPU.
@@ -42,6 +47,7 @@ class LocalMesh:
         log_dir: Path,
         ports: dict[str, int] | None = None,
         health_ports: dict[str, int] | None = None,
+        metrics_ports: dict[str, int] | None = None,
         env: dict[str, str] | None = None,
         services: Sequence[str] = SERVICES,
     ) -> None:
@@ -88,18 +94,17 @@ class LocalMesh:
             **(env or {}),
         }
         log_dir.mkdir(parents=True, exist_ok=True)
+        self._log_dir = log_dir
+        self._shared_env = shared_env
         self._processes = {}
         for name in self.services:
-            module, prefix, health_variable = WORKERS.get(name, (None, name.upper(), None))
+            module, prefix, health_variable, metrics_variable = WORKERS.get(
+                name, (None, name.upper(), None, None)
+            )
             identity = name.removesuffix("-worker")  # workers prove themselves as their service
             self._processes[name] = ServiceProcess(
                 name,
-                # Each process proves itself with its own certificate.
-                {
-                    **databases.env(name),
-                    **shared_env,
-                    f"{prefix}_TLS_DIR": str(self.pki.folder(identity)),
-                },
+                self._process_env(name, prefix, identity),
                 log_dir,
                 port=self.ports[name],
                 http_ready_path="/readyz" if name in HTTP_SERVICES else None,
@@ -107,7 +112,36 @@ class LocalMesh:
                 module=module,
                 env_prefix=prefix,
                 health_port_variable=health_variable,
+                metrics_port=(metrics_ports or {}).get(name),
+                metrics_port_variable=metrics_variable,
             )
+        # Prometheus' /metrics of each process (free ports unless `metrics_ports` names them).
+        self.metrics_addresses = {
+            name: process.metrics_url
+            for name, process in self._processes.items()
+            if name not in METRICS_NOT_YET_EXPORTED
+        }
+
+    def replica(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        """Another process of service `name` on ports of its own, configured like the mesh's
+        (plus `env`): a second gateway replica sharing the mesh's upstreams and limits. Not
+        started, and not stopped with the mesh: the caller owns it."""
+        if name not in HTTP_SERVICES:
+            raise ValueError(f"only HTTP services are replicated here, not {name!r}")
+        return ServiceProcess(
+            name,
+            {**self._process_env(name, name.upper(), name), **(env or {})},
+            self._log_dir,
+            http_ready_path="/readyz",
+        )
+
+    def _process_env(self, name: str, prefix: str, identity: str) -> dict[str, str]:
+        # Each process proves itself with its own certificate.
+        return {
+            **self.databases.env(name),
+            **self._shared_env,
+            f"{prefix}_TLS_DIR": str(self.pki.folder(identity)),
+        }
 
     def grpc_address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"

@@ -63,9 +63,13 @@ class ServiceFailed(RuntimeError):
 class ServiceProcess:
     """`python -m services.<name>` on a free port, stopped with SIGTERM like a pod.
 
-    `module`, `env_prefix` and `health_port_variable` are for a process that is not a service of
-    its own name, such as the predictions workers (`services.predictions.worker`, configured as
-    PREDICTIONS_*, reporting health on PREDICTIONS_WORKER_HEALTH_PORT)."""
+    `module`, `env_prefix`, `health_port_variable` and `metrics_port_variable` are for a process
+    that is not a service of its own name, such as the predictions workers
+    (`services.predictions.worker`, configured as PREDICTIONS_*, reporting health on
+    PREDICTIONS_WORKER_HEALTH_PORT).
+
+    Every process gets a metrics port of its own, free unless given, so that processes started
+    side by side never contend for the default ones (services/common/mesh.py)."""
 
     def __init__(
         self,
@@ -78,6 +82,8 @@ class ServiceProcess:
         module: str | None = None,
         env_prefix: str | None = None,
         health_port_variable: str | None = None,
+        metrics_port: int | None = None,
+        metrics_port_variable: str | None = None,
     ) -> None:
         self.name = name
         self.module = module or f"services.{name}"
@@ -88,6 +94,9 @@ class ServiceProcess:
         # gRPC services answer health checks on a plaintext port of their own (no certificate).
         self.health_port = health_port or free_port()
         self.health_address = f"127.0.0.1:{self.health_port}"
+        # Prometheus' /metrics, plain HTTP (services/common/metrics.py).
+        self.metrics_port = metrics_port or free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = log_dir / f"{name}-{self.port}.log"
         prefix = env_prefix or name.upper()
         self._env = {
@@ -96,6 +105,7 @@ class ServiceProcess:
             f"{prefix}_PORT": str(self.port),
             f"{prefix}_HOST": "127.0.0.1",
             health_port_variable or f"{prefix}_HEALTH_PORT": str(self.health_port),
+            metrics_port_variable or f"{prefix}_METRICS_PORT": str(self.metrics_port),
         }
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -16,7 +16,13 @@ from services.cli.admin import AdminClient
 from services.cli.embedded_database import local_database
 from services.cli.mesh import SERVICES, LocalMesh
 from services.cli.processes import ServiceFailed
-from services.common.mesh import HEALTH_PORTS, PORTS, PREDICTIONS_WORKER_HEALTH_PORT
+from services.common.mesh import (
+    HEALTH_PORTS,
+    METRICS_PORTS,
+    PORTS,
+    PREDICTIONS_WORKER_HEALTH_PORT,
+    PREDICTIONS_WORKER_METRICS_PORT,
+)
 
 LOCAL_ACCOUNT = "local"
 LOCAL_CREDITS = 100_000
@@ -93,9 +99,15 @@ def _print_welcome(mesh: LocalMesh, account: dict[str, str]) -> None:
         '"voice": "af_sky", "response_format": "mp3"}\' \\\n'
         "    --output speech.mp3\n"
         f'  curl {base}/balance -H "Authorization: Bearer {account["key"]}"\n\n'
+        f"Metrics (Prometheus):\n{_metrics_lines(mesh)}\n\n"
         "Logs: .data/logs/. Press Ctrl-C to stop.",
         flush=True,
     )
+
+
+def _metrics_lines(mesh: LocalMesh) -> str:
+    width = max(len(name) for name in mesh.metrics_addresses)
+    return "\n".join(f"  {name:<{width}}  {url}" for name, url in mesh.metrics_addresses.items())
 
 
 def run_up(data_dir: Path) -> int:
@@ -109,6 +121,10 @@ def run_up(data_dir: Path) -> int:
             log_dir=data_dir / "logs",
             ports=PORTS,
             health_ports={**HEALTH_PORTS, "predictions-worker": PREDICTIONS_WORKER_HEALTH_PORT},
+            metrics_ports={
+                **METRICS_PORTS,
+                "predictions-worker": PREDICTIONS_WORKER_METRICS_PORT,
+            },
         )
         print(f"starting {', '.join(SERVICES)} (the model takes a while to load)…", flush=True)
         try:

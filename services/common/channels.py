@@ -1,5 +1,5 @@
-"""Client channels between services: mutual TLS with the caller's certificate, and the caller's
-request id in metadata."""
+"""Client channels between services: mutual TLS with the caller's certificate, the caller's
+request id in metadata, and every call counted and timed (services/common/grpc_metrics.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from services.common.grpc_metrics import client_interceptors
 from services.common.interceptors import REQUEST_ID_KEY
 from services.common.keepalive import CHANNEL_OPTIONS
 from services.common.logs import request_id_var
@@ -45,10 +46,12 @@ def channel_credentials(tls: TlsIdentity) -> grpc.ChannelCredentials:
 
 
 def open_channel(address: str, tls: TlsIdentity) -> grpc.aio.Channel:
-    """A mutual-TLS channel that proves who calls (`tls`) and forwards request ids."""
+    """A mutual-TLS channel that proves who calls (`tls`), forwards request ids and counts its
+    calls."""
     return grpc.aio.secure_channel(
         address,
         channel_credentials(tls),
         options=CHANNEL_OPTIONS,
-        interceptors=[_UnaryUnary(), _UnaryStream()],
+        # Metrics first: their time covers the whole call.
+        interceptors=[*client_interceptors(), _UnaryUnary(), _UnaryStream()],
     )

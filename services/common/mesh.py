@@ -32,6 +32,23 @@ HEALTH_PORTS: dict[str, int] = {
 PREDICTIONS_WORKER_HEALTH_PORT = 50065
 
 
+# Plaintext HTTP ports that serve Prometheus' /metrics alone (services/common/metrics.py), never
+# the service's own port: that one is mutual TLS or public. 0 in a `<SERVICE>_METRICS_PORT`
+# turns the exporter off.
+METRICS_PORTS: dict[str, int] = {
+    "auth": 9101,
+    "ledger": 9102,
+    "synth": 9103,
+    "predictions": 9104,
+    "gateway": 9105,
+    "dashboard": 9106,
+}
+
+# The predictions worker is a process of its own with the service's settings: its exporter
+# needs a port of its own too.
+PREDICTIONS_WORKER_METRICS_PORT = 9107
+
+
 def local_address(service: str) -> str:
     """`host:port` of a service on this machine at its default port."""
     return f"127.0.0.1:{PORTS[service]}"

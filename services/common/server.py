@@ -2,8 +2,9 @@
 
 Start-up: listen at once (health NOT_SERVING, service RPCs refused with UNAVAILABLE), run the
 service's own start-up (database pool and migrations, or model load and warm-up), then mark
-SERVING. Every call passes the same interceptors: request id, readiness, who may call it (the
-access each RPC declares in its .proto), and the service's error table. SIGTERM or SIGINT:
+SERVING. Every call passes the same interceptors: metrics, request id, readiness, who may call
+it (the access each RPC declares in its .proto), and the service's error table. Metrics are
+served on a port of their own (services/common/metrics.py) from the first second. SIGTERM or SIGINT:
 NOT_SERVING first so load balancers stop sending, let in-flight RPCs drain for the grace
 period, then release the service's resources.
 """
@@ -22,8 +23,10 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.access import AccessInterceptor, AccessPolicy
 from services.common.errors import ErrorInterceptor, ErrorTable
+from services.common.grpc_metrics import ServerMetricsInterceptor
 from services.common.interceptors import ReadinessInterceptor, RequestIdInterceptor
 from services.common.keepalive import SERVER_OPTIONS
+from services.common.metrics import start_metrics_server
 from services.common.pki import TlsIdentity
 from services.common.settings import GrpcServiceSettings
 
@@ -71,6 +74,8 @@ def build_server(spec: ServiceSpec) -> BuiltServer:
     readiness = ReadinessInterceptor(spec.errors.service)
     server = grpc.aio.server(
         interceptors=[
+            # First, so it counts every answer, the refusals of those below included.
+            ServerMetricsInterceptor(spec.names),
             RequestIdInterceptor(),
             readiness,
             AccessInterceptor(AccessPolicy.of_names(spec.names)),
@@ -117,6 +122,7 @@ async def serve(spec: ServiceSpec, settings: GrpcServiceSettings) -> None:
 
     _listen(lambda address: server.add_secure_port(address, server_credentials(tls)), bind_address)
     _listen(built.health_server.add_insecure_port, health_address)
+    metrics = start_metrics_server(settings.host, settings.metrics_listen_port)
     await server.start()
     await built.health_server.start()
     _log.info(
@@ -157,4 +163,6 @@ async def serve(spec: ServiceSpec, settings: GrpcServiceSettings) -> None:
             startup.cancel()
         if spec.shutdown is not None:
             await spec.shutdown()
+        if metrics is not None:
+            await asyncio.to_thread(metrics.stop)
         _log.info("stopped")

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.mesh import HEALTH_PORTS, PKI_DIR
+from services.common.mesh import HEALTH_PORTS, METRICS_PORTS, PKI_DIR
 from services.common.pki import TlsIdentity
 
 # `.data/` at the repository root holds the local run's database, secrets and weights.
@@ -43,10 +43,20 @@ class ServiceSettings(BaseSettings):
     # A folder with tls.crt, tls.key and ca.crt (a cert-manager Secret's layout); unset means
     # the one `make run` writes, `.data/pki/<service>`.
     tls_dir: Path | None = None
+    # Plain HTTP for Prometheus (/metrics), on `host`. Unset: the service's default
+    # (services/common/mesh.py METRICS_PORTS); 0: no exporter.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @property
     def bind_address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def metrics_listen_port(self) -> int:
+        """Where the exporter listens; 0 when it is off (or the service has no default)."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return METRICS_PORTS.get(self.service_name, 0)
 
     def tls_identity(self) -> TlsIdentity:
         """The service's certificate, key and CA, or exit with one line saying what is missing."""

@@ -20,6 +20,7 @@ from services.gateway.predictions import PredictionDesk
 from services.gateway.routes import account, catalog, health, predictions, speech
 from services.gateway.serving import SpeechSeller
 from services.gateway.settings import GatewaySettings
+from services.gateway.slots import StreamSlots
 
 DESCRIPTION = """\
 OpenAI-compatible text to speech on Kokoro-82M, paid per input character from prepaid credits.
@@ -28,6 +29,12 @@ your `kp_live_…` key as a Bearer token (or in an `X-API-Key` header). Errors a
 `{"detail": "…"}`; every response carries `x-request-id`. Client errors carry
 `x-should-retry: false`, transient ones `true`. An address that keeps sending invalid keys is
 answered `429` with `Retry-After`, whatever the key, until its window has passed.
+
+Each key has limits: `/v1/audio/speech` requests a minute and streams open at once; prediction
+creates a minute and predictions queued or running at once. A request over one is answered
+`429` with `Retry-After` (seconds) and `x-should-retry: true`. Every answer of those endpoints
+once the key is verified (not a 401) carries OpenAI's `x-ratelimit-limit-requests`,
+`x-ratelimit-remaining-requests` and `x-ratelimit-reset-requests` (e.g. `59.4s`).
 
 The hosted Kokoro listing's asynchronous API is served too: `POST /v1/prediction/`, then poll
 `GET /v1/prediction/{id}` (or receive a webhook) and download `output` without the key. Its
@@ -94,13 +101,16 @@ def create_app(
     key_throttle = InvalidKeyThrottle(
         settings.invalid_keys_per_address, settings.invalid_key_window_seconds, clock=clock
     )
-    seller = SpeechSeller(clients, voices_and_models, settings, key_throttle)
+    slots = StreamSlots(clients.auth)
+    seller = SpeechSeller(clients, voices_and_models, settings, key_throttle, slots)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         # Uvicorn has drained the connections; charges still being settled finish first.
         await seller.drain()
+        # Every stream is over: what slots are still held go back now, not at their lease's end.
+        await slots.close()
 
     app = GatewayApp(
         title="kokoro-pay",
@@ -114,6 +124,7 @@ def create_app(
     app.max_input_chars = settings.max_input_chars
     app.max_body_bytes = settings.max_body_bytes
     app.state.seller = seller
+    app.state.slots = slots
     app.state.predictions = PredictionDesk(clients.predictions, voices_and_models, settings)
     app.state.public_url = settings.public_url
     # Whose X-Forwarded-For names the client (routes/common.py).

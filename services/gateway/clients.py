@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol, TypeVar
 
 import grpc
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 from kokoropay.ledger.v1 import ledger_pb2, ledger_pb2_grpc
@@ -57,6 +58,57 @@ class Principal:
 
     account_id: str
     key_id: str
+
+
+class KeyUse(enum.Enum):
+    """What a verified key is about to be used for: which of its limits apply (auth.proto)."""
+
+    SPEECH = "speech"
+    PREDICTION_CREATE = "prediction_create"
+
+
+class LimitRefusal(enum.Enum):
+    """Which limit refused a request."""
+
+    REQUESTS = "requests"
+    CONCURRENCY = "concurrency"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How a request fared against its key's limits for one use; durations in seconds."""
+
+    admitted: bool
+    # Set when not admitted.
+    refusal: LimitRefusal | None
+    # Requests per minute for this use, what is left of them, and when the window ends.
+    request_limit: int
+    requests_remaining: int
+    requests_reset: float
+    # When not admitted: how long to wait before trying again.
+    retry_after: float
+    # Streams (speech), or predictions queued or running, the key may have at once.
+    concurrency_limit: int
+    # Speech, admitted: the stream slot taken, held for `lease` seconds unless renewed.
+    slot_id: str = ""
+    lease: float = 0.0
+
+
+@dataclass(frozen=True)
+class VerifiedKey:
+    """A key auth verified, and, when a use was named, its admission under that use's limits
+    (None when auth answered none)."""
+
+    principal: Principal
+    admission: Admission | None = None
+
+
+@dataclass(frozen=True)
+class SlotRenewal:
+    """What RenewSlots did: slots extended, and the lease (seconds) they now run for."""
+
+    renewed: int
+    lease: float
 
 
 @dataclass(frozen=True)
@@ -227,7 +279,20 @@ class OutputStream(Protocol):
 
 
 class AuthClient(Protocol):
-    async def verify_key(self, key: str) -> Principal: ...
+    async def verify_key(
+        self, key: str, *, use: KeyUse | None = None, holder: str = ""
+    ) -> VerifiedKey:
+        """With a `use`, also admits the request under the key's limits; a speech stream's slot
+        is leased to `holder`."""
+        ...
+
+    async def release_slots(self, holder: str, slot_ids: Sequence[str]) -> int:
+        """Give back slots `holder` took (at most 1,000 ids); how many were still held."""
+        ...
+
+    async def renew_slots(self, holder: str) -> SlotRenewal:
+        """Extend every slot `holder` still holds to a full lease from now."""
+        ...
 
     async def ready(self) -> bool: ...
 
@@ -286,8 +351,11 @@ class PredictionsClient(Protocol):
         principal: Principal,
         prediction_input: PredictionInput,
         webhook_url: str,
+        max_active: int,
     ) -> Prediction:
-        """Reserve len(text) and queue the job; INSUFFICIENT_CREDITS when the balance is short."""
+        """Reserve len(text) and queue the job; INSUFFICIENT_CREDITS when the balance is short,
+        CONCURRENCY_LIMITED (metadata `limit`, `retry_after_seconds`) when the key already has
+        `max_active` (1 to 10,000) predictions queued or running."""
         ...
 
     async def get_prediction(self, account_id: str, prediction_id: str) -> Prediction:
@@ -331,6 +399,14 @@ _AUDIO_FORMATS = {
     "flac": synth_pb2.AUDIO_FORMAT_FLAC,
     "wav": synth_pb2.AUDIO_FORMAT_WAV,
     "pcm": synth_pb2.AUDIO_FORMAT_PCM,
+}
+_KEY_USES = {
+    KeyUse.SPEECH: auth_pb2.KEY_USE_SPEECH,
+    KeyUse.PREDICTION_CREATE: auth_pb2.KEY_USE_PREDICTION_CREATE,
+}
+_LIMIT_REFUSALS = {
+    auth_pb2.LIMIT_REFUSAL_REQUESTS: LimitRefusal.REQUESTS,
+    auth_pb2.LIMIT_REFUSAL_CONCURRENCY: LimitRefusal.CONCURRENCY,
 }
 _VOICE_KINDS: dict[int, VoiceKind] = {
     synth_pb2.VOICE_KIND_BUILTIN: "builtin",
@@ -390,6 +466,24 @@ def _hold(message: ledger_pb2.Hold, *, replayed: bool = False) -> Hold:
     )
 
 
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return float(duration.seconds) + duration.nanos / 1e9
+
+
+def _admission(message: auth_pb2.Admission) -> Admission:
+    return Admission(
+        admitted=message.admitted,
+        refusal=None if message.admitted else _LIMIT_REFUSALS.get(message.refusal),
+        request_limit=message.request_limit,
+        requests_remaining=message.requests_remaining,
+        requests_reset=_seconds(message.requests_reset),
+        retry_after=_seconds(message.retry_after),
+        concurrency_limit=message.concurrency_limit,
+        slot_id=message.slot_id,
+        lease=_seconds(message.lease),
+    )
+
+
 class GrpcAuthClient:
     def __init__(self, channel: grpc.aio.Channel, timeout: float, ready_timeout: float) -> None:
         self._channel = channel
@@ -397,12 +491,29 @@ class GrpcAuthClient:
         self._timeout = timeout
         self._ready_timeout = ready_timeout
 
-    async def verify_key(self, key: str) -> Principal:
-        response = await _call(
-            "auth",
-            self._stub.VerifyKey(auth_pb2.VerifyKeyRequest(key=key), timeout=self._timeout),
+    async def verify_key(
+        self, key: str, *, use: KeyUse | None = None, holder: str = ""
+    ) -> VerifiedKey:
+        request = auth_pb2.VerifyKeyRequest(
+            key=key,
+            use=auth_pb2.KEY_USE_UNSPECIFIED if use is None else _KEY_USES[use],
+            holder=holder,
         )
-        return Principal(account_id=response.account_id, key_id=response.key_id)
+        response = await _call("auth", self._stub.VerifyKey(request, timeout=self._timeout))
+        principal = Principal(account_id=response.account_id, key_id=response.key_id)
+        if not response.HasField("admission"):
+            return VerifiedKey(principal)
+        return VerifiedKey(principal, _admission(response.admission))
+
+    async def release_slots(self, holder: str, slot_ids: Sequence[str]) -> int:
+        request = auth_pb2.ReleaseSlotsRequest(holder=holder, slot_ids=list(slot_ids))
+        response = await _call("auth", self._stub.ReleaseSlots(request, timeout=self._timeout))
+        return int(response.released)
+
+    async def renew_slots(self, holder: str) -> SlotRenewal:
+        request = auth_pb2.RenewSlotsRequest(holder=holder)
+        response = await _call("auth", self._stub.RenewSlots(request, timeout=self._timeout))
+        return SlotRenewal(renewed=response.renewed, lease=_seconds(response.lease))
 
     async def ready(self) -> bool:
         return await _serving(self._channel, self._ready_timeout)
@@ -621,7 +732,11 @@ class GrpcPredictionsClient:
         self._ready_timeout = ready_timeout
 
     async def create_prediction(
-        self, principal: Principal, prediction_input: PredictionInput, webhook_url: str
+        self,
+        principal: Principal,
+        prediction_input: PredictionInput,
+        webhook_url: str,
+        max_active: int,
     ) -> Prediction:
         request = predictions_pb2.CreatePredictionRequest(
             account_id=principal.account_id,
@@ -633,6 +748,7 @@ class GrpcPredictionsClient:
                 output_format=prediction_input.output_format,
             ),
             webhook_url=webhook_url,
+            max_active=max_active,
         )
         response = await _call(
             "predictions", self._stub.CreatePrediction(request, timeout=self._timeout)

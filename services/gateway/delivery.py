@@ -28,6 +28,7 @@ from services.gateway.protocol import (
     SpeechAudioDone,
     SpeechUsage,
 )
+from services.gateway.slots import NO_SLOT, StreamSlot
 
 _log = logging.getLogger("gateway.delivery")
 
@@ -45,7 +46,7 @@ class SpeechDelivery:
 
     `body()` is the HTTP body; `finish()` must run once the response is over, however it ended.
     `deadline` (event-loop time) is when the stream must be over: synthesis start plus
-    settings.max_stream_seconds.
+    settings.max_stream_seconds. `slot` is the key's stream slot, given back as finish() starts.
     """
 
     def __init__(
@@ -58,8 +59,10 @@ class SpeechDelivery:
         live: set[SpeechDelivery] | None = None,
         *,
         deadline: float | None = None,
+        slot: StreamSlot = NO_SLOT,
     ) -> None:
         self._stream = stream
+        self._slot = slot
         self._first = first
         self._order = order
         self._charge = charge
@@ -95,6 +98,9 @@ class SpeechDelivery:
         if self._finished:
             return
         self._finished = True
+        # First: the stream is over for the client, so the key may open another now, not
+        # once settling (which may retry for seconds) is done. It neither waits nor raises.
+        self._slot.give_back()
         self._stream.cancel()
         self._keeper.stop()
         # No outcome recorded: the body was abandoned before its end, so the client left.

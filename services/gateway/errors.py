@@ -19,7 +19,8 @@ and passed on; 5xx answers say which service failed and nothing about its inside
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -28,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.gateway.clients import UpstreamError
+from services.gateway.clients import Admission, KeyUse, LimitRefusal, UpstreamError
 from services.gateway.fingerprint import fields_that_differ
 
 _log = logging.getLogger("gateway.errors")
@@ -66,6 +67,8 @@ REASON_TO_HTTP: dict[str, int] = {
     "REQUEST_COMPLETED": 409,
     # A service starting up or draining: nothing happened, retry soon.
     "NOT_SERVING": 503,
+    # predictions: the key has its most predictions queued or running.
+    "CONCURRENCY_LIMITED": 429,
 }
 
 # Seconds a client is told to wait when a service is not serving yet (warm-up takes longer on a
@@ -245,6 +248,54 @@ def too_many_invalid_keys(retry_after: int) -> ApiError:
     )
 
 
+def retry_after_seconds(seconds: float) -> int:
+    """A wait as `Retry-After` carries it: whole seconds, rounded up, at least one (the official
+    openai client honours it up to two minutes; 0 would make it fall back to its backoff)."""
+    return max(math.ceil(seconds), 1)
+
+
+# What a key may have at once, per use, as the 429 names it.
+_AT_ONCE = {
+    KeyUse.SPEECH: ("streams", "when one ends"),
+    KeyUse.PREDICTION_CREATE: ("predictions queued or running", "when one finishes"),
+}
+
+
+def limit_reached(use: KeyUse, admission: Admission) -> ApiError:
+    """The 429 for a request auth refused under its key's limits: which limit, its value, and
+    how long to wait (`Retry-After`); the listing's `details` is `rate_limited` or
+    `concurrency_limited`."""
+    wait = retry_after_seconds(admission.retry_after)
+    if admission.refusal is LimitRefusal.CONCURRENCY:
+        return concurrency_limited(use, admission.concurrency_limit, wait)
+    return ApiError(
+        429,
+        f"rate limit reached for requests: {admission.request_limit} per minute for this key; "
+        f"retry in {wait} s",
+        headers={"Retry-After": str(wait)},
+        code="rate_limited",
+    )
+
+
+def concurrency_limited(use: KeyUse, limit: int | None, wait: int) -> ApiError:
+    what, when = _AT_ONCE[use]
+    most = f"{limit} {what}" if limit else f"the most {what}"
+    return ApiError(
+        429,
+        f"concurrency limit reached: {most} at once for this key; retry {when}",
+        headers={"Retry-After": str(wait)},
+        code="concurrency_limited",
+    )
+
+
+def _number(metadata: Mapping[str, str], name: str) -> float | None:
+    try:
+        value = float(metadata.get(name, ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def conflicting_credentials() -> ApiError:
     """Both headers sent, naming different keys: which account would pay is not ours to guess."""
     return ApiError(
@@ -304,9 +355,19 @@ def prediction_not_found(prediction_id: str) -> ApiError:
 
 def create_prediction_error(error: UpstreamError, cost: int, billing_url: str) -> ApiError:
     """A refused CreatePrediction: short of credits (or no ledger account yet) is the 402 with
-    the billing page; bad input (the webhook URL included) a 400 with the service's reason."""
+    the billing page; the key's most predictions already queued or running (CONCURRENCY_LIMITED)
+    a 429 naming the limit, with the service's wait as `Retry-After`; bad input (the webhook URL
+    included) a 400 with the service's reason."""
     if error.reason == "INSUFFICIENT_CREDITS" or error.code == grpc.StatusCode.NOT_FOUND:
         return insufficient_credits(cost, billing_url)
+    if error.reason == "CONCURRENCY_LIMITED":
+        limit = _number(error.metadata, "limit")
+        wait = _number(error.metadata, "retry_after_seconds")
+        return concurrency_limited(
+            KeyUse.PREDICTION_CREATE,
+            None if limit is None else int(limit),
+            RETRY_AFTER_SECONDS if wait is None else retry_after_seconds(wait),
+        )
     return api_error(error)
 
 

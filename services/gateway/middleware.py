@@ -4,7 +4,10 @@ It wraps the whole application, Starlette's own error middleware included, so ev
 413 carries `x-request-id`, and the request id is in `request_id_var` for everything below it:
 log lines and the metadata of every gRPC call (services/common/channels.py). Phases timed with
 `timed()` before the response starts are reported in a `server-timing` header, so a client can
-tell the gateway's own cost (auth, reserve) from the wait for the model (synth).
+tell the gateway's own cost (auth, reserve) from the wait for the model (synth). Headers that
+the serving layer learns on the way and that belong on the answer whatever it turns out to be
+(the key's rate-limit counts: a 200, a 400, a 429 alike) are added with
+`add_response_headers()`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -34,6 +37,19 @@ _log = logging.getLogger("gateway.access")
 _timings: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
     "gateway_timings", default=None
 )
+
+# Headers for the current request's answer, whatever its status; shared like the timings.
+_extra_headers: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "gateway_extra_headers", default=None
+)
+
+
+def add_response_headers(headers: Mapping[str, str]) -> None:
+    """Put `headers` on the current request's answer, an error answer included; a header the
+    response sets itself wins."""
+    extra = _extra_headers.get()
+    if extra is not None:
+        extra.update(headers)
 
 
 @contextmanager
@@ -74,6 +90,8 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         timings: dict[str, float] = {}
         timings_token = _timings.set(timings)
+        extra_headers: dict[str, str] = {}
+        extra_headers_token = _extra_headers.set(extra_headers)
         started = time.perf_counter()
         status = 0
 
@@ -88,6 +106,8 @@ class RequestContextMiddleware:
                     headers["x-should-retry"] = "true" if retry else "false"
                 if timings:
                     headers["server-timing"] = _server_timing(timings)
+                for name, value in extra_headers.items():
+                    headers.setdefault(name, value)
             await send(message)
 
         try:
@@ -105,6 +125,7 @@ class RequestContextMiddleware:
                     "duration_ms": round((time.perf_counter() - started) * 1e3, 2),
                 },
             )
+            _extra_headers.reset(extra_headers_token)
             _timings.reset(timings_token)
             request_id_var.reset(token)
 

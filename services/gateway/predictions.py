@@ -1,7 +1,8 @@
 """The serving layer of the hosted listing's prediction API: create, poll, cancel, the output.
 
-    create:  authenticate ─▶ validate ─────────▶ CreatePrediction ─▶ id
-                401          404 model, 400         402 (it reserves len(text)), 400 webhook
+    create:  admit ─▶ validate ─────────▶ CreatePrediction ─▶ id
+          401, 429    404 model, 400         402 (it reserves len(text)), 400 webhook,
+                                             429 max_active queued or running
     poll, cancel: authenticate ─▶ Get/CancelPrediction ─▶ state      404 unknown or not yours
     output (no key): Range ─▶ ReadOutput (signature checked there) ─▶ 200/206 streamed
                                   403 bad signature, 410 expired, 404 unknown, 416 range
@@ -53,6 +54,8 @@ from services.gateway.settings import GatewaySettings
 _PREDICTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _EXTENSIONS = {media_type: extension for extension, media_type in CONTENT_TYPES.items()}
 _FALLBACK_CONTENT_TYPE = "application/octet-stream"
+# The most CreatePrediction's max_active takes: what a key has when nothing limits it.
+MAX_ACTIVE_PREDICTIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,19 @@ class PredictionDesk:
             request.webhook_url or "",
         )
 
-    async def create(self, principal: Principal, order: PredictionOrder) -> Prediction:
+    async def create(
+        self, principal: Principal, order: PredictionOrder, max_active: int | None
+    ) -> Prediction:
+        """Queue it, unless the key already has `max_active` queued or running (its limit from
+        the admission; None: nothing limits it) — the service counts them, under a lock."""
+        limit = MAX_ACTIVE_PREDICTIONS if max_active is None else max_active
         try:
             with timed("predictions"):
                 return await self._predictions.create_prediction(
-                    principal, order.input, order.webhook_url
+                    principal,
+                    order.input,
+                    order.webhook_url,
+                    max_active=min(max(limit, 1), MAX_ACTIVE_PREDICTIONS),
                 )
         except UpstreamError as error:
             raise create_prediction_error(error, order.cost, self._settings.billing_url) from error

@@ -1,8 +1,14 @@
 """The serving layer: one paid speech request from key to first audio, and the free listings.
 
-    authenticate ─▶ validate ─▶ hold ─▶ synthesize ─▶ first piece ─▶ deliver ─▶ settle
-      401, 429         400       402        └─ failure before the first piece: release, 502
-                                                failure after it: release, connection cut
+    admit ─▶ validate ─▶ hold ─▶ synthesize ─▶ first piece ─▶ deliver ─▶ settle
+    401, 429    400       402        └─ failure before the first piece: release, 502
+                                         failure after it: release, connection cut
+
+`admit` verifies the key and, in the same VerifyKey call, admits the request under the key's
+limits (GATEWAY_KEY_LIMITS): a request over its key's requests a minute or concurrent streams is
+a 429; an admitted speech request holds a stream slot (slots.py) until its delivery ends, or is
+given back at once if the request fails before it streams. The admission's counts go on the
+answer, whatever it is (rate_limit_headers.py).
 
 Everything that can be checked before the credits are held is (length, voice, model, speed,
 format), so a bad request changes nothing. The first audio piece is awaited before the response
@@ -14,6 +20,8 @@ billing.py's; relaying the audio, within its time limit, is delivery.py's.
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import dataclass
 
 import grpc
 
@@ -22,11 +30,13 @@ from services.gateway.billing import Billing, Outcome, SpeechOrder, ledger_key
 from services.gateway.catalog import Catalog
 from services.gateway.clients import (
     Balance,
+    KeyUse,
     Model,
     Principal,
     SynthesisRequest,
     UpstreamError,
     Upstreams,
+    VerifiedKey,
     Voice,
 )
 from services.gateway.delivery import SpeechDelivery
@@ -34,6 +44,7 @@ from services.gateway.errors import (
     api_error,
     invalid_key,
     invalid_order,
+    limit_reached,
     missing_key,
     rejects_the_key,
     synthesis_error,
@@ -41,9 +52,25 @@ from services.gateway.errors import (
     too_many_invalid_keys,
 )
 from services.gateway.key_floods import InvalidKeyThrottle, Throttled, looks_like_key
-from services.gateway.middleware import timed
+from services.gateway.middleware import add_response_headers, timed
 from services.gateway.protocol import SpeechRequest
+from services.gateway.rate_limit_headers import rate_limit_headers
 from services.gateway.settings import GatewaySettings
+from services.gateway.slots import NO_SLOT, StreamSlot, StreamSlots
+
+_log = logging.getLogger("gateway.serving")
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A verified key whose request its limits admitted."""
+
+    principal: Principal
+    # The most the key may have at once for this use (for a prediction: CreatePrediction's
+    # max_active); None when nothing limits it (limits off, or auth gave no admission).
+    concurrency_limit: int | None
+    # A speech request's stream slot, held until its delivery ends; NO_SLOT otherwise.
+    slot: StreamSlot = NO_SLOT
 
 
 class SpeechSeller:
@@ -56,9 +83,13 @@ class SpeechSeller:
         catalog: Catalog,
         settings: GatewaySettings,
         key_throttle: InvalidKeyThrottle,
+        slots: StreamSlots,
     ) -> None:
         self._auth = upstreams.auth
         self._key_throttle = key_throttle
+        self._slots = slots
+        # Said once: an auth that answers no admission leaves every key unlimited.
+        self._warned_no_admission = False
         self._ledger = upstreams.ledger
         self._synth = upstreams.synth
         self._catalog = catalog
@@ -74,8 +105,42 @@ class SpeechSeller:
         self._live: set[SpeechDelivery] = set()
 
     async def authenticate(self, key: str | None, address: str = UNKNOWN) -> Principal:
-        """The key's account, if auth verifies it. `address` is the client's (its throttle
-        key): one whose keys failed too often gets 429 before auth is asked (key_floods.py)."""
+        """The key's account, if auth verifies it; nothing is counted. `address` is the
+        client's (its throttle key): one whose keys failed too often gets 429 before auth is
+        asked (key_floods.py)."""
+        verified = await self._verify(key, address)
+        return verified.principal
+
+    async def admit(self, key: str | None, address: str, use: KeyUse) -> Admitted:
+        """authenticate(), and admit the request under the key's limits for `use` in the same
+        VerifyKey call: 429 over a limit. An admitted speech request holds a stream slot, which
+        the caller must see given back (`slot.given_back_on_failure()`, then the delivery)."""
+        if not self._settings.key_limits:
+            return Admitted(await self.authenticate(key, address), concurrency_limit=None)
+        holder = self._slots.holder if use is KeyUse.SPEECH else ""
+        verified = await self._verify(key, address, use=use, holder=holder)
+        admission = verified.admission
+        if admission is None:
+            if not self._warned_no_admission:
+                self._warned_no_admission = True
+                _log.warning("auth answered VerifyKey without an admission: keys are not limited")
+            return Admitted(verified.principal, concurrency_limit=None)
+        add_response_headers(rate_limit_headers(admission))
+        if not admission.admitted:
+            raise limit_reached(use, admission)
+        slot = NO_SLOT
+        if admission.slot_id:
+            slot = self._slots.took(holder, admission.slot_id, admission.lease)
+        return Admitted(verified.principal, admission.concurrency_limit or None, slot)
+
+    async def _verify(
+        self,
+        key: str | None,
+        address: str,
+        *,
+        use: KeyUse | None = None,
+        holder: str = "",
+    ) -> VerifiedKey:
         if not key:
             raise missing_key()
         try:
@@ -89,11 +154,18 @@ class SpeechSeller:
                 raise invalid_key()
             try:
                 with timed("auth"):
-                    return await self._auth.verify_key(key)
+                    return await self._auth.verify_key(key, use=use, holder=holder)
             except UpstreamError as error:
                 if rejects_the_key(error):
                     check.failed()
+                elif holder:
+                    # Auth may have taken a slot whose id never reached us (slots.py).
+                    self._slots.suspect(holder)
                 raise api_error(error) from error
+            except asyncio.CancelledError:
+                if holder:
+                    self._slots.suspect(holder)
+                raise
 
     async def balance(self, principal: Principal) -> Balance:
         try:
@@ -144,8 +216,30 @@ class SpeechSeller:
         request_id: str,
         request_id_is_ours: bool,
         idempotency_key: str | None,
+        slot: StreamSlot = NO_SLOT,
     ) -> SpeechDelivery:
-        """Hold the credits and wait for the first audio; the delivery relays the rest."""
+        """Hold the credits and wait for the first audio; the delivery relays the rest and
+        gives `slot` back when it ends. Failing here gives it back at once."""
+        with slot.given_back_on_failure():
+            return await self._hold_and_start(
+                principal,
+                order,
+                request_id=request_id,
+                request_id_is_ours=request_id_is_ours,
+                idempotency_key=idempotency_key,
+                slot=slot,
+            )
+
+    async def _hold_and_start(
+        self,
+        principal: Principal,
+        order: SpeechOrder,
+        *,
+        request_id: str,
+        request_id_is_ours: bool,
+        idempotency_key: str | None,
+        slot: StreamSlot,
+    ) -> SpeechDelivery:
         key = ledger_key(request_id=request_id, request_id_is_ours=request_id_is_ours)
         with timed("reserve"):
             charge = await self._billing.hold(
@@ -168,6 +262,7 @@ class SpeechSeller:
             if first is None:
                 raise UpstreamError("synth", grpc.StatusCode.INTERNAL, "empty audio stream")
         except BaseException as failure:
+            slot.give_back()  # before settling, which may retry for seconds
             stream.cancel()
             await self._billing.settle(charge, Outcome.FAILED, delivered_characters=0)
             if isinstance(failure, UpstreamError):
@@ -176,7 +271,7 @@ class SpeechSeller:
                 raise synthesis_not_started() from failure
             raise
         delivery = SpeechDelivery(
-            stream, first, order, charge, self._billing, self._live, deadline=deadline
+            stream, first, order, charge, self._billing, self._live, deadline=deadline, slot=slot
         )
         self._live.add(delivery)
         return delivery

@@ -86,9 +86,15 @@ class GatewaySettings(ServiceSettings):
     # An address whose keys failed verification this many times within the window (missing keys
     # do not count; junk that cannot be a key does) gets 429 for every keyed request until the
     # window has passed, without a call to auth: a flood of made-up keys costs auth's database
-    # at most this many lookups per address and window, per replica (key_throttle.py).
+    # at most this many lookups per address and window, per replica (key_floods.py).
     invalid_keys_per_address: int = Field(default=20, ge=1, le=1_000_000)
     invalid_key_window_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    # An operator's switch, not a tuning knob: per-key limits (requests a minute, concurrent
+    # streams and predictions; their values are auth's settings and each account's overrides).
+    # Off, VerifyKey names no use, so nothing is counted or refused and no x-ratelimit-* header
+    # is sent; predictions may have as many queued or running as the service takes (10,000 a
+    # key). The bench turns it off to measure what the limits cost.
+    key_limits: bool = True
 
     @field_validator("billing_url", "public_url")
     @classmethod

@@ -39,6 +39,9 @@ event's grant is read back, by a later statement, so it sees whatever stopped th
 Deliveries of one event for one account take turns on its lock, and the later ones find the
 event. Deliveries for two accounts hold two locks: one that wrote the event while the other was
 writing it fails on the primary key once the other commits, and is run again: a replay.
+
+Metrics (metrics.py): each operation records what its transaction wrote once it has committed,
+so a repeated Reserve, Capture or Release and a rolled-back transaction count nothing new.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from services.common.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from services.common.postgres import open_database
 from services.common.settings import DatabaseSettings
+from services.ledger import metrics
 from services.ledger.ids import new_hold_id
 
 SCHEMA = "ledger"
@@ -382,6 +386,10 @@ SET checkpointed = greatest(checkpointed, %(delivered)s),
 WHERE id = %(hold_id)s AND state = 'held' AND %(delivered)s <= amount
 """
 
+# For the open holds gauge; served by the partial index holds_open_by_deadline, so it reads only
+# the open holds, however many closed ones the table keeps.
+_COUNT_OPEN_HOLDS: LiteralString = "SELECT count(*) FROM ledger.holds WHERE state = 'held'"
+
 _ACCOUNTS_WITH_OVERDUE_HOLDS: LiteralString = """
 SELECT DISTINCT account_id FROM ledger.holds
 WHERE state = 'held' AND expire_time <= now()
@@ -473,7 +481,8 @@ SELECT * FROM hold
 """
 
 # `state = 'held'` closes a hold once even without the account lock (and the holds trigger
-# refuses any other transition). Release gives back what the hold drew.
+# refuses any other transition). Release gives back what the hold drew. It returns the entry it
+# wrote, none when the hold was not held: what the metrics count.
 _RELEASE_IF_HELD: LiteralString = """
 WITH closed AS (
     UPDATE ledger.holds SET state = 'released', close_time = now()
@@ -488,11 +497,13 @@ WITH closed AS (
 INSERT INTO ledger.entries (account_id, kind, amount, balance_after, hold_id)
 SELECT closed.account_id, 'release', closed.refund, credited.balance, closed.id
 FROM closed, credited
+RETURNING kind, amount
 """
 
 # Capture of `amount` credits (NULL: all of them). The part not spent goes back to the balance
 # (if the hold drew it) with a RELEASE entry after the CAPTURE one, so the balance stays the sum
 # of the non-CAPTURE entries. An amount above the hold's matches nothing and writes nothing.
+# Returns the entries written, for the metrics.
 _CAPTURE_IF_HELD: LiteralString = """
 WITH closed AS (
     UPDATE ledger.holds
@@ -517,6 +528,7 @@ SELECT account_id, kind, amount, balance_after, hold_id FROM (
     WHERE closed.captured < closed.amount
 ) written
 ORDER BY step
+RETURNING kind, amount
 """
 
 _LIVE_KEYED_REQUEST: LiteralString = """
@@ -659,6 +671,15 @@ async def _send(conn: AsyncConnection[Any], statement: Statement) -> AsyncCursor
     return cursor
 
 
+def _keyed_outcome(repeated: bool, free_replay: bool, hold: Hold | None) -> str:
+    """What a keyed Reserve that raised nothing came to (metrics.RESERVE_OUTCOMES)."""
+    if repeated:
+        return "replayed"
+    if free_replay:
+        return "free_replay"
+    return "held" if hold is not None else "nothing_due"
+
+
 def _expire_overdue(*, account_id: str | None = None, hold_id: str | None = None) -> Statement:
     return _EXPIRE_OVERDUE, {"account_id": account_id, "hold_id": hold_id}
 
@@ -728,11 +749,12 @@ class LedgerStore:
             raise AccountNotFound(account_id)
         if row["has_overdue"]:
             # Rare: a hold passed its deadline since the sweeper last ran.
-            *_, rows = await self._run(
+            _, expired, rows = await self._run(
                 (_LOCK_ACCOUNT, account),
                 _expire_overdue(account_id=account_id),
                 (_READ_BALANCE, account),
             )
+            self._log_expired(account_id, expired)
             row = rows[0]
         return _balance(row)
 
@@ -854,10 +876,14 @@ class LedgerStore:
         if earlier:
             original = _hold(earlier[0])
             if original.amount != amount:
+                metrics.record_reserve("refused")
                 raise IdempotencyKeyReused(key, original.amount, amount)
+            metrics.record_reserve("replayed")
             return original, after, True
         if not placed:
+            metrics.record_reserve("insufficient")
             raise InsufficientCredits(after.balance, amount)
+        metrics.record_reserve("held")
         return _hold(placed[0]), after, False
 
     async def reserve_keyed(
@@ -898,7 +924,6 @@ class LedgerStore:
             )
             if not locked:
                 raise AccountNotFound(account_id)
-            self._log_expired(account_id, expired)
             [record] = live or (await run((_NEW_KEYED_REQUEST, params)))[0]
             params["keyed_request_id"] = record["id"]
             [attempts] = (await run((_KEYED_ATTEMPTS, params)))[0]
@@ -927,11 +952,16 @@ class LedgerStore:
                 if placed:
                     hold = _hold(placed[0])
             [balance_rows] = await run((_READ_BALANCE, params))
+        # Committed: only now is any of it true.
+        self._log_expired(account_id, expired)
         balance = _balance(balance_rows[0])
         if refusal is not None:
+            metrics.record_reserve("refused")
             raise refusal
         if hold is None and not replay and remaining > 0 and not earlier:
+            metrics.record_reserve("insufficient")
             raise InsufficientCredits(balance.balance, min(amount, remaining))
+        metrics.record_reserve(_keyed_outcome(bool(earlier), replay, hold))
         return KeyedReservation(
             hold=hold,
             balance=balance,
@@ -948,7 +978,7 @@ class LedgerStore:
         at expiry); CaptureExceedsHold if `delivered` is more than it holds.
         """
         params = {"hold_id": hold_id, "delivered": delivered, "extend_seconds": extend_seconds}
-        hold = await self._settle(hold_id, (_CHECKPOINT_IF_HELD, params))
+        hold, _ = await self._settle(hold_id, (_CHECKPOINT_IF_HELD, params))
         if hold.state != "held":
             raise HoldClosed(hold, "checkpoint")
         if delivered > hold.amount:
@@ -971,7 +1001,8 @@ class LedgerStore:
         CaptureExceedsHold if `amount` is more than it holds.
         """
         capture = (_CAPTURE_IF_HELD, {"hold_id": hold_id, "amount": amount})
-        hold = await self._settle(hold_id, capture)
+        hold, written = await self._settle(hold_id, capture)
+        metrics.record_capture(written)
         wanted = hold.amount if amount is None else amount
         if hold.state == "held":
             raise CaptureExceedsHold(hold, wanted)
@@ -984,7 +1015,8 @@ class LedgerStore:
 
         A hold past its deadline is expired first, never released.
         """
-        hold = await self._settle(hold_id, (_RELEASE_IF_HELD, {"hold_id": hold_id}))
+        hold, written = await self._settle(hold_id, (_RELEASE_IF_HELD, {"hold_id": hold_id}))
+        metrics.record_release(written)
         if hold.state == "captured":
             raise HoldClosed(hold, "release")
         return hold
@@ -1044,14 +1076,14 @@ class LedgerStore:
             count += self._log_expired(account_id, expired)
         return count
 
-    async def _settle(self, hold_id: str, close: Statement) -> Hold:
+    async def _settle(self, hold_id: str, close: Statement) -> tuple[Hold, list[Row]]:
         """Run `close` on a hold under its account's lock, overdue holds expired first.
 
-        The hold as it then stands, whatever its state: `close` only acts on a held hold, and
-        callers judge the outcome from the state.
+        The hold as it then stands, whatever its state, and the rows `close` returned: it only
+        acts on a held hold, and callers judge the outcome from the state.
         """
         params = {"hold_id": hold_id}
-        _, expired, _, current = await self._run(
+        _, expired, closed, current = await self._run(
             (_LOCK_ACCOUNT_OF_HOLD, params),
             _expire_overdue(hold_id=hold_id),
             close,
@@ -1061,11 +1093,18 @@ class LedgerStore:
             raise HoldNotFound(hold_id)
         hold = _hold(current[0])
         self._log_expired(hold.account_id, expired)
-        return hold
+        return hold, closed
+
+    async def count_open_holds(self) -> int:
+        """Holds still held, across all accounts: one count on the open holds' partial index."""
+        [[row]] = await self._run((_COUNT_OPEN_HOLDS, {}))
+        return int(row["count"])
 
     @staticmethod
     def _log_expired(account_id: str, written: list[Row]) -> int:
-        """Log what an expiry wrote (its EXPIRE and CAPTURE entries); how many holds closed."""
+        """Log and count what a committed expiry wrote (its EXPIRE and CAPTURE entries); how
+        many holds closed."""
+        metrics.record_expiries(written)
         closed = [row["hold_id"] for row in written if row["kind"] == "expire"]
         captured = sum(row["amount"] for row in written if row["kind"] == "capture")
         if closed:

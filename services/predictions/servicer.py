@@ -11,6 +11,9 @@ caller branches on carry a google.rpc.ErrorInfo (domain "predictions.kokoropay")
 | webhook URL not http(s), unresolvable, or to a | INVALID_ARGUMENT    | WEBHOOK_URL_REFUSED  |
 |   refused address (metadata `field`)           |                     |                      |
 | balance too low for len(text) (or no balance)  | FAILED_PRECONDITION | INSUFFICIENT_CREDITS |
+| the key already has `max_active` predictions   | RESOURCE_EXHAUSTED  | CONCURRENCY_LIMITED  |
+|   queued or running (metadata `limit`,         |                     |                      |
+|   `retry_after_seconds`)                       |                     |                      |
 | unknown prediction, or another account's       | NOT_FOUND           | PREDICTION_NOT_FOUND |
 | output URL past its expiry, or audio deleted   | NOT_FOUND           | OUTPUT_EXPIRED       |
 | output URL whose signature does not check      | PERMISSION_DENIED   | SIGNATURE_INVALID    |
@@ -18,9 +21,12 @@ caller branches on carry a google.rpc.ErrorInfo (domain "predictions.kokoropay")
 |   (metadata `total_size`)                      |                     |                      |
 | the database or the ledger cannot answer now   | UNAVAILABLE         | (none)               |
 
-CreatePrediction reserves len(text) credits ("prediction:<id>", labels key/voice/format/model,
-a ttl of PREDICTIONS_HOLD_TTL_SECONDS: the longest a prediction waits in the queue) and then
-writes the prediction and its job in one statement; if that fails, the hold is released.
+CreatePrediction takes its key's turn (store.py: the key's lock, held to the commit) and counts
+the key's predictions queued or running; at `max_active` it refuses, having reserved nothing.
+Otherwise, still in its turn, it reserves len(text) credits ("prediction:<id>", labels
+key/voice/format/model, a ttl of PREDICTIONS_HOLD_TTL_SECONDS: the longest a prediction waits in
+the queue) and writes the prediction and its job in one statement; if that or the commit fails,
+the hold is released.
 CancelPrediction finishes a processing prediction as ERROR "cancelled", aborts its job (a
 running worker is told at once and stops synthesis) and releases its hold; a finished one is
 returned unchanged. Who settles what, and when, is in README.md ("Money").
@@ -84,6 +90,18 @@ class InsufficientCredits(ServiceError):
         super().__init__(message, reason="INSUFFICIENT_CREDITS", metadata=metadata)
 
 
+class ConcurrencyLimited(ServiceError):
+    """The key has as many predictions queued or running as it may; nothing was reserved."""
+
+    def __init__(self, active: int, limit: int, retry_after_seconds: int) -> None:
+        super().__init__(
+            f"this key already has {active} predictions queued or running and may have "
+            f"{limit}; retry when one of them finishes",
+            reason="CONCURRENCY_LIMITED",
+            metadata={"limit": str(limit), "retry_after_seconds": str(retry_after_seconds)},
+        )
+
+
 class RangeNotSatisfiable(ServiceError):
     def __init__(self, offset: int, total_size: int) -> None:
         super().__init__(
@@ -103,6 +121,7 @@ ERRORS = ErrorTable(
         InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,  # FieldInvalid, WebhookUrlRefused
         NotFound: grpc.StatusCode.NOT_FOUND,  # PredictionNotFound, OutputExpired
         InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,
+        ConcurrencyLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
         SignatureInvalid: grpc.StatusCode.PERMISSION_DENIED,
         RangeNotSatisfiable: grpc.StatusCode.OUT_OF_RANGE,
         Unavailable: grpc.StatusCode.UNAVAILABLE,
@@ -158,6 +177,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         self._signer = signer
         self._max_input_chars = settings.max_input_chars
         self._hold_ttl_seconds = settings.hold_ttl_seconds
+        self._concurrency_retry_after_seconds = settings.concurrency_retry_after_seconds
         self._allow_private_webhooks = settings.allow_private_webhooks
         self._webhook_retry_seconds = settings.webhook_retry_hours * 3600
 
@@ -166,6 +186,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     ) -> predictions_pb2.Prediction:
         account_id = validation.require_id(request.account_id, "account_id")
         key_id = validation.key_id(request.key_id)
+        max_active = validation.max_active(request.max_active)
         given = request.input
         checked = validation.prediction_input(
             given.text, given.voice, given.speed, given.output_format, self._max_input_chars
@@ -182,23 +203,34 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
             raise FieldInvalid("input.voice", problem)
 
         prediction_id = new_prediction_id()
-        hold_id = await self._reserve(prediction_id, account_id, key_id, checked)
-        new = NewPrediction(
-            id=prediction_id,
-            account_id=account_id,
-            key_id=key_id,
-            text=checked.text,
-            voice=checked.voice,
-            speed=checked.speed,
-            output_format=checked.output_format,
-            webhook_url=webhook_url,
-            hold_id=hold_id,
-        )
+        hold_id: str | None = None
         try:
-            prediction = await self._store.create(new)
+            # The count and the insert share the key's turn, the Reserve between them, so
+            # concurrent creates of one key are counted one after another and a refused one
+            # never touches the ledger (store.py's header says why this order).
+            async with self._store.creating(key_id) as turn:
+                if turn.active >= max_active:
+                    raise ConcurrencyLimited(
+                        turn.active, max_active, self._concurrency_retry_after_seconds
+                    )
+                hold_id = await self._reserve(prediction_id, account_id, key_id, checked)
+                prediction = await turn.create(
+                    NewPrediction(
+                        id=prediction_id,
+                        account_id=account_id,
+                        key_id=key_id,
+                        text=checked.text,
+                        voice=checked.voice,
+                        speed=checked.speed,
+                        output_format=checked.output_format,
+                        webhook_url=webhook_url,
+                        hold_id=hold_id,
+                    )
+                )
         except BaseException:
-            # Nothing was queued: the credits go back now rather than when the hold lapses.
-            await asyncio.shield(self._release_quietly(hold_id))
+            if hold_id is not None:
+                # Nothing was queued: the credits go back now rather than when the hold lapses.
+                await asyncio.shield(self._release_quietly(hold_id))
             raise
         _log.info(
             "prediction created",
@@ -210,7 +242,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         self,
         prediction_id: str,
         account_id: str,
-        key_id: str | None,
+        key_id: str,
         checked: validation.Input,
     ) -> str:
         request = ledger_pb2.ReserveRequest(
@@ -219,7 +251,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
             idempotency_key=f"prediction:{prediction_id}",
             ttl_seconds=self._hold_ttl_seconds,
             labels=ledger_pb2.UsageLabels(
-                key_id=key_id or "",
+                key_id=key_id,
                 voice=checked.voice,
                 response_format=checked.output_format,
                 model=MODEL_LABEL,

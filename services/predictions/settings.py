@@ -41,6 +41,11 @@ class PredictionsSettings(DatabaseSettings):
         default=None, validation_alias=URL_SIGNING_SECRET_ENV
     )
 
+    # What a create refused for its key's concurrency (CONCURRENCY_LIMITED) tells the caller to
+    # wait before trying again (its `retry_after_seconds`: the gateway's Retry-After). A place
+    # frees when one of the key's predictions finishes or is cancelled.
+    concurrency_retry_after_seconds: int = Field(default=1, ge=1, le=3600)
+
     # The longest `text` (Unicode code points); the gateway's speech limit.
     max_input_chars: int = Field(default=4096, ge=1, le=100_000)
     # How long a prediction's hold lives from its creation: the longest it may wait in the queue

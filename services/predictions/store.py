@@ -15,10 +15,20 @@ without a schema. This module's own statements name the schema anyway.
 State changes are conditional updates (`… WHERE status = 'processing'`): whichever of a worker
 finishing and a customer cancelling commits first wins, and the other matches nothing and
 learns so from the row count. A trigger (migration 0001) refuses any second finish.
+
+A key's creations take turns (`creating`): each holds the key's advisory lock from counting the
+key's processing predictions to committing its own, so the count always includes every creation
+that went before, and no two creations can both take a key's last place. The ledger's Reserve
+runs inside that turn (the caller's, between the count and the insert): a refused creation has
+reserved nothing, and a worker never sees a prediction before its hold exists. The transaction
+is open across that one call, which the ledger's timeout bounds (about 10 s at worst, a few
+milliseconds normally). Within one process the key's creations also queue on an asyncio lock
+before they take a connection, so one key's flood occupies one pooled connection, not the pool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import secrets
@@ -29,7 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, LiteralString
 
-from psycopg import AsyncConnection, OperationalError
+from psycopg import AsyncConnection, AsyncCursor, OperationalError
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -89,7 +99,7 @@ class NewPrediction:
 
     id: str
     account_id: str
-    key_id: str | None
+    key_id: str
     text: str
     voice: str
     speed: float
@@ -161,6 +171,24 @@ SELECT %(id)s, %(account_id)s, %(key_id)s, %(text)s, %(voice)s, %(speed)s, %(out
        %(webhook_url)s, %(characters)s, %(hold_id)s, job.id
 FROM job
 RETURNING *
+"""
+
+# The count below must see every creation committed before this one took the key's lock, so
+# each statement of the turn takes its own snapshot, whatever the database's default isolation
+# (under REPEATABLE READ the lock's statement would fix the snapshot before the lock was had).
+_READ_COMMITTED: LiteralString = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+
+# A key's creations take turns on this lock, held to the end of the transaction. Advisory locks
+# need no grant; two keys whose names hash alike merely take turns too.
+_LOCK_KEY: LiteralString = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('kokoropay.predictions.key:' || %(key_id)s, 0))"
+)
+
+# The key's predictions queued or running (cancelled and finished ones are not processing).
+# Served by predictions_processing_by_key (migration 0003), whose predicate this repeats.
+_ACTIVE_FOR_KEY: LiteralString = """
+SELECT count(*) AS active FROM predictions.predictions
+WHERE key_id = %(key_id)s AND status = 'processing'
 """
 
 _BY_ID: LiteralString = "SELECT * FROM predictions.predictions WHERE id = %(id)s"
@@ -287,6 +315,63 @@ def _defer(
     }
 
 
+class KeyTurns:
+    """An asyncio lock per key, kept only while someone holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class CreationTurn:
+    """A key's turn to create (PredictionStore.creating): `active` is how many of the key's
+    predictions were queued or running when the turn began; `create` writes one more, committed
+    when the turn ends without an exception."""
+
+    def __init__(self, cursor: AsyncCursor[Row], active: int) -> None:
+        self._cursor = cursor
+        self.active = active
+
+    async def create(self, new: NewPrediction) -> Prediction:
+        """The prediction and its queued job, written together."""
+        params = {
+            **_defer(PREDICT_QUEUE, PREDICT_TASK, {"prediction_id": new.id}),
+            "id": new.id,
+            "account_id": new.account_id,
+            "key_id": new.key_id,
+            "text": new.text,
+            "voice": new.voice,
+            "speed": new.speed,
+            "output_format": new.output_format,
+            "webhook_url": new.webhook_url,
+            "hold_id": new.hold_id,
+            # What the hold holds, counted here as it was for Reserve; the table's CHECK
+            # (char_length, on a UTF-8 database) agrees or refuses.
+            "characters": len(new.text),
+        }
+        await self._cursor.execute(_CREATE, params)
+        row = await self._cursor.fetchone()
+        if row is None:
+            raise AssertionError("INSERT … RETURNING returned no row")
+        return _prediction(row)
+
+
 class PredictionStore:
     """The service's operations on PostgreSQL, each one statement or one transaction.
 
@@ -295,6 +380,7 @@ class PredictionStore:
 
     def __init__(self) -> None:
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._key_turns = KeyTurns()
 
     async def open(self, database: DatabaseSettings) -> None:
         """Migrate the schema, then fill the pool; fails fast when the database is unreachable."""
@@ -332,25 +418,26 @@ class PredictionStore:
 
     # --- predictions ------------------------------------------------------------------------
 
-    async def create(self, new: NewPrediction) -> Prediction:
-        """The prediction and its queued job, written together."""
-        params = {
-            **_defer(PREDICT_QUEUE, PREDICT_TASK, {"prediction_id": new.id}),
-            "id": new.id,
-            "account_id": new.account_id,
-            "key_id": new.key_id,
-            "text": new.text,
-            "voice": new.voice,
-            "speed": new.speed,
-            "output_format": new.output_format,
-            "webhook_url": new.webhook_url,
-            "hold_id": new.hold_id,
-            # What the hold holds, counted here as it was for Reserve; the table's CHECK
-            # (char_length, on a UTF-8 database) agrees or refuses.
-            "characters": len(new.text),
-        }
-        [row] = await self._rows(_CREATE, params)
-        return _prediction(row)
+    @asynccontextmanager
+    async def creating(self, key_id: str) -> AsyncIterator[CreationTurn]:
+        """The key's turn to create, after every creation of the key before it has committed
+        or rolled back (the header). The block decides from `active`, may call out (Reserve),
+        and writes with `create`; it commits when the block ends, and an exception rolls back."""
+        params = {"key_id": key_id}
+        async with (
+            self._key_turns.turn(key_id),
+            self._connection() as conn,
+            conn.transaction(),
+        ):
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(_READ_COMMITTED)
+            await cursor.execute(_LOCK_KEY, params)
+            # A statement of its own, so its snapshot is taken once the lock is ours.
+            await cursor.execute(_ACTIVE_FOR_KEY, params)
+            row = await cursor.fetchone()
+            if row is None:
+                raise AssertionError("SELECT count(*) returned no row")
+            yield CreationTurn(cursor, row["active"])
 
     async def get(self, account_id: str, prediction_id: str) -> Prediction:
         """The account's prediction; PredictionNotFound for another account's."""

@@ -27,6 +27,8 @@ DEFAULT_FORMAT = "mp3"
 MIN_SPEED, MAX_SPEED = 0.5, 5.0
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+# The most predictions a key may be allowed queued or running at once (auth's largest).
+MAX_ACTIVE_LIMIT = 10_000
 
 
 class FieldInvalid(InvalidArgument):
@@ -59,12 +61,21 @@ def require_id(value: str, field: str) -> str:
     return value
 
 
-def key_id(value: str) -> str | None:
-    """The gateway's verified key id, optional."""
+def key_id(value: str) -> str:
+    """The gateway's verified key id: required, since what a key may have queued or running
+    is counted per key."""
     if not value:
-        return None
+        raise FieldInvalid("key_id", "is required")
     if len(value) > MAX_KEY_ID_LENGTH or _has_control(value):
         raise FieldInvalid("key_id", f"must be at most {MAX_KEY_ID_LENGTH} characters")
+    return value
+
+
+def max_active(value: int) -> int:
+    """The key's limit on predictions queued or running, from auth's admission: 1–10,000. 0 (a
+    caller that forgot it) is refused, not read as "no limit"."""
+    if not 1 <= value <= MAX_ACTIVE_LIMIT:
+        raise FieldInvalid("max_active", f"must be between 1 and {MAX_ACTIVE_LIMIT:,}")
     return value
 
 

@@ -17,6 +17,7 @@ import grpc
 from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 
 from services.common.errors import InvalidArgument
+from services.synth import metrics
 from services.synth.audio.encoders import AudioFormat, StreamEncoder, open_encoder
 from services.synth.engine.manager import EngineManager, GeneratedChunk, SynthesisCancelled
 from services.synth.errors import InputTooLong
@@ -117,6 +118,7 @@ class SynthServicer(synth_pb2_grpc.SynthServiceServicer):
                             )
                         if first_chunk_ms is None:
                             first_chunk_ms = (time.perf_counter() - started) * 1e3
+                            metrics.FIRST_CHUNK_SECONDS.observe(first_chunk_ms / 1e3)
                         yield message
                     samples_sent += len(chunk.audio)
                     characters_sent = chunk.text_end

@@ -28,6 +28,9 @@ from tests.support.paths import REPO_ROOT
 from tests.support.postgres import create_database
 
 WEIGHTS_MANIFEST = REPO_ROOT / ".data" / "weights" / "manifest.json"
+# Stream slots of a gateway that dies free themselves after this long, not the default 30 s, so
+# test_gateway_limits.py watches it happen in seconds.
+SLOT_LEASE_SECONDS = 4
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ def mesh(
             # so test_gateway_key_floods.py floods from an address of its own and leaves
             # 127.0.0.1, which every other test (and its few refused keys) comes from, alone.
             "GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
+            "AUTH_SLOT_LEASE_SECONDS": str(SLOT_LEASE_SECONDS),
             # A webhook receiver that fails is retried within a second, not half a minute.
             "PREDICTIONS_WEBHOOK_RETRY_BASE_SECONDS": "0.5",
             "PREDICTIONS_WEBHOOK_RETRY_MAX_DELAY_SECONDS": "2",

@@ -230,3 +230,26 @@ def test_a_person_is_given_to_an_account_and_their_password_reset(mesh: LocalMes
         assert new_password != generated
         request = auth_pb2.SignInRequest(email="staff@example.com", password=new_password)
         assert sign_in(request, timeout=30).user.email == "staff@example.com"
+
+
+def test_an_accounts_limits_are_shown_and_overridden_one_at_a_time(mesh: LocalMesh) -> None:
+    assert kokoro_pay(mesh, "account", "create", "limited").returncode == 0
+    shown = kokoro_pay(mesh, "limits", "show", "limited")
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"speech streams at once\s+8\s+\(default\)", shown.stdout), shown.stdout
+
+    options = ["--speech-concurrent-streams", "3", "--prediction-creates-per-minute", "50"]
+    lowered = kokoro_pay(mesh, "limits", "set", "limited", *options)
+    assert lowered.returncode == 0, lowered.stderr
+    assert re.search(r"speech streams at once\s+3\s+3\n", lowered.stdout), lowered.stdout
+    # One option changes one override; 0 sends it back to the default.
+    back = kokoro_pay(mesh, "limits", "set", "limited", "--prediction-creates-per-minute", "0")
+    assert re.search(r"speech streams at once\s+3\s+3\n", back.stdout), back.stdout
+    assert re.search(r"prediction creates per minute\s+100\s+\(default\)", back.stdout)
+
+    too_many = kokoro_pay(mesh, "limits", "set", "limited", "--predictions-concurrent", "10001")
+    assert too_many.returncode == 1
+    assert too_many.stderr.strip() == (
+        "error: overrides.predictions_concurrent must be 0 (the default) or 1 to 10,000"
+    )
+    assert kokoro_pay(mesh, "limits", "show", "nobody").returncode == 1

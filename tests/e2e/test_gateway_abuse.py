@@ -94,6 +94,9 @@ async def test_fifty_concurrent_retries_of_one_key_never_pay_more_than_the_input
     http: httpx.AsyncClient, admin: AdminClient, new_customer: NewCustomer
 ) -> None:
     customer = await new_customer(credits=1_000)
+    # All fifty at once, past the default 8 streams a key may have: the Idempotency-Key is the
+    # subject here, not the key's share of the mesh.
+    await admin.set_account_limits(customer.account_id, speech_concurrent_streams=50)
     key = f"order-{uuid.uuid4().hex}"
     headers = {**customer.headers, "Idempotency-Key": key}
 

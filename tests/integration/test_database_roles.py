@@ -295,11 +295,35 @@ def test_auth_does_all_it_does_as_its_serving_role(auth_service: ServiceProcess)
         assert [
             k.id for k in admin.ListKeys(auth_pb2.ListKeysRequest(account_id=account.id)).keys
         ] == [created.key.id]
-        verify = auth_pb2_grpc.AuthServiceStub(gateway).VerifyKey
+        as_gateway = auth_pb2_grpc.AuthServiceStub(gateway)
+        verify = as_gateway.VerifyKey
         assert verify(auth_pb2.VerifyKeyRequest(key=created.plaintext)).account_id == account.id
+        # Limits: overrides set and read; requests counted, a slot taken, renewed, released.
+        limits = auth_pb2.KeyLimits(speech_concurrent_streams=1)
+        admin.SetAccountLimits(
+            auth_pb2.SetAccountLimitsRequest(account_id=account.id, overrides=limits)
+        )
+        read = admin.GetAccountLimits(auth_pb2.GetAccountLimitsRequest(account_id=account.id))
+        assert read.overrides == limits
+        speech = auth_pb2.VerifyKeyRequest(
+            key=created.plaintext, use=auth_pb2.KEY_USE_SPEECH, holder="roles"
+        )
+        slot = verify(speech).admission.slot_id
+        assert slot and not verify(speech).admission.admitted
+        creates = auth_pb2.VerifyKeyRequest(
+            key=created.plaintext, use=auth_pb2.KEY_USE_PREDICTION_CREATE
+        )
+        assert verify(creates).admission.admitted
+        assert as_gateway.RenewSlots(auth_pb2.RenewSlotsRequest(holder="roles")).renewed == 1
+        released = as_gateway.ReleaseSlots(
+            auth_pb2.ReleaseSlotsRequest(holder="roles", slot_ids=[slot])
+        )
+        assert released.released == 1
         revoked = admin.RevokeKey(auth_pb2.RevokeKeyRequest(key_id=created.key.id)).key
         assert revoked.HasField("revoke_time")
     assert not _database_warnings(auth_service)
+    # The housekeeping that runs at start (the owner's functions, auth.store) warned of nothing.
+    assert "could not forget" not in auth_service.logs()
 
 
 @pytest.mark.parametrize(
@@ -314,6 +338,14 @@ def test_auth_does_all_it_does_as_its_serving_role(auth_service: ServiceProcess)
         "UPDATE auth.accounts SET name = name",
         "DROP TABLE auth.api_keys",
         "ALTER TABLE auth.api_keys ADD COLUMN note text",
+        # Limits: slots are taken and given back, and requests counted, by the owner's functions.
+        "DELETE FROM auth.stream_slots",
+        "INSERT INTO auth.stream_slots (id, key_id, holder, expire_time)"
+        " VALUES ('slot_x', 'key_x', 'x', now() + interval '1 day')",
+        "UPDATE auth.stream_slots SET holder = 'someone-else'",
+        "SELECT * FROM auth.key_request_windows",
+        "UPDATE auth.key_request_windows SET count = 1",
+        "UPDATE auth.account_limits SET account_id = account_id",
     ],
 )
 def test_auths_serving_role_can_do_nothing_else(

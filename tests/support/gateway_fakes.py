@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,12 +24,15 @@ from fastapi import FastAPI
 from services.common.logs import request_id_var
 from services.gateway.app import create_app
 from services.gateway.clients import (
+    Admission,
     AudioPiece,
     Balance,
     Hold,
     HoldState,
     KeyedRequest,
     KeyedReservation,
+    KeyUse,
+    LimitRefusal,
     Model,
     OutputPiece,
     OutputRequest,
@@ -37,14 +40,17 @@ from services.gateway.clients import (
     PredictionInput,
     PredictionStatus,
     Principal,
+    SlotRenewal,
     SynthesisRequest,
     UpstreamError,
     Upstreams,
     UsageLabels,
+    VerifiedKey,
     Voice,
 )
 from services.gateway.serving import SpeechSeller
 from services.gateway.settings import GatewaySettings
+from services.gateway.slots import StreamSlots
 
 
 def fake_key(letter: str) -> str:
@@ -58,20 +64,64 @@ REVOKED_KEY = fake_key("r")
 ACCOUNT = "acct_test"
 
 
+@dataclass
+class FakeKeyLimits:
+    """A key's limits for one use: requests a window, and how many at once."""
+
+    requests_per_window: int
+    at_once: int
+
+
+@dataclass
+class FakeSlot:
+    holder: str
+    key: str
+
+
 class FakeAuth:
+    """VerifyKey, and auth.proto's limits in memory: with a use, each request is counted in its
+    key's window (opened by its first request after the last one ended; a refused request
+    counts too), and a speech request takes a slot for its holder while the key has fewer than
+    its `at_once`. Leases are not modelled: `slots` holds what was taken and not released."""
+
     def __init__(self) -> None:
         self.keys = {GOOD_KEY: Principal(ACCOUNT, "key_good")}
         self.revoked = {REVOKED_KEY: Principal(ACCOUNT, "key_revoked")}
         self.request_ids: list[str] = []
         # Every key VerifyKey was asked about, in order: each one a database lookup in auth.
         self.verified: list[str] = []
+        # The use and holder of each VerifyKey, in order.
+        self.uses: list[tuple[KeyUse | None, str]] = []
         self.serving = True
         # Status codes the next verify_key calls fail with, before looking at the key.
         self.failures: list[grpc.StatusCode] = []
+        # Generous by default: only the limit tests come near them.
+        self.limits = {
+            KeyUse.SPEECH: FakeKeyLimits(1000, 100),
+            KeyUse.PREDICTION_CREATE: FakeKeyLimits(1000, 100),
+        }
+        self.window_seconds = 60.0
+        self.lease_seconds = 30.0
+        self.concurrency_retry_after = 1.0
+        # Answer with uses as an auth from before the limits would: no admission.
+        self.answers_admissions = True
+        self.clock: Callable[[], float] = time.monotonic
+        # (key, use) → (when its window opened, requests counted in it)
+        self.windows: dict[tuple[str, KeyUse], tuple[float, int]] = {}
+        self.slots: dict[str, FakeSlot] = {}
+        self.releases: list[tuple[str, list[str]]] = []
+        self.renewals: list[str] = []
+        # Status codes the next release_slots / renew_slots calls fail with.
+        self.release_failures: list[grpc.StatusCode] = []
+        self.renew_failures: list[grpc.StatusCode] = []
+        self._slot_ids = itertools.count(1)
 
-    async def verify_key(self, key: str) -> Principal:
+    async def verify_key(
+        self, key: str, *, use: KeyUse | None = None, holder: str = ""
+    ) -> VerifiedKey:
         self.request_ids.append(request_id_var.get())
         self.verified.append(key)
+        self.uses.append((use, holder))
         if self.failures:
             raise UpstreamError("auth", self.failures.pop(0), "injected failure")
         if key in self.revoked:
@@ -82,7 +132,61 @@ class FakeAuth:
             raise UpstreamError(
                 "auth", grpc.StatusCode.UNAUTHENTICATED, "invalid API key", "KEY_INVALID"
             )
-        return self.keys[key]
+        principal = self.keys[key]
+        if use is None or not self.answers_admissions:
+            return VerifiedKey(principal)
+        return VerifiedKey(principal, self._admit(key, use, holder))
+
+    def _admit(self, key: str, use: KeyUse, holder: str) -> Admission:
+        limits = self.limits[use]
+        now = self.clock()
+        opened, counted = self.windows.get((key, use), (now, 0))
+        if now >= opened + self.window_seconds:
+            opened, counted = now, 0
+        counted += 1
+        self.windows[key, use] = (opened, counted)
+        reset = opened + self.window_seconds - now
+        refusal: LimitRefusal | None = None
+        retry_after = 0.0
+        if counted > limits.requests_per_window:
+            refusal, retry_after = LimitRefusal.REQUESTS, reset
+        elif use is KeyUse.SPEECH and self.streams_of(key) >= limits.at_once:
+            refusal, retry_after = LimitRefusal.CONCURRENCY, self.concurrency_retry_after
+        slot_id = ""
+        if refusal is None and use is KeyUse.SPEECH:
+            slot_id = f"slot_{next(self._slot_ids)}"
+            self.slots[slot_id] = FakeSlot(holder, key)
+        return Admission(
+            admitted=refusal is None,
+            refusal=refusal,
+            request_limit=limits.requests_per_window,
+            requests_remaining=max(limits.requests_per_window - counted, 0),
+            requests_reset=reset,
+            retry_after=retry_after,
+            concurrency_limit=limits.at_once,
+            slot_id=slot_id,
+            lease=self.lease_seconds if slot_id else 0.0,
+        )
+
+    def streams_of(self, key: str = GOOD_KEY) -> int:
+        """The slots the key holds."""
+        return sum(1 for slot in self.slots.values() if slot.key == key)
+
+    async def release_slots(self, holder: str, slot_ids: Sequence[str]) -> int:
+        self.releases.append((holder, list(slot_ids)))
+        if self.release_failures:
+            raise UpstreamError("auth", self.release_failures.pop(0), "injected failure")
+        mine = [i for i in slot_ids if i in self.slots and self.slots[i].holder == holder]
+        for slot_id in mine:
+            del self.slots[slot_id]
+        return len(mine)
+
+    async def renew_slots(self, holder: str) -> SlotRenewal:
+        self.renewals.append(holder)
+        if self.renew_failures:
+            raise UpstreamError("auth", self.renew_failures.pop(0), "injected failure")
+        renewed = sum(1 for slot in self.slots.values() if slot.holder == holder)
+        return SlotRenewal(renewed, self.lease_seconds)
 
     async def ready(self) -> bool:
         return self.serving
@@ -444,6 +548,7 @@ class FakePrediction:
     content_type: str = ""
     # Unix time after which the output is gone (the retention).
     expires: int = 0
+    key_id: str = ""
 
 
 # What a scripted output stream does at each step: give a message, fail, or wait for a signal.
@@ -482,6 +587,10 @@ class FakePredictions:
     public_url: str = "http://gateway.test"
     predictions: dict[str, FakePrediction] = field(default_factory=dict)
     creates: list[tuple[Principal, PredictionInput, str]] = field(default_factory=list)
+    # The max_active of each create, in order.
+    max_actives: list[int] = field(default_factory=list)
+    # The wait a CONCURRENCY_LIMITED refusal names.
+    concurrency_retry_after_seconds: str = "2"
     reads: list[OutputRequest] = field(default_factory=list)
     streams: list[FakeOutputStream] = field(default_factory=list)
     # Failures the next calls (any RPC) raise before doing anything.
@@ -511,9 +620,23 @@ class FakePredictions:
         )
 
     async def create_prediction(
-        self, principal: Principal, prediction_input: PredictionInput, webhook_url: str
+        self,
+        principal: Principal,
+        prediction_input: PredictionInput,
+        webhook_url: str,
+        max_active: int,
     ) -> Prediction:
         self._fail_if_told()
+        self.max_actives.append(max_active)
+        if not 1 <= max_active <= 10_000:
+            raise self._refused(grpc.StatusCode.INVALID_ARGUMENT, "INVALID", field="max_active")
+        if self.active_of(principal.key_id) >= max_active:
+            raise self._refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "CONCURRENCY_LIMITED",
+                limit=str(max_active),
+                retry_after_seconds=self.concurrency_retry_after_seconds,
+            )
         self.creates.append((principal, prediction_input, webhook_url))
         if any(host in webhook_url for host in self.refused_webhook_hosts):
             raise self._refused(
@@ -539,8 +662,18 @@ class FakePredictions:
             input=prediction_input,
             created_at=datetime(2026, 4, 6, 12, 0, tzinfo=UTC),
         )
-        self.predictions[prediction_id] = FakePrediction(prediction, principal.account_id, hold.id)
+        self.predictions[prediction_id] = FakePrediction(
+            prediction, principal.account_id, hold.id, key_id=principal.key_id
+        )
         return prediction
+
+    def active_of(self, key_id: str) -> int:
+        """The key's predictions queued or running."""
+        return sum(
+            1
+            for stored in self.predictions.values()
+            if stored.key_id == key_id and stored.prediction.status is PredictionStatus.PROCESSING
+        )
 
     def _own(self, account_id: str, prediction_id: str) -> FakePrediction:
         stored = self.predictions.get(prediction_id)
@@ -645,6 +778,11 @@ class FakeMesh:
         seller: SpeechSeller = self.app.state.seller
         return seller
 
+    @property
+    def slots(self) -> StreamSlots:
+        slots: StreamSlots = self.app.state.slots
+        return slots
+
 
 class FakeClock:
     """A monotonic clock that moves only when told: windows pass without sleeping."""
@@ -659,11 +797,13 @@ class FakeClock:
         self.now += seconds
 
 
-def fake_mesh(clock: FakeClock | None = None, **settings: object) -> FakeMesh:
+def fake_mesh(clock: FakeClock | None = None, /, **settings: object) -> FakeMesh:
     """The gateway app over fresh fakes, built with `settings` (GatewaySettings fields); `clock`
     times the invalid-key throttle's windows (default: the real monotonic clock)."""
     auth, ledger, synth = FakeAuth(), FakeLedger(), FakeSynth()
     predictions = FakePredictions(ledger)
+    if clock is not None:
+        auth.clock = clock
     upstreams = Upstreams(auth, ledger, synth, predictions)
     gateway_settings = GatewaySettings(**settings)  # type: ignore[arg-type]
     app = (

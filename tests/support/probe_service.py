@@ -7,7 +7,8 @@ code; it carries the same `access` method option as auth.proto, ledger.proto and
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -29,6 +30,9 @@ DECLARATIONS: dict[str, list[int] | None] = {
     "Crash": [access_pb2.GATEWAY],
     "Undeclared": None,
 }
+# Server-streaming methods, declared the same way: `Count` streams `value` messages ("forever":
+# one, then waits to be cancelled; "fail": one, then a refusal).
+STREAM_DECLARATIONS: dict[str, list[int]] = {"Count": [access_pb2.GATEWAY]}
 
 
 def _register_descriptor() -> None:
@@ -47,6 +51,14 @@ def _register_descriptor() -> None:
         )
         if callers is not None:
             method.options.Extensions[access_pb2.access].callers.extend(callers)
+    for name, callers in STREAM_DECLARATIONS.items():
+        method = service.method.add(
+            name=name,
+            input_type=".google.protobuf.StringValue",
+            output_type=".google.protobuf.StringValue",
+            server_streaming=True,
+        )
+        method.options.Extensions[access_pb2.access].callers.extend(callers)
     descriptor_pool.Default().AddSerializedFile(file.SerializeToString())
 
 
@@ -72,6 +84,16 @@ async def _crash(request: wrappers_pb2.StringValue, context: Any) -> Any:
     raise RuntimeError("a bug with secrets in its message")
 
 
+async def _count(request: wrappers_pb2.StringValue, context: Any) -> AsyncIterator[Any]:
+    if request.value in ("forever", "fail"):
+        yield wrappers_pb2.StringValue(value="0")
+        if request.value == "fail":
+            raise Refused("stopped halfway")
+        await asyncio.Event().wait()
+    for number in range(int(request.value or 0)):
+        yield wrappers_pb2.StringValue(value=str(number))
+
+
 def _handler(behaviour: Callable[..., Awaitable[Any]]) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(
         behaviour,
@@ -83,11 +105,24 @@ def _handler(behaviour: Callable[..., Awaitable[Any]]) -> grpc.RpcMethodHandler:
 def probe_spec() -> ServiceSpec:
     behaviours = {"Refuse": _refuse, "Crash": _crash}
     handlers = {name: _handler(behaviours.get(name, _echo_request_id)) for name in DECLARATIONS}
+    handlers["Count"] = grpc.unary_stream_rpc_method_handler(
+        _count,
+        request_deserializer=wrappers_pb2.StringValue.FromString,
+        response_serializer=wrappers_pb2.StringValue.SerializeToString,
+    )
 
     def register(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
 
     return ServiceSpec(names=[SERVICE], register=register, errors=ERRORS)
+
+
+def stream(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryStreamMultiCallable:
+    return channel.unary_stream(
+        f"/{SERVICE}/{method}",
+        request_serializer=wrappers_pb2.StringValue.SerializeToString,
+        response_deserializer=wrappers_pb2.StringValue.FromString,
+    )
 
 
 def call(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMultiCallable:

@@ -21,6 +21,10 @@ EVERYONE = {"OPERATOR", "GATEWAY", "PREDICTIONS", "DASHBOARD", "INTERNAL"}
 EXPECTED = {
     "AuthService": {
         "VerifyKey": {"GATEWAY"},
+        "ReleaseSlots": {"GATEWAY"},
+        "RenewSlots": {"GATEWAY"},
+        "GetAccountLimits": {"OPERATOR"},
+        "SetAccountLimits": {"OPERATOR"},
         "CreateAccount": {"OPERATOR"},
         "GetAccount": {"DASHBOARD", "OPERATOR"},
         "CreateKey": {"OPERATOR"},

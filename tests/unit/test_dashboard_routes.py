@@ -14,17 +14,22 @@ from services.dashboard.app import create_app
 from services.dashboard.clients import BackendError
 from services.dashboard.routes.playground import SessionStreams
 from services.dashboard.settings import DashboardSettings
+from tests.support.metrics import scrape
 
 
 class RecordingBackends:
-    """Refuses every sign-in, remembering the address auth was told."""
+    """Refuses every sign-in (wrong credentials, unless told otherwise), remembering the address
+    auth was told."""
 
-    def __init__(self) -> None:
+    def __init__(self, refusal: BackendError | None = None) -> None:
         self.addresses: list[str] = []
+        self.refusal = refusal or BackendError(
+            "auth", grpc.StatusCode.UNAUTHENTICATED, "no", "CREDENTIALS_INVALID"
+        )
 
     async def sign_in(self, email: str, password: str, address: str) -> Any:
         self.addresses.append(address)
-        raise BackendError("auth", grpc.StatusCode.UNAUTHENTICATED, "no", "CREDENTIALS_INVALID")
+        raise self.refusal
 
     async def resolve_session(self, token: str) -> Any:
         raise BackendError("auth", grpc.StatusCode.UNAUTHENTICATED, "no", "SESSION_INVALID")
@@ -90,3 +95,39 @@ def test_a_session_has_at_most_two_playground_streams_at_once() -> None:
     assert streams.acquire("b")  # another person is not affected
     streams.release("a")
     assert streams.acquire("a")
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "outcome"),
+    [
+        (
+            BackendError("auth", grpc.StatusCode.UNAUTHENTICATED, "no", "CREDENTIALS_INVALID"),
+            401,
+            "wrong_credentials",
+        ),
+        (BackendError("auth", grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down"), 429, "throttled"),
+        (BackendError("auth", grpc.StatusCode.UNAVAILABLE, "away"), 503, "error"),
+    ],
+)
+def test_each_sign_in_is_counted_once_by_outcome(
+    refusal: BackendError, status: int, outcome: str
+) -> None:
+    before = scrape()
+    assert _post_sign_in(_client(RecordingBackends(refusal), "203.0.113.5")) == status
+    after = scrape()
+    assert after.delta(before, "kokoropay_dashboard_sign_ins_total", outcome=outcome) == 1
+    assert after.delta(before, "kokoropay_dashboard_sign_ins_total") == 1
+
+
+def test_an_expired_form_and_a_closed_sign_up_are_counted() -> None:
+    before = scrape()
+    expired = _client(RecordingBackends(), "203.0.113.5")
+    assert (
+        expired.post("/signin", data={"email": "a@example.com", "csrf_token": ""}).status_code
+        == 403
+    )
+    closed = _client(RecordingBackends(), "203.0.113.5", signup_enabled=False)
+    assert closed.post("/signup", data={}).status_code == 403
+    after = scrape()
+    assert after.delta(before, "kokoropay_dashboard_sign_ins_total", outcome="expired_form") == 1
+    assert after.delta(before, "kokoropay_dashboard_sign_ups_total", outcome="disabled") == 1

@@ -40,6 +40,16 @@ class Service(predictions_pb2_grpc.PredictionServiceServicer):
                     domain="predictions.kokoropay",
                 )
             )
+        if request.input.text == "busy":
+            await context.abort_with_status(
+                rich_status(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "too many predictions queued or running",
+                    reason="CONCURRENCY_LIMITED",
+                    domain="predictions.kokoropay",
+                    metadata={"limit": str(request.max_active), "retry_after_seconds": "2"},
+                )
+            )
         prediction = predictions_pb2.Prediction(
             id="pred_1",
             account_id=request.account_id,
@@ -115,7 +125,7 @@ async def test_create_sends_the_principal_and_the_input(
     spoken = PredictionInput("Hello.", "af_sky", 1.1, "wav")
 
     prediction = await client.create_prediction(
-        Principal("acct_1", "key_1"), spoken, "https://hooks.example/x"
+        Principal("acct_1", "key_1"), spoken, "https://hooks.example/x", max_active=7
     )
 
     (request,) = service.requests
@@ -127,6 +137,7 @@ async def test_create_sends_the_principal_and_the_input(
         "wav",
     )
     assert request.webhook_url == "https://hooks.example/x"
+    assert request.max_active == 7
     assert prediction.id == "pred_1" and prediction.status is PredictionStatus.PROCESSING
     # Read back from float32 without its noise.
     assert prediction.input == spoken
@@ -139,12 +150,21 @@ async def test_a_refusal_carries_its_reason(
     _, client = served
     with pytest.raises(UpstreamError) as refused:
         await client.create_prediction(
-            Principal("acct_1", "key_1"), PredictionInput("poor", "af", 1, "mp3"), ""
+            Principal("acct_1", "key_1"), PredictionInput("poor", "af", 1, "mp3"), "", 10
         )
     assert (refused.value.service, refused.value.code, refused.value.reason) == (
         "predictions",
         grpc.StatusCode.FAILED_PRECONDITION,
         "INSUFFICIENT_CREDITS",
+    )
+    with pytest.raises(UpstreamError) as limited:
+        await client.create_prediction(
+            Principal("acct_1", "key_1"), PredictionInput("busy", "af", 1, "mp3"), "", 3
+        )
+    assert (limited.value.code, limited.value.reason, limited.value.metadata) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "CONCURRENCY_LIMITED",
+        {"limit": "3", "retry_after_seconds": "2"},
     )
     with pytest.raises(UpstreamError) as missing:
         await client.get_prediction("acct_1", "pred_2")

@@ -14,6 +14,7 @@ from services.synth.engine.backend import Samples
 from services.synth.engine.manager import EngineManager, GeneratedChunk, SynthesisCancelled
 from services.synth.text.chunking import ChunkBudgets, Phonemize
 from services.synth.voices import VoiceMix
+from tests.support.metrics import Exposition, scrape
 
 RATE = 24_000
 VOICE = VoiceMix((("af_sky", 1.0),))
@@ -132,4 +133,41 @@ async def test_a_model_failure_reaches_the_caller() -> None:
     manager = await started(SlowModel(delay=0.01, fail_on_call=2))
     with pytest.raises(RuntimeError, match="the model broke"):
         await collect(manager, SENTENCES)
+    await manager.close()
+
+
+async def _settled(before: Exposition, gauge: str) -> Exposition:
+    """A scrape once `gauge` is back where it was (a worker's slot is freed by a callback)."""
+    for _ in range(100):
+        after = scrape()
+        if after.delta(before, gauge) == 0:
+            return after
+        await asyncio.sleep(0.01)
+    return after
+
+
+async def test_slots_the_queue_and_every_model_call_are_measured() -> None:
+    model = SlowModel(delay=0.02)
+    manager = await started(model, max_concurrent=1)
+    before = scrape()
+    first = manager.stream(SENTENCES, VOICE, 1.0, SynthesisCancelled())
+    await anext(first)  # holds the only slot
+    second = asyncio.ensure_future(collect(manager, "Next one."))
+    await asyncio.sleep(0.05)
+
+    during = scrape()
+    assert during.total("kokoropay_synth_stream_capacity") == 1
+    assert during.delta(before, "kokoropay_synth_active_streams") == 1
+    assert during.delta(before, "kokoropay_synth_queued_streams") == 1
+
+    await first.aclose()
+    await second
+    after = await _settled(before, "kokoropay_synth_active_streams")
+    assert after.delta(before, "kokoropay_synth_queued_streams") == 0
+    calls = model.calls
+    assert after.delta(before, "kokoropay_synth_model_call_seconds_count") == calls
+    assert after.delta(before, "kokoropay_synth_batch_size_sum") == calls  # one chunk per call
+    assert after.delta(before, "kokoropay_synth_real_time_factor_count") == calls
+    # The stand-in speaks 0.1 s per phoneme in about 0.02 s: five times real time, or so.
+    assert after.delta(before, "kokoropay_synth_audio_seconds_total") > 0
     await manager.close()

@@ -15,6 +15,7 @@ from services.synth import servicer as servicer_module
 from services.synth.audio.encoders import AudioFormat, PyAVEncoder, StreamEncoder, open_encoder
 from services.synth.engine.manager import GeneratedChunk
 from services.synth.servicer import MAX_MESSAGE_AUDIO_BYTES, SynthServicer, split_audio
+from tests.support.metrics import scrape
 
 RATE = 24_000
 
@@ -69,6 +70,13 @@ async def spoken(speed: float) -> list[synth_pb2.AudioChunk]:
 @pytest.mark.parametrize("speed", [0, 0.25, 4.0, 4.5, 5.0])
 async def test_speeds_from_a_quarter_to_five_are_spoken(speed: float) -> None:
     assert (await spoken(speed))[-1].summary.characters == 3
+
+
+async def test_the_first_audio_of_each_stream_is_timed_once() -> None:
+    before = scrape()
+    await spoken(1.0)
+    after = scrape()
+    assert after.delta(before, "kokoropay_synth_first_chunk_seconds_count") == 1
 
 
 @pytest.mark.parametrize("speed", [0.1, 5.5, 100.0])

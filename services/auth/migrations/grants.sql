@@ -40,6 +40,19 @@ GRANT SELECT, INSERT (key, window_start, count), UPDATE (window_start, count)
 GRANT SELECT, INSERT (email, failures, last_failure_time), UPDATE (failures, last_failure_time)
     ON auth.sign_in_failures TO {role};
 
+-- SetAccountLimits upserts an account's overrides, all four at once; VerifyKey reads them.
+GRANT SELECT,
+    INSERT (account_id, speech_requests_per_minute, speech_concurrent_streams,
+        prediction_creates_per_minute, predictions_concurrent),
+    UPDATE (speech_requests_per_minute, speech_concurrent_streams,
+        prediction_creates_per_minute, predictions_concurrent, update_time)
+    ON auth.account_limits TO {role};
+
+-- RenewSlots moves a holder's unexpired slots' expire_time. Slots are taken and given back, and
+-- request windows counted, only through the owner's functions below (a slot given back is
+-- deleted); the role reads and writes key_request_windows not at all.
+GRANT SELECT, UPDATE (expire_time) ON auth.stream_slots TO {role};
+
 -- Function privileges are not among those revoked before this file runs: take them back here,
 -- so a function dropped from this list is no longer callable after the next start.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA auth FROM {role};
@@ -48,3 +61,12 @@ GRANT EXECUTE ON FUNCTION auth.forget_stale_throttles() TO {role};
 -- Deletes only sessions ended or expired more than 30 days ago, as the owner (migration 0003),
 -- and with them their playground keys (ON DELETE CASCADE, migration 0004).
 GRANT EXECUTE ON FUNCTION auth.forget_old_sessions() TO {role};
+-- VerifyKey's admission under a key's limits: counts the request, deletes the key's expired
+-- slots, takes a slot (migration 0005).
+GRANT EXECUTE
+    ON FUNCTION auth.admit_key_use(text, smallint, integer, integer, text, text, interval)
+    TO {role};
+-- Deletes only the given holder's live slots among the ids given (ReleaseSlots).
+GRANT EXECUTE ON FUNCTION auth.release_slots(text, text[]) TO {role};
+-- Deletes only expired slots and request windows that ended a day ago.
+GRANT EXECUTE ON FUNCTION auth.forget_spent_limits() TO {role};

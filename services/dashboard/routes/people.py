@@ -2,7 +2,8 @@
 
 Every refusal re-renders the form with the message beside the field it concerns (auth names the
 field in its ErrorInfo) and the status a browser or a test can tell apart: 400 bad field, 401
-wrong password, 403 expired form, 409 email taken, 429 throttled (with Retry-After).
+wrong password, 403 expired form, 409 email taken, 429 throttled (with Retry-After). Each post
+is counted by outcome (services/dashboard/metrics.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from kokoropay.auth.v1 import auth_pb2
 from starlette.responses import RedirectResponse, Response
 
 from services.common.client_address import client_address, throttle_key
-from services.dashboard import cookies, csrf, sessions
+from services.dashboard import cookies, csrf, metrics, sessions
 from services.dashboard.clients import BackendError, Backends
 from services.dashboard.pages import render
 from services.dashboard.sessions import Session, signed_in
@@ -30,6 +31,14 @@ SIGN_UP_LEDGER_RETRIES = (0.0, 0.5, 2.0)
 FormText = Annotated[str, Form()]
 
 _EXPIRED_FORM = "This form has expired. Reload the page and try again."
+# The metrics' outcome of each refusal status `_refusal` answers.
+_REFUSAL_OUTCOMES = {
+    400: "invalid",
+    401: "wrong_credentials",
+    403: "expired_form",
+    409: "email_taken",
+    429: "throttled",
+}
 
 
 def _presession_secret(request: Request) -> tuple[str, bool]:
@@ -63,8 +72,9 @@ def _address(request: Request) -> str:
     return throttle_key(client_address(peer, forwarded, settings.trusted_networks))
 
 
-def _refusal(error: BackendError) -> tuple[int, dict[str, str], str]:
-    """Status, field errors and a form-level message for a refused sign-in or sign-up."""
+def _refusal(error: BackendError) -> tuple[int, dict[str, str], str] | None:
+    """Status, field errors and a form-level message for a refused sign-in or sign-up; None for
+    a failure that is no refusal (auth failed or is away)."""
     if error.code == grpc.StatusCode.INVALID_ARGUMENT and error.field:
         return 400, {error.field: _sentence(error.message)}, ""
     if error.reason == "CREDENTIALS_INVALID":
@@ -74,7 +84,7 @@ def _refusal(error: BackendError) -> tuple[int, dict[str, str], str]:
     if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         seconds = error.retry_after_seconds
         return 429, {}, f"Too many attempts from your network. Try again in {seconds} s."
-    raise error
+    return None
 
 
 def _sentence(message: str) -> str:
@@ -101,21 +111,33 @@ async def _check_credentials(
     email: str,
     csrf_token: str,
     call: Callable[[str], Awaitable[auth_pb2.SignInResponse]],
+    count: Callable[[str], None],
 ) -> auth_pb2.SignInResponse | Response:
     """Run a signed-out form's call (SignIn or SignUp, given the client's address): its session,
-    or the form again with the refusal beside the field it concerns."""
+    or the form again with the refusal beside the field it concerns. `count` gets the outcome."""
     if not csrf.matches(request.app.state.cookies.read(request, cookies.PRESESSION), csrf_token):
+        count("expired_form")
         return _signed_out_form(request, template, 403, email=email, form_error=_EXPIRED_FORM)
     try:
-        return await call(_address(request))
+        signed = await call(_address(request))
     except BackendError as error:
-        status, errors, message = _refusal(error)
+        refusal = _refusal(error)
+        if refusal is None:
+            count("error")
+            raise
+        status, errors, message = refusal
+        count(_REFUSAL_OUTCOMES[status])
         response = _signed_out_form(
             request, template, status, email=email, errors=errors, form_error=message
         )
         if status == 429:
             response.headers["Retry-After"] = str(error.retry_after_seconds)
         return response
+    except Exception:
+        count("error")
+        raise
+    count("success")
+    return signed
 
 
 @router.post("/signin")
@@ -129,6 +151,7 @@ async def sign_in(
         email,
         csrf_token,
         lambda address: backends.sign_in(email, password, address),
+        metrics.count_sign_in,
     )
     if isinstance(signed, Response):
         return signed
@@ -148,6 +171,7 @@ async def sign_up(
     request: Request, email: FormText = "", password: FormText = "", csrf_token: FormText = ""
 ) -> Response:
     if not request.app.state.settings.signup_enabled:
+        metrics.count_sign_up("disabled")
         return _signed_out_form(request, "signup.html", 403)
     backends: Backends = request.app.state.backends
     signed = await _check_credentials(
@@ -156,6 +180,7 @@ async def sign_up(
         email,
         csrf_token,
         lambda address: backends.sign_up(email, password, address),
+        metrics.count_sign_up,
     )
     if isinstance(signed, Response):
         return signed

@@ -128,29 +128,77 @@ _PREDICTION_ERROR_MEANINGS = {
 }
 
 
+# The 429 of an endpoint with per-key limits: those, and the invalid-key throttle every keyed
+# endpoint has.
+_LIMITED_429 = (
+    "Over a limit of the key: its requests a minute, or {at_once} at once. The message names "
+    "the limit; `Retry-After` says when to try again (the window's end; for {at_once}, a short "
+    "pause). Also: too many requests with invalid API keys from your address (every request "
+    "with a key from it, a valid key's too, for `Retry-After` seconds)."
+)
+_LIMITED_429_SPEECH = _LIMITED_429.format(at_once="streams open")
+_LIMITED_429_PREDICTIONS = (
+    _LIMITED_429.format(at_once="predictions queued or running")
+    + " `details`: `rate_limited`, `concurrency_limited` or `too_many_invalid_keys`."
+)
+
 _RETRY_AFTER = {
-    "Retry-After": {
+    "schema": {"type": "integer"},
+    "description": "Seconds until requests with a key from this address are served again.",
+}
+_LIMITED_RETRY_AFTER = {
+    "schema": {"type": "integer"},
+    "description": "Whole seconds to wait before trying again (at least 1).",
+}
+
+# On every answer of a limited endpoint once auth has counted the request: its 200, its 429,
+# and its errors found after the key was checked (400, 402, 409, 5xx). Never on a 401, nor on a
+# 400 for a body that could not be read: no key was counted for those.
+RATE_LIMIT_HEADERS: dict[str, dict[str, Any]] = {
+    "x-ratelimit-limit-requests": {
         "schema": {"type": "integer"},
-        "description": "Seconds until requests with a key from this address are served again.",
-    }
+        "description": "Requests a minute this key may make to this endpoint.",
+    },
+    "x-ratelimit-remaining-requests": {
+        "schema": {"type": "integer"},
+        "description": "What is left of them in the current window, this request counted.",
+    },
+    "x-ratelimit-reset-requests": {
+        "schema": {"type": "string"},
+        "description": "Until the window ends and the count starts again, as OpenAI writes it "
+        "(a Go duration: `350ms`, `59.4s`, `1m0s`).",
+    },
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the given error statuses, all with the `{"detail": …}` body."""
-    return {status: _entry(ErrorBody, _ERROR_MEANINGS[status], status) for status in statuses}
+def error_responses(*statuses: int, limited: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the given error statuses, all with the `{"detail": …}` body;
+    `limited`: the endpoint has per-key limits (its 429, the x-ratelimit-* headers)."""
+    meanings = {**_ERROR_MEANINGS, 429: _LIMITED_429_SPEECH} if limited else _ERROR_MEANINGS
+    return {status: _entry(ErrorBody, meanings[status], status, limited) for status in statuses}
 
 
-def prediction_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the prediction API's error statuses, in the listing's envelope."""
+def prediction_error_responses(
+    *statuses: int, limited: bool = False
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the prediction API's error statuses, in the listing's envelope;
+    `limited` as for error_responses."""
+    meanings = _PREDICTION_ERROR_MEANINGS
+    if limited:
+        meanings = {**meanings, 429: _LIMITED_429_PREDICTIONS}
     return {
-        status: _entry(PredictionErrorBody, _PREDICTION_ERROR_MEANINGS[status], status)
+        status: _entry(PredictionErrorBody, meanings[status], status, limited)
         for status in statuses
     }
 
 
-def _entry(model: type, description: str, status: int) -> dict[str, Any]:
+def _entry(model: type, description: str, status: int, limited: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {"model": model, "description": description}
+    headers: dict[str, Any] = {}
     if status == 429:
-        entry["headers"] = dict(_RETRY_AFTER)
+        headers["Retry-After"] = dict(_LIMITED_RETRY_AFTER if limited else _RETRY_AFTER)
+    if limited and status != 401:
+        headers.update(RATE_LIMIT_HEADERS)
+    if headers:
+        entry["headers"] = headers
     return entry

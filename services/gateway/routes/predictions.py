@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import StreamingResponse
 
-from services.gateway.clients import OutputRequest, Prediction, PredictionStatus
+from services.gateway.clients import KeyUse, OutputRequest, Prediction, PredictionStatus
 from services.gateway.output import MAX_OFFSET, OutputResponse, parse_range
 from services.gateway.protocol import (
     OUTPUT_CONTENT_TYPES,
@@ -19,6 +19,7 @@ from services.gateway.protocol import (
     PredictionUrls,
 )
 from services.gateway.routes.common import (
+    RATE_LIMIT_HEADERS,
     Credentials,
     CurrentPrincipal,
     Desk,
@@ -33,7 +34,11 @@ _CREATE_DESCRIPTION = (
     "`GET /v1/prediction/{predictionID}` or pass `webhook_url`. len(input.text) credits are "
     "reserved now, charged when it succeeds and returned if it fails or is cancelled. "
     "Authenticate with `X-API-Key` or `Authorization: Bearer`. Errors are "
-    '`{"status": "error", "message", "details"}`.'
+    '`{"status": "error", "message", "details"}`. A key may create so many a minute and have '
+    "so many queued or running at once: over either, 429 (`rate_limited`, "
+    "`concurrency_limited`) with `Retry-After`; every answer once the key is verified carries "
+    "`x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and "
+    "`x-ratelimit-reset-requests`."
 )
 
 
@@ -42,9 +47,9 @@ async def create_prediction(
 ) -> PredictionCreated:
     # As for speech: a malformed body is a 400 whoever sends it, then the key, then the checks
     # that need synth's lists.
-    principal = await seller.authenticate(credentials.key(), credentials.address)
+    admitted = await seller.admit(credentials.key(), credentials.address, KeyUse.PREDICTION_CREATE)
     order = await desk.validate(body)
-    prediction = await desk.create(principal, order)
+    prediction = await desk.create(admitted.principal, order, admitted.concurrency_limit)
     return PredictionCreated(predictionID=prediction.id)
 
 
@@ -62,7 +67,13 @@ for _path, _operation_id in (
         summary="Create a prediction",
         description=_CREATE_DESCRIPTION,
         response_model=PredictionCreated,
-        responses=prediction_error_responses(400, 401, 402, 404, 429, 502, 503, 504),
+        responses={
+            200: {
+                "description": "Created and queued: poll it by its `predictionID`.",
+                "headers": RATE_LIMIT_HEADERS,
+            },
+            **prediction_error_responses(400, 401, 402, 404, 429, 502, 503, 504, limited=True),
+        },
     )
 
 

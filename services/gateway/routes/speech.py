@@ -7,10 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 from starlette.responses import StreamingResponse
 
+from services.gateway.clients import KeyUse
 from services.gateway.delivery import DeliveryResponse
 from services.gateway.middleware import request_id_of
 from services.gateway.protocol import CONTENT_TYPES, SSE_CONTENT_TYPE, SpeechRequest
-from services.gateway.routes.common import Credentials, Seller, error_responses
+from services.gateway.routes.common import (
+    RATE_LIMIT_HEADERS,
+    Credentials,
+    Seller,
+    error_responses,
+)
 
 router = APIRouter(tags=["speech"])
 
@@ -44,6 +50,7 @@ _OK: dict[int | str, dict[str, Any]] = {
                 "description": "Milliseconds spent on auth, catalog, reserve and the wait for "
                 "the model's first audio (synth), e.g. `auth;dur=1.9, synth;dur=1480.2`.",
             },
+            **RATE_LIMIT_HEADERS,
         },
     }
 }
@@ -58,10 +65,17 @@ _OK: dict[int | str, dict[str, Any]] = {
         "With an `Idempotency-Key`, the key names one request for 24 hours: retries are "
         "charged only for what they deliver, never more than len(input) in all; a retry while "
         "another runs is a 409; the same key on a different request is a 400; after the whole "
-        "audio was delivered, two retries are served again free, then 409."
+        "audio was delivered, two retries are served again free, then 409. "
+        "A key may make so many requests a minute and have so many streams open at once: over "
+        "either, 429 with `Retry-After`; every answer once the key is verified carries "
+        "`x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and "
+        "`x-ratelimit-reset-requests`."
     ),
     response_class=StreamingResponse,
-    responses={**_OK, **error_responses(400, 401, 402, 409, 429, 502, 503, 504)},
+    responses={
+        **_OK,
+        **error_responses(400, 401, 402, 409, 429, 502, 503, 504, limited=True),
+    },
 )
 async def create_speech(
     body: SpeechRequest,
@@ -83,14 +97,18 @@ async def create_speech(
     # The key is checked here rather than in a dependency so that a malformed body is a 400
     # whoever sends it (docs/architecture.md: parse and validate, then VerifyKey), and checks that
     # need synth's lists run only for customers.
-    principal = await seller.authenticate(credentials.key(), credentials.address)
-    order = await seller.validate(body)
-    request_id, request_id_is_ours = request_id_of(request.scope)
-    delivery = await seller.sell(
-        principal,
-        order,
-        request_id=request_id,
-        request_id_is_ours=request_id_is_ours,
-        idempotency_key=idempotency_key,
-    )
+    admitted = await seller.admit(credentials.key(), credentials.address, KeyUse.SPEECH)
+    # The key's stream slot is held from here: given back at once if the request fails before
+    # it streams (400, 402, 409, 502, a cancelled request), else by the delivery when it ends.
+    with admitted.slot.given_back_on_failure():
+        order = await seller.validate(body)
+        request_id, request_id_is_ours = request_id_of(request.scope)
+        delivery = await seller.sell(
+            admitted.principal,
+            order,
+            request_id=request_id,
+            request_id_is_ours=request_id_is_ours,
+            idempotency_key=idempotency_key,
+            slot=admitted.slot,
+        )
     return DeliveryResponse(delivery, seller.send_timeout_seconds)

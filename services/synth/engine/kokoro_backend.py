@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from services.synth import metrics
 from services.synth.engine.backend import Samples
 from services.synth.engine.model_files import WeightsPaths
 from services.synth.models import HUB_REPO_ID, SAMPLE_RATE
@@ -78,6 +79,12 @@ class KokoroBackend:
         for name in self._weights.voice_names:
             pack = torch.load(self._weights.voice_path(name), map_location="cpu", weights_only=True)
             self._voices[name] = pack.to(self._device)
+        if self._device.startswith("cuda"):
+            device = torch.device(self._device)
+            metrics.watch_device_memory(
+                lambda: torch.cuda.memory_allocated(device),
+                lambda: torch.cuda.memory_reserved(device),
+            )
         _log.info(
             "model loaded",
             extra={

@@ -5,6 +5,9 @@ of the same size, so requests beyond it wait for a slot instead of oversubscribi
 The worker plans the text lazily, speaks chunk by chunk and hands each chunk to the event loop;
 it checks the cancel flag before every model call, so a cancelled request stops at the next
 chunk. The slot is released when the worker has actually stopped, not when the caller left.
+
+Metrics (services/synth/metrics.py): streams waiting for a slot and holding one, the slots, and
+every model call's time and audio, recorded by the worker as it speaks.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.synth import metrics
 from services.synth.engine.backend import Samples, SynthesisBackend
 from services.synth.text.chunking import ChunkBudgets, Phonemize, plan_chunks
 from services.synth.voices import LANGUAGES, VoiceCatalog, VoiceMix
@@ -92,6 +96,7 @@ class EngineManager:
         self._warm_up = warm_up
         self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="synth-worker")
         self._slots = asyncio.Semaphore(max_concurrent)
+        metrics.STREAM_CAPACITY.set(max_concurrent)
         self._phonemizers: Mapping[str, Phonemize] = {}
         self._catalog: VoiceCatalog | None = None
         # Set on shutdown: a start-up still loading stops at its next step instead of finishing.
@@ -155,7 +160,12 @@ class EngineManager:
         Setting `cancelled` (or leaving the iteration) stops the worker before its next chunk.
         """
         phonemize = self._phonemizers[voice.language_code]
-        await self._slots.acquire()
+        metrics.QUEUED_STREAMS.inc()
+        try:
+            await self._slots.acquire()
+        finally:
+            metrics.QUEUED_STREAMS.dec()
+        metrics.ACTIVE_STREAMS.inc()
         loop = asyncio.get_running_loop()
         job = _Job(
             text,
@@ -173,9 +183,9 @@ class EngineManager:
                 self._executor, contextvars.copy_context().run, self._work, job
             )
         except BaseException:
-            self._slots.release()
+            self._release_slot()
             raise
-        worker.add_done_callback(lambda _: self._slots.release())
+        worker.add_done_callback(lambda _: self._release_slot())
         try:
             while (item := await job.queue.get()) is not None:
                 job.room.release()
@@ -185,6 +195,10 @@ class EngineManager:
                 yield item
         finally:
             cancelled.set()
+
+    def _release_slot(self) -> None:
+        self._slots.release()
+        metrics.ACTIVE_STREAMS.dec()
 
     def _work(self, job: _Job) -> None:
         """Runs in a worker thread: plan, speak and hand over chunk by chunk."""
@@ -203,14 +217,18 @@ class EngineManager:
                     if chunk.phonemes
                     else np.zeros(0, dtype=np.float32)
                 )
+                model_seconds = time.perf_counter() - spoken_at
+                audio_seconds = len(audio) / self._backend.sample_rate
+                if chunk.phonemes:
+                    metrics.record_model_call(audio_seconds, model_seconds)
                 job.generated += 1
                 _log.debug(
                     "chunk %d spoken",
                     chunk.index,
                     extra={
                         "phonemes": len(chunk.phonemes),
-                        "audio_seconds": round(len(audio) / self._backend.sample_rate, 3),
-                        "model_ms": round((time.perf_counter() - spoken_at) * 1e3, 1),
+                        "audio_seconds": round(audio_seconds, 3),
+                        "model_ms": round(model_seconds * 1e3, 1),
                     },
                 )
                 text_end = len(job.text) if chunk.is_last else chunk.span.end

@@ -28,6 +28,10 @@ from tests.support.ledger import Ledger
 T = TypeVar("T")
 
 URL_SIGNING_SECRET = "predictions-tests-url-signing-secret"
+# The key the tests create with, and its limit on predictions queued or running: the most there
+# is, so that only the tests of that limit meet it.
+KEY_ID = "key_test"
+MAX_ACTIVE = 10_000
 PUBLIC_BASE_URL = "https://api.kokoropay.test"
 # Short, so the retention test sees audio expire; every other test reads its audio at once.
 RETENTION_SECONDS = 8
@@ -135,15 +139,18 @@ class Predictions:
         output_format: str = "",
         speed: float = 0.0,
         webhook_url: str = "",
+        key_id: str = KEY_ID,
+        max_active: int = MAX_ACTIVE,
     ) -> P.Prediction:
         return await self.stub.CreatePrediction(
             P.CreatePredictionRequest(
                 account_id=account_id,
-                key_id="key_test",
+                key_id=key_id,
                 input=P.PredictionInput(
                     text=text, voice=voice, speed=speed, output_format=output_format
                 ),
                 webhook_url=webhook_url,
+                max_active=max_active,
             )
         )
 

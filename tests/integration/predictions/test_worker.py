@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -124,6 +125,19 @@ async def test_voices_synth_does_not_know_are_refused(predictions: Predictions) 
     # Aliases and blends of known voices are fine (cancelled: no synthesis needed here).
     created = await predictions.create(account, "Who speaks?", voice="af_bella(2)+af_sky(1)")
     await predictions.cancel(account, created.id)
+
+
+async def test_a_prediction_a_worker_finishes_frees_its_keys_place(
+    predictions: Predictions,
+) -> None:
+    account = await predictions.account(1000)
+    key = f"key_{uuid.uuid4().hex[:12]}"
+    first = await predictions.create(account, "Done soon.", key_id=key, max_active=1)
+    finished = await predictions.finished(account, first.id)
+    assert finished.status == P.PREDICTION_STATUS_SUCCESS, finished
+    # The key's one place is free again (cancelled: no second synthesis needed).
+    second = await predictions.create(account, "Next.", key_id=key, max_active=1)
+    await predictions.cancel(account, second.id)
 
 
 async def test_cancel_stops_a_running_synthesis_and_refunds(

@@ -1,14 +1,34 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from kokoropay.common.v1 import access_pb2 as _access_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class KeyUse(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_USE_UNSPECIFIED: _ClassVar[KeyUse]
+    KEY_USE_SPEECH: _ClassVar[KeyUse]
+    KEY_USE_PREDICTION_CREATE: _ClassVar[KeyUse]
+
+class LimitRefusal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIMIT_REFUSAL_UNSPECIFIED: _ClassVar[LimitRefusal]
+    LIMIT_REFUSAL_REQUESTS: _ClassVar[LimitRefusal]
+    LIMIT_REFUSAL_CONCURRENCY: _ClassVar[LimitRefusal]
+KEY_USE_UNSPECIFIED: KeyUse
+KEY_USE_SPEECH: KeyUse
+KEY_USE_PREDICTION_CREATE: KeyUse
+LIMIT_REFUSAL_UNSPECIFIED: LimitRefusal
+LIMIT_REFUSAL_REQUESTS: LimitRefusal
+LIMIT_REFUSAL_CONCURRENCY: LimitRefusal
 
 class Account(_message.Message):
     __slots__ = ("id", "name", "create_time")
@@ -259,15 +279,107 @@ class RevokeKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
 
 class VerifyKeyRequest(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "use", "holder")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    USE_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
     key: str
-    def __init__(self, key: _Optional[str] = ...) -> None: ...
+    use: KeyUse
+    holder: str
+    def __init__(self, key: _Optional[str] = ..., use: _Optional[_Union[KeyUse, str]] = ..., holder: _Optional[str] = ...) -> None: ...
 
 class VerifyKeyResponse(_message.Message):
-    __slots__ = ("account_id", "key_id")
+    __slots__ = ("account_id", "key_id", "admission")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     key_id: str
-    def __init__(self, account_id: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+    admission: Admission
+    def __init__(self, account_id: _Optional[str] = ..., key_id: _Optional[str] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ...) -> None: ...
+
+class Admission(_message.Message):
+    __slots__ = ("admitted", "refusal", "request_limit", "requests_remaining", "requests_reset", "retry_after", "concurrency_limit", "slot_id", "lease")
+    ADMITTED_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_RESET_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SLOT_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    admitted: bool
+    refusal: LimitRefusal
+    request_limit: int
+    requests_remaining: int
+    requests_reset: _duration_pb2.Duration
+    retry_after: _duration_pb2.Duration
+    concurrency_limit: int
+    slot_id: str
+    lease: _duration_pb2.Duration
+    def __init__(self, admitted: _Optional[bool] = ..., refusal: _Optional[_Union[LimitRefusal, str]] = ..., request_limit: _Optional[int] = ..., requests_remaining: _Optional[int] = ..., requests_reset: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., concurrency_limit: _Optional[int] = ..., slot_id: _Optional[str] = ..., lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ReleaseSlotsRequest(_message.Message):
+    __slots__ = ("holder", "slot_ids")
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    SLOT_IDS_FIELD_NUMBER: _ClassVar[int]
+    holder: str
+    slot_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, holder: _Optional[str] = ..., slot_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReleaseSlotsResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: int
+    def __init__(self, released: _Optional[int] = ...) -> None: ...
+
+class RenewSlotsRequest(_message.Message):
+    __slots__ = ("holder",)
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    holder: str
+    def __init__(self, holder: _Optional[str] = ...) -> None: ...
+
+class RenewSlotsResponse(_message.Message):
+    __slots__ = ("renewed", "lease")
+    RENEWED_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    renewed: int
+    lease: _duration_pb2.Duration
+    def __init__(self, renewed: _Optional[int] = ..., lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class KeyLimits(_message.Message):
+    __slots__ = ("speech_requests_per_minute", "speech_concurrent_streams", "prediction_creates_per_minute", "predictions_concurrent")
+    SPEECH_REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_CONCURRENT_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_CREATES_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    speech_requests_per_minute: int
+    speech_concurrent_streams: int
+    prediction_creates_per_minute: int
+    predictions_concurrent: int
+    def __init__(self, speech_requests_per_minute: _Optional[int] = ..., speech_concurrent_streams: _Optional[int] = ..., prediction_creates_per_minute: _Optional[int] = ..., predictions_concurrent: _Optional[int] = ...) -> None: ...
+
+class GetAccountLimitsRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class SetAccountLimitsRequest(_message.Message):
+    __slots__ = ("account_id", "overrides")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    overrides: KeyLimits
+    def __init__(self, account_id: _Optional[str] = ..., overrides: _Optional[_Union[KeyLimits, _Mapping]] = ...) -> None: ...
+
+class AccountLimitsResponse(_message.Message):
+    __slots__ = ("account_id", "overrides", "effective")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    overrides: KeyLimits
+    effective: KeyLimits
+    def __init__(self, account_id: _Optional[str] = ..., overrides: _Optional[_Union[KeyLimits, _Mapping]] = ..., effective: _Optional[_Union[KeyLimits, _Mapping]] = ...) -> None: ...

@@ -65,6 +65,26 @@ class AuthServiceStub:
                 request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyRequest.SerializeToString,
                 response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyResponse.FromString,
                 _registered_method=True)
+        self.ReleaseSlots = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/ReleaseSlots',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ReleaseSlotsRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ReleaseSlotsResponse.FromString,
+                _registered_method=True)
+        self.RenewSlots = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/RenewSlots',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RenewSlotsRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RenewSlotsResponse.FromString,
+                _registered_method=True)
+        self.GetAccountLimits = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/GetAccountLimits',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.GetAccountLimitsRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.AccountLimitsResponse.FromString,
+                _registered_method=True)
+        self.SetAccountLimits = channel.unary_unary(
+                '/kokoropay.auth.v1.AuthService/SetAccountLimits',
+                request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SetAccountLimitsRequest.SerializeToString,
+                response_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.AccountLimitsResponse.FromString,
+                _registered_method=True)
         self.SignUp = channel.unary_unary(
                 '/kokoropay.auth.v1.AuthService/SignUp',
                 request_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SignUpRequest.SerializeToString,
@@ -164,6 +184,47 @@ class AuthServiceServicer:
     def VerifyKey(self, request, context):
         """Resolves a presented plaintext key to its account. Called by the gateway on every request.
         UNAUTHENTICATED with reason KEY_INVALID or KEY_REVOKED when it does not resolve.
+
+        With a `use`, the same call also admits the request under the key's limits for that use
+        (its account's overrides, else auth's defaults): the request is counted against the key's
+        requests per minute and, for KEY_USE_SPEECH, a stream slot is taken, leased to `holder`
+        (ReleaseSlots gives it back, RenewSlots keeps it past its lease). A request over a limit is
+        still answered OK, with `admission.admitted` false: the key is valid, and the caller needs
+        the counts for its answer's headers. Concurrent calls for one key are counted one after
+        another, so no two can both take the last slot or the last request of a window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseSlots(self, request, context):
+        """Gives back stream slots `holder` took. Slots of other holders, unknown and already expired
+        ones are left alone (an expired slot is already free).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewSlots(self, request, context):
+        """Extends every slot `holder` still holds to a full lease from now. A slot whose lease has
+        already ended is not revived: it may have been counted free by then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAccountLimits(self, request, context):
+        """An account's limits per key: its overrides and the values in force. NOT_FOUND for an
+        unknown account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAccountLimits(self, request, context):
+        """Overrides an account's limits per key; a field left 0 goes back to (or stays at) the
+        default. INVALID_ARGUMENT (metadata `field`) for a value out of range; NOT_FOUND for an
+        unknown account.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -294,6 +355,26 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.VerifyKey,
                     request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyRequest.FromString,
                     response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyResponse.SerializeToString,
+            ),
+            'ReleaseSlots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseSlots,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ReleaseSlotsRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.ReleaseSlotsResponse.SerializeToString,
+            ),
+            'RenewSlots': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewSlots,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RenewSlotsRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.RenewSlotsResponse.SerializeToString,
+            ),
+            'GetAccountLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccountLimits,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.GetAccountLimitsRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.AccountLimitsResponse.SerializeToString,
+            ),
+            'SetAccountLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountLimits,
+                    request_deserializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.SetAccountLimitsRequest.FromString,
+                    response_serializer=kokoropay_dot_auth_dot_v1_dot_auth__pb2.AccountLimitsResponse.SerializeToString,
             ),
             'SignUp': grpc.unary_unary_rpc_method_handler(
                     servicer.SignUp,
@@ -514,6 +595,114 @@ class AuthService:
             '/kokoropay.auth.v1.AuthService/VerifyKey',
             kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyRequest.SerializeToString,
             kokoropay_dot_auth_dot_v1_dot_auth__pb2.VerifyKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseSlots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/ReleaseSlots',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.ReleaseSlotsRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.ReleaseSlotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewSlots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/RenewSlots',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.RenewSlotsRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.RenewSlotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccountLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/GetAccountLimits',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.GetAccountLimitsRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.AccountLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kokoropay.auth.v1.AuthService/SetAccountLimits',
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.SetAccountLimitsRequest.SerializeToString,
+            kokoropay_dot_auth_dot_v1_dot_auth__pb2.AccountLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,7 +78,9 @@ class PredictionServiceServicer:
 
     def CreatePrediction(self, request, context):
         """Reserves len(text) credits and queues the job. INVALID_ARGUMENT (with ErrorInfo metadata
-        `field`) for bad input; FAILED_PRECONDITION / INSUFFICIENT_CREDITS when the balance is short.
+        `field`) for bad input; FAILED_PRECONDITION / INSUFFICIENT_CREDITS when the balance is short;
+        RESOURCE_EXHAUSTED / CONCURRENCY_LIMITED (metadata `limit`, `retry_after_seconds`) when the
+        key already has `max_active` predictions queued or running: then nothing is reserved.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
