@@ -1,4 +1,5 @@
-"""`python -m services.gateway`: settings → gRPC clients → app → uvicorn, until SIGTERM."""
+"""`python -m services.gateway`: settings → metrics → gRPC clients → app → uvicorn, until
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import uvicorn
 
 from services.common.logs import configure_logging
+from services.common.metrics import start_metrics_server
 from services.common.settings import load_settings
 from services.common.web import DrainingServer
 from services.gateway.app import create_app
@@ -19,6 +21,8 @@ _log = logging.getLogger("gateway")
 
 
 async def serve(settings: GatewaySettings) -> None:
+    # Its own port, never the public one: /metrics is for Prometheus, not for customers.
+    metrics = start_metrics_server(settings.host, settings.metrics_listen_port)
     # gRPC channels belong to the running event loop, so they are opened inside it.
     upstreams = GrpcUpstreams(
         settings.auth_address,
@@ -60,6 +64,8 @@ async def serve(settings: GatewaySettings) -> None:
         await server.serve()
     finally:
         await upstreams.close()
+        if metrics is not None:
+            await asyncio.to_thread(metrics.stop)
     if not server.started:
         raise SystemExit(f"error: gateway could not listen on {settings.host}:{settings.port}")
 

@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from services.gateway import metrics
 from services.gateway.clients import (
     Hold,
     HoldState,
@@ -327,21 +328,23 @@ class Billing:
         charged = 0
         try:
             if outcome is Outcome.COMPLETED:
-                await self._capture(charge, hold_id, charge.amount)
-                charged = charge.amount
+                charged = await self._capture(charge, hold_id, charge.amount)
             elif outcome in _PARTIAL and delivered_characters > 0:
                 # One ledger call spends the part delivered and returns the rest atomically.
-                charged = min(delivered_characters, charge.amount)
-                await self._capture(charge, hold_id, charged)
+                part = min(delivered_characters, charge.amount)
+                charged = await self._capture(charge, hold_id, part)
             else:
                 await self._retried(lambda: self._ledger.release(hold_id))
         except UpstreamError as error:
-            # The hold stays until its deadline, when the ledger returns the credits itself.
+            # The hold stays until its deadline, when the ledger returns the credits itself
+            # (counted by the ledger's expiry metrics, not here: nothing is known settled).
             _log.error("could not settle a hold: %s", error, extra=extra)
             return
+        metrics.record_settlement(outcome.value, charge.amount, charged)
         _log.info("settled: charged %d of %d credits", charged, charge.amount, extra=extra)
 
-    async def _capture(self, charge: Charge, hold_id: str, amount: int) -> None:
+    async def _capture(self, charge: Charge, hold_id: str, amount: int) -> int:
+        """Capture `amount` of the hold; what the request was charged in all."""
         part = None if amount >= charge.amount else amount
         try:
             await self._retried(lambda: self._ledger.capture(hold_id, part))
@@ -352,7 +355,7 @@ class Billing:
             # them for a whole extension. A lapse captured the last checkpoint, if there was one.
             spent = await self._spent(charge) if error.reason == "HOLD_CAPTURED" else 0
             if spent >= amount:
-                return
+                return spent
             _log.warning(
                 "hold %s could not be captured (%s, %d spent); charging %d anew",
                 hold_id,
@@ -360,7 +363,9 @@ class Billing:
                 spent,
                 amount - spent,
             )
-            await self._charge_anew(charge, f"{charge.ledger_key}:late", amount - spent)
+            late = await self._charge_anew(charge, f"{charge.ledger_key}:late", amount - spent)
+            return spent + late
+        return amount
 
     async def _spent(self, charge: Charge) -> int:
         """What the attempt's closed hold spent, read back by repeating its Reserve: a repeat
@@ -392,9 +397,9 @@ class Billing:
             return 0
         return hold.captured
 
-    async def _charge_anew(self, charge: Charge, ledger_key: str, amount: int) -> None:
+    async def _charge_anew(self, charge: Charge, ledger_key: str, amount: int) -> int:
         """Charge `amount` for audio delivered under a lapsed hold; what the balance no longer
-        covers is logged as unpaid rather than driven below zero."""
+        covers is logged as unpaid rather than driven below zero. What was charged."""
         try:
             hold = await self._late_hold(charge, ledger_key, amount)
         except UpstreamError as error:
@@ -403,8 +408,13 @@ class Billing:
                 raise
             _log.error("late charge short: %d of %d credits unpaid", amount - available, amount)
             hold = await self._late_hold(charge, f"{ledger_key}:short", available)
-        if hold is not None and hold.state == HoldState.HELD:
+        if hold is None:
+            return 0  # the Idempotency-Key had paid its price already
+        if hold.state == HoldState.HELD:
             await self._retried(lambda: self._ledger.capture(hold.id))
+            return hold.amount
+        # A repeat of a late hold that an earlier attempt of this settlement captured.
+        return hold.captured if hold.state == HoldState.CAPTURED else 0
 
     async def _late_hold(self, charge: Charge, ledger_key: str, amount: int) -> Hold | None:
         if charge.keyed is None:

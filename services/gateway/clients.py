@@ -205,6 +205,8 @@ class AudioPiece:
     audio: bytes
     # Input code points spoken up to and including this piece.
     characters_consumed: int
+    # Seconds of audio the piece carries, as synth measured them.
+    duration_seconds: float = 0.0
 
 
 class AudioStream(Protocol):
@@ -619,7 +621,11 @@ class GrpcAudioStream:
         if message is grpc.aio.EOF:
             return None
         assert isinstance(message, synth_pb2.AudioChunk)
-        return AudioPiece(audio=message.audio, characters_consumed=message.characters_consumed)
+        return AudioPiece(
+            audio=message.audio,
+            characters_consumed=message.characters_consumed,
+            duration_seconds=message.duration_seconds,
+        )
 
     def cancel(self) -> None:
         self._call.cancel()

@@ -7,6 +7,9 @@ stream that reaches settings.max_stream_seconds, and settles once the response i
 it ended. Synthesis failing after audio went out cannot become an error answer any more: the
 connection is cut, so the client sees a broken stream rather than a short file; a stream cut at
 the time limit ends the same way, charged for what was delivered.
+
+Metrics (metrics.py): each piece's bytes and seconds once it has been handed over, the first
+audio byte's delay from the request's arrival, and the streams in flight.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from services.gateway import metrics
 from services.gateway.billing import Billing, Charge, Outcome, SpeechOrder
 from services.gateway.clients import AudioPiece, AudioStream, UpstreamError
+from services.gateway.middleware import ARRIVED_AT
 from services.gateway.protocol import (
     CONTENT_TYPES,
     SSE_CONTENT_TYPE,
@@ -132,6 +138,7 @@ class SpeechDelivery:
             yield piece
             # Resumed only when the consumer wants more: the piece has been handed over.
             self._delivered_characters = max(self._delivered_characters, piece.characters_consumed)
+            metrics.record_audio(self._order.audio_format, len(piece.audio), piece.duration_seconds)
             try:
                 piece = await self._stream.next()
             except UpstreamError as error:
@@ -190,10 +197,16 @@ class DeliveryResponse(StreamingResponse):
         self.send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived_at: float | None = scope.get("state", {}).get(ARRIVED_AT)
+
         async def send_in_time(message: Message) -> None:
+            nonlocal arrived_at
             if message["type"] != "http.response.body":
                 await send(message)
                 return
+            if arrived_at is not None and message.get("body"):
+                metrics.record_first_audio(time.perf_counter() - arrived_at)
+                arrived_at = None  # once per request
             try:
                 async with asyncio.timeout(self.send_timeout):
                     await send(message)
@@ -202,8 +215,9 @@ class DeliveryResponse(StreamingResponse):
 
         limit = asyncio.timeout_at(self.delivery.deadline)
         try:
-            async with limit:
-                await super().__call__(scope, receive, send_in_time)
+            with metrics.streaming():
+                async with limit:
+                    await super().__call__(scope, receive, send_in_time)
         except ClientStalled as stalled:
             # Returning without completing the response makes the server close the connection.
             _log.warning("%s; treated as gone", stalled)

@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.gateway import metrics
 from services.gateway.clients import Admission, KeyUse, LimitRefusal, UpstreamError
 from services.gateway.fingerprint import fields_that_differ
 
@@ -465,7 +466,14 @@ def _route_path(request: Request) -> str:
 
 async def _api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    response = error_response(exc.status, exc.detail, path=_route_path(request), code=exc.code)
+    path = _route_path(request)
+    # Counted here, where the answer is made: every 402 and 429 the gateway decides is an
+    # ApiError (Starlette's own answers are never either).
+    if exc.status == 402:
+        metrics.record_payment_required("prediction" if uses_listing_envelope(path) else "speech")
+    elif exc.status == 429:
+        metrics.record_rate_limited(exc.code)
+    response = error_response(exc.status, exc.detail, path=path, code=exc.code)
     response.headers.update(exc.headers)
     return response
 

@@ -1,4 +1,5 @@
-"""The outermost layer of every HTTP exchange: request id, retry hint, timings, access log.
+"""The outermost layer of every HTTP exchange: request id, retry hint, timings, access log,
+and the request's metrics.
 
 It wraps the whole application, Starlette's own error middleware included, so even a 500 or a
 413 carries `x-request-id`, and the request id is in `request_id_var` for everything below it:
@@ -8,6 +9,12 @@ tell the gateway's own cost (auth, reserve) from the wait for the model (synth).
 the serving layer learns on the way and that belong on the answer whatever it turns out to be
 (the key's rate-limit counts: a 200, a 400, a 429 alike) are added with
 `add_response_headers()`.
+
+Each exchange is counted once its response is over, by route template (`scope["route"]`, which
+routing sets; a request refused before routing, such as a 413, is matched against the routes
+here; one that matches none is `other`), method and status, and timed from its arrival to its
+response's last byte (metrics.py). The arrival time is left in the request's state
+(`ARRIVED_AT`) for the first-audio histogram (delivery.py).
 """
 
 from __future__ import annotations
@@ -17,17 +24,21 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.logs import request_id_var
+from services.gateway import metrics
 from services.gateway.errors import error_response, should_retry
 
 REQUEST_ID_HEADER = "x-request-id"
+# The request's state key of its arrival, in time.perf_counter() seconds.
+ARRIVED_AT = "arrived_at"
 # Forwarded into gRPC metadata, logs and ledger keys (at most 128 characters), so only short,
 # plain tokens are taken from clients.
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
@@ -75,9 +86,22 @@ def request_id_of(scope: Scope) -> tuple[str, bool]:
     return state.get("request_id", ""), state.get("request_id_is_ours", True)
 
 
+def route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+    """The template of the route that served the request (`/v1/prediction/{prediction_id}`),
+    never its path: a path a client makes up must not become a series of its own."""
+    route = scope.get("route")
+    if route is None:
+        # Refused before routing (a 413), or no route at all (a 404): match the routes here.
+        route = next((r for r in routes if r.matches(scope)[0] is not Match.NONE), None)
+    template = getattr(route, "path_format", None)
+    return template if isinstance(template, str) else metrics.OTHER_ROUTE
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
+        # The application's routes, for naming a request refused before routing.
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,18 +110,24 @@ class RequestContextMiddleware:
         incoming = Headers(scope=scope).get(REQUEST_ID_HEADER)
         is_ours = incoming is None or not _SANE_REQUEST_ID.match(incoming)
         request_id = uuid.uuid4().hex if is_ours else str(incoming)
-        scope.setdefault("state", {}).update(request_id=request_id, request_id_is_ours=is_ours)
+        started = time.perf_counter()
+        scope.setdefault("state", {}).update(
+            request_id=request_id, request_id_is_ours=is_ours, **{ARRIVED_AT: started}
+        )
         token = request_id_var.set(request_id)
         timings: dict[str, float] = {}
         timings_token = _timings.set(timings)
         extra_headers: dict[str, str] = {}
         extra_headers_token = _extra_headers.set(extra_headers)
-        started = time.perf_counter()
         status = 0
+        ended: float | None = None
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
+            nonlocal status, ended
+            if message["type"] == "http.response.body":
+                if not message.get("more_body", False):
+                    ended = time.perf_counter()
+            elif message["type"] == "http.response.start":
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers[REQUEST_ID_HEADER] = request_id
@@ -113,6 +143,10 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            # A stream cut short has no last message: it ended when the application returned.
+            finished = time.perf_counter() if ended is None else ended
+            route = route_template(scope, self.routes)
+            metrics.record_request(route, scope["method"], status, finished - started)
             _log.info(
                 "%s %s %d",
                 scope["method"],
