@@ -37,7 +37,8 @@ VerifyKey with a `use` also admits the request under its key's limits (limits.py
 valid, so a request over a limit is answered OK with `admission.admitted` false and the counts
 the gateway needs for its headers, never RESOURCE_EXHAUSTED. An unknown `use`, or speech without
 a well-formed `holder`, is INVALID_ARGUMENT before the key is looked up; a key that does not
-verify is UNAUTHENTICATED as ever, and nothing is counted for it.
+verify is UNAUTHENTICATED as ever, and nothing is counted for it. What VerifyKey made of each key
+and of each request under its limits is counted in metrics.py, never by key or account.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from kokoropay.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from services.auth import ids
+from services.auth import ids, metrics
 from services.auth.keys import (
     DEFAULT_MAX_KEYS_PER_ACCOUNT,
     KeyHasher,
@@ -225,6 +226,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         holder = _checked_holder(request.holder) if use is KeyUse.SPEECH else None
         # Strings that cannot be keys are answered here, so floods of junk never reach the pool.
         if not looks_like_key(request.key):
+            metrics.count_key_check("invalid")
             raise KeyRejected("invalid API key", reason="KEY_INVALID")
         key_hash = self._hasher.hash(request.key)
         if use is None:
@@ -246,6 +248,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if found is None or found.counted is None:
             raise AssertionError("a live key's request was not counted")
         admitted = admission(use, found.counted, slot_id, self._limits)
+        metrics.count_admission(_USE_LABELS[use], _admission_outcome(admitted))
         return auth_pb2.VerifyKeyResponse(
             account_id=match.account_id,
             key_id=match.key_id,
@@ -436,12 +439,27 @@ def _check_key_id(key_id: str) -> None:
 
 
 def _verified(match: KeyMatch | None) -> KeyMatch:
-    """The key found, if it verifies; else KeyRejected."""
+    """The key found, if it verifies; else KeyRejected. Counted either way."""
     if match is None:
+        metrics.count_key_check("invalid")
         raise KeyRejected("invalid API key", reason="KEY_INVALID")
     if match.revoked:  # a playground key's ended session included
+        metrics.count_key_check("revoked")
         raise KeyRejected("API key has been revoked", reason="KEY_REVOKED")
+    metrics.count_key_check("valid")
     return match
+
+
+# The metrics' names for each use, and for what the limits made of a request.
+_USE_LABELS = {KeyUse.SPEECH: "speech", KeyUse.PREDICTION_CREATE: "prediction_create"}
+_REFUSAL_LABELS = {
+    Refusal.REQUESTS: "requests_limited",
+    Refusal.CONCURRENCY: "concurrency_limited",
+}
+
+
+def _admission_outcome(admitted: Admission) -> str:
+    return "admitted" if admitted.refusal is None else _REFUSAL_LABELS[admitted.refusal]
 
 
 def _checked_use(value: int) -> KeyUse | None:

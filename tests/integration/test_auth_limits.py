@@ -1,5 +1,6 @@
 """Limits per API key as the gateway meets them: VerifyKey with a use, ReleaseSlots, RenewSlots,
-and the operator's account overrides, against a real auth process and a real PostgreSQL.
+and the operator's account overrides, against a real auth process and a real PostgreSQL; and
+auth's metrics of them, scraped from its metrics port.
 
 One process serves the module with a 2-second slot lease, so that a lease can run out within a
 test. Each test makes its own account and key (and holder), so no test meets another's counts;
@@ -12,6 +13,7 @@ that shared the snapshot of the statement that waited for the lock would admit a
 from __future__ import annotations
 
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,7 @@ from services.auth import ids
 from services.cli.processes import ServiceProcess
 from services.common.errors import error_info
 from tests.support.auth import AuthSecrets
+from tests.support.metrics import Exposition
 from tests.support.pki import sync_channel
 from tests.support.postgres import create_database
 
@@ -62,6 +65,8 @@ class Auth:
     gateway: auth_pb2_grpc.AuthServiceStub
     # The schema owner's URL: tests read counts through it.
     database_url: str
+    # The process's Prometheus /metrics.
+    metrics_url: str
 
     def new_key(self, **overrides: int) -> Key:
         account = self.operator.CreateAccount(
@@ -110,6 +115,13 @@ class Auth:
             auth_pb2.RenewSlotsRequest(holder=holder), timeout=10
         )
         return response
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as reply:
+            return str(reply.read().decode())
+
+    def scrape(self) -> Exposition:
+        return Exposition.parse(self.metrics())
 
     def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
@@ -162,6 +174,7 @@ def auth(postgres_url: str, log_dir: Path) -> Iterator[Auth]:
                 auth_pb2_grpc.AuthServiceStub(operator),
                 auth_pb2_grpc.AuthServiceStub(gateway),
                 database,
+                process.metrics_url,
             )
     finally:
         process.stop()
@@ -521,3 +534,60 @@ def test_spent_slots_and_windows_are_forgotten(auth: Auth) -> None:
     again = auth.speech(key, holder)
     assert again.requests_remaining == SPEECH_PER_MINUTE - 1
     assert seconds(again.requests_reset) > timedelta(seconds=59).total_seconds()
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+KEY_CHECKS = "kokoropay_auth_key_checks_total"
+ADMISSIONS = "kokoropay_auth_admissions_total"
+
+
+def test_key_checks_are_counted_by_outcome(auth: Auth) -> None:
+    key, revoked = auth.new_key(), auth.new_key()
+    auth.operator.RevokeKey(auth_pb2.RevokeKeyRequest(key_id=revoked.key_id), timeout=10)
+    before = auth.scrape()
+    auth.verify(key.plaintext, auth_pb2.KEY_USE_UNSPECIFIED)
+    auth.speech(key, new_holder())
+    for candidate in ("not a key", "kp_live_" + "B" * 43):
+        refused(partial(auth.verify, candidate, CREATE))
+    refused(partial(auth.verify, revoked.plaintext, SPEECH, new_holder()))
+    # The caller's mistake, not a check: nothing counted.
+    refused(partial(auth.verify, key.plaintext, SPEECH, "gw a"))
+    after = auth.scrape()
+
+    assert after.delta(before, KEY_CHECKS, outcome="valid") == 2
+    assert after.delta(before, KEY_CHECKS, outcome="invalid") == 2
+    assert after.delta(before, KEY_CHECKS, outcome="revoked") == 1
+    assert after.delta(before, KEY_CHECKS) == 5
+    # Only the verified key's speech request was judged under its limits.
+    assert after.delta(before, ADMISSIONS) == 1
+
+
+def test_admissions_are_counted_by_use_and_outcome(auth: Auth) -> None:
+    one_stream = auth.new_key(speech_concurrent_streams=1)
+    one_request = auth.new_key(speech_requests_per_minute=1, prediction_creates_per_minute=1)
+    holder = new_holder()
+    before = auth.scrape()
+    assert auth.speech(one_stream, holder).admitted
+    assert auth.speech(one_stream, holder).refusal == auth_pb2.LIMIT_REFUSAL_CONCURRENCY
+    assert auth.speech(one_request, holder).admitted
+    assert auth.speech(one_request, holder).refusal == auth_pb2.LIMIT_REFUSAL_REQUESTS
+    assert auth.create(one_request).admitted
+    assert auth.create(one_request).refusal == auth_pb2.LIMIT_REFUSAL_REQUESTS
+    after = auth.scrape()
+
+    def admissions(use: str, outcome: str) -> float:
+        return after.delta(before, ADMISSIONS, use=use, outcome=outcome)
+
+    assert admissions("speech", "admitted") == 2
+    assert admissions("speech", "concurrency_limited") == 1
+    assert admissions("speech", "requests_limited") == 1
+    assert admissions("prediction_create", "admitted") == 1
+    assert admissions("prediction_create", "requests_limited") == 1
+    assert admissions("prediction_create", "concurrency_limited") == 0
+    text = auth.metrics()
+    for secret in (one_stream, one_request):
+        assert secret.plaintext not in text
+        assert secret.key_id not in text
+        assert secret.account_id not in text
+    assert holder not in text
