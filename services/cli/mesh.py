@@ -28,9 +28,6 @@ WORKERS = {
         "PREDICTIONS_WORKER_METRICS_PORT",
     ),
 }
-# Processes given a metrics port whose exporter is not wired yet (issue 16's later parts):
-# nothing listens there, so the mesh does not list them in `metrics_addresses`.
-METRICS_NOT_YET_EXPORTED = ("gateway", "predictions-worker")
 # Served over HTTP; ready when /readyz answers 200.
 HTTP_SERVICES = ("gateway", "dashboard")
 # Loading and warming up the model dominates start-up on a CPU.
@@ -117,9 +114,7 @@ class LocalMesh:
             )
         # Prometheus' /metrics of each process (free ports unless `metrics_ports` names them).
         self.metrics_addresses = {
-            name: process.metrics_url
-            for name, process in self._processes.items()
-            if name not in METRICS_NOT_YET_EXPORTED
+            name: process.metrics_url for name, process in self._processes.items()
         }
 
     def replica(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:

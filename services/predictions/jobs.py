@@ -19,7 +19,12 @@ A worker killed outright (SIGKILL, a lost node) leaves its job in "doing". Every
 PREDICTIONS_MAINTENANCE_INTERVAL_SECONDS each worker hands the jobs of workers silent for
 PREDICTIONS_STALLED_WORKER_SECONDS back to the queue, where another worker runs them. The same
 maintenance deletes audio past its retention and settles holds that finished predictions left
-unsettled. All of it is safe with any number of workers running it at once.
+unsettled, and counts the jobs waiting for a worker (the queue depth gauge). All of it is safe
+with any number of workers running it at once.
+
+Metrics (metrics.py): a run that finishes its prediction is timed by status (a cancelled one
+when its abort cuts it); a webhook try that did not deliver is counted by the retry strategy,
+which alone knows whether it was the last.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from datetime import UTC, datetime, timedelta
 
 from procrastinate import App, BaseRetryStrategy, JobContext, PsycopgConnector, RetryDecision
 from procrastinate.app import WorkerOptions
+from procrastinate.job_context import AbortReason
 from procrastinate.jobs import Job
 
 from services.common.logs import request_id_var
+from services.predictions import metrics
 from services.predictions.outputs import OutputStorage
 from services.predictions.runner import PredictionRunner
 from services.predictions.settings import PredictionsSettings
@@ -81,11 +88,14 @@ class RetryWebhookUntil(BaseRetryStrategy):
         self._cap = cap
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        """Asked once per try that did not deliver: the try is counted here, as `failed` (to be
+        tried again) or `gave_up` (the last)."""
         delay = retry_delay(job.attempts, self._base, self._cap)
         deadline = job.task_kwargs.get("deadline")
         if not isinstance(deadline, int | float):
             deadline = 0.0
         if time.time() + delay > deadline:
+            metrics.count_webhook_attempt("gave_up")
             _log.warning(
                 "webhook given up after %d tries: %s",
                 job.attempts + 1,
@@ -93,6 +103,7 @@ class RetryWebhookUntil(BaseRetryStrategy):
                 extra={"prediction_id": job.task_kwargs.get("prediction_id")},
             )
             return None
+        metrics.count_webhook_attempt("failed")
         return RetryDecision(retry_at=datetime.now(UTC) + timedelta(seconds=delay))
 
 
@@ -121,10 +132,19 @@ def build_app(
     async def predict(context: JobContext, prediction_id: str) -> None:
         # The prediction id is the request id of everything the run logs and calls.
         token = request_id_var.set(prediction_id)
+        started = time.monotonic()
         try:
-            await runner.run(prediction_id, context.job.attempts)
+            finished = await runner.run(prediction_id, context.job.attempts)
+        except asyncio.CancelledError:
+            # Aborted because its customer cancelled it (the service finished it), rather than
+            # handed back by a worker shutting down.
+            if context.abort_reason() is AbortReason.USER_REQUEST:
+                metrics.observe_job("cancelled", time.monotonic() - started)
+            raise
         finally:
             request_id_var.reset(token)
+        if finished is not None:
+            metrics.observe_job(finished, time.monotonic() - started)
 
     @app.task(
         name=WEBHOOK_TASK,
@@ -202,6 +222,7 @@ class Maintenance:
             self.delete_expired_outputs,
             self.settle_unsettled,
             self.delete_old_jobs,
+            self.count_queue,
         )
         for chore in chores:
             try:
@@ -244,6 +265,12 @@ class Maintenance:
         for prediction in found:
             await self._runner.settle(prediction)
         return len(found)
+
+    async def count_queue(self) -> int:
+        """Refresh the queue depth gauge: one count per pass, not one per scrape."""
+        depth = await self._store.queue_depth()
+        metrics.set_queue_depth(depth)
+        return depth
 
     async def delete_old_jobs(self) -> None:
         """Delete jobs finished unsuccessfully more than the retention ago; at most hourly."""

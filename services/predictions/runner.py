@@ -112,36 +112,32 @@ class PredictionRunner:
     def _webhook_deadline(self) -> float:
         return time.time() + self._webhook_retry_seconds
 
-    async def run(self, prediction_id: str, attempts: int) -> None:
-        """Run the prediction once; `attempts` is how many runs came before this one."""
+    async def run(self, prediction_id: str, attempts: int) -> str | None:
+        """Run the prediction once; `attempts` is how many runs came before this one. How this
+        run finished it (metrics.STATUSES: succeeded, failed), or None if it did not."""
         prediction = await self._store.load(prediction_id)
         if prediction is None:
             _log.error("no prediction %s for its job", prediction_id)
-            return
+            return None
         if prediction.finished:
             await self.settle(prediction)
-            return
+            return None
         if attempts >= self._max_attempts:
-            await self._fail(prediction, f"gave up after {attempts} attempts")
-            return
+            return await self._fail(prediction, f"gave up after {attempts} attempts")
         try:
             await self._checkpoint(prediction.hold_id)
         except HoldLapsed as lapsed:
-            await self._lapsed(prediction, lapsed.reason)
-            return
+            return await self._lapsed(prediction, lapsed.reason)
         last_attempt = attempts + 1 >= self._max_attempts
         try:
             audio = await self._synthesize(prediction)
         except SynthesisRefused as refused:
-            await self._fail(prediction, str(refused))
-            return
+            return await self._fail(prediction, str(refused))
         except HoldLapsed as lapsed:
-            await self._lapsed(prediction, lapsed.reason)
-            return
+            return await self._lapsed(prediction, lapsed.reason)
         except RetryLater as later:
             if last_attempt:
-                await self._fail(prediction, f"{later} (attempt {attempts + 1}, the last)")
-                return
+                return await self._fail(prediction, f"{later} (attempt {attempts + 1}, the last)")
             raise
         stored = await self._outputs.put(
             prediction.id,
@@ -157,24 +153,27 @@ class PredictionRunner:
             current = await self._store.load(prediction.id)
             if current is not None:
                 await self.settle(current)
-            return
+            return None
         _log.info(
             "prediction succeeded",
             extra={"prediction_id": prediction.id, "bytes": stored.size, "seconds": audio.seconds},
         )
         await self.settle(finished)
+        return "succeeded"
 
-    async def _fail(self, prediction: Prediction, details: str) -> None:
-        """Finish as "synthesis failed" and refund."""
+    async def _fail(self, prediction: Prediction, details: str) -> str | None:
+        """Finish as "synthesis failed" and refund; "failed" if this call finished it."""
         _log.warning("prediction failed: %s", details, extra={"prediction_id": prediction.id})
         finished = await self._store.fail(
             prediction.id, "synthesis failed", details, self._webhook_deadline()
         )
         await self.settle(finished or await self._store.load(prediction.id) or prediction)
+        return None if finished is None else "failed"
 
-    async def _lapsed(self, prediction: Prediction, reason: str) -> None:
+    async def _lapsed(self, prediction: Prediction, reason: str) -> str | None:
         """The hold closed before the audio was stored: the ledger already returned its
-        credits (a lapsed hold with checkpoint 0 captures nothing)."""
+        credits (a lapsed hold with checkpoint 0 captures nothing). "failed" if this call
+        finished it."""
         details = (
             "it waited longer than its hold lasts and was refunded"
             if reason == "HOLD_EXPIRED"
@@ -184,8 +183,10 @@ class PredictionRunner:
         finished = await self._store.fail(
             prediction.id, "expired", details, self._webhook_deadline()
         )
-        if finished is not None:
-            await self._store.mark_settled(prediction.id)
+        if finished is None:
+            return None
+        await self._store.mark_settled(prediction.id)
+        return "failed"
 
     async def settle(self, prediction: Prediction) -> None:
         """Capture a success's hold, release a failure's, and record it; idempotent. Left

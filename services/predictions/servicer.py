@@ -29,7 +29,8 @@ the queue) and writes the prediction and its job in one statement; if that or th
 the hold is released.
 CancelPrediction finishes a processing prediction as ERROR "cancelled", aborts its job (a
 running worker is told at once and stops synthesis) and releases its hold; a finished one is
-returned unchanged. Who settles what, and when, is in README.md ("Money").
+returned unchanged. Who settles what, and when, is in README.md ("Money"). Creates, and
+refusals by reason, are counted in metrics.py; finishes by the store, once committed.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from services.common.errors import (
     error_info,
 )
 from services.common.timestamps import timestamp
-from services.predictions import validation
+from services.predictions import metrics, validation
 from services.predictions.clients import (
     LEDGER_TIMEOUT_SECONDS,
     TRANSIENT_CODES,
@@ -184,6 +185,21 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     async def CreatePrediction(
         self, request: predictions_pb2.CreatePredictionRequest, context: grpc.aio.ServicerContext
     ) -> predictions_pb2.Prediction:
+        try:
+            prediction = await self._create(request)
+        except InvalidArgument:
+            metrics.count_refused("invalid")
+            raise
+        except InsufficientCredits:
+            metrics.count_refused("insufficient_credits")
+            raise
+        except ConcurrencyLimited:
+            metrics.count_refused("concurrency_limited")
+            raise
+        metrics.count_created()  # committed: reserved and queued
+        return prediction_message(prediction, self._signer)
+
+    async def _create(self, request: predictions_pb2.CreatePredictionRequest) -> Prediction:
         account_id = validation.require_id(request.account_id, "account_id")
         key_id = validation.key_id(request.key_id)
         max_active = validation.max_active(request.max_active)
@@ -236,7 +252,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
             "prediction created",
             extra={"prediction_id": prediction.id, "characters": prediction.characters},
         )
-        return prediction_message(prediction, self._signer)
+        return prediction
 
     async def _reserve(
         self,

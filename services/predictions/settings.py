@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.mesh import (
     PORTS,
     PREDICTIONS_WORKER_HEALTH_PORT,
+    PREDICTIONS_WORKER_METRICS_PORT,
     URL_SIGNING_SECRET_ENV,
     URL_SIGNING_SECRET_FILE,
     local_address,
@@ -80,6 +81,9 @@ class PredictionsSettings(DatabaseSettings):
     # The worker: jobs at once, and its own health port (plaintext, grpc.health.v1 alone).
     worker_concurrency: int = Field(default=2, ge=1, le=100)
     worker_health_port: int = Field(default=PREDICTIONS_WORKER_HEALTH_PORT, ge=1, le=65535)
+    # The worker's Prometheus /metrics, plain HTTP on `host` (PREDICTIONS_METRICS_PORT is the
+    # service's); 0: no exporter.
+    worker_metrics_port: int = Field(default=PREDICTIONS_WORKER_METRICS_PORT, ge=0, le=65535)
     # Workers beat this often; one silent for stalled_worker_seconds is taken for dead and its
     # jobs are run again by another worker.
     worker_heartbeat_seconds: float = Field(default=10.0, gt=0, le=600)

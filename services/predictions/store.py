@@ -14,7 +14,8 @@ without a schema. This module's own statements name the schema anyway.
 
 State changes are conditional updates (`… WHERE status = 'processing'`): whichever of a worker
 finishing and a customer cancelling commits first wins, and the other matches nothing and
-learns so from the row count. A trigger (migration 0001) refuses any second finish.
+learns so from the row count. A trigger (migration 0001) refuses any second finish. The winner
+counts the finish in metrics.py once its transaction has committed, so each is counted once.
 
 A key's creations take turns (`creating`): each holds the key's advisory lock from counting the
 key's processing predictions to committing its own, so the count always includes every creation
@@ -48,6 +49,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from services.common.errors import NotFound, Unavailable
 from services.common.postgres import open_database
 from services.common.settings import DatabaseSettings
+from services.predictions import metrics
 from services.predictions.outputs import MAX_CHUNK_BYTES, StoredOutput
 
 SCHEMA = "predictions"
@@ -249,6 +251,15 @@ WHERE settle_time IS NULL AND status <> 'processing'
     AND finish_time < now() - %(grace_seconds)s * interval '1 second'
 ORDER BY finish_time
 LIMIT %(limit)s
+"""
+
+# Jobs waiting for a worker: one count over one of procrastinate's partial indexes of queued
+# jobs (`WHERE status = 'todo'`), so it costs what the queue holds, not what the table has kept
+# (about 5 ms for 4,000 queued among 200,000 kept). Made by each worker's maintenance, not per
+# scrape.
+_QUEUE_DEPTH: LiteralString = """
+SELECT count(*) AS depth FROM predictions.procrastinate_jobs
+WHERE status = 'todo' AND queue_name = %(queue)s
 """
 
 _CREATE_SECRET_IF_NONE: LiteralString = """
@@ -483,6 +494,7 @@ class PredictionStore:
             prediction = _prediction(row)
             await cursor.execute(_ABORT_JOB, {"job_id": prediction.job_id})
             await self._defer_webhook(cursor, prediction, webhook_deadline)
+        metrics.count_finished("cancelled")
         return prediction, True
 
     async def succeed(
@@ -520,6 +532,7 @@ class PredictionStore:
                 return None
             prediction = _prediction(row)
             await self._defer_webhook(cursor, prediction, webhook_deadline)
+        metrics.count_finished(metrics.finished_status(prediction.status, prediction.message))
         return prediction
 
     @staticmethod
@@ -532,6 +545,11 @@ class PredictionStore:
     async def mark_settled(self, prediction_id: str) -> None:
         """Record that the finished prediction's hold is captured or released; once."""
         await self._rows(_MARK_SETTLED, {"id": prediction_id})
+
+    async def queue_depth(self) -> int:
+        """Predictions whose job waits for a worker (retries waiting out their backoff too)."""
+        [row] = await self._rows(_QUEUE_DEPTH, {"queue": PREDICT_QUEUE})
+        return int(row["depth"])
 
     async def unsettled(self, grace_seconds: float, limit: int) -> list[Prediction]:
         """Finished predictions whose hold is still unsettled after `grace_seconds`."""

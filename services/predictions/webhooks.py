@@ -21,6 +21,9 @@ the TLS server name, so the certificate is still checked against it). A DNS answ
 between check and connect changes nothing. Redirects are not followed, and proxies from the
 environment are not used. The same check runs at CreatePrediction (refused:
 INVALID_ARGUMENT, reason WEBHOOK_URL_REFUSED) and before every delivery.
+
+Each try is counted once (metrics.py): `delivered` and `refused` here, a try that did not
+deliver by the queue's retry strategy (jobs.py), as `failed` or, the last, `gave_up`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from services.common.errors import InvalidArgument
+from services.predictions import metrics
 from services.predictions.signing import UrlSigner, output_url
 from services.predictions.store import Prediction, PredictionStore
 
@@ -308,6 +312,7 @@ class WebhookDeliverer:
                 prediction.webhook_url, secret.secret, message_id(prediction.id), body
             )
         except WebhookUrlRefused as refused:
+            metrics.count_webhook_attempt("refused")
             _log.warning("webhook not sent: %s", refused, extra=extra)
             return
         except WebhookHostUnresolved as unresolved:
@@ -316,4 +321,5 @@ class WebhookDeliverer:
         if not delivery.delivered:
             _log.info("webhook not delivered: %s", delivery.problem, extra=extra)
             raise WebhookNotDelivered(delivery.problem)
+        metrics.count_webhook_attempt("delivered")
         _log.info("webhook delivered", extra={**extra, "status_code": delivery.status_code})

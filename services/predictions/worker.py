@@ -5,7 +5,8 @@ worker (on a pool of its own), with the maintenance beside it. It serves no RPC;
 (PREDICTIONS_WORKER_HEALTH_PORT) answers grpc.health.v1 for its probes: SERVING once it takes
 jobs. SIGTERM or SIGINT: NOT_SERVING, take no new job, let running ones finish for
 PREDICTIONS_WORKER_GRACE_SECONDS, hand the rest back to the queue, release resources. Run as
-many as the load needs (their own Deployment); they share the queue.
+many as the load needs (their own Deployment); they share the queue. Its metrics (jobs, webhooks,
+the queue's depth, its gRPC clients) are served on PREDICTIONS_WORKER_METRICS_PORT.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.logs import configure_logging
+from services.common.metrics import start_metrics_server
 from services.common.settings import load_settings
 from services.predictions.clients import Upstreams
 from services.predictions.jobs import Maintenance, build_app, worker_options
@@ -34,6 +36,8 @@ _log = logging.getLogger("predictions.worker")
 
 async def run(settings: PredictionsSettings, signer: UrlSigner) -> int:
     """Work until a signal (0) or until the worker stops by itself (1)."""
+    # Its own port: PREDICTIONS_METRICS_PORT is the service's, which may run beside it.
+    metrics = start_metrics_server(settings.host, settings.worker_metrics_port)
     health_servicer = health.aio.HealthServicer()
     health_server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
@@ -85,6 +89,8 @@ async def run(settings: PredictionsSettings, signer: UrlSigner) -> int:
         await upstreams.close()
         await store.close()
         await health_server.stop(None)
+        if metrics is not None:
+            await asyncio.to_thread(metrics.stop)
         _log.info("stopped")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.cli.mesh import METRICS_NOT_YET_EXPORTED, SERVICES, LocalMesh
+from services.cli.mesh import SERVICES, LocalMesh
 from services.common.mesh import METRICS_PORTS, PREDICTIONS_WORKER_METRICS_PORT
 
 
@@ -27,10 +27,9 @@ def test_every_process_gets_a_free_metrics_port_of_its_own(tmp_path: Path) -> No
     worker_env = mesh.process("predictions-worker")._env
     assert worker_env["PREDICTIONS_WORKER_METRICS_PORT"] == str(ports["predictions-worker"])
     assert mesh.process("ledger")._env["LEDGER_METRICS_PORT"] == str(ports["ledger"])
+    # Every process serves its metrics, the gateway and the worker included.
     assert mesh.metrics_addresses == {
-        name: f"http://127.0.0.1:{ports[name]}/metrics"
-        for name in SERVICES
-        if name not in METRICS_NOT_YET_EXPORTED
+        name: f"http://127.0.0.1:{ports[name]}/metrics" for name in SERVICES
     }
 
 

@@ -40,9 +40,9 @@ NO_SYNTH = "127.0.0.1:9"
 PREDICTIONS_TLS_DIR = PKI.folder("predictions")
 
 
-@pytest.fixture(scope="session")
-def databases(postgres_url: str) -> Databases:
-    owner = create_database(postgres_url, prefix="predictions")
+def new_databases(postgres_url: str, prefix: str = "predictions") -> Databases:
+    """A fresh database, and a serving role of its own where the server lets us make one."""
+    owner = create_database(postgres_url, prefix=prefix)
     with psycopg.connect(owner, autocommit=True) as conn:
         row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
         if not (row and row[0]):
@@ -50,6 +50,11 @@ def databases(postgres_url: str) -> Databases:
         role = f"kp_predictions_{uuid.uuid4().hex[:8]}"
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     return Databases(owner=owner, serving=as_role(owner, role))
+
+
+@pytest.fixture(scope="session")
+def databases(postgres_url: str) -> Databases:
+    return new_databases(postgres_url)
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,7 @@ class WorkerProcess(ServiceProcess):
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         super().__init__("predictions", env, log_dir)
         self._env["PREDICTIONS_WORKER_HEALTH_PORT"] = str(self.health_port)
+        self._env["PREDICTIONS_WORKER_METRICS_PORT"] = str(self.metrics_port)
         self.log_path = log_dir / f"predictions-worker-{self.health_port}.log"
 
     def start(self, wait_serving: bool = True, timeout: float = 60.0) -> WorkerProcess:
