@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 WEIGHTS := .data/weights/manifest.json
 PYTEST_ARGS ?=
 
-.PHONY: help install protos weights browser run test lint unit integration e2e chaos bench images \
+.PHONY: help install protos weights browser promtool run test lint unit integration e2e chaos bench images \
 	envoy-config lock clean
 
 help: ## List the targets
@@ -50,6 +50,18 @@ browser: ## Install Chromium (Debian package) for the dashboard's browser tests
 	    echo "error: could not install chromium: run 'sudo apt-get install chromium', then retry" >&2; \
 	    exit 1; }; }
 
+# The alert rules' checks run Debian's promtool (`promtool check rules`, `promtool test rules`),
+# from the package that also ships the Prometheus server; installed once, like the browser.
+promtool: ## Install promtool (Debian package prometheus) for the alert rules' tests
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing promtool (apt-get install prometheus) for the alert rules' tests…"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	      prometheus >/dev/null; } || { \
+	    echo "error: could not install promtool: run 'sudo apt-get install prometheus', then retry" >&2; \
+	    exit 1; }; }
+
 run: $(INSTALLED) $(WEIGHTS) ## Start the whole mesh locally (embedded PostgreSQL unless DATABASE_URL)
 	$(VENV)/bin/kokoro-pay up
 
@@ -59,7 +71,7 @@ lint: $(INSTALLED) ## ruff, mypy and the import boundaries (lint-imports, contra
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-logo
 
-test: $(INSTALLED) $(WEIGHTS) browser lint ## Lint, then every test: unit, integration, e2e, deploy
+test: $(INSTALLED) $(WEIGHTS) browser promtool lint ## Lint, then every test: unit, integration, e2e, deploy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(INSTALLED) ## Only the fast unit tests

@@ -198,12 +198,13 @@ def _worker(objects: list[Obj]) -> Obj:
 def test_predictions_workers_probe_their_health_port_and_listen_on_nothing_else(
     overlay: str,
 ) -> None:
-    """The workers serve no API: one port, grpc.health.v1 in plaintext on a health port of their
-    own (PREDICTIONS_WORKER_HEALTH_PORT, on every interface), which all three probes ask."""
+    """The workers serve no API: grpc.health.v1 in plaintext on a health port of their own
+    (PREDICTIONS_WORKER_HEALTH_PORT, on every interface), which all three probes ask, and their
+    metrics port (test_monitoring.py)."""
     objects = render(overlay)
     container = _worker(objects)
     variables = env(container)
-    assert [p["name"] for p in container["ports"]] == ["health"]
+    assert [p["name"] for p in container["ports"]] == ["health", "metrics"]
     health = _container_port(container, "health")
     assert (
         health == PREDICTIONS_WORKER_HEALTH_PORT == int(variables["PREDICTIONS_WORKER_HEALTH_PORT"])
@@ -532,6 +533,16 @@ def _ingress_sources(objects: list[Obj], name: str) -> list[tuple[Obj, list[int]
     return sources
 
 
+# Prometheus's namespace, admitted to every metrics port by policies/metrics-scrape.yaml (and to
+# Envoy's stats port by its own policy): test_monitoring.py checks it reaches nothing else.
+SCRAPER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+
+def _callers(objects: list[Obj], name: str) -> list[tuple[Obj, list[int]]]:
+    """The workload's ingress sources but Prometheus' scrape: who may call it."""
+    return [(peer, ports) for peer, ports in _ingress_sources(objects, name) if peer != SCRAPER]
+
+
 def _kind_of(objects: list[Obj], name: str) -> str:
     for workload in _workloads(objects):
         if workload["metadata"]["name"] == name:
@@ -584,7 +595,7 @@ def test_only_the_web_services_are_exposed_each_through_its_own_ingress(overlay:
         (port,) = service["spec"]["ports"]
         assert port["name"] == port["targetPort"] == "http"
         in_cluster = [_pod(caller) for caller in IN_CLUSTER_HTTP_CALLERS[name]]
-        assert _ingress_sources(objects, name) == [
+        assert _callers(objects, name) == [
             (peer, [PORTS[name]]) for peer in [INGRESS_CONTROLLER, *in_cluster]
         ]
     hosts = [host for ingress in ingresses.values() for host in _hosts(ingress)]
@@ -647,7 +658,7 @@ def test_each_grpc_service_admits_only_the_workloads_that_call_it(overlay: str) 
             if caller in expected:
                 assert role in declared, f"the {caller} dials {name}, which refuses it"
         admitted = set()
-        for peer, ports in _ingress_sources(objects, name):
+        for peer, ports in _callers(objects, name):
             assert ports == [PORTS[name]], (name, ports)
             callers = [c for c in dials if _peer_is_pod(peer, c)]
             assert callers, (name, peer)
@@ -883,7 +894,7 @@ def test_predictions_workers_reach_their_upstreams_and_public_webhooks_only(
     assert (_pod(WORKER), [PORTS["ledger"]]) in _ingress_sources(objects, "ledger")
     assert (_pod(WORKER), [8080]) in _ingress_sources(objects, "envoy")
     assert not any(_peer_is_pod(peer, WORKER) for peer, _ in _ingress_sources(objects, "synth"))
-    assert _ingress_sources(objects, WORKER) == []
+    assert _callers(objects, WORKER) == []
     # The role they call as, through Envoy's forwarded identity and directly.
     synth = GRPC_SERVICES["synth"]
     assert access_pb2.PREDICTIONS in declared_callers(synth.methods_by_name["Synthesize"])
@@ -1028,6 +1039,17 @@ def test_prod_autoscales_web_services_and_workers_on_cpu_and_synth_on_streams() 
         "annotations"
     ]
     assert annotations["prometheus.io/port"] == "9902"
+
+
+def test_synths_autoscaler_targets_its_slots_per_pod() -> None:
+    """The target is in-flight streams per synth pod, SYNTH_MAX_CONCURRENT: a pod is added as the
+    slots fill (docs/operations.md, "Scaling"). Changing one without the other would add GPUs
+    early or let callers queue."""
+    objects = render("prod")
+    (metric,) = named(objects, "HorizontalPodAutoscaler", "synth")["spec"]["metrics"]
+    synth = env(next(containers(named(objects, "Deployment", "synth"), init=False)))
+    target = float(metric["external"]["target"]["averageValue"])
+    assert target == float(synth["SYNTH_MAX_CONCURRENT"])
 
 
 def test_dev_runs_one_of_each_without_autoscaling() -> None:
