@@ -34,6 +34,7 @@ from procrastinate import App, BaseRetryStrategy, JobContext, PsycopgConnector, 
 from procrastinate.app import WorkerOptions
 from procrastinate.jobs import Job
 
+from services.common import tracing
 from services.common.logs import request_id_var
 from services.predictions.outputs import OutputStorage
 from services.predictions.runner import PredictionRunner
@@ -119,10 +120,12 @@ def build_app(
         retry=RunAgain(settings.retry_base_seconds, settings.retry_max_delay_seconds),
     )
     async def predict(context: JobContext, prediction_id: str) -> None:
-        # The prediction id is the request id of everything the run logs and calls.
+        # The prediction id is the request id of everything the run logs and calls; the run is
+        # a trace of its own while traces are on.
         token = request_id_var.set(prediction_id)
         try:
-            await runner.run(prediction_id, context.job.attempts)
+            with tracing.span("run prediction", {"kokoropay.prediction_id": prediction_id}):
+                await runner.run(prediction_id, context.job.attempts)
         finally:
             request_id_var.reset(token)
 
