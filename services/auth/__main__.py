@@ -19,6 +19,7 @@ from services.common.logs import configure_logging
 from services.common.mesh import KEY_HASH_SECRET_ENV, KEY_HASH_SECRET_FILE
 from services.common.server import ServiceSpec, serve
 from services.common.settings import load_settings
+from services.common.tracing import traces
 
 
 def main() -> None:
@@ -68,7 +69,8 @@ def main() -> None:
         startup=startup,
         shutdown=shutdown,
     )
-    asyncio.run(serve(spec, settings))
+    with traces("auth"):
+        asyncio.run(serve(spec, settings))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Client channels between services: mutual TLS with the caller's certificate, the caller's
-request id in metadata, and every call counted and timed (services/common/grpc_metrics.py)."""
+request id in metadata, every call counted and timed (services/common/grpc_metrics.py), and,
+while traces are on, a span per call whose context travels in the metadata
+(services/common/tracing.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from services.common.interceptors import REQUEST_ID_KEY
 from services.common.keepalive import CHANNEL_OPTIONS
 from services.common.logs import request_id_var
 from services.common.pki import TlsIdentity
+from services.common.tracing import client_interceptors as tracing_interceptors
 
 
 def _with_request_id(details: Any) -> Any:
@@ -46,12 +49,17 @@ def channel_credentials(tls: TlsIdentity) -> grpc.ChannelCredentials:
 
 
 def open_channel(address: str, tls: TlsIdentity) -> grpc.aio.Channel:
-    """A mutual-TLS channel that proves who calls (`tls`), forwards request ids and counts its
-    calls."""
+    """A mutual-TLS channel that proves who calls (`tls`), forwards request ids, counts its
+    calls and, while traces are on, traces them."""
     return grpc.aio.secure_channel(
         address,
         channel_credentials(tls),
         options=CHANNEL_OPTIONS,
-        # Metrics first: their time covers the whole call.
-        interceptors=[*client_interceptors(), _UnaryUnary(), _UnaryStream()],
+        # The span first (none while traces are off), then metrics: their time covers the call.
+        interceptors=[
+            *tracing_interceptors(),
+            *client_interceptors(),
+            _UnaryUnary(),
+            _UnaryStream(),
+        ],
     )

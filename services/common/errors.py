@@ -22,7 +22,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.common.interceptors import Around, AroundInterceptor
-from services.common.status import rich_status, service_domain
+from services.common.status import abort_with, rich_status, service_domain
 
 _log = logging.getLogger("rpc.errors")
 
@@ -101,7 +101,7 @@ class ErrorInterceptor(AroundInterceptor):
                     _log.exception("%s request failed", table.service)
                     message = f"the {table.service} service failed; see its logs"
                     await context.abort(grpc.StatusCode.INTERNAL, message)
-                await context.abort_with_status(table.rpc_status(code, error))
+                await abort_with(context, table.rpc_status(code, error))
 
         return answered
 

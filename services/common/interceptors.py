@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from services.common.logs import request_id_var
-from services.common.status import NOT_SERVING, rich_status, service_domain
+from services.common.status import NOT_SERVING, abort_with, rich_status, service_domain
 
 REQUEST_ID_KEY = "x-request-id"
 _log = logging.getLogger("rpc")
@@ -97,7 +97,7 @@ def refusal(code: grpc.StatusCode, message: str, status: grpc.Status | None = No
     @asynccontextmanager
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         if status is not None:
-            await context.abort_with_status(status)
+            await abort_with(context, status)
         await context.abort(code, message)
         yield
 

@@ -1,4 +1,6 @@
-"""JSON log lines on stderr, each carrying the request id of the RPC that wrote it."""
+"""JSON log lines on stderr, each carrying the request id of the RPC that wrote it and, while
+traces are on, the ids of the span it was written in (`trace_id`, `span_id`, which
+services/common/tracing.py adds to the records)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Start-up: listen at once (health NOT_SERVING, service RPCs refused with UNAVAILABLE), run the
 service's own start-up (database pool and migrations, or model load and warm-up), then mark
-SERVING. Every call passes the same interceptors: metrics, request id, readiness, who may call
-it (the access each RPC declares in its .proto), and the service's error table. Metrics are
+SERVING. Every call passes the same interceptors: a span while traces are on
+(services/common/tracing.py), metrics, request id, readiness, who may call it (the access each
+RPC declares in its .proto), and the service's error table. Metrics are
 served on a port of their own (services/common/metrics.py) from the first second. SIGTERM or SIGINT:
 NOT_SERVING first so load balancers stop sending, let in-flight RPCs drain for the grace
 period, then release the service's resources.
@@ -29,6 +30,7 @@ from services.common.keepalive import SERVER_OPTIONS
 from services.common.metrics import start_metrics_server
 from services.common.pki import TlsIdentity
 from services.common.settings import GrpcServiceSettings
+from services.common.tracing import server_interceptors as tracing_interceptors
 
 _log = logging.getLogger("server")
 
@@ -74,7 +76,9 @@ def build_server(spec: ServiceSpec) -> BuiltServer:
     readiness = ReadinessInterceptor(spec.errors.service)
     server = grpc.aio.server(
         interceptors=[
-            # First, so it counts every answer, the refusals of those below included.
+            # Outermost: the call's span (none while traces are off) covers all the rest.
+            *tracing_interceptors(),
+            # Next, so it counts every answer, the refusals of those below included.
             ServerMetricsInterceptor(spec.names),
             RequestIdInterceptor(),
             readiness,

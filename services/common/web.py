@@ -1,7 +1,8 @@
-"""The HTTP services' server (gateway, dashboard): uvicorn that drains like a pod should.
+"""What the HTTP services (gateway, dashboard) share: uvicorn that drains like a pod should, and
+FastAPI's own telemetry set the way we trace.
 
-Only the HTTP services import this (uvicorn is in their images alone; the import contract
-`web-in-gateway` in pyproject.toml says so).
+Only the HTTP services import this (uvicorn and FastAPI are in their images alone; the import
+contract `web-in-gateway` in pyproject.toml says so).
 """
 
 from __future__ import annotations
@@ -10,6 +11,27 @@ import asyncio
 from types import FrameType
 
 import uvicorn
+from fastapi.telemetry import TelemetryConfig
+
+from services.common import tracing
+
+
+def telemetry() -> TelemetryConfig:
+    """FastAPI's `telemetry` argument: while traces are on (services/common/tracing.py), a
+    SERVER span per HTTP request, named by its route template (`POST /v1/audio/speech`, never
+    the raw path), with the method, path, status and a query whose values are redacted; no
+    header and no body is ever an attribute. Nothing else, ever: no metrics or log records of
+    its own (Prometheus has ours), no span per dependency or serialization, no exporter from the
+    environment. While traces are off, FastAPI does nothing at all."""
+    provider = tracing.provider()
+    return {
+        "tracing": provider is not None,
+        "tracer_provider": provider,
+        "metrics": False,
+        "logs": False,
+        "operation_spans": False,
+        "auto_configure": False,
+    }
 
 
 class DrainingServer(uvicorn.Server):

@@ -12,6 +12,7 @@ import uvicorn
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
 from services.common.settings import load_settings
+from services.common.tracing import traces
 from services.common.web import DrainingServer
 from services.dashboard.app import create_app
 from services.dashboard.clients import Backends
@@ -67,7 +68,8 @@ async def serve(settings: DashboardSettings) -> None:
 def main() -> None:
     settings = load_settings(DashboardSettings)
     configure_logging("dashboard", settings.log_level)
-    asyncio.run(serve(settings))
+    with traces("dashboard", edge=True):
+        asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

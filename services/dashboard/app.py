@@ -20,6 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.logs import request_id_var
+from services.common.web import telemetry
 from services.dashboard import sessions
 from services.dashboard.clients import BackendError, Backends
 from services.dashboard.cookies import Cookies
@@ -121,6 +122,8 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
         lifespan=lifespan,
+        # A span per request while traces are on, around every middleware (its log line too).
+        telemetry=telemetry(),
     )
     app.state.settings = settings
     app.state.backends = backends

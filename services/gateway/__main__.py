@@ -12,6 +12,7 @@ import uvicorn
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
 from services.common.settings import load_settings
+from services.common.tracing import traces
 from services.common.web import DrainingServer
 from services.gateway.app import create_app
 from services.gateway.clients import GrpcUpstreams
@@ -73,7 +74,8 @@ async def serve(settings: GatewaySettings) -> None:
 def main() -> None:
     settings = load_settings(GatewaySettings)
     configure_logging("gateway", settings.log_level)
-    asyncio.run(serve(settings))
+    with traces("gateway", edge=True):
+        asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
+from services.common.web import telemetry
 from services.gateway.catalog import Catalog
 from services.gateway.clients import Upstreams
 from services.gateway.errors import install_error_handlers
@@ -124,6 +125,8 @@ def create_app(
         # Clients that send JSON without a Content-Type still get their audio.
         strict_content_type=False,
         servers=[{"url": "/", "description": "this gateway"}],
+        # A span per request while traces are on, around every middleware (its log line too).
+        telemetry=telemetry(),
     )
     app.max_input_chars = settings.max_input_chars
     app.max_body_bytes = settings.max_body_bytes

@@ -9,6 +9,7 @@ from kokoropay.ledger.v1 import ledger_pb2_grpc
 from services.common.logs import configure_logging
 from services.common.server import ServiceSpec, serve
 from services.common.settings import load_settings
+from services.common.tracing import traces
 from services.ledger.servicer import ERRORS, SERVICE_NAME, LedgerServicer
 from services.ledger.settings import LedgerSettings
 from services.ledger.store import LedgerStore
@@ -40,7 +41,8 @@ def main() -> None:
         startup=startup,
         shutdown=shutdown,
     )
-    asyncio.run(serve(spec, settings))
+    with traces("ledger"):
+        asyncio.run(serve(spec, settings))
 
 
 if __name__ == "__main__":

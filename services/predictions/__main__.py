@@ -12,6 +12,7 @@ from kokoropay.predictions.v1 import predictions_pb2_grpc
 from services.common.logs import configure_logging
 from services.common.server import ServiceSpec, serve
 from services.common.settings import load_settings
+from services.common.tracing import traces
 from services.predictions.clients import Upstreams, VoiceCatalog
 from services.predictions.servicer import ERRORS, SERVICE_NAME, PredictionServicer
 from services.predictions.settings import PredictionsSettings
@@ -53,7 +54,8 @@ async def run(settings: PredictionsSettings, signer: UrlSigner) -> None:
 def main() -> None:
     settings = load_settings(PredictionsSettings)
     configure_logging("predictions", settings.log_level)
-    asyncio.run(run(settings, url_signer(settings)))
+    with traces("predictions"):
+        asyncio.run(run(settings, url_signer(settings)))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from procrastinate.app import WorkerOptions
 from procrastinate.job_context import AbortReason
 from procrastinate.jobs import Job
 
+from services.common import tracing
 from services.common.logs import request_id_var
 from services.predictions import metrics
 from services.predictions.outputs import OutputStorage
@@ -130,11 +131,13 @@ def build_app(
         retry=RunAgain(settings.retry_base_seconds, settings.retry_max_delay_seconds),
     )
     async def predict(context: JobContext, prediction_id: str) -> None:
-        # The prediction id is the request id of everything the run logs and calls.
+        # The prediction id is the request id of everything the run logs and calls; the run is
+        # a trace of its own while traces are on.
         token = request_id_var.set(prediction_id)
         started = time.monotonic()
         try:
-            finished = await runner.run(prediction_id, context.job.attempts)
+            with tracing.span("run prediction", {"kokoropay.prediction_id": prediction_id}):
+                finished = await runner.run(prediction_id, context.job.attempts)
         except asyncio.CancelledError:
             # Aborted because its customer cancelled it (the service finished it), rather than
             # handed back by a worker shutting down.

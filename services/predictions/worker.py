@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
 from services.common.settings import load_settings
+from services.common.tracing import traces
 from services.predictions.clients import Upstreams
 from services.predictions.jobs import Maintenance, build_app, worker_options
 from services.predictions.runner import PredictionRunner
@@ -99,7 +100,9 @@ def main() -> None:
     configure_logging("predictions-worker", settings.log_level)
     # httpx logs each request's URL at INFO: webhook URLs often carry the receiver's token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    sys.exit(asyncio.run(run(settings, url_signer(settings))))
+    with traces("predictions-worker"):
+        code = asyncio.run(run(settings, url_signer(settings)))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

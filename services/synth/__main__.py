@@ -11,6 +11,7 @@ from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 from services.common.logs import configure_logging
 from services.common.server import ServiceSpec, serve
 from services.common.settings import load_settings
+from services.common.tracing import traces
 from services.synth.engine.model_files import WeightsError, WeightsPaths, find_weights
 from services.synth.errors import ERRORS
 from services.synth.loading import LoadingSynthServicer
@@ -51,7 +52,8 @@ def main() -> None:
         startup=startup,
         shutdown=shutdown,
     )
-    asyncio.run(serve(spec, settings))
+    with traces("synth"):
+        asyncio.run(serve(spec, settings))
 
 
 def _build(settings: SynthSettings, weights: WeightsPaths) -> tuple[EngineManager, SynthServicer]:
