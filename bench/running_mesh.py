@@ -13,13 +13,14 @@ from services.cli.mesh import LocalMesh
 
 
 @contextmanager
-def running_mesh() -> Iterator[LocalMesh]:
-    """Started on entry, stopped (and its data deleted) on exit, whatever happened inside."""
+def running_mesh(env: dict[str, str] | None = None) -> Iterator[LocalMesh]:
+    """Started on entry (with `env` on top of its own settings), stopped (and its data deleted)
+    on exit, whatever happened inside."""
     with tempfile.TemporaryDirectory(prefix="kokoropay-bench-") as scratch:
         data_dir = Path(scratch)
         with local_database(data_dir) as database_url:
             mesh = LocalMesh(
-                data_dir=data_dir, database_url=database_url, log_dir=data_dir / "logs"
+                data_dir=data_dir, database_url=database_url, log_dir=data_dir / "logs", env=env
             )
             print("starting the mesh (the model takes a while to load)…", flush=True)
             try:

@@ -219,12 +219,19 @@ def metric_names_used() -> set[str]:
 
 def promtool() -> str:
     """Debian's promtool, or a skip (a failure in CI) naming the command that installs it."""
-    found = shutil.which("promtool")
+    return _debian_prometheus_tool("promtool", "the alert rules' checks")
+
+
+def prometheus_binary() -> str:
+    """Debian's prometheus server (same package as promtool), or a skip (a failure in CI)."""
+    return _debian_prometheus_tool("prometheus", "the scrape of the running mesh")
+
+
+def _debian_prometheus_tool(name: str, needed_for: str) -> str:
+    found = shutil.which(name)
     if found:
         return found
-    message = (
-        "no promtool for the alert rules' checks: run `make promtool` (apt-get install prometheus)"
-    )
+    message = f"no {name} for {needed_for}: run `make promtool` (apt-get install prometheus)"
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
