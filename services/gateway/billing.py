@@ -325,14 +325,17 @@ class Billing:
             "outcome": outcome.value,
             "delivered_characters": delivered_characters,
         }
-        charged = 0
+        # What the client owes, what it was charged in all, and what this settlement captured
+        # (a lapsed hold's expiry may have captured part of it: the ledger counts that part).
+        owed = charged = charged_here = 0
         try:
             if outcome is Outcome.COMPLETED:
-                charged = await self._capture(charge, hold_id, charge.amount)
+                owed = charge.amount
+                charged, charged_here = await self._capture(charge, hold_id, owed)
             elif outcome in _PARTIAL and delivered_characters > 0:
                 # One ledger call spends the part delivered and returns the rest atomically.
-                part = min(delivered_characters, charge.amount)
-                charged = await self._capture(charge, hold_id, part)
+                owed = min(delivered_characters, charge.amount)
+                charged, charged_here = await self._capture(charge, hold_id, owed)
             else:
                 await self._retried(lambda: self._ledger.release(hold_id))
         except UpstreamError as error:
@@ -340,11 +343,14 @@ class Billing:
             # (counted by the ledger's expiry metrics, not here: nothing is known settled).
             _log.error("could not settle a hold: %s", error, extra=extra)
             return
-        metrics.record_settlement(outcome.value, charge.amount, charged)
+        # Refunded: what was held and not owed. Owed and unpaid (a balance too short for a late
+        # charge) is neither charged nor refunded.
+        metrics.record_settlement(outcome.value, charge.amount - owed, charged_here)
         _log.info("settled: charged %d of %d credits", charged, charge.amount, extra=extra)
 
-    async def _capture(self, charge: Charge, hold_id: str, amount: int) -> int:
-        """Capture `amount` of the hold; what the request was charged in all."""
+    async def _capture(self, charge: Charge, hold_id: str, amount: int) -> tuple[int, int]:
+        """Capture `amount` of the hold: what the request was charged in all, and how much of
+        that this call captured (the rest a lapsed hold's expiry captured before it)."""
         part = None if amount >= charge.amount else amount
         try:
             await self._retried(lambda: self._ledger.capture(hold_id, part))
@@ -355,7 +361,7 @@ class Billing:
             # them for a whole extension. A lapse captured the last checkpoint, if there was one.
             spent = await self._spent(charge) if error.reason == "HOLD_CAPTURED" else 0
             if spent >= amount:
-                return spent
+                return spent, 0
             _log.warning(
                 "hold %s could not be captured (%s, %d spent); charging %d anew",
                 hold_id,
@@ -364,8 +370,8 @@ class Billing:
                 amount - spent,
             )
             late = await self._charge_anew(charge, f"{charge.ledger_key}:late", amount - spent)
-            return spent + late
-        return amount
+            return spent + late, late
+        return amount, amount
 
     async def _spent(self, charge: Charge) -> int:
         """What the attempt's closed hold spent, read back by repeating its Reserve: a repeat

@@ -143,12 +143,14 @@ def record_audio(audio_format: str, size: int, seconds: float) -> None:
         AUDIO_SECONDS.inc(seconds)
 
 
-def record_settlement(outcome: str, held: int, charged: int) -> None:
-    """A speech request's hold, settled: `charged` of the `held` characters captured."""
+def record_settlement(outcome: str, refunded: int, charged: int) -> None:
+    """A speech request's hold, settled: `charged` characters captured by the settlement (not
+    what a lapsed hold's expiry captured before it: the ledger counts that), `refunded` held and
+    not owed (characters owed but unpaid, past a short balance, are neither)."""
     if charged > 0:
         CHARACTERS_CHARGED.inc(charged)
-    if held > charged:
-        _REFUNDED[outcome].inc(held - charged)
+    if refunded > 0:
+        _REFUNDED[outcome].inc(refunded)
 
 
 def record_payment_required(endpoint: str) -> None:

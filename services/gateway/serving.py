@@ -11,10 +11,12 @@ given back at once if the request fails before it streams. The admission's count
 answer, whatever it is (rate_limit_headers.py).
 
 Everything that can be checked before the credits are held is (length, voice, model, speed,
-format), so a bad request changes nothing. The first audio piece is awaited before the response
-starts, so an early synth failure is still a clean error answer with nothing charged. What a
-request costs, how its hold is kept alive while it streams and how it is settled is
-billing.py's; relaying the audio, within its time limit, is delivery.py's.
+format), so a bad request costs no credit and holds nothing; it has used one request of its
+key's minute (admission comes first: the key is verified in that same call). The first audio
+piece is awaited before the response starts, so an early synth failure is still a clean error
+answer with nothing charged. What a request costs, how its hold is kept alive while it
+streams and how it is settled is billing.py's; relaying the audio, within its time limit, is
+delivery.py's.
 """
 
 from __future__ import annotations

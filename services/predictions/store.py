@@ -24,7 +24,11 @@ runs inside that turn (the caller's, between the count and the insert): a refuse
 reserved nothing, and a worker never sees a prediction before its hold exists. The transaction
 is open across that one call, which the ledger's timeout bounds (about 10 s at worst, a few
 milliseconds normally). Within one process the key's creations also queue on an asyncio lock
-before they take a connection, so one key's flood occupies one pooled connection, not the pool.
+before they take a connection, so one key's flood occupies one pooled connection; and creations
+of all keys together hold at most half the pool (`_creation_slots`), so a slow ledger holding
+creations open can never take the connections that polls, cancels and downloads need. The
+advisory lock is waited for at most `_LOCK_WAIT` (another replica's turn stuck on the ledger):
+then the create fails as unavailable and nothing was reserved.
 """
 
 from __future__ import annotations
@@ -179,6 +183,9 @@ RETURNING *
 # each statement of the turn takes its own snapshot, whatever the database's default isolation
 # (under REPEATABLE READ the lock's statement would fix the snapshot before the lock was had).
 _READ_COMMITTED: LiteralString = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+# How long a creation waits for its key's lock held by another replica's turn: past the ledger's
+# timeout that turn is stuck, and this one fails as unavailable rather than queueing on.
+_LOCK_WAIT: LiteralString = "SET LOCAL lock_timeout = '12s'"
 
 # A key's creations take turns on this lock, held to the end of the transaction. Advisory locks
 # need no grant; two keys whose names hash alike merely take turns too.
@@ -392,6 +399,8 @@ class PredictionStore:
     def __init__(self) -> None:
         self._pool: AsyncConnectionPool[Any] | None = None
         self._key_turns = KeyTurns()
+        # Set by `open` from the pool's size: half of it at most for creations' turns.
+        self._creation_slots = asyncio.Semaphore(1)
 
     async def open(self, database: DatabaseSettings) -> None:
         """Migrate the schema, then fill the pool; fails fast when the database is unreachable."""
@@ -403,6 +412,7 @@ class PredictionStore:
             application_name="kokoropay-predictions",
             autocommit=True,
         )
+        self._creation_slots = asyncio.Semaphore(max(1, database.pool_max_size // 2))
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -437,11 +447,13 @@ class PredictionStore:
         params = {"key_id": key_id}
         async with (
             self._key_turns.turn(key_id),
+            self._creation_slots,
             self._connection() as conn,
             conn.transaction(),
         ):
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(_READ_COMMITTED)
+            await cursor.execute(_LOCK_WAIT)
             await cursor.execute(_LOCK_KEY, params)
             # A statement of its own, so its snapshot is taken once the lock is ours.
             await cursor.execute(_ACTIVE_FOR_KEY, params)

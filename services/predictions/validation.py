@@ -28,6 +28,8 @@ MIN_SPEED, MAX_SPEED = 0.5, 5.0
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 # The most predictions a key may be allowed queued or running at once (auth's largest).
+# The hosted listing's "10 concurrent per key": what a caller that sends no limit gets.
+LISTING_MAX_ACTIVE = 10
 MAX_ACTIVE_LIMIT = 10_000
 
 
@@ -72,8 +74,11 @@ def key_id(value: str) -> str:
 
 
 def max_active(value: int) -> int:
-    """The key's limit on predictions queued or running, from auth's admission: 1–10,000. 0 (a
-    caller that forgot it) is refused, not read as "no limit"."""
+    """The key's limit on predictions queued or running, from auth's admission: 1–10,000. 0 is
+    a gateway older than the field (during a rollout): the hosted listing's 10 then, never "no
+    limit", and never a refusal that would fail every create until the rollout ends."""
+    if value == 0:
+        return LISTING_MAX_ACTIVE
     if not 1 <= value <= MAX_ACTIVE_LIMIT:
         raise FieldInvalid("max_active", f"must be between 1 and {MAX_ACTIVE_LIMIT:,}")
     return value

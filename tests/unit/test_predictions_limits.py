@@ -151,7 +151,7 @@ async def test_a_failed_write_gives_the_credits_back_at_once() -> None:
     assert ledger.released == ["hold_1"]
 
 
-@pytest.mark.parametrize("value", [0, -1, 10_001])
+@pytest.mark.parametrize("value", [-1, 10_001])
 def test_max_active_outside_1_to_10000_is_refused(value: int) -> None:
     with pytest.raises(FieldInvalid) as refused:
         validation.max_active(value)
@@ -161,6 +161,11 @@ def test_max_active_outside_1_to_10000_is_refused(value: int) -> None:
 def test_max_active_bounds_are_accepted() -> None:
     assert validation.max_active(1) == 1
     assert validation.max_active(10_000) == 10_000
+
+
+def test_no_max_active_from_an_older_gateway_is_the_listings_ten_not_unlimited() -> None:
+    # A rollout runs old gateways beside new services: their creates must keep working, limited.
+    assert validation.max_active(0) == validation.LISTING_MAX_ACTIVE == 10
 
 
 def test_a_key_is_required_to_count_against() -> None:

@@ -180,7 +180,6 @@ async def test_a_finished_prediction_frees_a_place(
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"max_active": 0}, "max_active"),
         ({"max_active": -1}, "max_active"),
         ({"max_active": 10_001}, "max_active"),
         ({"key_id": ""}, "key_id"),
