@@ -195,6 +195,17 @@ def test_a_clause_over_the_limit_costs_one_more_g2p_of_its_parts_only() -> None:
     assert calls == ["Short one.", f"{endless}.", *parts, "Short two."]
 
 
+def test_chunks_say_whether_they_end_a_sentence_or_a_clause() -> None:
+    text = "At the top of the stairs, he stopped. Then he climbed on, slowly and carefully."
+    chunks = list(plan_chunks(text, letters, ChunkBudgets(first=20, later=20, hard_max=510)))
+    assert [(chunk.span.of(text), chunk.ends_sentence) for chunk in chunks] == [
+        ("At the top of the stairs,", False),
+        ("he stopped.", True),
+        ("Then he climbed on,", False),
+        ("slowly and carefully.", True),
+    ]
+
+
 def test_a_long_clause_after_the_first_chunk_is_kept_whole_below_the_limit() -> None:
     long_clause = "The " + " ".join(["very"] * 60) + " long sentence."
     chunks = chunks_of("Hi. " + long_clause)

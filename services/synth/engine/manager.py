@@ -169,7 +169,6 @@ class EngineManager:
     ) -> None:
         """Plan, speak and hand over chunk by chunk, at most `lookahead` ahead of the caller."""
         planned = plan_chunks(stream.text, phonemize, self._budgets)
-        chunk: TextChunk | None = None
         try:
             while (chunk := await asyncio.to_thread(_next_chunk, planned)) is not None:
                 await room.acquire()
