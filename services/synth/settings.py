@@ -45,7 +45,8 @@ class SynthSettings(GrpcServiceSettings):
     # Phonemes of clauses later chunks pack, doubling from the first's up to this; unset:
     # CPU_CHUNK_PHONEMES on a CPU, CUDA_CHUNK_PHONEMES on CUDA (`chunk_budget`).
     chunk_phonemes: int | None = Field(default=None, ge=10, le=MODEL_MAX_PHONEMES)
-    # Chunks the model may run ahead of the stream's consumer; bounds memory for slow clients.
+    # Chunks a stream may have spoken that its caller has not yet encoded and sent; bounds
+    # memory for slow clients (1: the next model call starts once the chunk before is sent).
     lookahead_chunks: int = Field(default=1, ge=1, le=16)
     # Synthesize a sentence at start-up so the first request does not pay for lazy setup.
     warm_up: bool = True

@@ -248,13 +248,26 @@ async def test_the_model_runs_at_most_lookahead_chunks_ahead_of_a_slow_consumer(
         manager = await started(model, budgets=ONE_CLAUSE_EACH, lookahead=lookahead)
         stream = manager.stream(SENTENCES, VOICE, 1.0, SynthesisCancelled())
         await anext(stream)
-        await asyncio.sleep(0.2)  # a slow client: the model must wait for it
-        assert model.calls == 1 + lookahead
-        await anext(stream)
+        await asyncio.sleep(0.2)  # a slow client, still sending the first: the model waits
+        assert model.calls == lookahead
+        await anext(stream)  # back for more: the first is sent
         await asyncio.sleep(0.1)
-        assert model.calls == 2 + lookahead
+        assert model.calls == 1 + lookahead
         await stream.aclose()
         await manager.close()
+
+
+async def test_the_next_call_waits_until_the_caller_has_sent_the_chunk_before() -> None:
+    model = StandInModel()
+    manager = await started(model, budgets=ONE_CLAUSE_EACH)
+    stream = manager.stream(SENTENCES, VOICE, 1.0, SynthesisCancelled())
+    await anext(stream)
+    await asyncio.sleep(0.1)  # encoding and sending it: the model must not compete
+    assert model.calls == 1
+    await anext(stream)
+    assert model.calls == 2
+    await stream.aclose()
+    await manager.close()
 
 
 async def test_model_calls_at_once_are_bounded_by_the_setting() -> None:

@@ -4,10 +4,11 @@ A stream does not hold a worker. `stream()` starts a producer task that plans th
 (G2P off the event loop, one chunk at a time), submits each chunk to the scheduler
 (engine/scheduler.py) as one model call, trims the audio's edges where it meets the next
 chunk (audio/seams.py) and hands it to the caller. It submits a chunk only while fewer than
-`lookahead_chunks` are waiting for the caller, and only one at a time, so each stream's chunks
-come in order. The caller leaving (or the RPC's end setting `cancelled`) stops the producer; a
-call of that stream still waiting for a model worker is dropped, and one already running is the
-last.
+`lookahead_chunks` spoken chunks are still with the caller (queued, or being encoded and sent:
+the caller gives one back by asking for the next), and only one at a time, so each stream's
+chunks come in order. The caller leaving (or the RPC's end setting `cancelled`) stops the
+producer; a call of that stream still waiting for a model worker is dropped, and one already
+running is the last.
 """
 
 from __future__ import annotations
@@ -155,11 +156,15 @@ class EngineManager:
         producer = asyncio.create_task(self._produce(stream, phonemize, room))
         try:
             while (item := await stream.queue.get()) is not None:
-                room.release()
                 if isinstance(item, BaseException):
                     raise item
                 stream.delivered += 1
                 yield item
+                # The caller is back for more: it has encoded and sent that chunk. Only now may
+                # the next model call start, so it never competes with the delivery of the
+                # chunk before it (on a CPU, for the cores and the GIL): first audio costs the
+                # model's time and a few milliseconds.
+                room.release()
         finally:
             cancelled.set()
             producer.cancel()
