@@ -201,7 +201,7 @@ def in_process_modes(args: argparse.Namespace, weights_dir: Path | None) -> dict
     pack = pipeline.load_voice(voice_path).to(device)
     defaults = SynthSettings(port=1)
     budgets = ChunkBudgets(
-        defaults.first_chunk_phonemes, defaults.chunk_phonemes, MODEL_MAX_PHONEMES
+        defaults.first_chunk_phonemes, defaults.chunk_budget(device), MODEL_MAX_PHONEMES
     )
 
     def kpipeline(text: str) -> Run:

@@ -71,7 +71,9 @@ def _build(settings: SynthSettings, weights: WeightsPaths) -> tuple[EngineManage
     engine = EngineManager(
         KokoroBackend(weights, device, settings.torch_threads),
         build_phonemizers,
-        ChunkBudgets(settings.first_chunk_phonemes, settings.chunk_phonemes, MODEL_MAX_PHONEMES),
+        ChunkBudgets(
+            settings.first_chunk_phonemes, settings.chunk_budget(device), MODEL_MAX_PHONEMES
+        ),
         max_concurrent=settings.max_concurrent,
         lookahead_chunks=settings.lookahead_chunks,
         warm_up=settings.warm_up,

@@ -1,10 +1,14 @@
-"""synth's own metrics: slots, the model's pace, and what the first audio costs a caller.
+"""synth's own metrics: the model workers, the model's pace, and what first audio costs a caller.
 
-Saturation reads as `kokoropay_synth_active_streams / kokoropay_synth_stream_capacity` with
+Streams do not hold a worker; each model call (one chunk of one stream) does, while it runs
+(engine/scheduler.py). So "active" streams are those whose chunk the model is speaking now, at
+most one per worker, and "queued" streams those whose next chunk waits for a worker; a stream
+waiting for its caller to take audio it already has is neither. Saturation reads as
+`kokoropay_synth_active_streams / kokoropay_synth_stream_capacity` (the workers' busy share) with
 `kokoropay_synth_queued_streams` waiting behind; the model's pace as seconds per call and audio
-seconds per model second. Recorded by the engine (engine/manager.py) and the servicer, never
-with a label from a request: no text, voice or caller. Light to import: no torch here; the
-backend hands in how to read the device's memory.
+seconds per model second. Recorded by the engine and the servicer, never with a label from a
+request: no text, voice or caller. Light to import: no torch here; the backend hands in how to
+read the device's memory.
 """
 
 from __future__ import annotations
@@ -15,11 +19,16 @@ from prometheus_client import Counter, Gauge, Histogram
 
 ACTIVE_STREAMS = Gauge(
     "kokoropay_synth_active_streams",
-    "Syntheses holding a slot: their worker speaking, or stopping after a cancel.",
+    "Syntheses whose chunk the model is speaking now: busy model workers, at most the capacity"
+    " (a call whose stream was cancelled included, until it ends).",
 )
-QUEUED_STREAMS = Gauge("kokoropay_synth_queued_streams", "Syntheses waiting for a free slot.")
+QUEUED_STREAMS = Gauge(
+    "kokoropay_synth_queued_streams",
+    "Syntheses whose next chunk is waiting for a model worker.",
+)
 STREAM_CAPACITY = Gauge(
-    "kokoropay_synth_stream_capacity", "Slots: syntheses that may run at once (max_concurrent)."
+    "kokoropay_synth_stream_capacity",
+    "Model workers: model calls that may run at once (max_concurrent).",
 )
 AUDIO_SECONDS = Counter(
     "kokoropay_synth_audio_seconds",
@@ -34,8 +43,9 @@ REAL_TIME_FACTOR = Histogram(
 )
 FIRST_CHUNK_SECONDS = Histogram(
     "kokoropay_synth_first_chunk_seconds",
-    "From a Synthesize call's start (validated) to its first audio message: the wait for a"
-    " slot, the first model call and its encoding.",
+    "From a Synthesize call's start (validated) to its first audio message: planning the first"
+    " chunk, the wait for a model worker (behind the calls already running), the first model"
+    " call and its encoding.",
     buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
 )
 MODEL_CALL_SECONDS = Histogram(

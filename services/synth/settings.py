@@ -14,6 +14,12 @@ from services.common.settings import GrpcServiceSettings
 # Kokoro's voice tensors hold one style vector per input length, 1..510 phonemes: no chunk may
 # be longer, whatever the settings say.
 MODEL_MAX_PHONEMES = 510
+# Later chunks' budget when SYNTH_CHUNK_PHONEMES is unset. On a CPU the model's time per phoneme
+# is the same at 50, 100 and 200 phonemes (services/synth/README.md, "Chunks"): longer chunks buy
+# no throughput there, and every later call stays about as long as a first one, which is what a
+# new request may wait behind. On a GPU a call's fixed cost dominates: fewer, longer calls.
+CPU_CHUNK_PHONEMES = 50
+CUDA_CHUNK_PHONEMES = 200
 
 
 class SynthSettings(GrpcServiceSettings):
@@ -26,25 +32,36 @@ class SynthSettings(GrpcServiceSettings):
     weights_dir: Path | None = None
     # auto: CUDA when torch sees a GPU, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Syntheses running at once; further requests wait for a slot. One uses every CPU core.
+    # Model calls running at once (model workers); every open stream's next chunk waits for
+    # one, first chunks first. One uses every CPU core.
     max_concurrent: int = Field(default=1, ge=1, le=64)
     # torch intra-op threads; 0 keeps torch's default (one per core).
     torch_threads: int = Field(default=0, ge=0, le=256)
     # Longer inputs are refused with RESOURCE_EXHAUSTED.
     max_input_chars: int = Field(default=20_000, ge=1, le=1_000_000)
-    # Phoneme budget of the first chunk: small, so the first audio comes fast.
+    # Phonemes of clauses the first chunk packs: small, so the first audio comes after one short
+    # model call. A first clause longer than this is the first chunk on its own, whole.
     first_chunk_phonemes: int = Field(default=50, ge=10, le=MODEL_MAX_PHONEMES)
-    # Budget the later chunks grow to (doubling from the first): the model's best length.
-    chunk_phonemes: int = Field(default=200, ge=10, le=MODEL_MAX_PHONEMES)
-    # Chunks the model may run ahead of the stream's consumer; bounds memory for slow clients.
+    # Phonemes of clauses later chunks pack, doubling from the first's up to this; unset:
+    # CPU_CHUNK_PHONEMES on a CPU, CUDA_CHUNK_PHONEMES on CUDA (`chunk_budget`).
+    chunk_phonemes: int | None = Field(default=None, ge=10, le=MODEL_MAX_PHONEMES)
+    # Chunks a stream may have spoken that its caller has not yet encoded and sent; bounds
+    # memory for slow clients (1: the next model call starts once the chunk before is sent).
     lookahead_chunks: int = Field(default=1, ge=1, le=16)
     # Synthesize a sentence at start-up so the first request does not pay for lazy setup.
     warm_up: bool = True
 
     @field_validator("chunk_phonemes")
     @classmethod
-    def _not_below_the_first_chunk(cls, value: int, info: ValidationInfo) -> int:
+    def _not_below_the_first_chunk(cls, value: int | None, info: ValidationInfo) -> int | None:
         first = info.data.get("first_chunk_phonemes")
-        if first is not None and value < first:
+        if first is not None and value is not None and value < first:
             raise ValueError(f"must be at least SYNTH_FIRST_CHUNK_PHONEMES ({first})")
         return value
+
+    def chunk_budget(self, device: str) -> int:
+        """Later chunks' budget on `device` (cpu, cuda, cuda:N)."""
+        if self.chunk_phonemes is not None:
+            return self.chunk_phonemes
+        default = CUDA_CHUNK_PHONEMES if device.startswith("cuda") else CPU_CHUNK_PHONEMES
+        return max(default, self.first_chunk_phonemes)

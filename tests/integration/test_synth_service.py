@@ -1,8 +1,8 @@
 """synth as a real process with the real Kokoro weights, spoken to over gRPC.
 
-The service starts once for the whole session (the model loads once) with one synthesis slot,
-so the cancellation test can see the slot come back. Inputs are short: CPU speech here runs
-at about twice real time.
+The service starts once for the whole session (the model loads once) with one model worker, so
+the hang-up test can count the model calls an abandoned stream still costs. Inputs are short:
+CPU speech here runs at about twice real time.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from kokoropay.synth.v1 import synth_pb2, synth_pb2_grpc
 from services.cli.processes import ServiceProcess, health_status
 from services.common.settings import DATA_DIR
 from services.synth.voices import HOSTED_LISTING_VOICES, LANGUAGES, V1_VOICES
+from tests.support.metrics import Exposition
 from tests.support.pki import sync_channel, tls_env
 
 pytestmark = pytest.mark.model
@@ -271,34 +273,87 @@ LONG_TEXT = " ".join(
 )
 
 
-def test_cancelling_stops_the_worker_within_a_chunk_and_frees_the_slot(
-    synth: RunningSynth,
-) -> None:
+def scrape(synth: RunningSynth) -> Exposition:
+    with urllib.request.urlopen(synth.process.metrics_url, timeout=10) as response:
+        return Exposition.parse(response.read().decode())
+
+
+def settled(synth: RunningSynth, timeout: float = 120.0) -> Exposition:
+    """A scrape once no model call runs or waits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = scrape(synth)
+        idle = not metrics.total("kokoropay_synth_active_streams")
+        if idle and not metrics.total("kokoropay_synth_queued_streams"):
+            return metrics
+        assert time.monotonic() < deadline, "synth never went idle"
+        time.sleep(0.1)
+
+
+def test_a_hang_up_costs_no_model_call_beyond_the_one_in_flight(synth: RunningSynth) -> None:
+    calls = "kokoropay_synth_model_call_seconds_count"
+    before = settled(synth)
     call = synth.stub.Synthesize(
         synth_pb2.SynthesizeRequest(text=LONG_TEXT, voice="am_adam"), timeout=300
     )
-    received = [next(call)]
-    call.cancel()
-    cancelled_at = time.monotonic()
+    next(call)
+    call.cancel()  # hung up just after its first audio: its second chunk is being spoken
 
-    # max_concurrent is 1: this request gets a first chunk only once the worker has stopped.
-    follow_up = synth.stub.Synthesize(
-        synth_pb2.SynthesizeRequest(text="Next, please.", voice="af_sky"), timeout=120
-    )
-    next(follow_up)
-    waited = time.monotonic() - cancelled_at
-    list(follow_up)
+    # One worker (SYNTH_MAX_CONCURRENT=1): this request's first chunk waits for that call alone.
+    follow_up = synthesize(synth, "Next, please.", "af_sky")
+    assert follow_up[-1].summary.characters == len("Next, please.")
+    after = settled(synth)
+    # The abandoned stream's first chunk, the one in flight when it hung up (if it had started),
+    # and the follow-up's one chunk: nothing else, then or later.
+    spent = after.delta(before, calls)
+    assert 2 <= spent <= 3, spent
+    time.sleep(1.0)
+    assert settled(synth).delta(before, calls) == spent
 
     cancellations = [
         line for line in synth.log_lines() if str(line["msg"]).startswith("synthesis cancelled")
     ]
-    assert cancellations, "the worker did not report a cancellation"
-    generated = int(cancellations[-1]["generated_chunks"])  # type: ignore[call-overload]
-    # The chunk being spoken when the call was cancelled may finish; nothing after it.
-    assert generated <= len(received) + 2
+    assert cancellations, "the engine did not report the cancellation"
     assert int(cancellations[-1]["characters_spoken"]) < len(LONG_TEXT) // 2  # type: ignore[call-overload]
-    # Speaking the rest would take well over a minute here; the slot came back far sooner.
-    assert waited < 30, waited
+
+
+# Two clauses, then a sentence: three chunks on a CPU, so a seam after a comma and one after a
+# full stop.
+SEAMED = (
+    "At the top, he wound the great clockwork, trimmed the wick, and watched the beam. "
+    "Ships passed safely in the night."
+)
+
+
+def test_chunks_join_without_a_step_or_a_gap(synth: RunningSynth) -> None:
+    messages = synthesize(synth, SEAMED, format=synth_pb2.AUDIO_FORMAT_PCM)
+    assert len(messages) >= 3, [m.characters_consumed for m in messages]
+    pcm = pcm_of(messages)
+    voiced = pcm[np.abs(pcm) > 0.02]
+    typical_step = float(np.median(np.abs(np.diff(voiced))))
+    seams = np.cumsum([len(m.audio) // 2 for m in messages])[:-1]
+    for seam, message in zip(seams, messages, strict=False):
+        ends_sentence = SEAMED[message.characters_consumed - 1] == "."
+        # Both sides of the seam fade to zero: no click.
+        assert abs(float(pcm[seam]) - float(pcm[seam - 1])) <= typical_step
+        # The pause the model makes inside a chunk at the same punctuation, not Kokoro's
+        # padding at both ends (about 0.75 s).
+        longest = 0.5 if ends_sentence else 0.25
+        assert silence_around(pcm, int(seam)) <= longest, (message.characters_consumed, seam)
+
+
+def silence_around(pcm: np.ndarray, at: int, frame: int = RATE // 200) -> float:
+    """Seconds of silence (5 ms frames under -50 dBFS) reaching either side of sample `at`."""
+
+    def quiet(start: int) -> bool:
+        return float(np.sqrt(np.mean(pcm[start : start + frame] ** 2))) < 10 ** (-50 / 20)
+
+    before = after = at - at % frame
+    while before >= frame and quiet(before - frame):
+        before -= frame
+    while after + frame <= len(pcm) and quiet(after):
+        after += frame
+    return (after - before) / RATE
 
 
 # --- validation --------------------------------------------------------------------------------

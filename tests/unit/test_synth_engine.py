@@ -1,11 +1,12 @@
-"""The engine manager with a stand-in model: bounded workers, lookahead, cancellation."""
+"""The engine with a stand-in model: model calls scheduled across streams (first chunks first,
+then the call waiting longest), lookahead, cancellation that costs no further call, metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 
 import numpy as np
 import pytest
@@ -19,20 +20,34 @@ from tests.support.metrics import Exposition, scrape
 RATE = 24_000
 VOICE = VoiceMix((("af_sky", 1.0),))
 SENTENCES = " ".join(f"Sentence number {n} is here." for n in range(10))
+# Every clause of at least 10 letters is a chunk of its own.
+ONE_CLAUSE_EACH = ChunkBudgets(first=10, later=10, hard_max=510)
+PACKED = ChunkBudgets(first=30, later=60, hard_max=510)
 
 
-class SlowModel:
-    """Speaks 0.1 s of tone per phoneme after `delay` seconds; counts its calls."""
+class StandInModel:
+    """Speaks 0.1 s of tone per phoneme; records every call. A call takes `delay` seconds, or,
+    when `gated`, until the test lets it finish with `finish()`."""
 
     sample_rate = RATE
 
-    def __init__(self, delay: float = 0.05, fail_on_call: int | None = None) -> None:
+    def __init__(
+        self, delay: float = 0.0, *, gated: bool = False, fail_on_call: int | None = None
+    ) -> None:
         self.delay = delay
+        self.gated = gated
         self.fail_on_call = fail_on_call
-        self.calls = 0
+        # Phonemes of each call, in the order the calls started.
+        self.started: list[str] = []
+        self.finished: list[str] = []
         self.running = 0
         self.most_at_once = 0
+        self._gates: list[threading.Event] = []
         self._lock = threading.Lock()
+
+    @property
+    def calls(self) -> int:
+        return len(self.started)
 
     @property
     def device(self) -> str:
@@ -45,13 +60,24 @@ class SlowModel:
     def load(self) -> None:
         pass
 
-    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Samples:
+    def finish(self, count: int = 1) -> None:
+        """Let the oldest `count` calls still held at their gate finish."""
         with self._lock:
-            self.calls += 1
+            open_gates = [gate for gate in self._gates if not gate.is_set()]
+        for gate in open_gates[:count]:
+            gate.set()
+
+    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Samples:
+        gate = threading.Event()
+        with self._lock:
+            self.started.append(phonemes)
+            self._gates.append(gate)
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
-            call = self.calls
+            call = len(self.started)
         try:
+            if self.gated:
+                assert gate.wait(timeout=10), "a gated call was never let through"
             time.sleep(self.delay)
             if call == self.fail_on_call:
                 raise RuntimeError("the model broke")
@@ -59,19 +85,25 @@ class SlowModel:
         finally:
             with self._lock:
                 self.running -= 1
+                self.finished.append(phonemes)
 
 
 def identity_phonemizers(codes: Collection[str]) -> Mapping[str, Phonemize]:
     return {"a": lambda text: text}
 
 
-async def started(model: SlowModel, max_concurrent: int = 1) -> EngineManager:
+async def started(
+    model: StandInModel,
+    max_concurrent: int = 1,
+    budgets: ChunkBudgets = PACKED,
+    lookahead: int = 1,
+) -> EngineManager:
     manager = EngineManager(
         model,
         identity_phonemizers,
-        ChunkBudgets(first=30, later=60, hard_max=510),
+        budgets,
         max_concurrent=max_concurrent,
-        lookahead_chunks=1,
+        lookahead_chunks=lookahead,
         warm_up=False,
     )
     await manager.start()
@@ -82,8 +114,46 @@ async def collect(manager: EngineManager, text: str) -> list[GeneratedChunk]:
     return [chunk async for chunk in manager.stream(text, VOICE, 1.0, SynthesisCancelled())]
 
 
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.005)
+
+
+async def drain(model: StandInModel, *listeners: Listener, step: float = 0.01) -> None:
+    """Let the gated model's calls finish one by one until every listener's stream has ended."""
+    while not all(listener.task.done() for listener in listeners):
+        model.finish()
+        await asyncio.sleep(step)
+    await asyncio.gather(*(listener.task for listener in listeners))
+
+
+class Listener:
+    """A caller reading one stream in a task of its own, as the servicer does."""
+
+    def __init__(self, manager: EngineManager, text: str) -> None:
+        self.cancelled = SynthesisCancelled()
+        self.chunks: list[GeneratedChunk] = []
+        self._stream: AsyncGenerator[GeneratedChunk, None] = manager.stream(
+            text, VOICE, 1.0, self.cancelled
+        )
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for chunk in self._stream:
+            self.chunks.append(chunk)
+
+    async def hang_up(self) -> None:
+        """What the RPC's end does: the flag, then the handler's generator closed."""
+        self.cancelled.set()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self._stream.aclose()
+
+
 async def test_chunks_arrive_in_order_and_the_last_covers_the_text() -> None:
-    manager = await started(SlowModel(delay=0.01))
+    manager = await started(StandInModel())
     chunks = await collect(manager, SENTENCES)
     assert [chunk.index for chunk in chunks] == list(range(len(chunks)))
     assert [chunk.is_last for chunk in chunks][-1] and not any(c.is_last for c in chunks[:-1])
@@ -92,37 +162,116 @@ async def test_chunks_arrive_in_order_and_the_last_covers_the_text() -> None:
     await manager.close()
 
 
-async def test_the_worker_runs_at_most_one_chunk_ahead_of_a_slow_consumer() -> None:
-    model = SlowModel(delay=0.01)
-    manager = await started(model)
+async def test_first_chunks_of_new_streams_run_before_later_chunks_of_older_ones() -> None:
+    model = StandInModel(gated=True)
+    manager = await started(model, budgets=ONE_CLAUSE_EACH)
+    older = Listener(manager, "Alpha first clause, alpha second clause, alpha third clause.")
+    await until(lambda: model.calls == 1)
+    middle = Listener(manager, "Bravo first clause, bravo second clause, bravo third clause.")
+    model.finish()  # alpha's first: bravo's first is waiting, alpha's second comes after it
+    await until(lambda: model.calls == 2)
+    await until(lambda: len(older.chunks) == 1)
+    await asyncio.sleep(0.05)  # alpha's second chunk is planned and waiting by now
+    newest = Listener(manager, "Charlie first clause, charlie second clause.")
+    await asyncio.sleep(0.05)
+    # Slowly: each stream's next call is planned and waiting before the running one ends.
+    await drain(model, older, middle, newest, step=0.1)
+    assert model.started == [
+        "Alpha first clause,",
+        "Bravo first clause,",
+        # Charlie's first, though alpha's second was submitted before it.
+        "Charlie first clause,",
+        # Then the call waiting longest: streams take turns.
+        "alpha second clause,",
+        "bravo second clause,",
+        "charlie second clause.",
+        "alpha third clause.",
+        "bravo third clause.",
+    ]
+    await manager.close()
+
+
+async def test_each_stream_keeps_its_order_whatever_the_interleaving() -> None:
+    model = StandInModel(delay=0.002)
+    manager = await started(model, max_concurrent=3, budgets=ONE_CLAUSE_EACH)
+    clauses = [[f"s{n} one,", f"s{n} two,", f"s{n} three,", f"s{n} four."] for n in range(6)]
+    results = await asyncio.gather(*(collect(manager, " ".join(text)) for text in clauses))
+    for text, chunks in zip(clauses, results, strict=True):
+        assert [chunk.index for chunk in chunks] == list(range(4))
+        assert [chunk.text_end for chunk in chunks] == sorted(chunk.text_end for chunk in chunks)
+        stream = text[0].split()[0] + " "
+        assert [call for call in model.started if call.startswith(stream)] == text
+    await manager.close()
+
+
+async def test_a_hung_up_stream_gets_no_model_call_after_the_one_in_flight() -> None:
+    model = StandInModel(gated=True)
+    manager = await started(model, budgets=ONE_CLAUSE_EACH)
+    abandoned = Listener(manager, SENTENCES)
+    await until(lambda: model.calls == 1)
+    model.finish()
+    await until(lambda: len(abandoned.chunks) == 1 and model.calls == 2)  # its second in flight
+    await abandoned.hang_up()
+    newcomer = Listener(manager, "Next one, please.")
+    await asyncio.sleep(0.05)
+    # The call in flight ends; nothing more of the abandoned stream starts, then or later.
+    await drain(model, newcomer)
+    await asyncio.sleep(0.1)
+    assert model.started == [
+        "Sentence number 0 is here.",
+        "Sentence number 1 is here.",
+        "Next one,",
+        "please.",
+    ]
+    await manager.close()
+
+
+async def test_a_call_waiting_for_a_worker_is_dropped_when_its_stream_is_cancelled() -> None:
+    model = StandInModel(gated=True)
+    manager = await started(model, budgets=ONE_CLAUSE_EACH)
+    busy = Listener(manager, "Holding the only worker.")
+    await until(lambda: model.calls == 1)
+    waiting = Listener(manager, "Never spoken at all.")
+    await asyncio.sleep(0.05)  # its first call waits for the worker
+    waiting.cancelled.set()  # the RPC ended: the flag alone, before the handler is closed
+    model.finish()
+    await busy.task
+    await asyncio.sleep(0.05)
+    assert model.started == ["Holding the only worker."]
+    await waiting.hang_up()
+    await manager.close()
+
+
+async def test_the_model_runs_at_most_lookahead_chunks_ahead_of_a_slow_consumer() -> None:
+    for lookahead in (1, 3):
+        model = StandInModel()
+        manager = await started(model, budgets=ONE_CLAUSE_EACH, lookahead=lookahead)
+        stream = manager.stream(SENTENCES, VOICE, 1.0, SynthesisCancelled())
+        await anext(stream)
+        await asyncio.sleep(0.2)  # a slow client, still sending the first: the model waits
+        assert model.calls == lookahead
+        await anext(stream)  # back for more: the first is sent
+        await asyncio.sleep(0.1)
+        assert model.calls == 1 + lookahead
+        await stream.aclose()
+        await manager.close()
+
+
+async def test_the_next_call_waits_until_the_caller_has_sent_the_chunk_before() -> None:
+    model = StandInModel()
+    manager = await started(model, budgets=ONE_CLAUSE_EACH)
     stream = manager.stream(SENTENCES, VOICE, 1.0, SynthesisCancelled())
     await anext(stream)
-    await asyncio.sleep(0.3)  # a slow client: the worker must wait for it
-    assert model.calls <= 2
-    await stream.aclose()
-    await manager.close()
-
-
-async def test_cancelling_stops_before_the_next_chunk_and_frees_the_slot() -> None:
-    model = SlowModel(delay=0.2)
-    manager = await started(model, max_concurrent=1)
-    cancelled = SynthesisCancelled()
-    stream = manager.stream(SENTENCES, VOICE, 1.0, cancelled)
+    await asyncio.sleep(0.1)  # encoding and sending it: the model must not compete
+    assert model.calls == 1
     await anext(stream)
-    cancelled.set()  # what the RPC's done-callback does
+    assert model.calls == 2
     await stream.aclose()
-
-    started_at = time.monotonic()
-    follow_up = await collect(manager, "Next.")  # one slot: waits for the worker to stop
-    waited = time.monotonic() - started_at
-    assert follow_up and waited < 0.2 * 4
-    # First chunk, perhaps the one in progress when cancelled, then the follow-up's one.
-    assert model.calls <= 3
     await manager.close()
 
 
-async def test_concurrency_is_bounded_by_the_setting() -> None:
-    model = SlowModel(delay=0.05)
+async def test_model_calls_at_once_are_bounded_by_the_setting() -> None:
+    model = StandInModel(delay=0.03)
     manager = await started(model, max_concurrent=2)
     await asyncio.gather(*(collect(manager, "One. Two. Three.") for _ in range(5)))
     assert model.most_at_once == 2
@@ -130,29 +279,58 @@ async def test_concurrency_is_bounded_by_the_setting() -> None:
 
 
 async def test_a_model_failure_reaches_the_caller() -> None:
-    manager = await started(SlowModel(delay=0.01, fail_on_call=2))
+    manager = await started(StandInModel(fail_on_call=2), budgets=ONE_CLAUSE_EACH)
     with pytest.raises(RuntimeError, match="the model broke"):
         await collect(manager, SENTENCES)
     await manager.close()
 
 
-async def _settled(before: Exposition, gauge: str) -> Exposition:
-    """A scrape once `gauge` is back where it was (a worker's slot is freed by a callback)."""
-    for _ in range(100):
+async def test_seams_are_trimmed_and_reported_on_every_chunk() -> None:
+    class PaddedModel(StandInModel):
+        """Kokoro's shape: 0.3 s of silence, the sound, 0.45 s of silence."""
+
+        def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Samples:
+            sound = super().generate(phonemes, voice, speed)
+            return np.concatenate(
+                [np.zeros(7_200, np.float32), sound, np.zeros(10_800, np.float32)]
+            )
+
+    manager = await started(PaddedModel(), budgets=ONE_CLAUSE_EACH)
+    chunks = await collect(manager, "First clause here, second clause here, third clause here.")
+    assert len(chunks) == 3
+    # The stream's own start and end are left alone; every seam is cut down.
+    assert chunks[0].trimmed_head_samples == 0 and chunks[-1].trimmed_tail_samples == 0
+    assert all(chunk.trimmed_tail_samples > 0 for chunk in chunks[:-1])
+    assert all(chunk.trimmed_head_samples > 0 for chunk in chunks[1:])
+    # What was cut and what is left add up to the model's own output.
+    model_lengths = [
+        len(chunk.audio) + chunk.trimmed_head_samples + chunk.trimmed_tail_samples
+        for chunk in chunks
+    ]
+    assert model_lengths == [
+        7_200 + int(len(clause) * 0.1 * RATE) + 10_800
+        for clause in ("First clause here,", "second clause here,", "third clause here.")
+    ]
+    await manager.close()
+
+
+async def _settled(before: Exposition, *gauges: str) -> Exposition:
+    """A scrape once every gauge in `gauges` is back where it was."""
+    for _ in range(200):
         after = scrape()
-        if after.delta(before, gauge) == 0:
+        if all(after.delta(before, gauge) == 0 for gauge in gauges):
             return after
         await asyncio.sleep(0.01)
     return after
 
 
-async def test_slots_the_queue_and_every_model_call_are_measured() -> None:
-    model = SlowModel(delay=0.02)
-    manager = await started(model, max_concurrent=1)
+async def test_running_and_waiting_calls_and_every_model_call_are_measured() -> None:
+    model = StandInModel(gated=True)
+    manager = await started(model, max_concurrent=1, budgets=ONE_CLAUSE_EACH)
     before = scrape()
-    first = manager.stream(SENTENCES, VOICE, 1.0, SynthesisCancelled())
-    await anext(first)  # holds the only slot
-    second = asyncio.ensure_future(collect(manager, "Next one."))
+    first = Listener(manager, "Speaking now, and more.")
+    await until(lambda: model.calls == 1)
+    second = Listener(manager, "Waiting for the worker.")
     await asyncio.sleep(0.05)
 
     during = scrape()
@@ -160,14 +338,17 @@ async def test_slots_the_queue_and_every_model_call_are_measured() -> None:
     assert during.delta(before, "kokoropay_synth_active_streams") == 1
     assert during.delta(before, "kokoropay_synth_queued_streams") == 1
 
-    await first.aclose()
-    await second
-    after = await _settled(before, "kokoropay_synth_active_streams")
+    await first.hang_up()
+    await drain(model, second)
+    after = await _settled(
+        before, "kokoropay_synth_active_streams", "kokoropay_synth_queued_streams"
+    )
+    assert after.delta(before, "kokoropay_synth_active_streams") == 0
     assert after.delta(before, "kokoropay_synth_queued_streams") == 0
     calls = model.calls
+    assert calls == 2  # the hung-up stream's first, the other's one chunk
     assert after.delta(before, "kokoropay_synth_model_call_seconds_count") == calls
     assert after.delta(before, "kokoropay_synth_batch_size_sum") == calls  # one chunk per call
     assert after.delta(before, "kokoropay_synth_real_time_factor_count") == calls
-    # The stand-in speaks 0.1 s per phoneme in about 0.02 s: five times real time, or so.
     assert after.delta(before, "kokoropay_synth_audio_seconds_total") > 0
     await manager.close()

@@ -12,7 +12,11 @@ def test_defaults() -> None:
     settings = SynthSettings()
     assert settings.port == 50053 and settings.device == "auto"
     assert settings.max_concurrent == 1 and settings.max_input_chars == 20_000
-    assert (settings.first_chunk_phonemes, settings.chunk_phonemes) == (50, 200)
+    assert (settings.first_chunk_phonemes, settings.chunk_phonemes) == (50, None)
+    # Later chunks: clause-sized on a CPU, longer on a GPU, unless set.
+    assert (settings.chunk_budget("cpu"), settings.chunk_budget("cuda:0")) == (50, 200)
+    assert SynthSettings(chunk_phonemes=120).chunk_budget("cpu") == 120
+    assert SynthSettings(first_chunk_phonemes=80).chunk_budget("cpu") == 80
 
 
 def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,39 +1,39 @@
-"""The one owner of the model: loads and warms it up, then runs syntheses in bounded workers.
+"""The one owner of the model: loads and warms it up, then speaks every stream's chunks.
 
-Each synthesis is one job in a thread pool of `max_concurrent` workers, guarded by a semaphore
-of the same size, so requests beyond it wait for a slot instead of oversubscribing the device.
-The worker plans the text lazily, speaks chunk by chunk and hands each chunk to the event loop;
-it checks the cancel flag before every model call, so a cancelled request stops at the next
-chunk. The slot is released when the worker has actually stopped, not when the caller left.
-
-Metrics (services/synth/metrics.py): streams waiting for a slot and holding one, the slots, and
-every model call's time and audio, recorded by the worker as it speaks.
+A stream does not hold a worker. `stream()` starts a producer task that plans the text lazily
+(G2P off the event loop, one chunk at a time), submits each chunk to the scheduler
+(engine/scheduler.py) as one model call, trims the audio's edges where it meets the next
+chunk (audio/seams.py) and hands it to the caller. It submits a chunk only while fewer than
+`lookahead_chunks` spoken chunks are still with the caller (queued, or being encoded and sent:
+the caller gives one back by asking for the next), and only one at a time, so each stream's
+chunks come in order. The caller leaving (or the RPC's end setting `cancelled`) stops the
+producer; a call of that stream still waiting for a model worker is dropped, and one already
+running is the last.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.synth import metrics
+from services.synth.audio.seams import pause_after, trim_edges
 from services.synth.engine.backend import Samples, SynthesisBackend
-from services.synth.text.chunking import ChunkBudgets, Phonemize, plan_chunks
+from services.synth.engine.scheduler import CallScheduler, ModelCall, SynthesisCancelled
+from services.synth.text.chunking import ChunkBudgets, Phonemize, TextChunk, plan_chunks
 from services.synth.voices import LANGUAGES, VoiceCatalog, VoiceMix
+
+__all__ = ["EngineManager", "GeneratedChunk", "PhonemizerFactory", "SynthesisCancelled"]
 
 _log = logging.getLogger("synth.engine")
 
 # Spoken once at start-up, so the first request pays for no lazy initialisation.
 WARM_UP_TEXT = "Warming up, one moment."
-# How often a worker waiting for the consumer looks at the cancel flag.
-_CANCEL_POLL_SECONDS = 0.05
 
 PhonemizerFactory = Callable[[Collection[str]], Mapping[str, Phonemize]]
 
@@ -43,39 +43,31 @@ class GeneratedChunk:
     index: int
     # Input characters (code points) spoken up to and including this chunk.
     text_end: int
+    # What the caller plays: the model's audio less the silence trimmed at its edges.
     audio: Samples
     is_last: bool
-
-
-class SynthesisCancelled:
-    """Set by whoever stops listening (the RPC's end); read by the worker between chunks."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
+    # Samples of the model's own output cut before `audio` starts and after it ends (silence
+    # at a seam between chunks; audio/seams.py). Sample n of `audio` is sample
+    # n + trimmed_head_samples of the model's output, so times measured on the model's output
+    # (its durations) shift by -trimmed_head_samples.
+    trimmed_head_samples: int = 0
+    trimmed_tail_samples: int = 0
 
 
 @dataclass
-class _Job:
+class _Stream:
     text: str
     voice: VoiceMix
     speed: float
-    phonemize: Phonemize
     cancelled: SynthesisCancelled
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[GeneratedChunk | BaseException | None]
-    # Chunks the worker may still produce before the consumer takes one.
-    room: threading.Semaphore
+    queue: asyncio.Queue[GeneratedChunk | BaseException | None] = field(
+        default_factory=asyncio.Queue
+    )
     generated: int = 0
     delivered: int = 0
-
-    def hand_over(self, item: GeneratedChunk | BaseException | None) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    text_end: int = 0
+    # Samples handed over so far: none means the next model call is the stream's first.
+    samples: int = 0
 
 
 class EngineManager:
@@ -94,9 +86,7 @@ class EngineManager:
         self._budgets = budgets
         self._lookahead = lookahead_chunks
         self._warm_up = warm_up
-        self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="synth-worker")
-        self._slots = asyncio.Semaphore(max_concurrent)
-        metrics.STREAM_CAPACITY.set(max_concurrent)
+        self._scheduler = CallScheduler(backend, max_concurrent)
         self._phonemizers: Mapping[str, Phonemize] = {}
         self._catalog: VoiceCatalog | None = None
         # Set on shutdown: a start-up still loading stops at its next step instead of finishing.
@@ -148,118 +138,124 @@ class EngineManager:
         _log.info("warmed up", extra={"warm_up_seconds": round(time.perf_counter() - started, 2)})
 
     async def close(self) -> None:
-        """Wait for the workers, which stop at their next chunk once their RPCs are cancelled."""
+        """Drop waiting calls and wait for those in flight (their RPCs are cancelled by now)."""
         self._closing.set()
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        await self._scheduler.close()
 
     async def stream(
         self, text: str, voice: VoiceMix, speed: float, cancelled: SynthesisCancelled
     ) -> AsyncGenerator[GeneratedChunk, None]:
-        """The chunks of one synthesis, in order, as the worker speaks them.
+        """The chunks of one synthesis, in order, as the model speaks them.
 
-        Setting `cancelled` (or leaving the iteration) stops the worker before its next chunk.
+        Setting `cancelled` (or leaving the iteration) stops it before its next model call.
         """
+        stream = _Stream(text, voice, speed, cancelled)
+        room = asyncio.Semaphore(self._lookahead)
         phonemize = self._phonemizers[voice.language_code]
-        metrics.QUEUED_STREAMS.inc()
+        # A task copies the context: the request id reaches the producer's log lines.
+        producer = asyncio.create_task(self._produce(stream, phonemize, room))
         try:
-            await self._slots.acquire()
-        finally:
-            metrics.QUEUED_STREAMS.dec()
-        metrics.ACTIVE_STREAMS.inc()
-        loop = asyncio.get_running_loop()
-        job = _Job(
-            text,
-            voice,
-            speed,
-            phonemize,
-            cancelled,
-            loop,
-            asyncio.Queue(),
-            threading.Semaphore(self._lookahead),
-        )
-        try:
-            # A copied context carries the request id into the worker's log lines.
-            worker = loop.run_in_executor(
-                self._executor, contextvars.copy_context().run, self._work, job
-            )
-        except BaseException:
-            self._release_slot()
-            raise
-        worker.add_done_callback(lambda _: self._release_slot())
-        try:
-            while (item := await job.queue.get()) is not None:
-                job.room.release()
+            while (item := await stream.queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                job.delivered += 1
+                stream.delivered += 1
                 yield item
+                # The caller is back for more: it has encoded and sent that chunk. Only now may
+                # the next model call start, so it never competes with the delivery of the
+                # chunk before it (on a CPU, for the cores and the GIL): first audio costs the
+                # model's time and a few milliseconds.
+                room.release()
         finally:
             cancelled.set()
+            producer.cancel()
 
-    def _release_slot(self) -> None:
-        self._slots.release()
-        metrics.ACTIVE_STREAMS.dec()
-
-    def _work(self, job: _Job) -> None:
-        """Runs in a worker thread: plan, speak and hand over chunk by chunk."""
-        text_end = 0
+    async def _produce(
+        self, stream: _Stream, phonemize: Phonemize, room: asyncio.Semaphore
+    ) -> None:
+        """Plan, speak and hand over chunk by chunk, at most `lookahead` ahead of the caller."""
+        planned = plan_chunks(stream.text, phonemize, self._budgets)
         try:
-            for chunk in plan_chunks(job.text, job.phonemize, self._budgets):
-                while not job.room.acquire(timeout=_CANCEL_POLL_SECONDS):
-                    if job.cancelled.is_set():
-                        break
-                if job.cancelled.is_set():
-                    self._log_cancelled(job, text_end)
-                    return
-                spoken_at = time.perf_counter()
-                audio = (
-                    self._backend.generate(chunk.phonemes, job.voice, job.speed)
-                    if chunk.phonemes
-                    else np.zeros(0, dtype=np.float32)
-                )
-                model_seconds = time.perf_counter() - spoken_at
-                audio_seconds = len(audio) / self._backend.sample_rate
-                if chunk.phonemes:
-                    metrics.record_model_call(audio_seconds, model_seconds)
-                job.generated += 1
-                _log.debug(
-                    "chunk %d spoken",
-                    chunk.index,
-                    extra={
-                        "phonemes": len(chunk.phonemes),
-                        "audio_seconds": round(audio_seconds, 3),
-                        "model_ms": round(model_seconds * 1e3, 1),
-                    },
-                )
-                text_end = len(job.text) if chunk.is_last else chunk.span.end
-                job.hand_over(GeneratedChunk(chunk.index, text_end, audio, chunk.is_last))
+            while (chunk := await asyncio.to_thread(_next_chunk, planned)) is not None:
+                await room.acquire()
+                spoken = await self._speak(stream, chunk)
+                if spoken is None:
+                    break  # cancelled before the model ran
+                stream.queue.put_nowait(spoken)
                 if chunk.is_last:
                     break
             else:
-                # The text ended in pieces with nothing to say: close the stream all the same.
-                job.hand_over(
-                    GeneratedChunk(job.generated, len(job.text), np.zeros(0, np.float32), True)
+                # The text had nothing to plan (blank after all): close the stream all the same.
+                stream.queue.put_nowait(
+                    GeneratedChunk(stream.generated, len(stream.text), _silence(), True)
                 )
-            job.hand_over(None)
-        except RuntimeError as error:
-            if job.loop.is_closed():
-                return  # shutting down: nobody is listening
-            job.hand_over(error)
-        except Exception as error:  # handed to the RPC, which reports it
-            job.hand_over(error)
+            if stream.cancelled.is_set():
+                self._log_cancelled(stream)
+                return
+            stream.queue.put_nowait(None)
+        except asyncio.CancelledError:
+            self._log_cancelled(stream)
+            raise
+        except Exception as error:  # handed to the caller, which reports it
+            stream.queue.put_nowait(error)
+
+    async def _speak(self, stream: _Stream, chunk: TextChunk) -> GeneratedChunk | None:
+        if stream.cancelled.is_set():
+            return None
+        raw = _silence()
+        if chunk.phonemes:
+            call = ModelCall(
+                chunk.phonemes,
+                stream.voice,
+                stream.speed,
+                stream.cancelled,
+                first=stream.samples == 0,
+                chunk_index=chunk.index,
+            )
+            spoken = await self._scheduler.run(call)
+            if spoken is None:
+                if stream.cancelled.is_set():
+                    return None
+                raise RuntimeError("the engine is closing")
+            raw = spoken
+        # The stream's first sample and its last are no seam: left as the model made them.
+        trimmed = trim_edges(
+            raw,
+            self._backend.sample_rate,
+            head=stream.samples > 0,
+            pause=None if chunk.is_last else pause_after(chunk.ends_sentence),
+        )
+        stream.generated += 1
+        stream.samples += len(trimmed.audio)
+        stream.text_end = len(stream.text) if chunk.is_last else chunk.span.end
+        return GeneratedChunk(
+            chunk.index,
+            stream.text_end,
+            trimmed.audio,
+            chunk.is_last,
+            trimmed_head_samples=trimmed.head,
+            trimmed_tail_samples=trimmed.tail,
+        )
 
     @staticmethod
-    def _log_cancelled(job: _Job, text_end: int) -> None:
+    def _log_cancelled(stream: _Stream) -> None:
         _log.info(
             "synthesis cancelled after %d chunks (%d delivered); %d of %d characters spoken",
-            job.generated,
-            job.delivered,
-            text_end,
-            len(job.text),
+            stream.generated,
+            stream.delivered,
+            stream.text_end,
+            len(stream.text),
             extra={
-                "generated_chunks": job.generated,
-                "delivered_chunks": job.delivered,
-                "characters_spoken": text_end,
-                "characters": len(job.text),
+                "generated_chunks": stream.generated,
+                "delivered_chunks": stream.delivered,
+                "characters_spoken": stream.text_end,
+                "characters": len(stream.text),
             },
         )
+
+
+def _next_chunk(planned: Iterator[TextChunk]) -> TextChunk | None:
+    return next(planned, None)
+
+
+def _silence() -> Samples:
+    return np.zeros(0, dtype=np.float32)

@@ -1,18 +1,25 @@
 """Pack input text into phoneme chunks the model speaks one at a time.
 
-The first chunk is short so the first audio comes fast; each later budget doubles up to the
-model's best length, so every chunk is ready before the previous one has finished playing.
-Chunks end at sentence boundaries where they can, else at clauses, else at words; none is ever
-longer than the model's limit. Planning is lazy: a sentence is phonemized only when the chunk
-that speaks it is being planned.
+Every chunk ends where a speaker pauses: at a clause (`, ; : —`) or at a sentence's end, never
+inside a clause, the first chunk included. A chunk is whole clauses packed up to a phoneme
+budget: the first chunk's budget is small, so it is usually the first clause alone (or a few
+short ones) and the first audio costs one short model call; later budgets grow to
+`ChunkBudgets.later`. A clause over its chunk's budget is a chunk on its own: prosody runs across
+a clause, and cutting it is what a listener hears as a stumble. Only a clause longer than the
+model's limit (`hard_max`) is cut, at words, into parts of about equal length.
+
+Planning is lazy and phonemizes each clause once: the first chunk costs the G2P of its own
+clauses and of the one after them (to know it does not fit), never the whole sentence; a clause
+read ahead and not taken waits, phonemized, for the next chunk. Only the parts of a clause over
+the model's limit are phonemized a second time.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import IntEnum
 
 from services.synth.text.normalize import normalize
 from services.synth.text.split import Span, clauses, sentences, words
@@ -20,10 +27,18 @@ from services.synth.text.split import Span, clauses, sentences, words
 # Text (already normalized) to phonemes in the model's alphabet.
 Phonemize = Callable[[str], str]
 
+# A clause over the model's limit is cut into parts aimed at this share of it, so that a part
+# whose G2P comes out longer than its share of the characters still fits.
+_CUT_TARGET = 0.8
+
 
 @dataclass(frozen=True)
 class ChunkBudgets:
-    """Phoneme budgets: the first chunk's, the one later chunks grow to, the model's limit."""
+    """Phoneme budgets: the first chunk's, the one later chunks grow to, the model's limit.
+
+    Budgets bound how many clauses a chunk packs; a single clause is never cut to fit one, only
+    to fit `hard_max`.
+    """
 
     first: int
     later: int
@@ -45,20 +60,18 @@ class TextChunk:
     phonemes: str
     # No text follows this chunk.
     is_last: bool
-
-
-class _Level(IntEnum):
-    SENTENCE = 0
-    CLAUSE = 1
-    WORD = 2
-    FRAGMENT = 3
+    # It ends at a sentence's end, not inside a sentence at a clause (the pause after it is a
+    # sentence's, not a comma's: audio/seams.py).
+    ends_sentence: bool = True
 
 
 @dataclass(frozen=True)
 class _Piece:
+    """A clause (or a part of one over the model's limit), phonemized."""
+
     span: Span
     phonemes: str
-    level: _Level
+    ends_sentence: bool
 
 
 class _Planner:
@@ -66,82 +79,88 @@ class _Planner:
         self._text = text
         self._phonemize = phonemize
         self._budgets = budgets
-        self._sentences = sentences(text)
-        self._next_sentence = 0
+        self._sentences = deque(sentences(text))
+        # Clause spans of the sentences taken so far, not yet phonemized.
+        self._clauses: deque[Span] = deque()
+        # Phonemized pieces read ahead and not yet packed.
         self._pending: deque[_Piece] = deque()
 
     def chunks(self) -> Iterator[TextChunk]:
         index = 0
-        while True:
-            parts = self._fill(self._budgets.for_chunk(index), first=index == 0)
-            if not parts:
-                return
-            exhausted = not self._pending and self._next_sentence == len(self._sentences)
+        while (first := self._take()) is not None:
+            budget = self._budgets.for_chunk(index)
+            parts = [first]
+            size = len(first.phonemes)
+            while size < budget and (piece := self._take()) is not None:
+                cost = len(piece.phonemes) + (1 if size and piece.phonemes else 0)
+                if size + cost > budget:
+                    # It starts the next chunk, already phonemized.
+                    self._pending.appendleft(piece)
+                    break
+                parts.append(piece)
+                size += cost
             yield TextChunk(
                 index=index,
                 span=Span(parts[0].span.start, parts[-1].span.end),
                 phonemes=" ".join(part.phonemes for part in parts if part.phonemes),
-                is_last=exhausted,
+                is_last=self._exhausted(),
+                ends_sentence=parts[-1].ends_sentence,
             )
             index += 1
 
-    def _fill(self, budget: int, *, first: bool) -> list[_Piece]:
-        parts: list[_Piece] = []
-        size = 0
-        while (piece := self._take()) is not None:
-            cost = len(piece.phonemes) + (1 if parts and piece.phonemes else 0)
-            if size + cost <= budget:
-                parts.append(piece)
-                size += cost
-                continue
-            if parts:
-                # It starts the next chunk: ending here keeps the boundary a natural pause.
-                self._pending.appendleft(piece)
-                break
-            finer = self._split(piece, first=first)
-            if finer is None:
-                return [piece]
-            self._pending.extendleft(reversed(finer))
-        return parts
+    def _exhausted(self) -> bool:
+        return not (self._pending or self._clauses or self._sentences)
 
     def _take(self) -> _Piece | None:
+        """The next piece of text to speak, phonemized; None at the end of the input."""
         if self._pending:
             return self._pending.popleft()
-        if self._next_sentence == len(self._sentences):
-            return None
-        span = self._sentences[self._next_sentence]
-        self._next_sentence += 1
-        return self._piece(span, _Level.SENTENCE)
-
-    def _piece(self, span: Span, level: _Level) -> _Piece:
-        return _Piece(span, self._phonemize(normalize(span.of(self._text))), level)
-
-    def _split(self, piece: _Piece, *, first: bool) -> list[_Piece] | None:
-        """Finer pieces for one too long for an empty chunk, or None to take it whole."""
-        hard_max = self._budgets.hard_max
-        if piece.level == _Level.SENTENCE:
-            spans = clauses(self._text, piece.span)
-            if len(spans) > 1:
-                return [self._piece(span, _Level.CLAUSE) for span in spans]
-        if piece.level <= _Level.CLAUSE:
-            # A long clause is kept whole (better prosody) unless the first chunk must be short
-            # or the model could not take it.
-            if not first and len(piece.phonemes) <= hard_max:
+        if not self._clauses:
+            if not self._sentences:
                 return None
-            spans = words(self._text, piece.span)
-            if len(spans) > 1:
-                return [self._piece(span, _Level.WORD) for span in spans]
-        if len(piece.phonemes) <= hard_max:
-            return None
-        if piece.span.end - piece.span.start < 2:
+            self._clauses.extend(clauses(self._text, self._sentences.popleft()))
+        piece = self._piece(self._clauses.popleft(), ends_sentence=not self._clauses)
+        if len(piece.phonemes) <= self._budgets.hard_max:
+            return piece
+        self._pending.extendleft(reversed(self._cut(piece)))
+        return self._pending.popleft()
+
+    def _piece(self, span: Span, *, ends_sentence: bool) -> _Piece:
+        return _Piece(span, self._phonemize(normalize(span.of(self._text))), ends_sentence)
+
+    def _cut(self, piece: _Piece) -> list[_Piece]:
+        """A piece over the model's limit as parts within it, cut at words, each phonemized once
+        (and cut again, should its G2P still come out too long)."""
+        hard_max = self._budgets.hard_max
+        spans = words(self._text, piece.span)
+        if len(spans) < 2:
             # One character the G2P spells out past the limit: say what fits.
-            return [_Piece(piece.span, piece.phonemes[:hard_max], _Level.FRAGMENT)]
-        # A "word" longer than the model's limit (a hash, a URL): halve it until it fits.
-        middle = (piece.span.start + piece.span.end) // 2
-        return [
-            self._piece(Span(piece.span.start, middle), _Level.FRAGMENT),
-            self._piece(Span(middle, piece.span.end), _Level.FRAGMENT),
-        ]
+            return [_Piece(piece.span, piece.phonemes[:hard_max], piece.ends_sentence)]
+        count = min(len(spans), math.ceil(len(piece.phonemes) / (_CUT_TARGET * hard_max)))
+        parts: list[_Piece] = []
+        groups = _balanced(spans, count)
+        for number, group in enumerate(groups, start=1):
+            last = number == len(groups)
+            span = Span(group[0].start, group[-1].end)
+            part = self._piece(span, ends_sentence=piece.ends_sentence and last)
+            parts.extend(self._cut(part) if len(part.phonemes) > hard_max else [part])
+        return parts
+
+
+def _balanced(spans: list[Span], count: int) -> list[list[Span]]:
+    """`spans` in `count` consecutive groups of about equal characters, none empty."""
+    total = spans[-1].end - spans[0].start
+    groups: list[list[Span]] = [[]]
+    for position, span in enumerate(spans):
+        left = len(spans) - position
+        wanted = count - len(groups)
+        # Close the group at its share of the characters, or when every remaining span must
+        # start a group of its own.
+        share = total * len(groups) / count
+        if groups[-1] and wanted and (span.start - spans[0].start >= share or left == wanted):
+            groups.append([])
+        groups[-1].append(span)
+    return groups
 
 
 def plan_chunks(text: str, phonemize: Phonemize, budgets: ChunkBudgets) -> Iterator[TextChunk]:
