@@ -29,7 +29,9 @@ WEIGHTS_MANIFEST = REPO_ROOT / ".data" / "weights" / "manifest.json"
 SETTINGS = {
     "GATEWAY_CHECKPOINT_INTERVAL_SECONDS": "0.5",
     "GATEWAY_HOLD_EXTENSION_SECONDS": "3",
-    "GATEWAY_FIRST_CHUNK_TIMEOUT_SECONDS": "10",
+    # Room for the slow stream's first chunk: a whole clause at speed 0.25 is four times the
+    # audio of one at 1, about 10 s of model time on a loaded 2-core CPU.
+    "GATEWAY_FIRST_CHUNK_TIMEOUT_SECONDS": "25",
     "GATEWAY_HOLD_TTL_BASE_SECONDS": "2",
     "LEDGER_SWEEP_INTERVAL_SECONDS": "0.25",
     "SYNTH_MAX_CONCURRENT": "1",
