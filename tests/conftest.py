@@ -1,4 +1,5 @@
-"""Fixtures shared by every test layer: a real PostgreSQL and a folder for service logs."""
+"""Fixtures shared by every test layer: a real PostgreSQL and a folder for service logs; and
+what tests measured, printed at the end of the run."""
 
 from __future__ import annotations
 
@@ -39,3 +40,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     manifest = REPO_ROOT / ".data" / "weights" / "manifest.json"
     if os.environ.get("CI") and not manifest.exists():
         pytest.exit("Kokoro weights missing in CI: `make test` should run `make weights`", 2)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Each `record_property("report", line)` a test made, passed or failed, after the run (and
+    in a JUnit XML report as the test's property): measurements such as a word error rate."""
+    lines = [
+        str(value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "report"
+    ]
+    if lines:
+        terminalreporter.write_sep("=", "measurements")
+        for line in lines:
+            terminalreporter.write_line(line)
