@@ -14,7 +14,7 @@ import enum
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -607,18 +607,34 @@ class GrpcLedgerClient:
         return await _serving(self._channel, self._ready_timeout)
 
 
-class GrpcAudioStream:
-    """Synthesize as an AudioStream: read() one message at a time, errors as UpstreamError."""
+class _GrpcStream:
+    """A server stream read one message at a time, its failures as `service`'s UpstreamError."""
+
+    service = ""
 
     def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
         self._call = call
 
-    async def next(self) -> AudioPiece | None:
+    async def _next_message(self) -> Any | None:
+        """The next message, None at the stream's end."""
         try:
             message = await self._call.read()
         except grpc.RpcError as error:
-            raise _upstream_error("synth", error) from error
-        if message is grpc.aio.EOF:
+            raise _upstream_error(self.service, error) from error
+        return None if message is grpc.aio.EOF else message
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcAudioStream(_GrpcStream):
+    """Synthesize as an AudioStream."""
+
+    service = "synth"
+
+    async def next(self) -> AudioPiece | None:
+        message = await self._next_message()
+        if message is None:
             return None
         assert isinstance(message, synth_pb2.AudioChunk)
         return AudioPiece(
@@ -626,9 +642,6 @@ class GrpcAudioStream:
             characters_consumed=message.characters_consumed,
             duration_seconds=message.duration_seconds,
         )
-
-    def cancel(self) -> None:
-        self._call.cancel()
 
 
 class GrpcSynthClient:
@@ -710,24 +723,17 @@ def _prediction(message: predictions_pb2.Prediction) -> Prediction:
     )
 
 
-class GrpcOutputStream:
-    """ReadOutput as an OutputStream: read() one message at a time, errors as UpstreamError."""
+class GrpcOutputStream(_GrpcStream):
+    """ReadOutput as an OutputStream."""
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
-        self._call = call
+    service = "predictions"
 
     async def next(self) -> OutputPiece | None:
-        try:
-            message = await self._call.read()
-        except grpc.RpcError as error:
-            raise _upstream_error("predictions", error) from error
-        if message is grpc.aio.EOF:
+        message = await self._next_message()
+        if message is None:
             return None
         assert isinstance(message, predictions_pb2.OutputChunk)
         return OutputPiece(message.data, message.total_size, message.content_type)
-
-    def cancel(self) -> None:
-        self._call.cancel()
 
 
 class GrpcPredictionsClient:
