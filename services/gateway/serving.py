@@ -221,27 +221,8 @@ class SpeechSeller:
         slot: StreamSlot = NO_SLOT,
     ) -> SpeechDelivery:
         """Hold the credits and wait for the first audio; the delivery relays the rest and
-        gives `slot` back when it ends. Failing here gives it back at once."""
-        with slot.given_back_on_failure():
-            return await self._hold_and_start(
-                principal,
-                order,
-                request_id=request_id,
-                request_id_is_ours=request_id_is_ours,
-                idempotency_key=idempotency_key,
-                slot=slot,
-            )
-
-    async def _hold_and_start(
-        self,
-        principal: Principal,
-        order: SpeechOrder,
-        *,
-        request_id: str,
-        request_id_is_ours: bool,
-        idempotency_key: str | None,
-        slot: StreamSlot,
-    ) -> SpeechDelivery:
+        gives `slot` back when it ends. If this fails, the caller's
+        `slot.given_back_on_failure()` gives it back (here only sooner, before settling)."""
         key = ledger_key(request_id=request_id, request_id_is_ours=request_id_is_ours)
         with timed("reserve"):
             charge = await self._billing.hold(
