@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import pytest
 
-from services.synth.engine.backend import Samples
+from services.synth.engine.backend import Speech
 from services.synth.engine.manager import EngineManager, GeneratedChunk, SynthesisCancelled
 from services.synth.text.chunking import ChunkBudgets, Phonemize
 from services.synth.voices import VoiceMix
@@ -45,7 +45,7 @@ class SlowModel:
     def load(self) -> None:
         pass
 
-    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Samples:
+    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Speech:
         with self._lock:
             self.calls += 1
             self.running += 1
@@ -55,7 +55,9 @@ class SlowModel:
             time.sleep(self.delay)
             if call == self.fail_on_call:
                 raise RuntimeError("the model broke")
-            return np.full(int(len(phonemes) * 0.1 * RATE / speed), 0.1, dtype=np.float32)
+            per_phoneme = int(0.1 * RATE / speed)
+            audio = np.full(len(phonemes) * per_phoneme, 0.1, dtype=np.float32)
+            return Speech(audio, np.arange(len(phonemes) + 1, dtype=np.int64) * per_phoneme)
         finally:
             with self._lock:
                 self.running -= 1

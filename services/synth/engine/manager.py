@@ -8,6 +8,10 @@ chunk. The slot is released when the worker has actually stopped, not when the c
 
 Metrics (services/synth/metrics.py): streams waiting for a slot and holding one, the slots, and
 every model call's time and audio, recorded by the worker as it speaks.
+
+A synthesis asked for word timestamps also gets, with each chunk, where its words are spoken in
+the chunk's audio (timestamps.py); only languages whose G2P says which phonemes each word became
+have them (`VoiceCatalog.has_word_timestamps`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.synth import metrics
-from services.synth.engine.backend import Samples, SynthesisBackend
+from services.synth.engine.backend import Samples, Speech, SynthesisBackend
+from services.synth.engine.timestamps import ChunkWords, time_words
 from services.synth.text.chunking import ChunkBudgets, Phonemize, plan_chunks
+from services.synth.text.words import Pronunciation
 from services.synth.voices import LANGUAGES, VoiceCatalog, VoiceMix
 
 _log = logging.getLogger("synth.engine")
@@ -34,6 +40,8 @@ _log = logging.getLogger("synth.engine")
 WARM_UP_TEXT = "Warming up, one moment."
 # How often a worker waiting for the consumer looks at the cancel flag.
 _CANCEL_POLL_SECONDS = 0.05
+# What a chunk with no phonemes says.
+_SILENCE = Speech(np.zeros(0, dtype=np.float32), np.zeros(1, dtype=np.int64))
 
 PhonemizerFactory = Callable[[Collection[str]], Mapping[str, Phonemize]]
 
@@ -45,6 +53,9 @@ class GeneratedChunk:
     text_end: int
     audio: Samples
     is_last: bool
+    # Where the input's words are spoken in `audio` as the model made it; None unless the
+    # synthesis asked for word timestamps.
+    words: ChunkWords | None = None
 
 
 class SynthesisCancelled:
@@ -71,6 +82,7 @@ class _Job:
     queue: asyncio.Queue[GeneratedChunk | BaseException | None]
     # Chunks the worker may still produce before the consumer takes one.
     room: threading.Semaphore
+    word_timestamps: bool = False
     generated: int = 0
     delivered: int = 0
 
@@ -122,7 +134,13 @@ class EngineManager:
         if self._closing.is_set():
             return
         self._phonemizers = self._phonemizer_factory(LANGUAGES.keys())
-        self._catalog = VoiceCatalog(self._backend.voice_names, self._phonemizers.keys())
+        # Words are timed where the G2P says which phonemes each of its tokens became.
+        timed = [
+            code
+            for code, phonemize in self._phonemizers.items()
+            if Pronunciation.of(phonemize(WARM_UP_TEXT)).tokens is not None
+        ]
+        self._catalog = VoiceCatalog(self._backend.voice_names, self._phonemizers.keys(), timed)
         _log.info(
             "languages spoken: %s",
             ", ".join(language.tag for language in self._catalog.spoken_languages),
@@ -139,7 +157,7 @@ class EngineManager:
             _log.warning("no English voice to warm up with; skipping warm-up")
             return
         voice = VoiceMix(((english[0], 1.0),))
-        phonemes = self._phonemizers[voice.language_code](WARM_UP_TEXT)
+        phonemes = Pronunciation.of(self._phonemizers[voice.language_code](WARM_UP_TEXT)).phonemes
         # Twice: the first call pays for allocator and kernel set-up, the second should not.
         for _ in range(2):
             if self._closing.is_set():
@@ -153,9 +171,16 @@ class EngineManager:
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     async def stream(
-        self, text: str, voice: VoiceMix, speed: float, cancelled: SynthesisCancelled
+        self,
+        text: str,
+        voice: VoiceMix,
+        speed: float,
+        cancelled: SynthesisCancelled,
+        *,
+        word_timestamps: bool = False,
     ) -> AsyncGenerator[GeneratedChunk, None]:
-        """The chunks of one synthesis, in order, as the worker speaks them.
+        """The chunks of one synthesis, in order, as the worker speaks them; with
+        `word_timestamps` (for a voice that has them), each with its words.
 
         Setting `cancelled` (or leaving the iteration) stops the worker before its next chunk.
         """
@@ -176,6 +201,7 @@ class EngineManager:
             loop,
             asyncio.Queue(),
             threading.Semaphore(self._lookahead),
+            word_timestamps,
         )
         try:
             # A copied context carries the request id into the worker's log lines.
@@ -212,11 +238,12 @@ class EngineManager:
                     self._log_cancelled(job, text_end)
                     return
                 spoken_at = time.perf_counter()
-                audio = (
+                speech = (
                     self._backend.generate(chunk.phonemes, job.voice, job.speed)
                     if chunk.phonemes
-                    else np.zeros(0, dtype=np.float32)
+                    else _SILENCE
                 )
+                audio = speech.audio
                 model_seconds = time.perf_counter() - spoken_at
                 audio_seconds = len(audio) / self._backend.sample_rate
                 if chunk.phonemes:
@@ -232,7 +259,10 @@ class EngineManager:
                     },
                 )
                 text_end = len(job.text) if chunk.is_last else chunk.span.end
-                job.hand_over(GeneratedChunk(chunk.index, text_end, audio, chunk.is_last))
+                words = None
+                if job.word_timestamps and chunk.words is not None:
+                    words = time_words(chunk.words, speech, self._backend.sample_rate)
+                job.hand_over(GeneratedChunk(chunk.index, text_end, audio, chunk.is_last, words))
                 if chunk.is_last:
                     break
             else:

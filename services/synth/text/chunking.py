@@ -4,7 +4,8 @@ The first chunk is short so the first audio comes fast; each later budget double
 model's best length, so every chunk is ready before the previous one has finished playing.
 Chunks end at sentence boundaries where they can, else at clauses, else at words; none is ever
 longer than the model's limit. Planning is lazy: a sentence is phonemized only when the chunk
-that speaks it is being planned.
+that speaks it is being planned. Where the G2P says which phonemes each of its tokens became, a
+chunk also knows which phonemes speak each word of the input as written (words.py).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from enum import IntEnum
 
 from services.synth.text.normalize import normalize
 from services.synth.text.split import Span, clauses, sentences, words
+from services.synth.text.words import Pronunciation, WordPhonemes, words_of
 
-# Text (already normalized) to phonemes in the model's alphabet.
-Phonemize = Callable[[str], str]
+# Text (already normalized) to phonemes in the model's alphabet: bare, or as a Pronunciation
+# that also says which phonemes each of the G2P's tokens became.
+Phonemize = Callable[[str], str | Pronunciation]
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class TextChunk:
     phonemes: str
     # No text follows this chunk.
     is_last: bool
+    # The input's words it speaks, with their phonemes' indices in `phonemes`; None when the
+    # G2P does not say which phonemes each word became.
+    words: tuple[WordPhonemes, ...] | None = None
 
 
 class _Level(IntEnum):
@@ -59,6 +65,8 @@ class _Piece:
     span: Span
     phonemes: str
     level: _Level
+    # Indices into this piece's `phonemes`.
+    words: tuple[WordPhonemes, ...] | None = None
 
 
 class _Planner:
@@ -82,6 +90,7 @@ class _Planner:
                 span=Span(parts[0].span.start, parts[-1].span.end),
                 phonemes=" ".join(part.phonemes for part in parts if part.phonemes),
                 is_last=exhausted,
+                words=_joined_words(parts),
             )
             index += 1
 
@@ -114,7 +123,10 @@ class _Planner:
         return self._piece(span, _Level.SENTENCE)
 
     def _piece(self, span: Span, level: _Level) -> _Piece:
-        return _Piece(span, self._phonemize(normalize(span.of(self._text))), level)
+        normalized = normalize(span.of(self._text))
+        pronunciation = Pronunciation.of(self._phonemize(normalized))
+        words = words_of(self._text, span, normalized, pronunciation)
+        return _Piece(span, pronunciation.phonemes, level, words)
 
     def _split(self, piece: _Piece, *, first: bool) -> list[_Piece] | None:
         """Finer pieces for one too long for an empty chunk, or None to take it whole."""
@@ -135,13 +147,29 @@ class _Planner:
             return None
         if piece.span.end - piece.span.start < 2:
             # One character the G2P spells out past the limit: say what fits.
-            return [_Piece(piece.span, piece.phonemes[:hard_max], _Level.FRAGMENT)]
+            said = None if piece.words is None else tuple(w.cut_at(hard_max) for w in piece.words)
+            return [_Piece(piece.span, piece.phonemes[:hard_max], _Level.FRAGMENT, said)]
         # A "word" longer than the model's limit (a hash, a URL): halve it until it fits.
         middle = (piece.span.start + piece.span.end) // 2
         return [
             self._piece(Span(piece.span.start, middle), _Level.FRAGMENT),
             self._piece(Span(middle, piece.span.end), _Level.FRAGMENT),
         ]
+
+
+def _joined_words(parts: list[_Piece]) -> tuple[WordPhonemes, ...] | None:
+    """The parts' words, their phonemes' indices moved to where the parts' phonemes are in the
+    chunk's (joined by spaces, parts without phonemes left out)."""
+    if any(part.words is None for part in parts):
+        return None
+    joined: list[WordPhonemes] = []
+    offset = 0
+    for part in parts:
+        if part.phonemes and offset:
+            offset += 1  # the space joining it to the part before
+        joined += [word.shifted(offset) for word in part.words or ()]
+        offset += len(part.phonemes)
+    return tuple(joined)
 
 
 def plan_chunks(text: str, phonemize: Phonemize, budgets: ChunkBudgets) -> Iterator[TextChunk]:
