@@ -99,12 +99,13 @@ def model_time_per_phoneme(rounds: int, threads: int) -> list[SizeTiming]:
     from services.synth.settings import SynthSettings
     from services.synth.text.g2p import build_phonemizers
     from services.synth.text.normalize import normalize
+    from services.synth.text.words import Pronunciation
     from services.synth.voices import VoiceMix
 
     settings = SynthSettings(port=1)
     backend = KokoroBackend(find_weights(settings.weights_dir), choose_device("cpu"), threads)
     backend.load()
-    phonemes = build_phonemizers("a")["a"](normalize(PASSAGE))
+    phonemes = Pronunciation.of(build_phonemizers("a")["a"](normalize(PASSAGE))).phonemes
     voice = VoiceMix(((VOICE, 1.0),))
 
     def cut(size: int) -> str:
@@ -117,7 +118,7 @@ def model_time_per_phoneme(rounds: int, threads: int) -> list[SizeTiming]:
         for size in SIZES:
             chunk = cut(size)
             wall, cpu = time.perf_counter(), time.process_time()
-            audio = backend.generate(chunk, voice, 1.0)
+            audio = backend.generate(chunk, voice, 1.0).audio
             timing = SizeTiming(
                 len(chunk),
                 (time.perf_counter() - wall) * 1e3,

@@ -19,7 +19,14 @@ from services.gateway.errors import install_error_handlers
 from services.gateway.key_floods import InvalidKeyThrottle
 from services.gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from services.gateway.predictions import PredictionDesk
-from services.gateway.routes import account, catalog, health, predictions, speech
+from services.gateway.routes import (
+    account,
+    captioned_speech,
+    catalog,
+    health,
+    predictions,
+    speech,
+)
 from services.gateway.serving import SpeechSeller
 from services.gateway.settings import GatewaySettings
 from services.gateway.slots import StreamSlots
@@ -27,7 +34,9 @@ from services.gateway.slots import StreamSlots
 DESCRIPTION = """\
 OpenAI-compatible text to speech on Kokoro-82M, paid per input character from prepaid credits.
 If you can call OpenAI's `/v1/audio/speech`, you can call this: change the base URL and use
-your `kp_live_…` key as a Bearer token (or in an `X-API-Key` header). Errors are
+your `kp_live_…` key as a Bearer token (or in an `X-API-Key` header). For when each word is
+spoken, ask for `timestamps: word` with `stream_format: sse`, or call `/v1/captioned_speech`
+(Kokoro-FastAPI's `/dev/captioned_speech` too), priced and limited as speech is. Errors are
 `{"detail": "…"}`; every response carries `x-request-id`. Client errors carry
 `x-should-retry: false`, transient ones `true`. An address that keeps sending invalid keys is
 answered `429` with `Retry-After`, whatever the key, until its window has passed.
@@ -78,8 +87,9 @@ def _describe_the_edge(schema: dict[str, Any], max_input_chars: int) -> None:
     schemas = schema.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
-    if "SpeechRequest" in schemas:
-        schemas["SpeechRequest"]["properties"]["input"]["maxLength"] = max_input_chars
+    for body in ("SpeechRequest", "CaptionedSpeechRequest", "DevCaptionedSpeechRequest"):
+        if body in schemas:
+            schemas[body]["properties"]["input"]["maxLength"] = max_input_chars
     if "PredictionRequestInput" in schemas:
         schemas["PredictionRequestInput"]["properties"]["text"]["maxLength"] = max_input_chars
 
@@ -140,7 +150,14 @@ def create_app(
     # Set when the process is asked to stop, so /readyz sends new traffic elsewhere.
     app.state.draining = asyncio.Event()
     install_error_handlers(app)
-    routers = (speech.router, predictions.router, catalog.router, account.router, health.router)
+    routers = (
+        speech.router,
+        captioned_speech.router,
+        predictions.router,
+        catalog.router,
+        account.router,
+        health.router,
+    )
     for router in routers:
         app.include_router(router)
     app.api_routes = [route for router in routers for route in router.routes]

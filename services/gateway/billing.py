@@ -27,7 +27,8 @@
   has not paid yet, charged for the characters it delivered, so the key's total never passes
   len(input); one attempt at a time (another gets 409); the same key on a request that differs
   in any field as understood (input, voice and model after alias and blend resolution, speed,
-  response_format, stream_format) gets 400; once the whole price is paid, two retries are served
+  response_format, stream_format, word timestamps; captioned speech's JSON answers count as
+  stream formats of their own) gets 400; once the whole price is paid, two retries are served
   again free, then 409.
 - Every Reserve of a request, late charges included, carries its usage labels (the verified
   key's id, the voice as requested, the format and the model): the ledger keeps them with the
@@ -85,11 +86,14 @@ class SpeechOrder:
     model: str
     speed: float
     audio_format: str
+    # How the audio is answered: audio, sse, json or jsonl (protocol.AnswerFormat).
     stream_format: str
     # The voice and model as synth understands them (aliases and blends resolved, weights
     # normalized): what decides whether two requests under one Idempotency-Key are the same.
     resolved_voice: str = ""
     resolved_model: str = ""
+    # The answer says when each word is spoken.
+    word_timestamps: bool = False
 
     @property
     def characters(self) -> int:
@@ -106,16 +110,18 @@ class SpeechOrder:
 
     def fingerprint(self) -> str:
         """The request as understood: one Idempotency-Key names one of these."""
-        return fingerprint(
-            [
-                ("input", self.text),
-                ("voice", self.resolved_voice or self.voice),
-                ("model", self.resolved_model or self.model),
-                ("speed", repr(float(self.speed))),
-                ("response_format", self.audio_format),
-                ("stream_format", self.stream_format),
-            ]
-        )
+        fields = [
+            ("input", self.text),
+            ("voice", self.resolved_voice or self.voice),
+            ("model", self.resolved_model or self.model),
+            ("speed", repr(float(self.speed))),
+            ("response_format", self.audio_format),
+            ("stream_format", self.stream_format),
+        ]
+        if self.word_timestamps:
+            # Only when asked: the fingerprints of requests without them stay what they were.
+            fields.append(("timestamps", "word"))
+        return fingerprint(fields)
 
 
 def ledger_key(*, request_id: str, request_id_is_ours: bool) -> str:

@@ -121,6 +121,24 @@ class Catalog:
         add(expression.strip(), 1.0, 0)
         return "+".join(f"{name}({weight:.6f})" for name, weight in sorted(weights.items()))
 
+    async def word_timestamps_problem(self, expression: str) -> str | None:
+        """Why synth could not time the words `expression` speaks, or None when it can (or when
+        `expression` is not a voice synth knows: voice_problem says so). A blend speaks, and is
+        timed, as its first voice."""
+        voices = {voice.id: voice for voice in await self.voices()}
+        try:
+            first = voices.get(parse_voice_expression(expression)[0][0])
+        except VoiceExpressionError:
+            return None
+        if first is None or first.word_timestamps:
+            return None
+        timed = sorted({v.language for v in voices.values() if v.word_timestamps}) or ["none"]
+        return (
+            f"word timestamps are not available for voice {expression.strip()!r}: its language "
+            f"({first.language}) is phonemized without word boundaries, so there are no word "
+            f"durations to report; languages with word timestamps: {', '.join(timed)}"
+        )
+
     async def voice_problem(self, expression: str) -> str | None:
         """Why synth would refuse `expression`, or None when it names known voices."""
         known = {voice.id for voice in await self.voices()}

@@ -178,6 +178,8 @@ class Voice:
     gender: str
     kind: VoiceKind
     target: str
+    # Whether synth can say when its words are spoken (its language's phonemizer can).
+    word_timestamps: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,18 @@ class SynthesisRequest:
     speed: float
     # One of mp3, opus, aac, flac, wav, pcm.
     audio_format: str
+    # Ask synth when each word is spoken (AudioPiece.words).
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True)
+class SpokenWord:
+    """When a word of the input is spoken, in seconds from the start of the audio."""
+
+    # As the input wrote it.
+    text: str
+    start_seconds: float
+    end_seconds: float
 
 
 @dataclass(frozen=True)
@@ -207,6 +221,8 @@ class AudioPiece:
     characters_consumed: int
     # Seconds of audio the piece carries, as synth measured them.
     duration_seconds: float = 0.0
+    # With word timestamps asked for: the words spoken in this piece, in input order.
+    words: tuple[SpokenWord, ...] = ()
 
 
 class AudioStream(Protocol):
@@ -641,6 +657,10 @@ class GrpcAudioStream(_GrpcStream):
             audio=message.audio,
             characters_consumed=message.characters_consumed,
             duration_seconds=message.duration_seconds,
+            words=tuple(
+                SpokenWord(word.text, word.start_seconds, word.end_seconds)
+                for word in message.words
+            ),
         )
 
 
@@ -661,6 +681,7 @@ class GrpcSynthClient:
                 speed=request.speed,
                 format=_AUDIO_FORMATS[request.audio_format],
                 model=request.model,
+                word_timestamps=request.word_timestamps,
             )
         )
         return GrpcAudioStream(call)
@@ -671,7 +692,14 @@ class GrpcSynthClient:
             self._stub.ListVoices(synth_pb2.ListVoicesRequest(), timeout=self._timeout),
         )
         return [
-            Voice(v.id, v.language, v.gender, _VOICE_KINDS.get(v.kind, "builtin"), v.target)
+            Voice(
+                v.id,
+                v.language,
+                v.gender,
+                _VOICE_KINDS.get(v.kind, "builtin"),
+                v.target,
+                v.word_timestamps,
+            )
             for v in response.voices
         ]
 

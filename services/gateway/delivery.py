@@ -1,12 +1,16 @@
 """Getting a started synthesis to the client, then settling its charge.
 
-`SpeechDelivery` relays synth's pieces as raw audio or as SSE events, checkpoints what has been
-delivered while it streams (billing.HoldKeeper), and records how the stream ended;
+`SpeechDelivery` relays synth's pieces as raw audio, as SSE events (with the words each piece
+speaks, when asked), or as captioned speech's JSON: one object at the end, or one line per piece.
+It checkpoints what has been delivered while it streams (billing.HoldKeeper), and records how the
+stream ended;
 `DeliveryResponse` sends that body over HTTP, gives up on a client that stops reading or a
 stream that reaches settings.max_stream_seconds, and settles once the response is over, however
 it ended. Synthesis failing after audio went out cannot become an error answer any more: the
 connection is cut, so the client sees a broken stream rather than a short file; a stream cut at
-the time limit ends the same way, charged for what was delivered.
+the time limit ends the same way, charged for what was delivered. A piece counts as delivered
+once the body has handed on what carries it: captioned speech's single JSON object carries every
+piece, so a client that leaves before it was sent has been delivered nothing.
 
 Metrics (metrics.py): each piece's bytes and seconds once it has been handed over, the first
 audio byte's delay from the request's arrival, and the streams in flight.
@@ -18,25 +22,34 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from services.gateway import metrics
 from services.gateway.billing import Billing, Charge, Outcome, SpeechOrder
-from services.gateway.clients import AudioPiece, AudioStream, UpstreamError
+from services.gateway.clients import AudioPiece, AudioStream, SpokenWord, UpstreamError
 from services.gateway.middleware import ARRIVED_AT
 from services.gateway.protocol import (
     CONTENT_TYPES,
+    JSON_CONTENT_TYPE,
+    JSON_LINES_CONTENT_TYPE,
     SSE_CONTENT_TYPE,
+    CaptionedSpeech,
     SpeechAudioDelta,
     SpeechAudioDone,
+    SpeechAudioWords,
     SpeechUsage,
+    WordTimestamp,
 )
 from services.gateway.slots import NO_SLOT, StreamSlot
 
 _log = logging.getLogger("gateway.delivery")
+
+# Captioned speech's single JSON object goes out in body messages of at most this many bytes, so
+# each is sent within send_timeout like an audio piece (synth's pieces are at most 1 MiB).
+_JSON_SLICE_BYTES = 1 << 20
 
 
 class SynthesisInterrupted(Exception):
@@ -84,9 +97,12 @@ class SpeechDelivery:
 
     @property
     def content_type(self) -> str:
-        if self._order.stream_format == "sse":
-            return SSE_CONTENT_TYPE
-        return CONTENT_TYPES[self._order.audio_format]
+        answers = {
+            "sse": SSE_CONTENT_TYPE,
+            "json": JSON_CONTENT_TYPE,
+            "jsonl": JSON_LINES_CONTENT_TYPE,
+        }
+        return answers.get(self._order.stream_format, CONTENT_TYPES[self._order.audio_format])
 
     @property
     def billable_characters(self) -> int:
@@ -95,9 +111,12 @@ class SpeechDelivery:
         return self._charge.amount
 
     def body(self) -> AsyncIterator[bytes]:
-        if self._order.stream_format == "sse":
-            return self._events()
-        return self._audio()
+        bodies = {
+            "sse": self._events,
+            "json": self._captioned_whole,
+            "jsonl": self._captioned_lines,
+        }
+        return bodies.get(self._order.stream_format, self._audio)()
 
     async def finish(self) -> None:
         """Stop synthesis if it still runs, then capture or refund. Safe to call twice."""
@@ -131,14 +150,14 @@ class SpeechDelivery:
             self._outcome = Outcome.TIME_LIMIT
 
     async def _pieces(self) -> AsyncIterator[AudioPiece]:
+        """Synth's pieces, each asked for once the body has dealt with the one before. The body
+        calls _handed_over() for each piece once what carries it has been sent, and records the
+        outcome COMPLETED once it has sent the last."""
         if not self._finished:  # finish() may have run before the body was ever asked for
             self._keeper.start()
         piece: AudioPiece | None = self._first
         while piece is not None:
             yield piece
-            # Resumed only when the consumer wants more: the piece has been handed over.
-            self._delivered_characters = max(self._delivered_characters, piece.characters_consumed)
-            metrics.record_audio(self._order.audio_format, len(piece.audio), piece.duration_seconds)
             try:
                 piece = await self._stream.next()
             except UpstreamError as error:
@@ -149,25 +168,74 @@ class SpeechDelivery:
                     extra={"delivered_characters": self._delivered_characters},
                 )
                 raise SynthesisInterrupted(str(error)) from error
-        self._outcome = Outcome.COMPLETED
+
+    def _handed_over(self, piece: AudioPiece) -> None:
+        self._delivered_characters = max(self._delivered_characters, piece.characters_consumed)
+        metrics.record_audio(self._order.audio_format, len(piece.audio), piece.duration_seconds)
 
     async def _audio(self) -> AsyncIterator[bytes]:
         async for piece in self._pieces():
             if piece.audio:
                 yield piece.audio
+            self._handed_over(piece)
+        self._outcome = Outcome.COMPLETED
 
     async def _events(self) -> AsyncIterator[bytes]:
         async for piece in self._pieces():
+            if piece.words and self._order.word_timestamps:
+                words = SpeechAudioWords(words=_timestamps(piece.words))
+                yield _sse(words.model_dump_json())
             if piece.audio:
                 delta = SpeechAudioDelta(audio=base64.b64encode(piece.audio).decode("ascii"))
                 yield _sse(delta.model_dump_json())
+            self._handed_over(piece)
+        self._outcome = Outcome.COMPLETED
         n = self._order.characters
         done = SpeechAudioDone(usage=SpeechUsage(input_tokens=n, total_tokens=n, characters=n))
         yield _sse(done.model_dump_json())
 
+    async def _captioned_lines(self) -> AsyncIterator[bytes]:
+        media_type = CONTENT_TYPES[self._order.audio_format]
+        async for piece in self._pieces():
+            if piece.audio or piece.words:
+                line = CaptionedSpeech(
+                    audio=base64.b64encode(piece.audio).decode("ascii"),
+                    audio_format=media_type,
+                    timestamps=_timestamps(piece.words),
+                )
+                yield line.model_dump_json().encode() + b"\n"
+            self._handed_over(piece)
+        self._outcome = Outcome.COMPLETED
+
+    async def _captioned_whole(self) -> AsyncIterator[bytes]:
+        # Nothing is sent, so nothing delivered, until synthesis is over.
+        pieces = [piece async for piece in self._pieces()]
+        whole = CaptionedSpeech(
+            audio=base64.b64encode(b"".join(piece.audio for piece in pieces)).decode("ascii"),
+            audio_format=CONTENT_TYPES[self._order.audio_format],
+            timestamps=_timestamps([word for piece in pieces for word in piece.words]),
+        )
+        body = whole.model_dump_json().encode()
+        for start in range(0, len(body), _JSON_SLICE_BYTES):
+            yield body[start : start + _JSON_SLICE_BYTES]
+        for piece in pieces:
+            self._handed_over(piece)
+        self._outcome = Outcome.COMPLETED
+
 
 def _sse(data: str) -> bytes:
     return f"data: {data}\n\n".encode()
+
+
+def _timestamps(words: Sequence[SpokenWord]) -> list[WordTimestamp]:
+    return [
+        WordTimestamp(
+            word=word.text,
+            start_time=round(word.start_seconds, 3),
+            end_time=round(word.end_seconds, 3),
+        )
+        for word in words
+    ]
 
 
 class DeliveryResponse(StreamingResponse):

@@ -2,8 +2,9 @@
 
 Field names, defaults and ranges follow OpenAI's `POST /v1/audio/speech`, so its clients work
 unchanged; the prediction API's follow the hosted Kokoro listing's (`/v1/prediction`), so its
-clients work by changing the base URL and the key. Unknown fields are ignored, as
-OpenAI-compatible servers do, so a client that sends a newer field still gets its audio.
+clients work by changing the base URL and the key; captioned speech's follow Kokoro-FastAPI's
+(`/dev/captioned_speech`). Unknown fields are ignored, as OpenAI-compatible servers do, so a
+client that sends a newer field still gets its audio.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.config import JsonDict
 
 from services.common.voice_expressions import MAX_EXPRESSION_CHARS
 
 AudioFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 StreamFormat = Literal["audio", "sse"]
+# How the audio is answered: a speech request's stream_format, or captioned speech's JSON
+# (one object) or JSON lines (one object per piece of audio).
+AnswerFormat = Literal["audio", "sse", "json", "jsonl"]
 
 # What each format is sent as. opus travels in Ogg (RFC 7845 registers audio/ogg for it;
 # audio/opus names the bare RTP payload). pcm is headerless 16-bit little-endian 24 kHz mono,
@@ -32,6 +37,8 @@ CONTENT_TYPES: dict[str, str] = {
     "pcm": "audio/pcm",
 }
 SSE_CONTENT_TYPE = "text/event-stream"
+JSON_CONTENT_TYPE = "application/json"
+JSON_LINES_CONTENT_TYPE = "application/x-ndjson"
 
 
 class VoiceRef(BaseModel):
@@ -42,22 +49,18 @@ class VoiceRef(BaseModel):
     id: str = Field(min_length=1, max_length=MAX_EXPRESSION_CHARS)
 
 
-class SpeechRequest(BaseModel):
-    """`POST /v1/audio/speech`."""
+_SPEECH_EXAMPLE: JsonDict = {
+    "model": "kokoro",
+    "input": "Hello from kokoro-pay.",
+    "voice": "af_sky",
+    "response_format": "mp3",
+}
 
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": "kokoro",
-                    "input": "Hello from kokoro-pay.",
-                    "voice": "af_sky",
-                    "response_format": "mp3",
-                }
-            ]
-        },
-    )
+
+class SpeechBody(BaseModel):
+    """What every speech endpoint reads: the text, the voice and how to encode it."""
+
+    model_config = ConfigDict(extra="ignore")
 
     input: str = Field(
         description=(
@@ -90,13 +93,6 @@ class SpeechRequest(BaseModel):
         max_length=4096,
         description="Accepted for compatibility and ignored: Kokoro takes no style prompt.",
     )
-    stream_format: StreamFormat = Field(
-        default="audio",
-        description=(
-            "`audio`: the body is the raw audio stream. `sse`: text/event-stream of "
-            "`speech.audio.delta` events (base64 audio) then one `speech.audio.done` with usage."
-        ),
-    )
 
     @field_validator("input")
     @classmethod
@@ -109,6 +105,87 @@ class SpeechRequest(BaseModel):
         if isinstance(self.voice, VoiceRef):
             return self.voice.id
         return self.voice
+
+    @property
+    def answer_format(self) -> AnswerFormat:
+        """How the audio goes back to the client."""
+        raise NotImplementedError
+
+    @property
+    def word_timestamps(self) -> bool:
+        """Whether the answer says when each word is spoken."""
+        raise NotImplementedError
+
+
+class SpeechRequest(SpeechBody):
+    """`POST /v1/audio/speech`."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [_SPEECH_EXAMPLE]})
+
+    stream_format: StreamFormat = Field(
+        default="audio",
+        description=(
+            "`audio`: the body is the raw audio stream. `sse`: text/event-stream of "
+            "`speech.audio.delta` events (base64 audio) then one `speech.audio.done` with usage."
+        ),
+    )
+    timestamps: Literal["word"] | None = Field(
+        default=None,
+        description=(
+            "`word`, with `stream_format: sse`: before each piece's `speech.audio.delta` events, "
+            'a `speech.audio.words` event, `{"type": "speech.audio.words", "words": [{"word", '
+            '"start_time", "end_time"}]}`, saying when the words it speaks start and end (seconds '
+            "from the start of the audio). Only for voices whose `word_timestamps` is true in "
+            "/v1/audio/voices (English); for others, 400."
+        ),
+    )
+
+    @field_validator("timestamps")
+    @classmethod
+    def _needs_events(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("stream_format") != "sse":
+            raise ValueError(
+                "word timestamps need `stream_format: sse` (a raw audio stream has no room for "
+                "them); or use /v1/captioned_speech"
+            )
+        return value
+
+    @property
+    def answer_format(self) -> AnswerFormat:
+        return self.stream_format
+
+    @property
+    def word_timestamps(self) -> bool:
+        return self.timestamps == "word"
+
+
+_CAPTIONED_DESCRIPTION = (
+    "`false`: one JSON object, `audio` (base64 of the whole file), `audio_format` and "
+    "`timestamps`, once synthesis is over. `true`: JSON lines (application/x-ndjson), one such "
+    "object per piece of audio as it is spoken, its `timestamps` the words in that piece."
+)
+
+
+class CaptionedSpeechRequest(SpeechBody):
+    """`POST /v1/captioned_speech`: speech's body, answered as JSON with word timestamps."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [_SPEECH_EXAMPLE]})
+
+    stream: bool = Field(default=False, description=_CAPTIONED_DESCRIPTION + " Default false.")
+
+    @property
+    def answer_format(self) -> AnswerFormat:
+        return "jsonl" if self.stream else "json"
+
+    @property
+    def word_timestamps(self) -> bool:
+        return True
+
+
+class DevCaptionedSpeechRequest(CaptionedSpeechRequest):
+    """`POST /dev/captioned_speech`: Kokoro-FastAPI's path, where `stream` defaults to true."""
+
+    stream: bool = Field(default=True, description=_CAPTIONED_DESCRIPTION + " Default true.")
 
 
 class ErrorBody(BaseModel):
@@ -147,6 +224,10 @@ class VoiceCard(BaseModel):
     gender: str = Field(description='"female", "male", or empty for mixed blends.')
     kind: Literal["builtin", "alias", "blend"]
     target: str = Field(description="For aliases and blends, the expression it stands for.")
+    word_timestamps: bool = Field(
+        description="Whether its words can be timed (`timestamps: word`, /v1/captioned_speech): "
+        "its language's phonemizer says which sounds each word became (English's does)."
+    )
 
 
 class VoiceList(BaseModel):
@@ -169,6 +250,38 @@ class SpeechUsage(BaseModel):
     output_tokens: int = 0
     total_tokens: int
     characters: int = Field(description="Input characters (code points) billed.")
+
+
+class WordTimestamp(BaseModel):
+    """When one word of the input is spoken (Kokoro-FastAPI's shape)."""
+
+    word: str = Field(
+        description="The word exactly as the input wrote it, its punctuation included "
+        '("$5.20,", "Dr.", "2026"); punctuation standing alone joins the word before it.'
+    )
+    start_time: float = Field(description="Seconds from the start of the audio, to the ms.")
+    end_time: float = Field(description="Seconds from the start of the audio, to the ms.")
+
+
+class SpeechAudioWords(BaseModel):
+    """With `timestamps: word`: the words the next piece of audio speaks."""
+
+    type: Literal["speech.audio.words"] = "speech.audio.words"
+    words: list[WordTimestamp]
+
+
+class CaptionedSpeech(BaseModel):
+    """Captioned speech's answer: the audio and when each word is spoken; with `stream: true`,
+    one per piece of audio."""
+
+    audio: str = Field(description="Base64 of the audio (with `stream`, of this piece).")
+    audio_format: str = Field(
+        description="The audio's media type, as /v1/audio/speech sends it (`audio/mpeg` for "
+        "mp3, …), as Kokoro-FastAPI's field carries it."
+    )
+    timestamps: list[WordTimestamp] = Field(
+        description="The words spoken (with `stream`, in this piece), in input order."
+    )
 
 
 class SpeechAudioDone(BaseModel):

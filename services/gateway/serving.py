@@ -11,11 +11,13 @@ given back at once if the request fails before it streams. The admission's count
 answer, whatever it is (rate_limit_headers.py).
 
 Everything that can be checked before the credits are held is (length, voice, model, speed,
-format), so a bad request costs no credit and holds nothing; it has used one request of its
-key's minute (admission comes first: the key is verified in that same call). The first audio
-piece is awaited before the response starts, so an early synth failure is still a clean error
-answer with nothing charged. What a request costs, how its hold is kept alive while it
-streams and how it is settled is billing.py's; relaying the audio, within its time limit, is
+format, whether the voice's words can be timed), so a bad request costs no credit and holds
+nothing; it has used one request of its key's minute (admission comes first: the key is verified
+in that same call). Captioned speech is sold the same way: only the answer's shape differs
+(delivery.py). The first audio piece is awaited before the response starts, so an early synth
+failure is still a clean error answer with nothing charged. What a request costs, how its hold is
+kept alive while it streams and how it is settled is billing.py's; relaying the audio, within its
+time limit, is
 delivery.py's.
 """
 
@@ -55,7 +57,7 @@ from services.gateway.errors import (
 )
 from services.gateway.key_floods import InvalidKeyThrottle, Throttled, looks_like_key
 from services.gateway.middleware import add_response_headers, timed
-from services.gateway.protocol import SpeechRequest
+from services.gateway.protocol import SpeechBody
 from services.gateway.rate_limit_headers import rate_limit_headers
 from services.gateway.settings import GatewaySettings
 from services.gateway.slots import NO_SLOT, StreamSlot, StreamSlots
@@ -178,7 +180,7 @@ class SpeechSeller:
                 return Balance(0, 0, False)  # a key issued before the ledger opened the account
             raise api_error(error) from error
 
-    async def validate(self, request: SpeechRequest) -> SpeechOrder:
+    async def validate(self, request: SpeechBody) -> SpeechOrder:
         """The checks that need settings or synth's lists; pydantic has checked the shape."""
         voice = (request.voice_name() or self._settings.default_voice).strip()
         model = request.model.strip()
@@ -195,6 +197,10 @@ class SpeechSeller:
                     raise invalid_order(f"unknown model {model!r}; known models: {known}")
                 if voice_problem is not None:
                     raise invalid_order(voice_problem)
+                if request.word_timestamps:
+                    untimed = await self._catalog.word_timestamps_problem(voice)
+                    if untimed is not None:
+                        raise invalid_order(untimed)
                 resolved_voice = await self._catalog.resolved_voice(voice)
                 resolved_model = await self._catalog.resolved_model(model)
         except UpstreamError as error:
@@ -205,9 +211,10 @@ class SpeechSeller:
             model=model,
             speed=request.speed,
             audio_format=request.response_format,
-            stream_format=request.stream_format,
+            stream_format=request.answer_format,
             resolved_voice=resolved_voice,
             resolved_model=resolved_model,
+            word_timestamps=request.word_timestamps,
         )
 
     async def sell(
@@ -235,7 +242,14 @@ class SpeechSeller:
         # The stream's time limit counts from here: the wait for the first audio is part of it.
         deadline = asyncio.get_running_loop().time() + self._settings.max_stream_seconds
         stream = self._synth.synthesize(
-            SynthesisRequest(order.text, order.voice, order.model, order.speed, order.audio_format)
+            SynthesisRequest(
+                order.text,
+                order.voice,
+                order.model,
+                order.speed,
+                order.audio_format,
+                word_timestamps=order.word_timestamps,
+            )
         )
         try:
             with timed("synth"):  # the wait for the model's first audio

@@ -10,7 +10,7 @@ import grpc
 
 from services.common.errors import ErrorTable, InvalidArgument, ServiceError
 from services.synth.models import UnknownModelError
-from services.synth.voices import VoiceError
+from services.synth.voices import Language, VoiceError
 
 
 class InputTooLong(ServiceError):
@@ -21,6 +21,20 @@ class InputTooLong(ServiceError):
         )
 
 
+class WordTimestampsUnsupported(ServiceError):
+    """Word timestamps asked of a voice whose language's G2P does not say which phonemes each
+    word became: there are no word durations, and times are not invented."""
+
+    def __init__(self, voice: str, language: Language, timed: list[Language]) -> None:
+        offered = ", ".join(f"{lang.name} ({lang.tag})" for lang in timed) or "none"
+        super().__init__(
+            f"word timestamps are not available for voice {voice!r}: {language.name} "
+            f"({language.tag}) is phonemized without word boundaries, so there are no word "
+            f"durations to report; languages with word timestamps: {offered}",
+            reason="WORD_TIMESTAMPS_UNSUPPORTED",
+        )
+
+
 ERRORS = ErrorTable(
     "synth",
     {
@@ -28,5 +42,6 @@ ERRORS = ErrorTable(
         UnknownModelError: grpc.StatusCode.INVALID_ARGUMENT,
         VoiceError: grpc.StatusCode.INVALID_ARGUMENT,
         InputTooLong: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        WordTimestampsUnsupported: grpc.StatusCode.INVALID_ARGUMENT,
     },
 )

@@ -20,9 +20,10 @@ from services.common.errors import InvalidArgument
 from services.synth import metrics
 from services.synth.audio.encoders import AudioFormat, StreamEncoder, open_encoder
 from services.synth.engine.manager import EngineManager, GeneratedChunk, SynthesisCancelled
-from services.synth.errors import InputTooLong
+from services.synth.engine.timestamps import place_words
+from services.synth.errors import InputTooLong, WordTimestampsUnsupported
 from services.synth.models import model_info, resolve_model
-from services.synth.voices import VoiceKind
+from services.synth.voices import LANGUAGES, VoiceKind
 
 _log = logging.getLogger("synth.rpc")
 
@@ -73,7 +74,12 @@ class SynthServicer(synth_pb2_grpc.SynthServiceServicer):
         if audio_format is None:
             raise InvalidArgument(f"unknown format {request.format}")
         model = resolve_model(request.model)
-        voice = self._engine.catalog.resolve(request.voice)
+        catalog = self._engine.catalog
+        voice = catalog.resolve(request.voice)
+        if request.word_timestamps and not catalog.has_word_timestamps(voice):
+            raise WordTimestampsUnsupported(
+                request.voice.strip(), LANGUAGES[voice.language_code], catalog.timed_languages
+            )
 
         started = time.perf_counter()
         first_chunk_ms: float | None = None
@@ -85,7 +91,9 @@ class SynthServicer(synth_pb2_grpc.SynthServiceServicer):
         samples_sent = 0
         sequence = 0
         characters_sent = 0
-        chunks = self._engine.stream(text, voice, speed, cancelled)
+        chunks = self._engine.stream(
+            text, voice, speed, cancelled, word_timestamps=request.word_timestamps
+        )
         try:
             async with aclosing(chunks):
                 async for chunk in chunks:
@@ -95,6 +103,7 @@ class SynthServicer(synth_pb2_grpc.SynthServiceServicer):
                     chunk_start = samples_sent / sample_rate
                     chunk_seconds = len(chunk.audio) / sample_rate
                     pieces = split_audio(audio)
+                    words = _word_timestamps(text, chunk, samples_sent, sample_rate)
                     for index, (offset, piece) in enumerate(pieces):
                         last_piece = index == len(pieces) - 1
                         share = len(piece) / len(audio) if audio else 1.0
@@ -106,6 +115,8 @@ class SynthServicer(synth_pb2_grpc.SynthServiceServicer):
                             # Characters count as spoken once all of their audio has gone.
                             characters_consumed=chunk.text_end if last_piece else characters_sent,
                         )
+                        if index == 0:
+                            message.words.extend(words)
                         sequence += 1
                         if chunk.is_last and last_piece:
                             message.summary.CopyFrom(
@@ -148,6 +159,7 @@ class SynthServicer(synth_pb2_grpc.SynthServiceServicer):
                     gender=entry.gender,
                     kind=_VOICE_KINDS[entry.kind],
                     target=entry.target,
+                    word_timestamps=entry.word_timestamps,
                 )
                 for entry in self._engine.catalog.entries()
             ]
@@ -174,6 +186,31 @@ def split_audio(audio: bytes, limit: int = MAX_MESSAGE_AUDIO_BYTES) -> list[tupl
     if not audio:
         return [(0, b"")]
     return [(offset, audio[offset : offset + limit]) for offset in range(0, len(audio), limit)]
+
+
+def _word_timestamps(
+    text: str, chunk: GeneratedChunk, samples_sent: int, sample_rate: int
+) -> list[synth_pb2.WordTimestamp]:
+    """The chunk's words, timed from the start of the stream (`samples_sent` came before it)."""
+    if chunk.words is None:
+        return []
+    placed = place_words(
+        chunk.words,
+        stream_offset_samples=samples_sent,
+        sample_rate=sample_rate,
+        trimmed_head_samples=chunk.trimmed_head_samples,
+        trimmed_tail_samples=chunk.trimmed_tail_samples,
+    )
+    return [
+        synth_pb2.WordTimestamp(
+            text=word.span.of(text),
+            start_seconds=word.start_seconds,
+            end_seconds=word.end_seconds,
+            text_start=word.span.start,
+            text_end=word.span.end,
+        )
+        for word in placed
+    ]
 
 
 async def _encode(encoder: StreamEncoder, chunk: GeneratedChunk) -> bytes:

@@ -122,6 +122,9 @@ class VoiceEntry:
     gender: str
     kind: VoiceKind
     target: str
+    # Whether Synthesize can time its words (its language's G2P says which phonemes each
+    # word became).
+    word_timestamps: bool = False
 
 
 def is_builtin_name(name: str) -> bool:
@@ -129,17 +132,20 @@ def is_builtin_name(name: str) -> bool:
 
 
 class VoiceCatalog:
-    """The voices of one weights folder, the aliases over them, and the languages we speak."""
+    """The voices of one weights folder, the aliases over them, the languages we speak, and
+    those of them whose words we can time."""
 
     def __init__(
         self,
         builtin_names: Iterable[str],
         spoken_languages: Collection[str],
+        timed_languages: Collection[str] = (),
         aliases: Mapping[str, str] = DEFAULT_ALIASES,
     ) -> None:
         self._builtins = sorted(name for name in builtin_names if is_builtin_name(name))
         self._builtin_set = frozenset(self._builtins)
         self._spoken = frozenset(spoken_languages)
+        self._timed = self._spoken & frozenset(timed_languages)
         self._aliases: dict[str, str] = {}
         for alias, target in aliases.items():
             # An alias whose voices this weights folder lacks is dropped, not offered broken.
@@ -170,6 +176,15 @@ class VoiceCatalog:
             )
         return mix
 
+    @property
+    def timed_languages(self) -> list[Language]:
+        """The spoken languages whose words can be timed."""
+        return [language for code, language in LANGUAGES.items() if code in self._timed]
+
+    def has_word_timestamps(self, mix: VoiceMix) -> bool:
+        """Whether the words `mix` speaks can be timed: as its (first voice's) language's are."""
+        return mix.language_code in self._timed
+
     def entries(self) -> list[VoiceEntry]:
         """Built-ins first, then aliases and named blends; voices of unspoken languages omitted."""
         rows: list[VoiceEntry] = []
@@ -177,7 +192,12 @@ class VoiceCatalog:
             if name[0] in self._spoken:
                 rows.append(
                     VoiceEntry(
-                        name, LANGUAGES[name[0]].tag, _GENDERS[name[1]], VoiceKind.BUILTIN, ""
+                        name,
+                        LANGUAGES[name[0]].tag,
+                        _GENDERS[name[1]],
+                        VoiceKind.BUILTIN,
+                        "",
+                        word_timestamps=name[0] in self._timed,
                     )
                 )
         for alias, target in sorted(self._aliases.items()):
@@ -187,7 +207,16 @@ class VoiceCatalog:
             genders = {_GENDERS[name[1]] for name, _ in mix.components}
             kind = VoiceKind.BLEND if len(mix.components) > 1 else VoiceKind.ALIAS
             gender = genders.pop() if len(genders) == 1 else ""
-            rows.append(VoiceEntry(alias, LANGUAGES[mix.language_code].tag, gender, kind, target))
+            rows.append(
+                VoiceEntry(
+                    alias,
+                    LANGUAGES[mix.language_code].tag,
+                    gender,
+                    kind,
+                    target,
+                    word_timestamps=mix.language_code in self._timed,
+                )
+            )
         return rows
 
     def _mix(self, expression: str, *, allow_aliases: bool) -> VoiceMix:

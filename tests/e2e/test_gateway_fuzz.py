@@ -39,11 +39,13 @@ def gateway_schema(base_url: str) -> Any:
     return schemathesis.openapi.from_url(base_url.removesuffix("/v1") + "/openapi.json")
 
 
-# Operation, generation mode, examples. Only the speech body can be made invalid; the other
+# Operation, generation mode, examples. Only the speech bodies can be made invalid; the other
 # operations take nothing but the key.
 FUZZ_PLAN = [
     ("POST", "/v1/audio/speech", GenerationMode.POSITIVE, 30),
     ("POST", "/v1/audio/speech", GenerationMode.NEGATIVE, 30),
+    ("POST", "/v1/captioned_speech", GenerationMode.POSITIVE, 10),
+    ("POST", "/dev/captioned_speech", GenerationMode.NEGATIVE, 10),
     ("GET", "/v1/audio/voices", GenerationMode.POSITIVE, 5),
     ("GET", "/v1/models", GenerationMode.POSITIVE, 5),
     ("GET", "/v1/balance", GenerationMode.POSITIVE, 5),

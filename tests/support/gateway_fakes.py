@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from services.gateway.clients import (
     PredictionStatus,
     Principal,
     SlotRenewal,
+    SpokenWord,
     SynthesisRequest,
     UpstreamError,
     Upstreams,
@@ -427,10 +429,18 @@ Step = AudioPiece | UpstreamError | asyncio.Event
 
 
 def pieces_for(request: SynthesisRequest, count: int = 3) -> list[Step]:
-    """`count` pieces whose characters_consumed reach the whole text on the last."""
+    """`count` pieces whose characters_consumed reach the whole text on the last; with word
+    timestamps asked for, each with the words (runs between spaces) that end in its share of
+    the text, a second apart: the n-th word of the text from n to n + 0.5 seconds."""
     n = len(request.text)
+    ends = [(n * (i + 1)) // count for i in range(count)]
+    words: list[list[SpokenWord]] = [[] for _ in range(count)]
+    if request.word_timestamps:
+        for index, match in enumerate(re.finditer(r"\S+", request.text)):
+            piece = next(i for i, end in enumerate(ends) if match.end() <= end)
+            words[piece].append(SpokenWord(match.group(), float(index), index + 0.5))
     return [
-        AudioPiece(f"{request.audio_format}:{i};".encode(), (n * (i + 1)) // count)
+        AudioPiece(f"{request.audio_format}:{i};".encode(), ends[i], words=tuple(words[i]))
         for i in range(count)
     ]
 
@@ -473,14 +483,16 @@ def synth_error(
     return UpstreamError("synth", code, message)
 
 
+# English voices' words can be timed (misaki says which phonemes each became); Spanish's cannot.
 VOICES = [
-    Voice("af_heart", "en-us", "female", "builtin", ""),
-    Voice("af_bella", "en-us", "female", "builtin", ""),
-    Voice("af_sky", "en-us", "female", "builtin", ""),
-    Voice("af_sarah", "en-us", "female", "builtin", ""),
-    Voice("am_michael", "en-us", "male", "builtin", ""),
-    Voice("af", "en-us", "female", "blend", "af_bella(1)+af_sarah(1)"),
-    Voice("alloy", "en-us", "female", "alias", "af_alloy"),
+    Voice("af_heart", "en-us", "female", "builtin", "", word_timestamps=True),
+    Voice("af_bella", "en-us", "female", "builtin", "", word_timestamps=True),
+    Voice("af_sky", "en-us", "female", "builtin", "", word_timestamps=True),
+    Voice("af_sarah", "en-us", "female", "builtin", "", word_timestamps=True),
+    Voice("am_michael", "en-us", "male", "builtin", "", word_timestamps=True),
+    Voice("ef_dora", "es", "female", "builtin", ""),
+    Voice("af", "en-us", "female", "blend", "af_bella(1)+af_sarah(1)", word_timestamps=True),
+    Voice("alloy", "en-us", "female", "alias", "af_alloy", word_timestamps=True),
 ]
 MODELS = [Model("kokoro", ("tts-1", "tts-1-hd", "gpt-4o-mini-tts"), "Kokoro-82M v1.0", 24000)]
 

@@ -268,6 +268,7 @@ async def test_voices_are_listed_and_cached(mesh: FakeMesh, client: httpx.AsyncC
         "gender": "female",
         "kind": "builtin",
         "target": "",
+        "word_timestamps": True,
     }
     blend = next(v for v in voices if v["id"] == "af")
     assert (blend["kind"], blend["target"]) == ("blend", "af_bella(1)+af_sarah(1)")

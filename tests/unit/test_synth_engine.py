@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 import numpy as np
 import pytest
 
-from services.synth.engine.backend import Samples
+from services.synth.engine.backend import Speech
 from services.synth.engine.manager import EngineManager, GeneratedChunk, SynthesisCancelled
 from services.synth.text.chunking import ChunkBudgets, Phonemize
 from services.synth.voices import VoiceMix
@@ -67,7 +67,7 @@ class StandInModel:
         for gate in open_gates[:count]:
             gate.set()
 
-    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Samples:
+    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Speech:
         gate = threading.Event()
         with self._lock:
             self.started.append(phonemes)
@@ -81,7 +81,9 @@ class StandInModel:
             time.sleep(self.delay)
             if call == self.fail_on_call:
                 raise RuntimeError("the model broke")
-            return np.full(int(len(phonemes) * 0.1 * RATE / speed), 0.1, dtype=np.float32)
+            per_phoneme = int(0.1 * RATE / speed)
+            audio = np.full(len(phonemes) * per_phoneme, 0.1, dtype=np.float32)
+            return Speech(audio, np.arange(len(phonemes) + 1, dtype=np.int64) * per_phoneme)
         finally:
             with self._lock:
                 self.running -= 1
@@ -289,11 +291,12 @@ async def test_seams_are_trimmed_and_reported_on_every_chunk() -> None:
     class PaddedModel(StandInModel):
         """Kokoro's shape: 0.3 s of silence, the sound, 0.45 s of silence."""
 
-        def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Samples:
+        def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Speech:
             sound = super().generate(phonemes, voice, speed)
-            return np.concatenate(
-                [np.zeros(7_200, np.float32), sound, np.zeros(10_800, np.float32)]
+            padded = np.concatenate(
+                [np.zeros(7_200, np.float32), sound.audio, np.zeros(10_800, np.float32)]
             )
+            return Speech(padded, sound.phoneme_bounds + 7_200)
 
     manager = await started(PaddedModel(), budgets=ONE_CLAUSE_EACH)
     chunks = await collect(manager, "First clause here, second clause here, third clause here.")

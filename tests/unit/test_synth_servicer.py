@@ -27,7 +27,7 @@ class FakeEngine:
         self.catalog = SimpleNamespace(resolve=lambda _: SimpleNamespace(expression="af_bella"))
         self._chunks = chunks
 
-    async def stream(self, *_: Any) -> AsyncGenerator[GeneratedChunk, None]:
+    async def stream(self, *_: Any, **__: Any) -> AsyncGenerator[GeneratedChunk, None]:
         for chunk in self._chunks:
             yield chunk
 

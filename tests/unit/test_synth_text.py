@@ -271,3 +271,27 @@ def test_real_english_g2p_chunks_end_at_clauses(english: Phonemize) -> None:
     assert all(0 < len(chunk.phonemes) <= BUDGETS.later for chunk in chunks)
     assert all(ends_a_clause(STORY * 3, chunk.span.end) for chunk in chunks)
     assert "wˈʌns" in chunks[0].phonemes  # "Once", phonemized
+
+
+def test_real_english_g2p_says_which_phonemes_speak_each_word(english: Phonemize) -> None:
+    text = 'It costs $5.20, said Dr. Smith — in 2026. "Don\'t," she said…'
+    chunks = list(plan_chunks(text, english, ChunkBudgets(200, 200, 510)))
+    assert len(chunks) == 1 and chunks[0].words is not None
+    words = {
+        word.span.of(text): chunks[0].phonemes[word.phonemes.start : word.phonemes.end]
+        for word in chunks[0].words
+    }
+    assert list(words) == [
+        "It", "costs", "$5.20,", "said", "Dr.", "Smith —", "in", "2026.", '"Don\'t,"', "she",
+        "said…",
+    ]  # fmt: skip
+    assert words["$5.20,"] == "fˈIv dˈɑləɹz ænd twˈɛnti sˈɛnts"
+    assert words["Dr."] == "dˈɑktəɹ"
+    assert words["2026."] == "twˈɛnti twˈɛnti sˈɪks"
+
+
+def test_espeak_languages_give_no_word_boundaries() -> None:
+    from services.synth.text.g2p import build_phonemizers
+
+    spanish = build_phonemizers("e")["e"]
+    assert list(plan_chunks("Hola, mundo.", spanish, BUDGETS))[0].words is None

@@ -46,6 +46,7 @@ async def list_voices(_: CurrentPrincipal, seller: Seller) -> VoiceList:
                 gender=v.gender,
                 kind=v.kind,
                 target=v.target,
+                word_timestamps=v.word_timestamps,
             )
             for v in voices
         ]

@@ -1,4 +1,5 @@
-"""`POST /v1/audio/speech`: the audio stream, paid per character."""
+"""`POST /v1/audio/speech`: the audio stream, paid per character; `serve_speech` is the flow
+every speech endpoint shares (captioned speech's too)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from starlette.responses import StreamingResponse
 from services.gateway.clients import KeyUse
 from services.gateway.delivery import DeliveryResponse
 from services.gateway.middleware import request_id_of
-from services.gateway.protocol import CONTENT_TYPES, SSE_CONTENT_TYPE, SpeechRequest
+from services.gateway.protocol import CONTENT_TYPES, SSE_CONTENT_TYPE, SpeechBody, SpeechRequest
 from services.gateway.routes.common import (
     RATE_LIMIT_HEADERS,
     Credentials,
@@ -21,11 +22,53 @@ from services.gateway.routes.common import (
 router = APIRouter(tags=["speech"])
 
 _AUDIO_SCHEMA = {"type": "string", "format": "binary"}
-# With `stream_format: sse`: deltas of base64 audio, then the usage.
+# With `stream_format: sse`: deltas of base64 audio (with `timestamps: word`, each piece's
+# preceded by its words), then the usage.
 _SSE_EXAMPLE = (
+    'data: {"type":"speech.audio.words","words":[{"word":"Hello","start_time":0.275,'
+    '"end_time":0.6},{"word":"from","start_time":0.6,"end_time":0.8},{"word":"kokoro-pay.",'
+    '"start_time":0.8,"end_time":1.525}]}\n\n'
     'data: {"type":"speech.audio.delta","audio":"SUQzBAAAAAAAI1RTU0UAAAAP…"}\n\n'
     'data: {"type":"speech.audio.done","usage":{"input_tokens":22,"output_tokens":0,'
     '"total_tokens":22,"characters":22}}\n\n'
+)
+# What every speech endpoint's successful answer carries, whatever its body.
+SPEECH_HEADERS: dict[str, dict[str, Any]] = {
+    "x-request-id": {"schema": {"type": "string"}, "description": "The request's id."},
+    "x-billed-characters": {
+        "schema": {"type": "integer"},
+        "description": "The most this response costs, in code points: len(input); "
+        "with an Idempotency-Key, what the key still owes (0 for a free replay).",
+    },
+    "server-timing": {
+        "schema": {"type": "string"},
+        "description": "Milliseconds spent on auth, catalog, reserve and the wait for "
+        "the model's first audio (synth), e.g. `auth;dur=1.9, synth;dur=1480.2`.",
+    },
+    **RATE_LIMIT_HEADERS,
+}
+# Printable ASCII without surrounding spaces (pydantic's patterns run in linear time).
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[!-~]([ -~]*[!-~])?$",
+        description="Makes retries safe: the key's request is paid for at most once.",
+    ),
+]
+# How idempotency and the key's limits work, the same on every speech endpoint.
+SPEECH_TERMS = (
+    "Cost is one credit per input character (Unicode code point). "
+    "With an `Idempotency-Key`, the key names one request for 24 hours: retries are "
+    "charged only for what they deliver, never more than len(input) in all; a retry while "
+    "another runs is a 409; the same key on a different request is a 400; after the whole "
+    "audio was delivered, two retries are served again free, then 409. "
+    "A key may make so many requests a minute and have so many streams open at once: over "
+    "either, 429 with `Retry-After`; every answer once the key is verified carries "
+    "`x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and "
+    "`x-ratelimit-reset-requests`."
 )
 _OK: dict[int | str, dict[str, Any]] = {
     200: {
@@ -38,20 +81,7 @@ _OK: dict[int | str, dict[str, Any]] = {
             **{media_type: {"schema": _AUDIO_SCHEMA} for media_type in CONTENT_TYPES.values()},
             SSE_CONTENT_TYPE: {"schema": {"type": "string"}, "example": _SSE_EXAMPLE},
         },
-        "headers": {
-            "x-request-id": {"schema": {"type": "string"}, "description": "The request's id."},
-            "x-billed-characters": {
-                "schema": {"type": "integer"},
-                "description": "The most this response costs, in code points: len(input); "
-                "with an Idempotency-Key, what the key still owes (0 for a free replay).",
-            },
-            "server-timing": {
-                "schema": {"type": "string"},
-                "description": "Milliseconds spent on auth, catalog, reserve and the wait for "
-                "the model's first audio (synth), e.g. `auth;dur=1.9, synth;dur=1480.2`.",
-            },
-            **RATE_LIMIT_HEADERS,
-        },
+        "headers": SPEECH_HEADERS,
     }
 }
 
@@ -60,16 +90,9 @@ _OK: dict[int | str, dict[str, Any]] = {
     "/v1/audio/speech",
     summary="Speak text",
     description=(
-        "Send input text and a voice; the response body is the raw audio stream. "
-        "Cost is one credit per input character (Unicode code point). "
-        "With an `Idempotency-Key`, the key names one request for 24 hours: retries are "
-        "charged only for what they deliver, never more than len(input) in all; a retry while "
-        "another runs is a 409; the same key on a different request is a 400; after the whole "
-        "audio was delivered, two retries are served again free, then 409. "
-        "A key may make so many requests a minute and have so many streams open at once: over "
-        "either, 429 with `Retry-After`; every answer once the key is verified carries "
-        "`x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and "
-        "`x-ratelimit-reset-requests`."
+        "Send input text and a voice; the response body is the raw audio stream (with "
+        "`stream_format: sse`, events of base64 audio; add `timestamps: word` for when each "
+        "word is spoken). " + SPEECH_TERMS
     ),
     response_class=StreamingResponse,
     responses={
@@ -82,18 +105,19 @@ async def create_speech(
     request: Request,
     credentials: Credentials,
     seller: Seller,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=128,
-            # Printable ASCII without surrounding spaces (pydantic's patterns run in linear time).
-            pattern=r"^[!-~]([ -~]*[!-~])?$",
-            description="Makes retries safe: the key's request is paid for at most once.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> DeliveryResponse:
+    return await serve_speech(body, request, credentials, seller, idempotency_key)
+
+
+async def serve_speech(
+    body: SpeechBody,
+    request: Request,
+    credentials: Credentials,
+    seller: Seller,
+    idempotency_key: str | None,
+) -> DeliveryResponse:
+    """Admit, validate, hold and start the synthesis; the response delivers it."""
     # The key is checked here rather than in a dependency so that a malformed body is a 400
     # whoever sends it (docs/architecture.md: parse and validate, then VerifyKey), and checks that
     # need synth's lists run only for customers.

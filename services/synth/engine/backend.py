@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -10,6 +11,17 @@ import numpy.typing as npt
 from services.synth.voices import VoiceMix
 
 Samples = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Speech:
+    """A model call's audio, and where in it each phoneme is spoken."""
+
+    audio: Samples
+    # len(phonemes) + 1 sample offsets into `audio`: phoneme k (the k-th character of the
+    # input) is spoken from phoneme_bounds[k] to phoneme_bounds[k + 1]; a character the model
+    # has no symbol for takes no time. Empty when the model does not say.
+    phoneme_bounds: npt.NDArray[np.int64]
 
 
 class SynthesisBackend(Protocol):
@@ -29,6 +41,7 @@ class SynthesisBackend(Protocol):
         """Load the weights and voices; called once, before anything else."""
         ...
 
-    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Samples:
-        """Mono float32 audio for at most the model's limit of phonemes."""
+    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Speech:
+        """Mono float32 audio for at most the model's limit of phonemes, at `speed`, with
+        where each phoneme is spoken."""
         ...

@@ -1,7 +1,9 @@
 """Kokoro-82M on torch: KModel from local files, voices from their .pt tensors.
 
 Text chunking and G2P happen before this; the backend only maps phonemes and a voice mix to
-audio, as `KPipeline.infer` does, so one model serves every language.
+audio, as `KPipeline.infer` does, so one model serves every language. It also says where each
+phoneme is spoken, from the durations the model predicted for it (`pred_dur`, in frames of
+audio, already divided by the speed), as `KPipeline.join_timestamps` reads them.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from collections import OrderedDict
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from services.synth import metrics
-from services.synth.engine.backend import Samples
+from services.synth.engine.backend import Speech
 from services.synth.engine.model_files import WeightsPaths
 from services.synth.models import HUB_REPO_ID, SAMPLE_RATE
 from services.synth.voices import VoiceMix
@@ -45,6 +48,8 @@ class KokoroBackend:
         self._device = device
         self._torch_threads = torch_threads
         self._model: torch.nn.Module | None = None
+        # The phonemes the model has symbols for (KModel.vocab).
+        self._vocabulary: frozenset[str] = frozenset()
         self._voices: dict[str, torch.Tensor] = {}
         self._blends: OrderedDict[tuple[tuple[str, float], ...], torch.Tensor] = OrderedDict()
         self._blends_lock = threading.Lock()
@@ -76,6 +81,7 @@ class KokoroBackend:
                 model=str(self._weights.model_path),
             )
         self._model = model.to(self._device).eval()
+        self._vocabulary = frozenset(model.vocab)
         for name in self._weights.voice_names:
             pack = torch.load(self._weights.voice_path(name), map_location="cpu", weights_only=True)
             self._voices[name] = pack.to(self._device)
@@ -95,14 +101,30 @@ class KokoroBackend:
             },
         )
 
-    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Samples:
+    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Speech:
         if self._model is None:
             raise RuntimeError("generate() before load()")
         pack = self._pack(voice)
         with torch.inference_mode():
             # The voice holds one style per input length: pick the one for this chunk.
-            audio = self._model(phonemes, pack[len(phonemes) - 1], speed)
-        return np.asarray(audio.float().numpy(), dtype=np.float32).reshape(-1)
+            output = self._model(phonemes, pack[len(phonemes) - 1], speed, return_output=True)
+        audio = np.asarray(output.audio.float().numpy(), dtype=np.float32).reshape(-1)
+        frames = output.pred_dur.numpy().reshape(-1)
+        return Speech(audio, self._phoneme_bounds(phonemes, frames, len(audio)))
+
+    def _phoneme_bounds(
+        self, phonemes: str, frames: npt.NDArray[np.int64], samples: int
+    ) -> npt.NDArray[np.int64]:
+        """Where each phoneme starts and the last ends, in samples. `frames` has one duration
+        per symbol the model read: a boundary token, then the phonemes it has a symbol for
+        (KModel.forward drops the others), then another boundary token."""
+        known = np.array([phoneme in self._vocabulary for phoneme in phonemes], dtype=bool)
+        per_phoneme = np.zeros(len(phonemes), dtype=np.int64)
+        per_phoneme[known] = frames[1 : 1 + int(known.sum())]
+        # Every frame is the same number of samples (600 at 24 kHz: the decoder's upsampling).
+        frame_samples = samples // max(int(frames.sum()), 1)
+        starts = np.concatenate(([0], np.cumsum(per_phoneme))) + int(frames[0])
+        return np.asarray(starts * frame_samples, dtype=np.int64)
 
     def _pack(self, voice: VoiceMix) -> torch.Tensor:
         if len(voice.components) == 1:

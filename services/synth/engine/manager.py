@@ -9,6 +9,10 @@ the caller gives one back by asking for the next), and only one at a time, so ea
 chunks come in order. The caller leaving (or the RPC's end setting `cancelled`) stops the
 producer; a call of that stream still waiting for a model worker is dropped, and one already
 running is the last.
+
+A synthesis asked for word timestamps also gets, with each chunk, where its words are spoken in
+the model's audio for it (timestamps.py); only languages whose G2P says which phonemes each word
+became have them (`VoiceCatalog.has_word_timestamps`).
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.synth.audio.seams import pause_after, trim_edges
-from services.synth.engine.backend import Samples, SynthesisBackend
+from services.synth.engine.backend import Samples, Speech, SynthesisBackend
 from services.synth.engine.scheduler import CallScheduler, ModelCall, SynthesisCancelled
+from services.synth.engine.timestamps import ChunkWords, time_words
 from services.synth.text.chunking import ChunkBudgets, Phonemize, TextChunk, plan_chunks
+from services.synth.text.words import Pronunciation
 from services.synth.voices import LANGUAGES, VoiceCatalog, VoiceMix
 
 __all__ = ["EngineManager", "GeneratedChunk", "PhonemizerFactory", "SynthesisCancelled"]
@@ -34,6 +40,8 @@ _log = logging.getLogger("synth.engine")
 
 # Spoken once at start-up, so the first request pays for no lazy initialisation.
 WARM_UP_TEXT = "Warming up, one moment."
+# What a chunk with no phonemes says.
+_SILENCE = Speech(np.zeros(0, dtype=np.float32), np.zeros(1, dtype=np.int64))
 
 PhonemizerFactory = Callable[[Collection[str]], Mapping[str, Phonemize]]
 
@@ -52,6 +60,9 @@ class GeneratedChunk:
     # (its durations) shift by -trimmed_head_samples.
     trimmed_head_samples: int = 0
     trimmed_tail_samples: int = 0
+    # Where the input's words are spoken in the model's audio for this chunk (before the
+    # trimming); None unless the synthesis asked for word timestamps.
+    words: ChunkWords | None = None
 
 
 @dataclass
@@ -60,6 +71,7 @@ class _Stream:
     voice: VoiceMix
     speed: float
     cancelled: SynthesisCancelled
+    word_timestamps: bool
     queue: asyncio.Queue[GeneratedChunk | BaseException | None] = field(
         default_factory=asyncio.Queue
     )
@@ -112,7 +124,13 @@ class EngineManager:
         if self._closing.is_set():
             return
         self._phonemizers = self._phonemizer_factory(LANGUAGES.keys())
-        self._catalog = VoiceCatalog(self._backend.voice_names, self._phonemizers.keys())
+        # Words are timed where the G2P says which phonemes each of its tokens became.
+        timed = [
+            code
+            for code, phonemize in self._phonemizers.items()
+            if Pronunciation.of(phonemize(WARM_UP_TEXT)).tokens is not None
+        ]
+        self._catalog = VoiceCatalog(self._backend.voice_names, self._phonemizers.keys(), timed)
         _log.info(
             "languages spoken: %s",
             ", ".join(language.tag for language in self._catalog.spoken_languages),
@@ -129,7 +147,7 @@ class EngineManager:
             _log.warning("no English voice to warm up with; skipping warm-up")
             return
         voice = VoiceMix(((english[0], 1.0),))
-        phonemes = self._phonemizers[voice.language_code](WARM_UP_TEXT)
+        phonemes = Pronunciation.of(self._phonemizers[voice.language_code](WARM_UP_TEXT)).phonemes
         # Twice: the first call pays for allocator and kernel set-up, the second should not.
         for _ in range(2):
             if self._closing.is_set():
@@ -143,13 +161,20 @@ class EngineManager:
         await self._scheduler.close()
 
     async def stream(
-        self, text: str, voice: VoiceMix, speed: float, cancelled: SynthesisCancelled
+        self,
+        text: str,
+        voice: VoiceMix,
+        speed: float,
+        cancelled: SynthesisCancelled,
+        *,
+        word_timestamps: bool = False,
     ) -> AsyncGenerator[GeneratedChunk, None]:
-        """The chunks of one synthesis, in order, as the model speaks them.
+        """The chunks of one synthesis, in order, as the model speaks them; with
+        `word_timestamps` (for a voice that has them), each with its words.
 
         Setting `cancelled` (or leaving the iteration) stops it before its next model call.
         """
-        stream = _Stream(text, voice, speed, cancelled)
+        stream = _Stream(text, voice, speed, cancelled, word_timestamps)
         room = asyncio.Semaphore(self._lookahead)
         phonemize = self._phonemizers[voice.language_code]
         # A task copies the context: the request id reaches the producer's log lines.
@@ -186,7 +211,7 @@ class EngineManager:
             else:
                 # The text had nothing to plan (blank after all): close the stream all the same.
                 stream.queue.put_nowait(
-                    GeneratedChunk(stream.generated, len(stream.text), _silence(), True)
+                    GeneratedChunk(stream.generated, len(stream.text), _SILENCE.audio, True)
                 )
             if stream.cancelled.is_set():
                 self._log_cancelled(stream)
@@ -201,7 +226,7 @@ class EngineManager:
     async def _speak(self, stream: _Stream, chunk: TextChunk) -> GeneratedChunk | None:
         if stream.cancelled.is_set():
             return None
-        raw = _silence()
+        raw = _SILENCE
         if chunk.phonemes:
             call = ModelCall(
                 chunk.phonemes,
@@ -219,7 +244,7 @@ class EngineManager:
             raw = spoken
         # The stream's first sample and its last are no seam: left as the model made them.
         trimmed = trim_edges(
-            raw,
+            raw.audio,
             self._backend.sample_rate,
             head=stream.samples > 0,
             pause=None if chunk.is_last else pause_after(chunk.ends_sentence),
@@ -227,6 +252,9 @@ class EngineManager:
         stream.generated += 1
         stream.samples += len(trimmed.audio)
         stream.text_end = len(stream.text) if chunk.is_last else chunk.span.end
+        words = None
+        if stream.word_timestamps and chunk.words is not None:
+            words = time_words(chunk.words, raw, self._backend.sample_rate)
         return GeneratedChunk(
             chunk.index,
             stream.text_end,
@@ -234,6 +262,7 @@ class EngineManager:
             chunk.is_last,
             trimmed_head_samples=trimmed.head,
             trimmed_tail_samples=trimmed.tail,
+            words=words,
         )
 
     @staticmethod
@@ -255,7 +284,3 @@ class EngineManager:
 
 def _next_chunk(planned: Iterator[TextChunk]) -> TextChunk | None:
     return next(planned, None)
-
-
-def _silence() -> Samples:
-    return np.zeros(0, dtype=np.float32)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from services.synth import metrics
-from services.synth.engine.backend import Samples, SynthesisBackend
+from services.synth.engine.backend import Speech, SynthesisBackend
 from services.synth.voices import VoiceMix
 
 _log = logging.getLogger("synth.engine")
@@ -66,7 +66,7 @@ class ModelCall:
     # For the log line.
     chunk_index: int = 0
     _state: _State = field(default=_State.QUEUED, init=False)
-    _result: asyncio.Future[Samples | None] | None = field(default=None, init=False)
+    _result: asyncio.Future[Speech | None] | None = field(default=None, init=False)
 
     def priority(self, order: int) -> tuple[int, int]:
         return (0 if self.first else 1, order)
@@ -83,7 +83,7 @@ class CallScheduler:
         self._closed = False
         metrics.STREAM_CAPACITY.set(workers)
 
-    async def run(self, call: ModelCall) -> Samples | None:
+    async def run(self, call: ModelCall) -> Speech | None:
         """The call's audio once a worker has spoken it; None when its stream was cancelled
         before the model ran. Leaving (cancelling the awaiting task) withdraws a waiting call."""
         if self._closed:
@@ -129,14 +129,14 @@ class CallScheduler:
             return call
         return None
 
-    def _speak(self, call: ModelCall) -> Samples | None:
+    def _speak(self, call: ModelCall) -> Speech | None:
         """In a worker thread: the model call, unless the stream was cancelled meanwhile."""
         if call.cancelled.is_set():
             return None
         started = time.perf_counter()
-        audio = self._backend.generate(call.phonemes, call.voice, call.speed)
+        speech = self._backend.generate(call.phonemes, call.voice, call.speed)
         model_seconds = time.perf_counter() - started
-        audio_seconds = len(audio) / self._backend.sample_rate
+        audio_seconds = len(speech.audio) / self._backend.sample_rate
         metrics.record_model_call(audio_seconds, model_seconds)
         _log.debug(
             "chunk %d spoken",
@@ -147,9 +147,9 @@ class CallScheduler:
                 "model_ms": round(model_seconds * 1e3, 1),
             },
         )
-        return audio
+        return speech
 
-    def _finished(self, call: ModelCall, done: asyncio.Future[Samples | None]) -> None:
+    def _finished(self, call: ModelCall, done: asyncio.Future[Speech | None]) -> None:
         call._state = _State.DONE
         self._free += 1
         metrics.ACTIVE_STREAMS.dec()
@@ -165,9 +165,9 @@ class CallScheduler:
             self._dispatch()
 
     @staticmethod
-    def _settle(call: ModelCall, audio: Samples | None) -> None:
+    def _settle(call: ModelCall, speech: Speech | None) -> None:
         if call._result is not None and not call._result.done():
-            call._result.set_result(audio)
+            call._result.set_result(speech)
 
     async def close(self) -> None:
         """Refuse new calls, drop the waiting ones, and wait for the calls in flight."""

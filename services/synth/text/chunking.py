@@ -12,6 +12,9 @@ Planning is lazy and phonemizes each clause once: the first chunk costs the G2P 
 clauses and of the one after them (to know it does not fit), never the whole sentence; a clause
 read ahead and not taken waits, phonemized, for the next chunk. Only the parts of a clause over
 the model's limit are phonemized a second time.
+
+Where the G2P says which phonemes each of its tokens became, a chunk also knows which phonemes
+speak each word of the input as written (words.py), for word timestamps.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from dataclasses import dataclass
 
 from services.synth.text.normalize import normalize
 from services.synth.text.split import Span, clauses, sentences, words
+from services.synth.text.words import Pronunciation, WordPhonemes, words_of
 
-# Text (already normalized) to phonemes in the model's alphabet.
-Phonemize = Callable[[str], str]
+# Text (already normalized) to phonemes in the model's alphabet: bare, or as a Pronunciation
+# that also says which phonemes each of the G2P's tokens became.
+Phonemize = Callable[[str], str | Pronunciation]
 
 # A clause over the model's limit is cut into parts aimed at this share of it, so that a part
 # whose G2P comes out longer than its share of the characters still fits.
@@ -63,6 +68,9 @@ class TextChunk:
     # It ends at a sentence's end, not inside a sentence at a clause (the pause after it is a
     # sentence's, not a comma's: audio/seams.py).
     ends_sentence: bool = True
+    # The input's words it speaks, with their phonemes' indices in `phonemes`; None when the
+    # G2P does not say which phonemes each word became.
+    words: tuple[WordPhonemes, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class _Piece:
     span: Span
     phonemes: str
     ends_sentence: bool
+    # Indices into this piece's `phonemes`.
+    words: tuple[WordPhonemes, ...] | None = None
 
 
 class _Planner:
@@ -105,6 +115,7 @@ class _Planner:
                 phonemes=" ".join(part.phonemes for part in parts if part.phonemes),
                 is_last=self._exhausted(),
                 ends_sentence=parts[-1].ends_sentence,
+                words=_joined_words(parts),
             )
             index += 1
 
@@ -126,7 +137,10 @@ class _Planner:
         return self._pending.popleft()
 
     def _piece(self, span: Span, *, ends_sentence: bool) -> _Piece:
-        return _Piece(span, self._phonemize(normalize(span.of(self._text))), ends_sentence)
+        normalized = normalize(span.of(self._text))
+        pronunciation = Pronunciation.of(self._phonemize(normalized))
+        said = words_of(self._text, span, normalized, pronunciation)
+        return _Piece(span, pronunciation.phonemes, ends_sentence, said)
 
     def _cut(self, piece: _Piece) -> list[_Piece]:
         """A piece over the model's limit as parts within it, cut at words, each phonemized once
@@ -135,7 +149,8 @@ class _Planner:
         spans = words(self._text, piece.span)
         if len(spans) < 2:
             # One character the G2P spells out past the limit: say what fits.
-            return [_Piece(piece.span, piece.phonemes[:hard_max], piece.ends_sentence)]
+            said = None if piece.words is None else tuple(w.cut_at(hard_max) for w in piece.words)
+            return [_Piece(piece.span, piece.phonemes[:hard_max], piece.ends_sentence, said)]
         count = min(len(spans), math.ceil(len(piece.phonemes) / (_CUT_TARGET * hard_max)))
         parts: list[_Piece] = []
         groups = _balanced(spans, count)
@@ -161,6 +176,36 @@ def _balanced(spans: list[Span], count: int) -> list[list[Span]]:
             groups.append([])
         groups[-1].append(span)
     return groups
+
+
+def _joined_words(parts: list[_Piece]) -> tuple[WordPhonemes, ...] | None:
+    """The parts' words, their phonemes' indices moved to where the parts' phonemes are in the
+    chunk's (joined by spaces, parts without phonemes left out). A part with nothing voiced (a
+    dash that is a clause of its own) joins the word before it, or the word after it when it
+    comes first, as an unvoiced run does inside a part (words.py)."""
+    if any(part.words is None for part in parts):
+        return None
+    joined: list[WordPhonemes] = []
+    unvoiced_from: int | None = None
+    offset = 0
+    for part in parts:
+        if part.phonemes and offset:
+            offset += 1  # the space joining it to the part before
+        for word in part.words or ():
+            if not word.phonemes.end > word.phonemes.start and len(parts) > 1:
+                if joined:
+                    joined[-1] = joined[-1].extended_to(word.span.end)
+                elif unvoiced_from is None:
+                    unvoiced_from = word.span.start
+                continue
+            moved = word.shifted(offset)
+            if unvoiced_from is not None:
+                moved, unvoiced_from = moved.extended_from(unvoiced_from), None
+            joined.append(moved)
+        offset += len(part.phonemes)
+    if unvoiced_from is not None:  # nothing voiced in the whole chunk
+        return (WordPhonemes(Span(unvoiced_from, parts[-1].span.end), Span(0, 0)),)
+    return tuple(joined)
 
 
 def plan_chunks(text: str, phonemize: Phonemize, budgets: ChunkBudgets) -> Iterator[TextChunk]:

@@ -7,16 +7,22 @@ packages (jieba, pypinyin, pypinyin-dict, cn2an, ordered-set), which ship their 
 installed. Japanese (j) needs pyopenjtalk and unidic, whose dictionaries download at run time,
 so it is not spoken offline. A language whose G2P cannot be built is simply not spoken: its
 voices are left out of ListVoices and refused with a message saying so.
+
+misaki's English G2P also returns its tokens, each with the phonemes it became: they are kept
+(as a Pronunciation) so that words can be timed; espeak-ng and Mandarin's G2P return none.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from services.synth.models import HUB_REPO_ID
 from services.synth.text.chunking import Phonemize
+from services.synth.text.split import Span
+from services.synth.text.words import PhonemeToken, Pronunciation
 
 _log = logging.getLogger("synth.g2p")
 
@@ -28,14 +34,39 @@ class _LockedPhonemizer:
         self._g2p = g2p
         self._lock = threading.Lock()
 
-    def __call__(self, text: str) -> str:
+    def __call__(self, text: str) -> Pronunciation:
         if not text:
-            return ""
+            return Pronunciation("", ())
         with self._lock:
             result = self._g2p(text)  # type: ignore[operator]
-        # misaki returns (phonemes, tokens) for every language.
-        phonemes = result[0] if isinstance(result, tuple) else result
-        return (phonemes or "").strip()
+        # misaki returns (phonemes, tokens) for every language; tokens only for English.
+        phonemes, tokens = result if isinstance(result, tuple) else (result, None)
+        phonemes = phonemes or ""
+        stripped = phonemes.strip()
+        if tokens is None:
+            return Pronunciation(stripped)
+        lead = len(phonemes) - len(phonemes.lstrip())
+        return Pronunciation(stripped, _phoneme_tokens(tokens, phonemes, lead, len(stripped)))
+
+
+def _phoneme_tokens(
+    tokens: Sequence[Any], phonemes: str, lead: int, length: int
+) -> tuple[PhonemeToken, ...] | None:
+    """misaki's tokens with where their phonemes are in the stripped phoneme string: misaki
+    joins each token's phonemes and its whitespace, then the caller strips `lead` characters."""
+    found: list[PhonemeToken] = []
+    at = 0
+    for token in tokens:
+        spoken = token.phonemes or ""  # None: a word it could not say (`unk` is "" here)
+        start = min(max(at - lead, 0), length)
+        end = min(max(at + len(spoken) - lead, 0), length)
+        found.append(PhonemeToken(str(token.text), Span(start, end)))
+        at += len(spoken) + len(token.whitespace)
+    if at != len(phonemes):
+        # Not the string misaki joined: better no words than words on the wrong phonemes.
+        _log.warning("G2P tokens do not add up to its phonemes; no word timestamps for this text")
+        return None
+    return tuple(found)
 
 
 def _build(language_code: str) -> Phonemize:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_CONTROL_OR_SPACE = re.compile(r"[\s\x00-\x1f\x7f]+")
+# What separates words, as a regex character class's contents: normalize() turns each run of
+# them into one space, so the input's runs between them and the normalized text's words
+# correspond one to one (text/words.py).
+SEPARATOR_CHARACTERS = r"\s\x00-\x1f\x7f"
+_CONTROL_OR_SPACE = re.compile(f"[{SEPARATOR_CHARACTERS}]+")
 # Typographic punctuation the English G2P does not know, mapped to what it does.
 _PUNCTUATION = str.maketrans({"‘": "'", "’": "'", "‚": "'", "„": '"', "«": '"', "»": '"'})
 

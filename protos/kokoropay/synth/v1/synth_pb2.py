@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kokoropay.common.v1 import access_pb2 as kokoropay_dot_common_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekokoropay/synth/v1/synth.proto\x12\x12kokoropay.synth.v1\x1a kokoropay/common/v1/access.proto\"\x7f\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\r\n\x05speed\x18\x03 \x01(\x02\x12/\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1f.kokoropay.synth.v1.AudioFormat\x12\r\n\x05model\x18\x05 \x01(\t\"\xb2\x01\n\nAudioChunk\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\r\x12\x15\n\rstart_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x01\x12\x1b\n\x13\x63haracters_consumed\x18\x05 \x01(\r\x12\x35\n\x07summary\x18\x06 \x01(\x0b\x32$.kokoropay.synth.v1.SynthesisSummary\"[\n\x10SynthesisSummary\x12\x12\n\ncharacters\x18\x01 \x01(\r\x12\x15\n\raudio_seconds\x18\x02 \x01(\x01\x12\r\n\x05voice\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\x13\n\x11ListVoicesRequest\"r\n\x05Voice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0e\n\x06gender\x18\x03 \x01(\t\x12+\n\x04kind\x18\x04 \x01(\x0e\x32\x1d.kokoropay.synth.v1.VoiceKind\x12\x0e\n\x06target\x18\x05 \x01(\t\"?\n\x12ListVoicesResponse\x12)\n\x06voices\x18\x01 \x03(\x0b\x32\x19.kokoropay.synth.v1.Voice\"\x13\n\x11ListModelsRequest\"N\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0bsample_rate\x18\x04 \x01(\r\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.kokoropay.synth.v1.Model*\xb1\x01\n\x0b\x41udioFormat\x12\x1c\n\x18\x41UDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41UDIO_FORMAT_MP3\x10\x01\x12\x15\n\x11\x41UDIO_FORMAT_OPUS\x10\x02\x12\x14\n\x10\x41UDIO_FORMAT_AAC\x10\x03\x12\x15\n\x11\x41UDIO_FORMAT_FLAC\x10\x04\x12\x14\n\x10\x41UDIO_FORMAT_WAV\x10\x05\x12\x14\n\x10\x41UDIO_FORMAT_PCM\x10\x06*k\n\tVoiceKind\x12\x1a\n\x16VOICE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12VOICE_KIND_BUILTIN\x10\x01\x12\x14\n\x10VOICE_KIND_ALIAS\x10\x02\x12\x14\n\x10VOICE_KIND_BLEND\x10\x03\x32\xc5\x02\n\x0cSynthService\x12\x61\n\nSynthesize\x12%.kokoropay.synth.v1.SynthesizeRequest\x1a\x1e.kokoropay.synth.v1.AudioChunk\"\n\xca\xf3\x18\x06\n\x04\x02\x03\x04\x05\x30\x01\x12h\n\nListVoices\x12%.kokoropay.synth.v1.ListVoicesRequest\x1a&.kokoropay.synth.v1.ListVoicesResponse\"\x0b\xca\xf3\x18\x07\n\x05\x01\x02\x03\x04\x05\x12h\n\nListModels\x12%.kokoropay.synth.v1.ListModelsRequest\x1a&.kokoropay.synth.v1.ListModelsResponse\"\x0b\xca\xf3\x18\x07\n\x05\x01\x02\x03\x04\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekokoropay/synth/v1/synth.proto\x12\x12kokoropay.synth.v1\x1a kokoropay/common/v1/access.proto\"\x98\x01\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\r\n\x05speed\x18\x03 \x01(\x02\x12/\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1f.kokoropay.synth.v1.AudioFormat\x12\r\n\x05model\x18\x05 \x01(\t\x12\x17\n\x0fword_timestamps\x18\x06 \x01(\x08\"\xe4\x01\n\nAudioChunk\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\r\x12\x15\n\rstart_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x01\x12\x1b\n\x13\x63haracters_consumed\x18\x05 \x01(\r\x12\x35\n\x07summary\x18\x06 \x01(\x0b\x32$.kokoropay.synth.v1.SynthesisSummary\x12\x30\n\x05words\x18\x07 \x03(\x0b\x32!.kokoropay.synth.v1.WordTimestamp\"o\n\rWordTimestamp\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\x12\x12\n\ntext_start\x18\x04 \x01(\r\x12\x10\n\x08text_end\x18\x05 \x01(\r\"[\n\x10SynthesisSummary\x12\x12\n\ncharacters\x18\x01 \x01(\r\x12\x15\n\raudio_seconds\x18\x02 \x01(\x01\x12\r\n\x05voice\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\x13\n\x11ListVoicesRequest\"\x8b\x01\n\x05Voice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0e\n\x06gender\x18\x03 \x01(\t\x12+\n\x04kind\x18\x04 \x01(\x0e\x32\x1d.kokoropay.synth.v1.VoiceKind\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x17\n\x0fword_timestamps\x18\x06 \x01(\x08\"?\n\x12ListVoicesResponse\x12)\n\x06voices\x18\x01 \x03(\x0b\x32\x19.kokoropay.synth.v1.Voice\"\x13\n\x11ListModelsRequest\"N\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0bsample_rate\x18\x04 \x01(\r\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.kokoropay.synth.v1.Model*\xb1\x01\n\x0b\x41udioFormat\x12\x1c\n\x18\x41UDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41UDIO_FORMAT_MP3\x10\x01\x12\x15\n\x11\x41UDIO_FORMAT_OPUS\x10\x02\x12\x14\n\x10\x41UDIO_FORMAT_AAC\x10\x03\x12\x15\n\x11\x41UDIO_FORMAT_FLAC\x10\x04\x12\x14\n\x10\x41UDIO_FORMAT_WAV\x10\x05\x12\x14\n\x10\x41UDIO_FORMAT_PCM\x10\x06*k\n\tVoiceKind\x12\x1a\n\x16VOICE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12VOICE_KIND_BUILTIN\x10\x01\x12\x14\n\x10VOICE_KIND_ALIAS\x10\x02\x12\x14\n\x10VOICE_KIND_BLEND\x10\x03\x32\xc5\x02\n\x0cSynthService\x12\x61\n\nSynthesize\x12%.kokoropay.synth.v1.SynthesizeRequest\x1a\x1e.kokoropay.synth.v1.AudioChunk\"\n\xca\xf3\x18\x06\n\x04\x02\x03\x04\x05\x30\x01\x12h\n\nListVoices\x12%.kokoropay.synth.v1.ListVoicesRequest\x1a&.kokoropay.synth.v1.ListVoicesResponse\"\x0b\xca\xf3\x18\x07\n\x05\x01\x02\x03\x04\x05\x12h\n\nListModels\x12%.kokoropay.synth.v1.ListModelsRequest\x1a&.kokoropay.synth.v1.ListModelsResponse\"\x0b\xca\xf3\x18\x07\n\x05\x01\x02\x03\x04\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,28 +38,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYNTHSERVICE'].methods_by_name['ListVoices']._serialized_options = b'\312\363\030\007\n\005\001\002\003\004\005'
   _globals['_SYNTHSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_SYNTHSERVICE'].methods_by_name['ListModels']._serialized_options = b'\312\363\030\007\n\005\001\002\003\004\005'
-  _globals['_AUDIOFORMAT']._serialized_start=860
-  _globals['_AUDIOFORMAT']._serialized_end=1037
-  _globals['_VOICEKIND']._serialized_start=1039
-  _globals['_VOICEKIND']._serialized_end=1146
-  _globals['_SYNTHESIZEREQUEST']._serialized_start=88
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=215
-  _globals['_AUDIOCHUNK']._serialized_start=218
-  _globals['_AUDIOCHUNK']._serialized_end=396
-  _globals['_SYNTHESISSUMMARY']._serialized_start=398
-  _globals['_SYNTHESISSUMMARY']._serialized_end=489
-  _globals['_LISTVOICESREQUEST']._serialized_start=491
-  _globals['_LISTVOICESREQUEST']._serialized_end=510
-  _globals['_VOICE']._serialized_start=512
-  _globals['_VOICE']._serialized_end=626
-  _globals['_LISTVOICESRESPONSE']._serialized_start=628
-  _globals['_LISTVOICESRESPONSE']._serialized_end=691
-  _globals['_LISTMODELSREQUEST']._serialized_start=693
-  _globals['_LISTMODELSREQUEST']._serialized_end=712
-  _globals['_MODEL']._serialized_start=714
-  _globals['_MODEL']._serialized_end=792
-  _globals['_LISTMODELSRESPONSE']._serialized_start=794
-  _globals['_LISTMODELSRESPONSE']._serialized_end=857
-  _globals['_SYNTHSERVICE']._serialized_start=1149
-  _globals['_SYNTHSERVICE']._serialized_end=1474
+  _globals['_AUDIOFORMAT']._serialized_start=1075
+  _globals['_AUDIOFORMAT']._serialized_end=1252
+  _globals['_VOICEKIND']._serialized_start=1254
+  _globals['_VOICEKIND']._serialized_end=1361
+  _globals['_SYNTHESIZEREQUEST']._serialized_start=89
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=241
+  _globals['_AUDIOCHUNK']._serialized_start=244
+  _globals['_AUDIOCHUNK']._serialized_end=472
+  _globals['_WORDTIMESTAMP']._serialized_start=474
+  _globals['_WORDTIMESTAMP']._serialized_end=585
+  _globals['_SYNTHESISSUMMARY']._serialized_start=587
+  _globals['_SYNTHESISSUMMARY']._serialized_end=678
+  _globals['_LISTVOICESREQUEST']._serialized_start=680
+  _globals['_LISTVOICESREQUEST']._serialized_end=699
+  _globals['_VOICE']._serialized_start=702
+  _globals['_VOICE']._serialized_end=841
+  _globals['_LISTVOICESRESPONSE']._serialized_start=843
+  _globals['_LISTVOICESRESPONSE']._serialized_end=906
+  _globals['_LISTMODELSREQUEST']._serialized_start=908
+  _globals['_LISTMODELSREQUEST']._serialized_end=927
+  _globals['_MODEL']._serialized_start=929
+  _globals['_MODEL']._serialized_end=1007
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1009
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1072
+  _globals['_SYNTHSERVICE']._serialized_start=1364
+  _globals['_SYNTHSERVICE']._serialized_end=1689
 # @@protoc_insertion_point(module_scope)

@@ -37,34 +37,52 @@ VOICE_KIND_ALIAS: VoiceKind
 VOICE_KIND_BLEND: VoiceKind
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("text", "voice", "speed", "format", "model")
+    __slots__ = ("text", "voice", "speed", "format", "model", "word_timestamps")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     SPEED_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    WORD_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     text: str
     voice: str
     speed: float
     format: AudioFormat
     model: str
-    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., speed: _Optional[float] = ..., format: _Optional[_Union[AudioFormat, str]] = ..., model: _Optional[str] = ...) -> None: ...
+    word_timestamps: bool
+    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., speed: _Optional[float] = ..., format: _Optional[_Union[AudioFormat, str]] = ..., model: _Optional[str] = ..., word_timestamps: _Optional[bool] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
-    __slots__ = ("audio", "sequence", "start_seconds", "duration_seconds", "characters_consumed", "summary")
+    __slots__ = ("audio", "sequence", "start_seconds", "duration_seconds", "characters_consumed", "summary", "words")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     START_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CHARACTERS_CONSUMED_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
     audio: bytes
     sequence: int
     start_seconds: float
     duration_seconds: float
     characters_consumed: int
     summary: SynthesisSummary
-    def __init__(self, audio: _Optional[bytes] = ..., sequence: _Optional[int] = ..., start_seconds: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., characters_consumed: _Optional[int] = ..., summary: _Optional[_Union[SynthesisSummary, _Mapping]] = ...) -> None: ...
+    words: _containers.RepeatedCompositeFieldContainer[WordTimestamp]
+    def __init__(self, audio: _Optional[bytes] = ..., sequence: _Optional[int] = ..., start_seconds: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., characters_consumed: _Optional[int] = ..., summary: _Optional[_Union[SynthesisSummary, _Mapping]] = ..., words: _Optional[_Iterable[_Union[WordTimestamp, _Mapping]]] = ...) -> None: ...
+
+class WordTimestamp(_message.Message):
+    __slots__ = ("text", "start_seconds", "end_seconds", "text_start", "text_end")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    START_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    END_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_START_FIELD_NUMBER: _ClassVar[int]
+    TEXT_END_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    start_seconds: float
+    end_seconds: float
+    text_start: int
+    text_end: int
+    def __init__(self, text: _Optional[str] = ..., start_seconds: _Optional[float] = ..., end_seconds: _Optional[float] = ..., text_start: _Optional[int] = ..., text_end: _Optional[int] = ...) -> None: ...
 
 class SynthesisSummary(_message.Message):
     __slots__ = ("characters", "audio_seconds", "voice", "model")
@@ -83,18 +101,20 @@ class ListVoicesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Voice(_message.Message):
-    __slots__ = ("id", "language", "gender", "kind", "target")
+    __slots__ = ("id", "language", "gender", "kind", "target", "word_timestamps")
     ID_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     GENDER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    WORD_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     id: str
     language: str
     gender: str
     kind: VoiceKind
     target: str
-    def __init__(self, id: _Optional[str] = ..., language: _Optional[str] = ..., gender: _Optional[str] = ..., kind: _Optional[_Union[VoiceKind, str]] = ..., target: _Optional[str] = ...) -> None: ...
+    word_timestamps: bool
+    def __init__(self, id: _Optional[str] = ..., language: _Optional[str] = ..., gender: _Optional[str] = ..., kind: _Optional[_Union[VoiceKind, str]] = ..., target: _Optional[str] = ..., word_timestamps: _Optional[bool] = ...) -> None: ...
 
 class ListVoicesResponse(_message.Message):
     __slots__ = ("voices",)

@@ -57,8 +57,10 @@ class SynthServiceServicer:
     """
 
     def Synthesize(self, request, context):
-        """Streams encoded audio. INVALID_ARGUMENT for empty text, an unknown voice or model, or a
-        speed outside 0.25–5.0; RESOURCE_EXHAUSTED when the input is longer than the server allows.
+        """Streams encoded audio. INVALID_ARGUMENT for empty text, an unknown voice or model, a
+        speed outside 0.25–5.0, or word timestamps asked of a voice without them (reason
+        WORD_TIMESTAMPS_UNSUPPORTED); RESOURCE_EXHAUSTED when the input is longer than the server
+        allows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
