@@ -59,7 +59,7 @@ def main() -> None:
 def _build(settings: SynthSettings, weights: WeightsPaths) -> tuple[EngineManager, SynthServicer]:
     """The engine and the real servicer; imports torch and the model stack."""
     from services.synth.engine.kokoro_backend import KokoroBackend, choose_device
-    from services.synth.engine.manager import EngineManager
+    from services.synth.engine.manager import BatchPolicy, EngineManager
     from services.synth.servicer import SynthServicer
     from services.synth.text.chunking import ChunkBudgets
     from services.synth.text.g2p import build_phonemizers
@@ -77,6 +77,15 @@ def _build(settings: SynthSettings, weights: WeightsPaths) -> tuple[EngineManage
         max_concurrent=settings.max_concurrent,
         lookahead_chunks=settings.lookahead_chunks,
         warm_up=settings.warm_up,
+        batching=(
+            BatchPolicy(
+                settings.batch_max_phonemes,
+                settings.batch_wait_ms / 1e3,
+                settings.batch_max_streams,
+            )
+            if settings.batching_on(device)
+            else None
+        ),
     )
     servicer = SynthServicer(
         engine, max_input_chars=settings.max_input_chars, precision=weights.manifest.precision

@@ -19,8 +19,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 ACTIVE_STREAMS = Gauge(
     "kokoropay_synth_active_streams",
-    "Syntheses whose chunk the model is speaking now: busy model workers, at most the capacity"
-    " (a call whose stream was cancelled included, until it ends).",
+    "Syntheses whose chunk the model is speaking now, at most the capacity (a call whose stream"
+    " was cancelled included, until it ends).",
 )
 QUEUED_STREAMS = Gauge(
     "kokoropay_synth_queued_streams",
@@ -28,7 +28,8 @@ QUEUED_STREAMS = Gauge(
 )
 STREAM_CAPACITY = Gauge(
     "kokoropay_synth_stream_capacity",
-    "Model workers: model calls that may run at once (max_concurrent).",
+    "Syntheses whose chunks may be spoken at once: the model workers (max_concurrent), times"
+    " the streams per batch where calls are batched (batch_max_streams).",
 )
 AUDIO_SECONDS = Counter(
     "kokoropay_synth_audio_seconds",

@@ -50,6 +50,16 @@ class SynthSettings(GrpcServiceSettings):
     lookahead_chunks: int = Field(default=1, ge=1, le=16)
     # Synthesize a sentence at start-up so the first request does not pay for lazy setup.
     warm_up: bool = True
+    # Batched model calls (decision 0021): a free worker speaks the next chunk of every waiting
+    # stream in one padded call. auto: on CUDA, off on a CPU, where a batch costs as much as its
+    # inputs one by one and a new stream's first chunk would wait for its neighbours'.
+    batching: Literal["auto", "on", "off"] = "auto"
+    # Padded phonemes per batch: inputs x the longest (its two boundary tokens included).
+    batch_max_phonemes: int = Field(default=16_384, ge=MODEL_MAX_PHONEMES + 2, le=1_048_576)
+    # How long a free worker waits for more chunks before it starts a batch with room left.
+    batch_wait_ms: float = Field(default=2.0, ge=0, le=100)
+    # Streams per batch; with max_concurrent workers, the streams the engine runs at once.
+    batch_max_streams: int = Field(default=32, ge=1, le=1024)
 
     @field_validator("chunk_phonemes")
     @classmethod
@@ -65,3 +75,9 @@ class SynthSettings(GrpcServiceSettings):
             return self.chunk_phonemes
         default = CUDA_CHUNK_PHONEMES if device.startswith("cuda") else CPU_CHUNK_PHONEMES
         return max(default, self.first_chunk_phonemes)
+
+    def batching_on(self, device: str) -> bool:
+        """Whether model calls are batched on `device` (cpu, cuda, cuda:N)."""
+        if self.batching == "auto":
+            return device.startswith("cuda")
+        return self.batching == "on"

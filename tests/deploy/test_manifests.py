@@ -1042,14 +1042,16 @@ def test_prod_autoscales_web_services_and_workers_on_cpu_and_synth_on_streams() 
 
 
 def test_synths_autoscaler_targets_its_slots_per_pod() -> None:
-    """The target is in-flight streams per synth pod, SYNTH_MAX_CONCURRENT: a pod is added as the
-    slots fill (docs/operations.md, "Scaling"). Changing one without the other would add GPUs
+    """The target is in-flight streams per synth pod, the streams it speaks at once: its model
+    workers times the streams each batched call takes (batching is on, on CUDA): a pod is added
+    as they fill (docs/operations.md, "Scaling"). Changing one without the other would add GPUs
     early or let callers queue."""
     objects = render("prod")
     (metric,) = named(objects, "HorizontalPodAutoscaler", "synth")["spec"]["metrics"]
     synth = env(next(containers(named(objects, "Deployment", "synth"), init=False)))
+    assert synth["SYNTH_DEVICE"] == "cuda" and synth.get("SYNTH_BATCHING", "auto") != "off"
     target = float(metric["external"]["target"]["averageValue"])
-    assert target == float(synth["SYNTH_MAX_CONCURRENT"])
+    assert target == float(synth["SYNTH_MAX_CONCURRENT"]) * float(synth["SYNTH_BATCH_MAX_STREAMS"])
 
 
 def test_dev_runs_one_of_each_without_autoscaling() -> None:

@@ -6,13 +6,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import pytest
 
-from services.synth.engine.backend import Speech
-from services.synth.engine.manager import EngineManager, GeneratedChunk, SynthesisCancelled
+from services.synth.engine.backend import Speech, SpeechRequest
+from services.synth.engine.manager import (
+    BatchPolicy,
+    EngineManager,
+    GeneratedChunk,
+    SynthesisCancelled,
+)
 from services.synth.text.chunking import ChunkBudgets, Phonemize
 from services.synth.voices import VoiceMix
 from tests.support.metrics import Exposition, scrape
@@ -39,6 +44,8 @@ class StandInModel:
         self.fail_on_call = fail_on_call
         # Phonemes of each call, in the order the calls started.
         self.started: list[str] = []
+        # Phonemes of each model call's inputs (one, or a batch's), in the order they started.
+        self.batches: list[list[str]] = []
         self.finished: list[str] = []
         self.running = 0
         self.most_at_once = 0
@@ -47,6 +54,7 @@ class StandInModel:
 
     @property
     def calls(self) -> int:
+        """Chunks the model has started speaking (a batch counts each of its inputs)."""
         return len(self.started)
 
     @property
@@ -68,26 +76,40 @@ class StandInModel:
             gate.set()
 
     def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Speech:
+        (speech,) = self._speak([SpeechRequest(phonemes, voice, speed)])
+        return speech
+
+    def generate_batch(self, requests: Sequence[SpeechRequest]) -> list[Speech]:
+        return self._speak(requests)
+
+    def _speak(self, requests: Sequence[SpeechRequest]) -> list[Speech]:
+        """One model call, for one input or a batch: one gate, one delay, one failure."""
         gate = threading.Event()
         with self._lock:
-            self.started.append(phonemes)
+            self.started.extend(request.phonemes for request in requests)
+            self.batches.append([request.phonemes for request in requests])
             self._gates.append(gate)
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
-            call = len(self.started)
+            call = len(self.batches)
         try:
             if self.gated:
                 assert gate.wait(timeout=10), "a gated call was never let through"
             time.sleep(self.delay)
             if call == self.fail_on_call:
                 raise RuntimeError("the model broke")
-            per_phoneme = int(0.1 * RATE / speed)
-            audio = np.full(len(phonemes) * per_phoneme, 0.1, dtype=np.float32)
-            return Speech(audio, np.arange(len(phonemes) + 1, dtype=np.int64) * per_phoneme)
+            return [self._tone(request) for request in requests]
         finally:
             with self._lock:
                 self.running -= 1
-                self.finished.append(phonemes)
+                self.finished.extend(request.phonemes for request in requests)
+
+    @staticmethod
+    def _tone(request: SpeechRequest) -> Speech:
+        per_phoneme = int(0.1 * RATE / request.speed)
+        audio = np.full(len(request.phonemes) * per_phoneme, 0.1, dtype=np.float32)
+        bounds = np.arange(len(request.phonemes) + 1, dtype=np.int64) * per_phoneme
+        return Speech(audio, bounds)
 
 
 def identity_phonemizers(codes: Collection[str]) -> Mapping[str, Phonemize]:
@@ -99,6 +121,7 @@ async def started(
     max_concurrent: int = 1,
     budgets: ChunkBudgets = PACKED,
     lookahead: int = 1,
+    batching: BatchPolicy | None = None,
 ) -> EngineManager:
     manager = EngineManager(
         model,
@@ -107,6 +130,7 @@ async def started(
         max_concurrent=max_concurrent,
         lookahead_chunks=lookahead,
         warm_up=False,
+        batching=batching,
     )
     await manager.start()
     return manager
@@ -354,4 +378,102 @@ async def test_running_and_waiting_calls_and_every_model_call_are_measured() -> 
     assert after.delta(before, "kokoropay_synth_batch_size_sum") == calls  # one chunk per call
     assert after.delta(before, "kokoropay_synth_real_time_factor_count") == calls
     assert after.delta(before, "kokoropay_synth_audio_seconds_total") > 0
+    await manager.close()
+
+
+# Batching: a worker gathers waiting calls into one model call (engine/scheduler.py).
+ROOMY = BatchPolicy(max_phonemes=10_000, wait_seconds=0.05)
+
+
+async def test_streams_that_start_together_are_spoken_in_one_batch() -> None:
+    model = StandInModel(gated=True)
+    manager = await started(model, budgets=ONE_CLAUSE_EACH, batching=ROOMY)
+    texts = [f"Stream {name} first, stream {name} second." for name in ("one", "two", "three")]
+    listeners = [Listener(manager, text) for text in texts]
+    await until(lambda: len(model.batches) == 1)
+    # The worker waited for the others' first chunks rather than speaking the first alone.
+    assert sorted(model.batches[0]) == sorted(text.split(", ")[0] + "," for text in texts)
+    await drain(model, *listeners)
+    # Then the second chunks, together again; each stream heard its own, in order.
+    assert sorted(model.batches[1]) == sorted(text.split(", ")[1] for text in texts)
+    for listener, text in zip(listeners, texts, strict=True):
+        assert [chunk.text_end for chunk in listener.chunks] == [text.index(",") + 1, len(text)]
+        assert [len(chunk.audio) for chunk in listener.chunks] == [
+            # The stand-in speaks 0.1 s per phoneme: each chunk is its own clause's audio.
+            int(len(clause) * 0.1 * RATE)
+            for clause in (text.split(", ")[0] + ",", text.split(", ")[1])
+        ]
+    await manager.close()
+
+
+async def test_a_batch_keeps_within_its_phoneme_budget() -> None:
+    model = StandInModel(delay=0.01)
+    # Room for two of these clauses (19-21 phonemes, and the two boundary tokens) per call.
+    policy = BatchPolicy(max_phonemes=2 * 23, wait_seconds=0.02)
+    manager = await started(model, budgets=ONE_CLAUSE_EACH, batching=policy)
+    texts = [f"Stream {n} clause one, stream {n} clause two." for n in range(5)]
+    results = await asyncio.gather(*(collect(manager, text) for text in texts))
+    assert all(len(chunks) == 2 for chunks in results)
+    assert max(len(batch) for batch in model.batches) == 2
+    for batch in model.batches:
+        assert len(batch) * max(len(phonemes) + 2 for phonemes in batch) <= policy.max_phonemes
+    assert sorted(model.started) == sorted(
+        clause for text in texts for clause in (text[: text.index(",") + 1], text.split(", ")[1])
+    )
+    await manager.close()
+
+
+async def test_a_batch_takes_new_streams_first_chunks_before_older_later_ones() -> None:
+    model = StandInModel(gated=True)
+    policy = BatchPolicy(max_phonemes=2 * 30, wait_seconds=0.0)
+    manager = await started(model, budgets=ONE_CLAUSE_EACH, batching=policy)
+    older = Listener(manager, "Alpha first clause, alpha second clause.")
+    await until(lambda: model.calls == 1)
+    model.finish()  # alpha's first; its second is planned and waits while nothing runs
+    await until(lambda: model.calls == 2)
+    # The worker is busy with alpha's second; two streams arrive, and then a third.
+    newer = [Listener(manager, f"{name} first clause, {name} second.") for name in ("Bravo", "Eve")]
+    await asyncio.sleep(0.05)
+    await drain(model, older, *newer, step=0.05)
+    assert model.batches[:3] == [
+        ["Alpha first clause,"],
+        ["alpha second clause."],
+        ["Bravo first clause,", "Eve first clause,"],
+    ]
+    await manager.close()
+
+
+async def test_a_stream_that_hangs_up_leaves_the_batch_and_the_others_are_spoken() -> None:
+    model = StandInModel(gated=True)
+    manager = await started(model, budgets=ONE_CLAUSE_EACH, batching=ROOMY)
+    busy = Listener(manager, "Holding the worker, for a while.")
+    await until(lambda: model.calls == 1)
+    staying = [Listener(manager, f"{name} stays here, to the end.") for name in ("Kim", "Lee")]
+    leaving = Listener(manager, "Max leaves now, before a word.")
+    await asyncio.sleep(0.05)  # their first chunks wait behind the running call
+    await leaving.hang_up()
+    await drain(model, busy, *staying)
+    assert not any(phonemes.startswith("Max") for phonemes in model.started)
+    # The call after the one running gathered everything waiting but the stream that left.
+    assert sorted(model.batches[1]) == ["Kim stays here,", "Lee stays here,", "for a while."]
+    assert all(len(listener.chunks) == 2 for listener in staying)
+    assert leaving.chunks == []
+    await manager.close()
+
+
+async def test_batched_calls_are_measured_once_per_model_call() -> None:
+    model = StandInModel(gated=True)
+    manager = await started(model, budgets=ONE_CLAUSE_EACH, batching=ROOMY)
+    before = scrape()
+    listeners = [Listener(manager, f"Stream {n} speaks once.") for n in range(4)]
+    await until(lambda: len(model.batches) == 1)
+    during = scrape()
+    assert during.delta(before, "kokoropay_synth_active_streams") == 4
+    await drain(model, *listeners)
+    after = await _settled(
+        before, "kokoropay_synth_active_streams", "kokoropay_synth_queued_streams"
+    )
+    assert [len(batch) for batch in model.batches] == [4]
+    assert after.delta(before, "kokoropay_synth_model_call_seconds_count") == 1
+    assert after.delta(before, "kokoropay_synth_batch_size_sum") == 4
     await manager.close()

@@ -38,8 +38,29 @@ def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
         {"first_chunk_phonemes": 300, "chunk_phonemes": 200},
         {"device": "tpu"},
         {"max_concurrent": 0},
+        {"batching": "sometimes"},
+        # A batch must hold at least one chunk of the model's longest.
+        {"batch_max_phonemes": MODEL_MAX_PHONEMES},
+        {"batch_max_streams": 0},
+        {"batch_wait_ms": -1},
     ],
 )
 def test_impossible_values_are_refused(values: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         SynthSettings(**values)  # type: ignore[arg-type]
+
+
+def test_batching_is_on_for_cuda_and_off_on_a_cpu_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = SynthSettings()
+    assert (settings.batching_on("cuda:0"), settings.batching_on("cpu")) == (True, False)
+    monkeypatch.setenv("SYNTH_BATCHING", "on")
+    assert SynthSettings().batching_on("cpu")
+    monkeypatch.setenv("SYNTH_BATCHING", "off")
+    assert not SynthSettings().batching_on("cuda")
+    assert (settings.batch_max_phonemes, settings.batch_wait_ms, settings.batch_max_streams) == (
+        16_384,
+        2.0,
+        32,
+    )

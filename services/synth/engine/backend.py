@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +25,15 @@ class Speech:
     phoneme_bounds: npt.NDArray[np.int64]
 
 
+@dataclass(frozen=True)
+class SpeechRequest:
+    """One input of a batched model call."""
+
+    phonemes: str
+    voice: VoiceMix
+    speed: float
+
+
 class SynthesisBackend(Protocol):
     """A speech model. `generate` may be called from several worker threads at once."""
 
@@ -44,4 +54,9 @@ class SynthesisBackend(Protocol):
     def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Speech:
         """Mono float32 audio for at most the model's limit of phonemes, at `speed`, with
         where each phoneme is spoken."""
+        ...
+
+    def generate_batch(self, requests: Sequence[SpeechRequest]) -> list[Speech]:
+        """Several inputs in one padded model call: each as `generate` would speak it (up to
+        the vocoder's random draws), in the order given."""
         ...

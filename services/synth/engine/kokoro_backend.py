@@ -13,6 +13,7 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -20,7 +21,8 @@ import numpy.typing as npt
 import torch
 
 from services.synth import metrics
-from services.synth.engine.backend import Speech
+from services.synth.engine.backend import Speech, SpeechRequest
+from services.synth.engine.batched_forward import BatchItem, forward_batch
 from services.synth.engine.model_files import WeightsPaths
 from services.synth.models import HUB_REPO_ID, SAMPLE_RATE
 from services.synth.voices import VoiceMix
@@ -48,8 +50,8 @@ class KokoroBackend:
         self._device = device
         self._torch_threads = torch_threads
         self._model: torch.nn.Module | None = None
-        # The phonemes the model has symbols for (KModel.vocab).
-        self._vocabulary: frozenset[str] = frozenset()
+        # Each phoneme the model has a symbol for, and the symbol (KModel.vocab).
+        self._token_ids: dict[str, int] = {}
         self._voices: dict[str, torch.Tensor] = {}
         self._blends: OrderedDict[tuple[tuple[str, float], ...], torch.Tensor] = OrderedDict()
         self._blends_lock = threading.Lock()
@@ -81,7 +83,7 @@ class KokoroBackend:
                 model=str(self._weights.model_path),
             )
         self._model = model.to(self._device).eval()
-        self._vocabulary = frozenset(model.vocab)
+        self._token_ids = dict(model.vocab)
         for name in self._weights.voice_names:
             pack = torch.load(self._weights.voice_path(name), map_location="cpu", weights_only=True)
             self._voices[name] = pack.to(self._device)
@@ -112,13 +114,42 @@ class KokoroBackend:
         frames = output.pred_dur.numpy().reshape(-1)
         return Speech(audio, self._phoneme_bounds(phonemes, frames, len(audio)))
 
+    def generate_batch(self, requests: Sequence[SpeechRequest]) -> list[Speech]:
+        """One padded model call (engine/batched_forward.py); each input's audio and durations
+        as `generate` gives them, but for the vocoder's random draws."""
+        if self._model is None:
+            raise RuntimeError("generate_batch() before load()")
+        items = [
+            BatchItem(
+                self._input_ids(request.phonemes),
+                self._pack(request.voice)[len(request.phonemes) - 1],
+                request.speed,
+            )
+            for request in requests
+        ]
+        outputs = forward_batch(self._model, items)
+        speeches = []
+        for request, output in zip(requests, outputs, strict=True):
+            audio = np.asarray(output.audio.float().numpy(), dtype=np.float32).reshape(-1)
+            frames = output.pred_dur.numpy().reshape(-1)
+            speeches.append(
+                Speech(audio, self._phoneme_bounds(request.phonemes, frames, len(audio)))
+            )
+        return speeches
+
+    def _input_ids(self, phonemes: str) -> torch.Tensor:
+        """The model's tokens for `phonemes`, between its boundary token 0, as KModel.forward
+        builds them (phonemes it has no symbol for dropped)."""
+        ids = [self._token_ids[phoneme] for phoneme in phonemes if phoneme in self._token_ids]
+        return torch.tensor([0, *ids, 0], dtype=torch.long)
+
     def _phoneme_bounds(
         self, phonemes: str, frames: npt.NDArray[np.int64], samples: int
     ) -> npt.NDArray[np.int64]:
         """Where each phoneme starts and the last ends, in samples. `frames` has one duration
         per symbol the model read: a boundary token, then the phonemes it has a symbol for
         (KModel.forward drops the others), then another boundary token."""
-        known = np.array([phoneme in self._vocabulary for phoneme in phonemes], dtype=bool)
+        known = np.array([phoneme in self._token_ids for phoneme in phonemes], dtype=bool)
         per_phoneme = np.zeros(len(phonemes), dtype=np.int64)
         per_phoneme[known] = frames[1 : 1 + int(known.sum())]
         # Every frame is the same number of samples (600 at 24 kHz: the decoder's upsampling).

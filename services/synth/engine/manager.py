@@ -28,13 +28,24 @@ import numpy as np
 
 from services.synth.audio.seams import pause_after, trim_edges
 from services.synth.engine.backend import Samples, Speech, SynthesisBackend
-from services.synth.engine.scheduler import CallScheduler, ModelCall, SynthesisCancelled
+from services.synth.engine.scheduler import (
+    BatchPolicy,
+    CallScheduler,
+    ModelCall,
+    SynthesisCancelled,
+)
 from services.synth.engine.timestamps import ChunkWords, time_words
 from services.synth.text.chunking import ChunkBudgets, Phonemize, TextChunk, plan_chunks
 from services.synth.text.words import Pronunciation
 from services.synth.voices import LANGUAGES, VoiceCatalog, VoiceMix
 
-__all__ = ["EngineManager", "GeneratedChunk", "PhonemizerFactory", "SynthesisCancelled"]
+__all__ = [
+    "BatchPolicy",
+    "EngineManager",
+    "GeneratedChunk",
+    "PhonemizerFactory",
+    "SynthesisCancelled",
+]
 
 _log = logging.getLogger("synth.engine")
 
@@ -92,13 +103,14 @@ class EngineManager:
         max_concurrent: int,
         lookahead_chunks: int = 1,
         warm_up: bool = True,
+        batching: BatchPolicy | None = None,
     ) -> None:
         self._backend = backend
         self._phonemizer_factory = phonemizers
         self._budgets = budgets
         self._lookahead = lookahead_chunks
         self._warm_up = warm_up
-        self._scheduler = CallScheduler(backend, max_concurrent)
+        self._scheduler = CallScheduler(backend, max_concurrent, batching)
         self._phonemizers: Mapping[str, Phonemize] = {}
         self._catalog: VoiceCatalog | None = None
         # Set on shutdown: a start-up still loading stops at its next step instead of finishing.

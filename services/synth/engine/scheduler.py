@@ -8,10 +8,17 @@ open streams take turns. A call whose stream was cancelled is dropped while it w
 worker checks the flag again right before the model runs: a torch call cannot be interrupted,
 so the one in flight is the most an abandoned stream still costs.
 
-`_take` is where a batcher would gather several streams' next chunks into one padded call.
+With a `BatchPolicy` (on CUDA by default: decision 0021) a free worker takes, in that same
+order, as many waiting calls as fit the policy's budget of padded phonemes, and the backend
+speaks them in one padded model call (`generate_batch`): a device that runs one input at a time
+mostly waits on its own kernel launches. The worker waits up to `wait_seconds` for more calls
+before it starts a batch with room left, so streams that start together are spoken together.
+Each call keeps its stream's order (a stream has one call waiting or running at a time) and its
+own cancellation: a cancelled call leaves the batch before the model runs, and its neighbours'
+audio does not depend on it.
 
 Metrics (services/synth/metrics.py): streams whose call is running (`active`) or waiting for a
-worker (`queued`), the workers (`capacity`), and every model call's time and audio.
+worker (`queued`), the workers (`capacity`), and every model call's time, audio and batch size.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from services.synth import metrics
-from services.synth.engine.backend import Speech, SynthesisBackend
+from services.synth.engine.backend import Speech, SpeechRequest, SynthesisBackend
 from services.synth.voices import VoiceMix
 
 _log = logging.getLogger("synth.engine")
@@ -71,17 +78,50 @@ class ModelCall:
     def priority(self, order: int) -> tuple[int, int]:
         return (0 if self.first else 1, order)
 
+    @property
+    def request(self) -> SpeechRequest:
+        return SpeechRequest(self.phonemes, self.voice, self.speed)
+
+    @property
+    def padded_length(self) -> int:
+        """What the call takes of a batch's rows: its phonemes and the two boundary tokens."""
+        return len(self.phonemes) + 2
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a worker gathers calls into one padded model call."""
+
+    # Padded phonemes per batch (items x the longest item): bounds the call's memory and time.
+    max_phonemes: int
+    # How long a free worker waits for more calls before it starts a batch with room left.
+    wait_seconds: float
+    # Calls per batch: a worker's share of the streams the engine runs at once (its capacity).
+    max_calls: int = 32
+
+    def fits(self, calls: int, longest: int) -> bool:
+        return calls <= self.max_calls and calls * longest <= self.max_phonemes
+
+
+_Entry = tuple[tuple[int, int], ModelCall]
+
 
 class CallScheduler:
-    def __init__(self, backend: SynthesisBackend, workers: int) -> None:
+    def __init__(
+        self, backend: SynthesisBackend, workers: int, batching: BatchPolicy | None = None
+    ) -> None:
         self._backend = backend
         self._workers = workers
         self._free = workers
+        self._batching = batching
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="synth-model")
-        self._waiting: list[tuple[tuple[int, int], ModelCall]] = []
+        self._waiting: list[_Entry] = []
         self._submitted = 0
         self._closed = False
-        metrics.STREAM_CAPACITY.set(workers)
+        # A worker is waiting for more calls to join its batch (BatchPolicy.wait_seconds).
+        self._gathering: asyncio.TimerHandle | None = None
+        # Streams whose calls may run at once: each worker runs one call, or one batch.
+        metrics.STREAM_CAPACITY.set(workers * (batching.max_calls if batching else 1))
 
     async def run(self, call: ModelCall) -> Speech | None:
         """The call's audio once a worker has spoken it; None when its stream was cancelled
@@ -102,23 +142,56 @@ class CallScheduler:
 
     def _dispatch(self) -> None:
         """Start calls while workers are free; runs on the event loop, so it needs no lock."""
-        while self._free and (call := self._take()) is not None:
-            self._free -= 1
-            call._state = _State.RUNNING
-            metrics.QUEUED_STREAMS.dec()
-            metrics.ACTIVE_STREAMS.inc()
-            loop = asyncio.get_running_loop()
-            # A copied context carries the request id into the worker's log lines.
-            running = loop.run_in_executor(
-                self._executor, contextvars.copy_context().run, self._speak, call
-            )
-            running.add_done_callback(functools.partial(self._finished, call))
+        while self._free and self._gathering is None:
+            if self._batching is not None and self._worth_waiting_for_more(self._batching):
+                self._gathering = asyncio.get_running_loop().call_later(
+                    self._batching.wait_seconds, self._gathered
+                )
+                return
+            calls = self._take()
+            if not calls:
+                return
+            self._start(calls)
 
-    def _take(self) -> ModelCall | None:
-        """The next call to run: first chunks first, then the one waiting longest; calls whose
-        stream was cancelled or left are dropped here."""
+    def _worth_waiting_for_more(self, policy: BatchPolicy) -> bool:
+        """A batch could start now with room left: wait (once, briefly) for more calls."""
+        if policy.wait_seconds <= 0 or not self._waiting:
+            return False
+        queued = [call for _, call in self._waiting if call._state is _State.QUEUED]
+        if not queued:
+            return False
+        longest = max(call.padded_length for call in queued)
+        return policy.fits(len(queued) + 1, longest)
+
+    def _gathered(self) -> None:
+        self._gathering = None
+        if self._closed:
+            return
+        # However many came meanwhile, the batch starts now.
+        while self._free and (calls := self._take()):
+            self._start(calls)
+
+    def _start(self, calls: list[ModelCall]) -> None:
+        self._free -= 1
+        for call in calls:
+            call._state = _State.RUNNING
+        metrics.QUEUED_STREAMS.dec(len(calls))
+        metrics.ACTIVE_STREAMS.inc(len(calls))
+        loop = asyncio.get_running_loop()
+        # A copied context carries the request id into the worker's log lines.
+        running = loop.run_in_executor(
+            self._executor, contextvars.copy_context().run, self._speak, calls
+        )
+        running.add_done_callback(functools.partial(self._finished, calls))
+
+    def _take(self) -> list[ModelCall]:
+        """The next calls to run (one, or a batch): first chunks first, then the ones waiting
+        longest; calls whose stream was cancelled or left are dropped here."""
+        taken: list[ModelCall] = []
+        longest = 0
         while self._waiting:
-            _, call = heapq.heappop(self._waiting)
+            entry = heapq.heappop(self._waiting)
+            call = entry[1]
             if call._state is not _State.QUEUED:
                 continue  # withdrawn by its stream: already counted out of the queue
             if call.cancelled.is_set():
@@ -126,41 +199,60 @@ class CallScheduler:
                 metrics.QUEUED_STREAMS.dec()
                 self._settle(call, None)
                 continue
-            return call
-        return None
+            if taken and (
+                self._batching is None
+                or not self._batching.fits(len(taken) + 1, max(longest, call.padded_length))
+            ):
+                heapq.heappush(self._waiting, entry)  # the next batch's first
+                break
+            taken.append(call)
+            longest = max(longest, call.padded_length)
+        return taken
 
-    def _speak(self, call: ModelCall) -> Speech | None:
-        """In a worker thread: the model call, unless the stream was cancelled meanwhile."""
-        if call.cancelled.is_set():
-            return None
-        started = time.perf_counter()
-        speech = self._backend.generate(call.phonemes, call.voice, call.speed)
-        model_seconds = time.perf_counter() - started
-        audio_seconds = len(speech.audio) / self._backend.sample_rate
-        metrics.record_model_call(audio_seconds, model_seconds)
-        _log.debug(
-            "chunk %d spoken",
-            call.chunk_index,
-            extra={
-                "phonemes": len(call.phonemes),
-                "audio_seconds": round(audio_seconds, 3),
-                "model_ms": round(model_seconds * 1e3, 1),
-            },
-        )
-        return speech
+    def _speak(self, calls: list[ModelCall]) -> list[Speech | None]:
+        """In a worker thread: one model call for the calls whose stream is still listening."""
+        live = [call for call in calls if not call.cancelled.is_set()]
+        spoken: dict[int, Speech] = {}
+        if live:
+            started = time.perf_counter()
+            if len(live) == 1:
+                speeches = [self._backend.generate(live[0].phonemes, live[0].voice, live[0].speed)]
+            else:
+                speeches = self._backend.generate_batch([call.request for call in live])
+            model_seconds = time.perf_counter() - started
+            audio_seconds = sum(len(speech.audio) for speech in speeches) / self._sample_rate
+            metrics.record_model_call(audio_seconds, model_seconds, batch_size=len(live))
+            _log.debug(
+                "%d chunks spoken",
+                len(live),
+                extra={
+                    "chunks": [call.chunk_index for call in live],
+                    "phonemes": sum(len(call.phonemes) for call in live),
+                    "audio_seconds": round(audio_seconds, 3),
+                    "model_ms": round(model_seconds * 1e3, 1),
+                },
+            )
+            spoken = {id(call): speech for call, speech in zip(live, speeches, strict=True)}
+        return [spoken.get(id(call)) for call in calls]
 
-    def _finished(self, call: ModelCall, done: asyncio.Future[Speech | None]) -> None:
-        call._state = _State.DONE
+    @property
+    def _sample_rate(self) -> int:
+        return self._backend.sample_rate
+
+    def _finished(self, calls: list[ModelCall], done: asyncio.Future[list[Speech | None]]) -> None:
         self._free += 1
-        metrics.ACTIVE_STREAMS.dec()
-        result = call._result
-        if result is not None and not result.done():
+        metrics.ACTIVE_STREAMS.dec(len(calls))
+        for position, call in enumerate(calls):
+            call._state = _State.DONE
+            result = call._result
+            if result is None or result.done():
+                continue
             if done.cancelled():
                 result.cancel()
             elif (error := done.exception()) is not None:
                 result.set_exception(error)
             else:
-                result.set_result(done.result())
+                result.set_result(done.result()[position])
         if not self._closed:
             self._dispatch()
 
@@ -172,8 +264,12 @@ class CallScheduler:
     async def close(self) -> None:
         """Refuse new calls, drop the waiting ones, and wait for the calls in flight."""
         self._closed = True
-        while (call := self._take()) is not None:
-            call._state = _State.DONE
-            metrics.QUEUED_STREAMS.dec()
-            self._settle(call, None)
+        if self._gathering is not None:
+            self._gathering.cancel()
+            self._gathering = None
+        while calls := self._take():
+            for call in calls:
+                call._state = _State.DONE
+                metrics.QUEUED_STREAMS.dec()
+                self._settle(call, None)
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
