@@ -1,14 +1,16 @@
 """synth's own metrics: the model workers, the model's pace, and what first audio costs a caller.
 
-Streams do not hold a worker; each model call (one chunk of one stream) does, while it runs
-(engine/scheduler.py). So "active" streams are those whose chunk the model is speaking now, at
-most one per worker, and "queued" streams those whose next chunk waits for a worker; a stream
-waiting for its caller to take audio it already has is neither. Saturation reads as
-`kokoropay_synth_active_streams / kokoropay_synth_stream_capacity` (the workers' busy share) with
-`kokoropay_synth_queued_streams` waiting behind; the model's pace as seconds per call and audio
-seconds per model second. Recorded by the engine and the servicer, never with a label from a
-request: no text, voice or caller. Light to import: no torch here; the backend hands in how to
-read the device's memory.
+Streams do not hold a worker; each model call (one chunk of one stream, or on CUDA a batch of
+several streams' chunks) does, while it runs (engine/scheduler.py). So "active" streams are those
+whose chunk the model is speaking now, at most the capacity (workers x streams per batch), and
+"queued" streams those whose next chunk waits for a worker; a stream waiting for its caller to
+take audio it already has is neither. Saturation reads as
+`kokoropay_synth_busy_workers / kokoropay_synth_workers` (the workers' busy share) with
+`kokoropay_synth_queued_streams` waiting behind: a busy worker may be running a small batch, so
+the streams' share of the capacity would understate it. The model's pace reads as seconds per
+call and audio seconds per model second. Recorded by the engine and the servicer, never with a
+label from a request: no text, voice or caller. Light to import: no torch here; the backend
+hands in how to read the device's memory.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ STREAM_CAPACITY = Gauge(
     "kokoropay_synth_stream_capacity",
     "Syntheses whose chunks may be spoken at once: the model workers (max_concurrent), times"
     " the streams per batch where calls are batched (batch_max_streams).",
+)
+WORKERS = Gauge(
+    "kokoropay_synth_workers",
+    "Model workers (max_concurrent): model calls, each one chunk or a batch, that may run at once.",
+)
+BUSY_WORKERS = Gauge(
+    "kokoropay_synth_busy_workers",
+    "Model workers running a call now (one chunk, or a batch of several streams' chunks).",
 )
 AUDIO_SECONDS = Counter(
     "kokoropay_synth_audio_seconds",

@@ -120,6 +120,8 @@ GAUGES = {
     "kokoropay_synth_active_streams",
     "kokoropay_synth_queued_streams",
     "kokoropay_synth_stream_capacity",
+    "kokoropay_synth_workers",
+    "kokoropay_synth_busy_workers",
     "kokoropay_synth_device_memory_bytes",
     "kokoropay_gateway_active_streams",
     "kokoropay_predictions_queue_depth",

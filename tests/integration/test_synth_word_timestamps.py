@@ -146,10 +146,20 @@ def test_times_rise_through_the_stream_across_chunk_boundaries(spoken: Spoken) -
             assert message.start_seconds <= word.start_seconds <= word.end_seconds <= end + 1e-9
 
 
-def test_the_last_word_ends_with_the_last_voiced_sample(spoken: Spoken) -> None:
+def test_the_last_word_ends_with_the_last_voiced_sample(
+    spoken: Spoken, record_property: Callable[[str, object], None]
+) -> None:
     voiced = np.flatnonzero(np.abs(spoken.audio) > VOICED)
     last_voiced = (voiced[-1] + 1) / RATE
     first_voiced = voiced[0] / RATE
+    record_property(
+        "report",
+        f"word timestamps: {len(spoken.words)} words in"
+        f" {sum(1 for m in spoken.messages if m.words)} chunks of {len(PASSAGE)} characters;"
+        f" the last word ends {(spoken.words[-1].end_seconds - last_voiced) * 1e3:+.1f} ms from"
+        f" the last voiced sample, the first starts"
+        f" {(spoken.words[0].start_seconds - first_voiced) * 1e3:+.1f} ms from the first",
+    )
     assert spoken.words[-1].end_seconds == pytest.approx(last_voiced, abs=0.05)
     assert spoken.words[0].start_seconds == pytest.approx(first_voiced, abs=0.05)
     total = spoken.messages[-1].summary.audio_seconds

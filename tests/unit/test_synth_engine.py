@@ -18,6 +18,7 @@ from services.synth.engine.manager import (
     GeneratedChunk,
     SynthesisCancelled,
 )
+from services.synth.engine.scheduler import CallScheduler, ModelCall
 from services.synth.text.chunking import ChunkBudgets, Phonemize
 from services.synth.voices import VoiceMix
 from tests.support.metrics import Exposition, scrape
@@ -425,21 +426,48 @@ async def test_a_batch_keeps_within_its_phoneme_budget() -> None:
 
 async def test_a_batch_takes_new_streams_first_chunks_before_older_later_ones() -> None:
     model = StandInModel(gated=True)
-    policy = BatchPolicy(max_phonemes=2 * 30, wait_seconds=0.0)
+    policy = BatchPolicy(max_phonemes=10_000, wait_seconds=0.0, max_calls=2)
     manager = await started(model, budgets=ONE_CLAUSE_EACH, batching=policy)
     older = Listener(manager, "Alpha first clause, alpha second clause.")
     await until(lambda: model.calls == 1)
-    model.finish()  # alpha's first; its second is planned and waits while nothing runs
+    xray = Listener(manager, "Xray first clause, xray second clause.")
+    await asyncio.sleep(0.05)
+    model.finish()  # alpha's first; xray's first runs, and alpha's second waits behind it
     await until(lambda: model.calls == 2)
-    # The worker is busy with alpha's second; two streams arrive, and then a third.
+    await asyncio.sleep(0.05)
     newer = [Listener(manager, f"{name} first clause, {name} second.") for name in ("Bravo", "Eve")]
     await asyncio.sleep(0.05)
-    await drain(model, older, *newer, step=0.05)
-    assert model.batches[:3] == [
+    # Xray's first ends: alpha's second has waited longest, but two first chunks go before it.
+    await drain(model, older, xray, *newer, step=0.05)
+    assert model.batches[:4] == [
         ["Alpha first clause,"],
-        ["alpha second clause."],
+        ["Xray first clause,"],
         ["Bravo first clause,", "Eve first clause,"],
+        ["alpha second clause.", "xray second clause."],
     ]
+    await manager.close()
+
+
+async def test_a_full_batch_does_not_wait_out_the_window() -> None:
+    model = StandInModel()
+    # A window far longer than the test: only a full batch starts before it ends.
+    policy = BatchPolicy(max_phonemes=10_000, wait_seconds=60.0, max_calls=2)
+    manager = await started(model, budgets=ONE_CLAUSE_EACH, batching=policy)
+    texts = ("One clause here.", "Two clause here.")
+    both = asyncio.gather(*(collect(manager, text) for text in texts))
+    chunks = await asyncio.wait_for(both, timeout=10)
+    assert [len(stream) for stream in chunks] == [1, 1]
+    assert [sorted(batch) for batch in model.batches] == [list(texts)]
+    await manager.close()
+
+
+async def test_a_call_over_the_batch_budget_runs_alone() -> None:
+    model = StandInModel()
+    policy = BatchPolicy(max_phonemes=20, wait_seconds=0.01)
+    manager = await started(model, budgets=ONE_CLAUSE_EACH, batching=policy)
+    text = "A clause far longer than the batch's whole budget of phonemes."
+    (chunk,) = await collect(manager, text)
+    assert chunk.text_end == len(text) and model.batches == [[text]]
     await manager.close()
 
 
@@ -477,3 +505,48 @@ async def test_batched_calls_are_measured_once_per_model_call() -> None:
     assert after.delta(before, "kokoropay_synth_model_call_seconds_count") == 1
     assert after.delta(before, "kokoropay_synth_batch_size_sum") == 4
     await manager.close()
+
+
+class FailingBatches(StandInModel):
+    """Every batched call fails; alone, only the chunk saying "boom" does."""
+
+    def generate_batch(self, requests: Sequence[SpeechRequest]) -> list[Speech]:
+        raise RuntimeError("CUDA out of memory")
+
+    def generate(self, phonemes: str, voice: VoiceMix, speed: float) -> Speech:
+        if "boom" in phonemes:
+            raise RuntimeError("the model broke on boom")
+        return super().generate(phonemes, voice, speed)
+
+
+async def test_a_failed_batch_is_spoken_one_by_one_and_only_the_failing_stream_fails() -> None:
+    model = FailingBatches()
+    manager = await started(model, budgets=ONE_CLAUSE_EACH, batching=ROOMY)
+    results = await asyncio.gather(
+        collect(manager, "Fine words here."),
+        collect(manager, "A boom here."),
+        collect(manager, "More fine words."),
+        return_exceptions=True,
+    )
+    fine, failed, more = results
+    assert isinstance(failed, RuntimeError) and "boom" in str(failed)
+    assert isinstance(fine, list) and isinstance(more, list)
+    assert [chunk.text_end for chunk in fine] == [len("Fine words here.")]
+    assert [chunk.text_end for chunk in more] == [len("More fine words.")]
+    await manager.close()
+
+
+async def test_a_call_cancelled_after_its_batch_was_taken_never_reaches_the_model() -> None:
+    """The flag is read again in the worker, right before the model runs."""
+    model = StandInModel()
+    scheduler = CallScheduler(model, workers=1, batching=ROOMY)
+    staying, leaving = SynthesisCancelled(), SynthesisCancelled()
+    calls = [
+        ModelCall("Staying here.", VOICE, 1.0, staying, first=True),
+        ModelCall("Leaving now.", VOICE, 1.0, leaving, first=True),
+    ]
+    leaving.set()  # between the worker taking the batch and the model call
+    spoken = await asyncio.to_thread(scheduler._speak, calls)
+    assert model.batches == [["Staying here."]]
+    assert isinstance(spoken[0], Speech) and spoken[1] is None
+    await scheduler.close()

@@ -295,3 +295,13 @@ def test_espeak_languages_give_no_word_boundaries() -> None:
 
     spanish = build_phonemizers("e")["e"]
     assert list(plan_chunks("Hola, mundo.", spanish, BUDGETS))[0].words is None
+
+
+def test_a_chunk_of_bare_punctuation_is_silence_not_a_model_call() -> None:
+    """A lone dash between a clause that fills its chunk and one too long to join it is a chunk
+    of its own: it says nothing (the model would voice it as a breath), yet still covers it."""
+    text = "Alpha beta gamma delta, — epsilon zeta eta theta iota."
+    chunks = list(plan_chunks(text, letters, ChunkBudgets(first=10, later=10, hard_max=510)))
+    dash = [chunk for chunk in chunks if chunk.span.of(text).strip() == "—"]
+    assert len(dash) == 1 and dash[0].phonemes == ""
+    assert all(chunk.phonemes for chunk in chunks if chunk is not dash[0])

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 
+from services.common.logs import request_id_var
 from services.synth import metrics
 from services.synth.engine.backend import Speech, SpeechRequest, SynthesisBackend
 from services.synth.voices import VoiceMix
@@ -70,8 +71,9 @@ class ModelCall:
     cancelled: SynthesisCancelled
     # The stream has no audio yet: this call's time is its caller's wait for first audio.
     first: bool
-    # For the log line.
+    # For the log line: a batch's line names every call's chunk and request.
     chunk_index: int = 0
+    request_id: str = field(default_factory=request_id_var.get)
     _state: _State = field(default=_State.QUEUED, init=False)
     _result: asyncio.Future[Speech | None] | None = field(default=None, init=False)
 
@@ -122,6 +124,7 @@ class CallScheduler:
         self._gathering: asyncio.TimerHandle | None = None
         # Streams whose calls may run at once: each worker runs one call, or one batch.
         metrics.STREAM_CAPACITY.set(workers * (batching.max_calls if batching else 1))
+        metrics.WORKERS.set(workers)
 
     async def run(self, call: ModelCall) -> Speech | None:
         """The call's audio once a worker has spoken it; None when its stream was cancelled
@@ -142,7 +145,13 @@ class CallScheduler:
 
     def _dispatch(self) -> None:
         """Start calls while workers are free; runs on the event loop, so it needs no lock."""
-        while self._free and self._gathering is None:
+        if self._gathering is not None:
+            if self._batching is not None and self._worth_waiting_for_more(self._batching):
+                return
+            # The batch is full: no reason to wait out the rest of the window.
+            self._gathering.cancel()
+            self._gathering = None
+        while self._free:
             if self._batching is not None and self._worth_waiting_for_more(self._batching):
                 self._gathering = asyncio.get_running_loop().call_later(
                     self._batching.wait_seconds, self._gathered
@@ -173,6 +182,7 @@ class CallScheduler:
 
     def _start(self, calls: list[ModelCall]) -> None:
         self._free -= 1
+        metrics.BUSY_WORKERS.inc()
         for call in calls:
             call._state = _State.RUNNING
         metrics.QUEUED_STREAMS.dec(len(calls))
@@ -209,38 +219,58 @@ class CallScheduler:
             longest = max(longest, call.padded_length)
         return taken
 
-    def _speak(self, calls: list[ModelCall]) -> list[Speech | None]:
-        """In a worker thread: one model call for the calls whose stream is still listening."""
+    def _speak(self, calls: list[ModelCall]) -> list[Speech | BaseException | None]:
+        """In a worker thread: one model call for the calls whose stream is still listening;
+        for each call, its speech, the error that stopped it, or None (cancelled)."""
         live = [call for call in calls if not call.cancelled.is_set()]
-        spoken: dict[int, Speech] = {}
-        if live:
-            started = time.perf_counter()
-            if len(live) == 1:
-                speeches = [self._backend.generate(live[0].phonemes, live[0].voice, live[0].speed)]
-            else:
-                speeches = self._backend.generate_batch([call.request for call in live])
-            model_seconds = time.perf_counter() - started
-            audio_seconds = sum(len(speech.audio) for speech in speeches) / self._sample_rate
-            metrics.record_model_call(audio_seconds, model_seconds, batch_size=len(live))
-            _log.debug(
-                "%d chunks spoken",
-                len(live),
-                extra={
-                    "chunks": [call.chunk_index for call in live],
-                    "phonemes": sum(len(call.phonemes) for call in live),
-                    "audio_seconds": round(audio_seconds, 3),
-                    "model_ms": round(model_seconds * 1e3, 1),
-                },
-            )
-            spoken = {id(call): speech for call, speech in zip(live, speeches, strict=True)}
+        spoken: dict[int, Speech | BaseException] = {}
+        if len(live) > 1:
+            try:
+                speeches = self._spoken_together(live)
+                spoken = {id(call): speech for call, speech in zip(live, speeches, strict=True)}
+            except Exception:
+                # One input, or the batch's size (CUDA out of memory), must not fail every
+                # stream in it: each is tried alone, and fails alone.
+                _log.exception("a batch of %d chunks failed; speaking them one by one", len(live))
+        for call in live:
+            if id(call) not in spoken:
+                try:
+                    (spoken[id(call)],) = self._spoken_together([call])
+                except Exception as error:  # the caller's stream reports it
+                    spoken[id(call)] = error
         return [spoken.get(id(call)) for call in calls]
 
-    @property
-    def _sample_rate(self) -> int:
-        return self._backend.sample_rate
+    def _spoken_together(self, calls: list[ModelCall]) -> list[Speech]:
+        """One model call for `calls` (alone, or batched), measured and logged."""
+        started = time.perf_counter()
+        if len(calls) == 1:
+            (call,) = calls
+            speeches = [self._backend.generate(call.phonemes, call.voice, call.speed)]
+        else:
+            speeches = self._backend.generate_batch([call.request for call in calls])
+        model_seconds = time.perf_counter() - started
+        audio_seconds = sum(len(speech.audio) for speech in speeches) / self._backend.sample_rate
+        metrics.record_model_call(audio_seconds, model_seconds, batch_size=len(calls))
+        _log.debug(
+            "%d chunks spoken",
+            len(calls),
+            extra={
+                "chunks": [call.chunk_index for call in calls],
+                "request_ids": [call.request_id for call in calls],
+                "phonemes": sum(len(call.phonemes) for call in calls),
+                "audio_seconds": round(audio_seconds, 3),
+                "model_ms": round(model_seconds * 1e3, 1),
+            },
+        )
+        return speeches
 
-    def _finished(self, calls: list[ModelCall], done: asyncio.Future[list[Speech | None]]) -> None:
+    def _finished(
+        self,
+        calls: list[ModelCall],
+        done: asyncio.Future[list[Speech | BaseException | None]],
+    ) -> None:
         self._free += 1
+        metrics.BUSY_WORKERS.dec()
         metrics.ACTIVE_STREAMS.dec(len(calls))
         for position, call in enumerate(calls):
             call._state = _State.DONE
@@ -251,8 +281,10 @@ class CallScheduler:
                 result.cancel()
             elif (error := done.exception()) is not None:
                 result.set_exception(error)
+            elif isinstance(outcome := done.result()[position], BaseException):
+                result.set_exception(outcome)
             else:
-                result.set_result(done.result()[position])
+                result.set_result(outcome)
         if not self._closed:
             self._dispatch()
 

@@ -1,7 +1,7 @@
 """When each word of the input is spoken, from the model's phoneme durations.
 
 Two steps, because the stream's timeline is the servicer's:
-- `time_words`, in the worker right after the model call: each word's voiced phonemes
+- `time_words`, by the stream's producer right after the model call: each word's voiced phonemes
   (text/words.py) become samples of the chunk's audio as the model made it, from where the
   backend says each phoneme is spoken (`Speech.phoneme_bounds`: Kokoro's `pred_dur`, frames of
   600 samples, already divided by the speed; a blend's durations are its own). The durations

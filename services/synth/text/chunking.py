@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from services.synth.text.normalize import normalize
 from services.synth.text.split import Span, clauses, sentences, words
-from services.synth.text.words import Pronunciation, WordPhonemes, words_of
+from services.synth.text.words import Pronunciation, WordPhonemes, is_voiced, words_of
 
 # Text (already normalized) to phonemes in the model's alphabet: bare, or as a Pronunciation
 # that also says which phonemes each of the G2P's tokens became.
@@ -109,10 +109,13 @@ class _Planner:
                     break
                 parts.append(piece)
                 size += cost
+            phonemes = " ".join(part.phonemes for part in parts if part.phonemes)
             yield TextChunk(
                 index=index,
                 span=Span(parts[0].span.start, parts[-1].span.end),
-                phonemes=" ".join(part.phonemes for part in parts if part.phonemes),
+                # A chunk of bare punctuation (a lone dash between two long clauses) is silence:
+                # the model would voice it as a breath or a click.
+                phonemes=phonemes if is_voiced(phonemes) else "",
                 is_last=self._exhausted(),
                 ends_sentence=parts[-1].ends_sentence,
                 words=_joined_words(parts),

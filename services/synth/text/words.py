@@ -29,7 +29,12 @@ from services.synth.text.split import Span
 _RUN = re.compile(f"[^{SEPARATOR_CHARACTERS}]+")
 # Kokoro's symbols for pauses (punctuation and the space between words), and punctuation its
 # vocabulary lacks (dropped by the model, so it takes no time at all).
-_PAUSES = frozenset(';:,.!?—…"()“” ¡¿«»')
+PAUSES = frozenset(';:,.!?—…"()“” ¡¿«»')
+
+
+def is_voiced(phonemes: str) -> bool:
+    """Whether `phonemes` say anything but pauses."""
+    return any(phoneme not in PAUSES for phoneme in phonemes)
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ def words_of(
             cursor = found + len(needle)
         run = max(bisect_right(run_starts, at) - 1, 0)
         for index in range(token.phonemes.start, min(token.phonemes.end, len(phonemes))):
-            if phonemes[index] in _PAUSES:
+            if phonemes[index] in PAUSES:
                 continue
             known = voiced[run]
             voiced[run] = (
