@@ -29,6 +29,7 @@ from services.common.settings import DATA_DIR
 from services.synth.voices import HOSTED_LISTING_VOICES, LANGUAGES, V1_VOICES
 from tests.support.metrics import Exposition
 from tests.support.pki import sync_channel, tls_env
+from tests.support.seams import silence_around
 
 pytestmark = pytest.mark.model
 
@@ -340,20 +341,6 @@ def test_chunks_join_without_a_step_or_a_gap(synth: RunningSynth) -> None:
         # padding at both ends (about 0.75 s).
         longest = 0.5 if ends_sentence else 0.25
         assert silence_around(pcm, int(seam)) <= longest, (message.characters_consumed, seam)
-
-
-def silence_around(pcm: np.ndarray, at: int, frame: int = RATE // 200) -> float:
-    """Seconds of silence (5 ms frames under -50 dBFS) reaching either side of sample `at`."""
-
-    def quiet(start: int) -> bool:
-        return float(np.sqrt(np.mean(pcm[start : start + frame] ** 2))) < 10 ** (-50 / 20)
-
-    before = after = at - at % frame
-    while before >= frame and quiet(before - frame):
-        before -= frame
-    while after + frame <= len(pcm) and quiet(after):
-        after += frame
-    return (after - before) / RATE
 
 
 # --- validation --------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from kokoropay.synth.v1 import synth_pb2
 
 from services.common.settings import DATA_DIR
+from tests.support.seams import silence_around
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -194,3 +195,27 @@ def test_a_phrase_cut_out_by_its_timestamps_is_recognised(
     cut = spoken.audio[int(words[0].start_seconds * RATE) : int(words[-1].end_seconds * RATE)]
     margin = np.zeros(int(CUT_MARGIN_SECONDS * RATE), dtype=np.float32)
     assert _plain(transcribe(np.concatenate([margin, cut, margin]), RATE)) == _plain(phrase)
+
+
+def test_every_seam_of_the_passage_joins_without_a_step_or_a_long_gap(
+    spoken: Spoken, record_property: Callable[[str, object], None]
+) -> None:
+    """Each chunk after the first starts where the one before ended: the samples either side
+    meet at zero (no click), and the silence there is a speaker's pause (audio/seams.py)."""
+    pcm = spoken.audio
+    voiced = pcm[np.abs(pcm) > VOICED]
+    typical_step = float(np.median(np.abs(np.diff(voiced))))
+    # A chunk's first message carries its words (the passage is English: every chunk has some).
+    seams = [round(m.start_seconds * RATE) for m in spoken.messages[1:] if m.words]
+    assert len(seams) >= 20
+    steps = [abs(float(pcm[seam]) - float(pcm[seam - 1])) for seam in seams]
+    gaps = [silence_around(pcm, seam) for seam in seams]
+    record_property(
+        "report",
+        f"seams: {len(seams)} in the {len(PASSAGE)}-character passage; the largest step across"
+        f" one {max(steps):.5f} (the voiced audio's median step {typical_step:.5f}), the longest"
+        f" silence around one {max(gaps) * 1e3:.0f} ms",
+    )
+    assert max(steps) <= typical_step
+    # A sentence's pause (0.4 s) plus the silence either side of the seam the model leaves.
+    assert max(gaps) <= 0.6
