@@ -8,10 +8,16 @@ agree within one frame, and its audio by at least 30 dB signal-to-difference rat
 10 log10(sum(ref^2) / sum((ref - batched)^2)). The worst ratio and how many durations differ are
 printed after the run under "measurements" (tests/conftest.py), pass or fail.
 
-Measured on the real weights (2-core CPU): every duration equal, worst item 47.1 dB (the eight:
-47 to 59 dB). That is float rounding: the vocoder's inputs agree to ~3e-7 relative, and the harmonic
-source's float32 phase (thousands of radians by a second's end) grows that to ~1e-3 in voiced
-stretches; the unbatched model itself moves by 43 to 48 dB when its style is perturbed by 1e-7.
+A stream cancelled mid-batch leaves it: the same batch less its longest item (which narrows
+every other item's padding) must give each remaining item the full batch's durations and audio
+within the same 30 dB.
+
+Measured on the real weights (2-core CPU): every duration equal, worst item 46.6 dB (the eight:
+46.6 to 59.6 dB); the batch less its longest item, 45.9 dB at worst against the full batch. That
+is float rounding: the vocoder's inputs agree to ~3e-7 relative, and the harmonic source's
+float32 phase (thousands of radians by a second's end) grows that to ~1e-3 in voiced stretches;
+the unbatched model itself moves by 43 to 48 dB when its style is perturbed by 1e-7. (Norm
+statistics in float64 did not help: 43.3 dB at worst, further from torch's float32 instance norm.)
 
 The phonemes are misaki's output for English and Chinese, written by hand for Spanish and
 French, so no G2P runs here.
@@ -171,20 +177,25 @@ def test_forward_one_is_kmodels_forward(loaded: Loaded) -> None:
     assert torch.equal(mine.audio, audio)
 
 
-def test_a_batch_of_one_is_forward_one(loaded: Loaded, alone: Sequence[ItemOutput]) -> None:
-    (batched,) = forward_batch(loaded.model, [item_of(loaded, CASES[1])])
-
-    assert torch.equal(batched.pred_dur, alone[1].pred_dur)
-    assert torch.equal(batched.audio, alone[1].audio)
-
-
-def test_the_order_of_a_batch_changes_no_items_result(
-    loaded: Loaded, batched: Sequence[ItemOutput]
+def test_an_item_leaving_the_batch_changes_no_other_items_result(
+    loaded: Loaded,
+    batched: Sequence[ItemOutput],
+    record_property: Callable[[str, object], None],
 ) -> None:
-    # Four of them, reversed: other neighbours, other padding.
-    order = [4, 2, 1, 0]
-    reordered = forward_batch(loaded.model, [item_of(loaded, CASES[i]) for i in order])
+    # A cancelled stream leaves the batch: here its longest item, so every other item's padding
+    # changes too.
+    longest = max(range(len(CASES)), key=lambda index: int(batched[index].pred_dur.sum()))
+    staying = [index for index in range(len(CASES)) if index != longest]
+    narrower = forward_batch(loaded.model, [item_of(loaded, CASES[i]) for i in staying])
 
-    for position, index in enumerate(order):
-        assert torch.equal(reordered[position].pred_dur, batched[index].pred_dur)
-        assert sdr_db(batched[index].audio, reordered[position].audio) >= MIN_SDR_DB
+    ratios = [
+        sdr_db(batched[index].audio, narrower[position].audio)
+        for position, index in enumerate(staying)
+    ]
+    record_property(
+        "report",
+        f"the batch less its longest item: worst SDR against the full batch {min(ratios):.1f} dB",
+    )
+    for position, index in enumerate(staying):
+        assert torch.equal(narrower[position].pred_dur, batched[index].pred_dur)
+    assert min(ratios) >= MIN_SDR_DB, ratios

@@ -3,9 +3,8 @@
 Decoder.forward and Generator.forward step by step, with `masked_layers` wherever padding would
 reach an item's own steps. The time axis changes length on the way (frames, then 2x frames, then
 each upsampling, then STFT frames); each item's length is carried along with it and its mask is
-made at every length. The harmonic source and the inverse STFT run per item: the first so each
-item draws its own random numbers, the second because torch.istft's window normalisation and the
-frame after an item's last would otherwise change its final samples.
+made at every length. The harmonic source (`harmonic_source`) and the inverse STFT
+(`inverse_stft`) handle the ends of items themselves.
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pad_sequence
 
 from services.synth.engine.harmonic_source import harmonic_spectrum
+from services.synth.engine.inverse_stft import inverse_stft
 from services.synth.engine.masked_layers import (
     adain_res_block,
     conv_lengths,
@@ -39,9 +38,10 @@ def decode(
     style: torch.Tensor,
     frame_lengths: torch.Tensor,
     rngs: Sequence[torch.Generator | None],
-) -> list[torch.Tensor]:
-    """Each item's audio (1-D, its own length) from (B, C, frames) aligned text features,
-    (B, 2 x frames) F0 and noise curves and (B, 128) decoder styles.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, samples) audio from (B, C, frames) aligned text features, (B, 2 x frames) F0 and
+    noise curves and (B, 128) decoder styles; and each item's sample count (on the CPU), its
+    audio being its first that many samples.
 
     `frame_lengths` (on the CPU) holds each item's frame count; `rngs` each item's generator.
     """
@@ -75,16 +75,11 @@ def _generate(
     f0_curve: torch.Tensor,
     frame_lengths: torch.Tensor,
     rngs: Sequence[torch.Generator | None],
-) -> list[torch.Tensor]:
-    """Generator.forward: x at 2 x frames, each item's audio out."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generator.forward: x at 2 x frames, the audio and each item's sample count out."""
     device = x.device
-    spectra = [
-        harmonic_spectrum(generator, f0_curve[item : item + 1, : 2 * int(frames)], rng)
-        for item, (frames, rng) in enumerate(zip(frame_lengths, rngs, strict=True))
-    ]
-    spectrum_lengths = torch.tensor([spectrum.shape[-1] for spectrum in spectra])
     # Zeros past each item's STFT frames are what the noise convolutions' padding gives alone.
-    har = pad_sequence([spectrum[0].T for spectrum in spectra], batch_first=True).transpose(1, 2)
+    har, spectrum_lengths = harmonic_spectrum(generator, f0_curve, 2 * frame_lengths, rngs)
     lengths = 2 * frame_lengths
     last = generator.num_upsamples - 1
     for i in range(generator.num_upsamples):
@@ -112,10 +107,4 @@ def _generate(
         x = xs / generator.num_kernels
     x = F.leaky_relu(x)
     x = generator.conv_post(zero_padding(x, mask))
-    bins = generator.post_n_fft // 2 + 1
-    magnitude = torch.exp(x[:, :bins, :])
-    phase = torch.sin(x[:, bins:, :])
-    return [
-        generator.stft.inverse(magnitude[i : i + 1, :, :n], phase[i : i + 1, :, :n]).squeeze()
-        for i, n in enumerate(lengths.tolist())
-    ]
+    return inverse_stft(generator.stft, x, mask), generator.stft.hop_length * (lengths - 1)

@@ -7,16 +7,21 @@
 - durations are rounded per item at the item's own speed, and each item's frames are aligned to
   its own tokens; frames are padded to the longest item's;
 - the F0/N blocks and the decoder normalise and convolve under masks (`masked_layers`,
-  `batched_decoder`); the harmonic source and the inverse STFT run per item, each item drawing
-  its random numbers from its own generator in its own shapes.
+  `batched_decoder`); the harmonic source draws its random numbers for the whole batch at once,
+  or each item from its own generator in its own shapes where items have one.
+Past the text, the only values read back to the host are the durations, once: every later length
+is computed from them on the CPU, so a GPU's queue is not drained in the middle of the pass.
 
 `forward_one` is the unbatched reference: a batch of one pads nothing, so every layer runs its
 module's own forward and the result is KModel's (with `generator=None`, its exact draws too).
 The model must be in eval mode: dropout would make no two runs agree.
 
-On a 2-core CPU batching does not pay (bench/batched_forward_bench.py): with 3% to 6% padding, a
-batch of 8 speaks 0.62 to 0.69 times as fast as its items one by one. The vocoder's tensors
-outgrow the cache, and its many element-wise passes run at memory speed.
+On a 2-core CPU batching does not pay (bench/batched_forward_bench.py): with 6% padding, a batch
+of 8 speaks 0.58 to 0.62 times as fast as its items one by one. The vocoder's tensors outgrow the
+cache, and its many element-wise passes run at memory speed; the masked norms make more of those
+passes than torch's instance norm did item by item (0.65 then). What a batch buys is on a GPU:
+its kernel launches stay near one item's (bench/batched_forward_ops.py: about 2,540 for 8 items
+and 2,640 for 32, where norms and vocoder item by item launched 7,490 and 26,590).
 """
 
 from __future__ import annotations
@@ -78,35 +83,38 @@ def forward_batch(model: KModel, items: Sequence[BatchItem]) -> list[ItemOutput]
     device = model.device
     with torch.inference_mode():
         token_lengths = torch.tensor([len(item.input_ids) for item in items])
-        input_ids = pad_sequence([item.input_ids for item in items], batch_first=True).to(device)
-        styles = torch.cat([item.style for item in items]).to(device)
+        input_ids = pad_sequence([item.input_ids for item in items], batch_first=True)
+        input_ids = input_ids.to(device, non_blocking=True)
+        styles = torch.cat([item.style for item in items]).to(device, non_blocking=True)
         prosody_style = styles[:, _PROSODY_STYLE]
         # Kokoro's convention: True on padding.
         text_padding = torch.arange(input_ids.shape[1])[None, :] >= token_lengths[:, None]
-        text_padding = text_padding.to(device)
+        text_padding = text_padding.to(device, non_blocking=True)
 
         hidden = model.bert(input_ids, attention_mask=(~text_padding).int())
         bert_features = model.bert_encoder(hidden).transpose(-1, -2)
         prosody = model.predictor.text_encoder(
             bert_features, prosody_style, token_lengths, text_padding
         )
-        durations = _durations(model, prosody, token_lengths, [item.speed for item in items])
-        frame_lengths = torch.stack([duration.sum() for duration in durations]).cpu()
-        frames_token = pad_sequence(
-            [
-                torch.repeat_interleave(torch.arange(len(duration), device=device), duration)
-                for duration in durations
-            ],
-            batch_first=True,
+        # Before the durations' wait: Kokoro's text encoder waits for the GPU itself (its packed
+        # LSTM), better here than in the middle of the frames' work.
+        text = model.text_encoder(input_ids, token_lengths, text_padding)
+        speeds = torch.tensor([[item.speed] for item in items])
+        durations = _durations(
+            model, prosody, token_lengths, text_padding, speeds.to(device, non_blocking=True)
         )
-        frame_mask = own_steps(frame_lengths, frames_token.shape[1], device)
+        # The frame counts set every later shape: the pass's one wait for the GPU.
+        durations_cpu = durations.cpu()
+        frame_lengths = durations_cpu.sum(dim=1)
+        width = int(frame_lengths.max())
+        frames_token = _frames_token(durations, width)
+        frame_mask = own_steps(frame_lengths, width, device)
 
         aligned_prosody = _align(prosody.transpose(-1, -2), frames_token, frame_mask)
         f0_curve, noise_curve = _f0_and_noise(
             model.predictor, aligned_prosody, prosody_style, frame_lengths
         )
-        text = model.text_encoder(input_ids, token_lengths, text_padding)
-        audio = decode(
+        audio, sample_lengths = decode(
             model.decoder,
             _align(text, frames_token, frame_mask),
             f0_curve,
@@ -115,15 +123,23 @@ def forward_batch(model: KModel, items: Sequence[BatchItem]) -> list[ItemOutput]
             frame_lengths,
             [item.generator for item in items],
         )
+        audio = audio.cpu()
+    # Clones, so that an item's audio does not keep the whole batch's alive.
     return [
-        ItemOutput(audio=samples.cpu(), pred_dur=duration.cpu())
-        for samples, duration in zip(audio, durations, strict=True)
+        ItemOutput(audio=audio[item, :samples].clone(), pred_dur=durations_cpu[item, :tokens])
+        for item, (samples, tokens) in enumerate(
+            zip(sample_lengths.tolist(), token_lengths.tolist(), strict=True)
+        )
     ]
 
 
 def _check(model: KModel, items: Sequence[BatchItem]) -> None:
+    from kokoro.istftnet import TorchSTFT
+
     if model.training:
         raise ValueError("forward_batch needs model.eval(): dropout would differ per item")
+    if not isinstance(model.decoder.generator.stft, TorchSTFT):
+        raise ValueError("forward_batch needs KModel's complex STFT (disable_complex=False)")
     for item in items:
         if item.input_ids.dim() != 1 or len(item.input_ids) > model.context_length:
             raise ValueError(
@@ -135,15 +151,29 @@ def _check(model: KModel, items: Sequence[BatchItem]) -> None:
 
 
 def _durations(
-    model: KModel, prosody: torch.Tensor, token_lengths: torch.Tensor, speeds: Sequence[float]
-) -> list[torch.Tensor]:
-    """Each item's frames per token, rounded at its own speed as KModel rounds them."""
+    model: KModel,
+    prosody: torch.Tensor,
+    token_lengths: torch.Tensor,
+    text_padding: torch.Tensor,
+    speeds: torch.Tensor,
+) -> torch.Tensor:
+    """(B, tokens): each item's frames per token, rounded at its own speed as KModel rounds
+    them; zero past its tokens. `speeds` is (B, 1) float32: KModel's float speed meets float32
+    sums as float32 too."""
     hidden = packed_lstm(model.predictor.lstm, prosody, token_lengths)
     sums = torch.sigmoid(model.predictor.duration_proj(hidden)).sum(dim=-1)
-    return [
-        torch.round(sums[item, :length] / speed).clamp(min=1).long()
-        for item, (length, speed) in enumerate(zip(token_lengths.tolist(), speeds, strict=True))
-    ]
+    rounded = torch.round(sums / speeds).clamp(min=1).long()
+    return torch.where(text_padding, 0, rounded)
+
+
+def _frames_token(durations: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width): the token each frame speaks, as KModel's repeat_interleave of token indices
+    by their durations assigns it; past an item's frames, the batch's last (masked later)."""
+    ends = durations.cumsum(dim=1)
+    frames = torch.arange(width, device=durations.device).repeat(len(durations), 1)
+    # A frame's token is the first whose end lies after it.
+    token = torch.searchsorted(ends, frames, right=True)
+    return token.clamp(max=durations.shape[1] - 1)
 
 
 def _align(features: torch.Tensor, frames_token: torch.Tensor, frame_mask: Mask) -> torch.Tensor:
