@@ -29,8 +29,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.synth_bench import text_of
-from services.synth.engine.manager import BatchPolicy, EngineManager, SynthesisCancelled
-from services.synth.settings import MODEL_MAX_PHONEMES, SynthSettings
+from services.synth.engine.manager import EngineManager, SynthesisCancelled
+from services.synth.settings import SynthSettings
 from services.synth.voices import VoiceMix
 
 VOICE = VoiceMix((("af_heart", 1.0),))
@@ -76,30 +76,11 @@ async def speak_at_once(engine: EngineManager, text: str, streams: int) -> Run:
 
 
 def engine_for(weights_dir: Path | None, device: str, workers: int, batched: bool) -> EngineManager:
-    from services.synth.engine.kokoro_backend import KokoroBackend
+    from services.synth.engine.assembly import engine_from_settings
     from services.synth.engine.model_files import find_weights
-    from services.synth.text.chunking import ChunkBudgets
-    from services.synth.text.g2p import build_phonemizers
 
-    settings = SynthSettings()
-    return EngineManager(
-        KokoroBackend(find_weights(weights_dir), device, settings.torch_threads),
-        build_phonemizers,
-        ChunkBudgets(
-            settings.first_chunk_phonemes, settings.chunk_budget(device), MODEL_MAX_PHONEMES
-        ),
-        max_concurrent=workers,
-        lookahead_chunks=settings.lookahead_chunks,
-        batching=(
-            BatchPolicy(
-                settings.batch_max_phonemes,
-                settings.batch_wait_ms / 1e3,
-                settings.batch_max_streams,
-            )
-            if batched
-            else None
-        ),
-    )
+    settings = SynthSettings(max_concurrent=workers, batching="on" if batched else "off")
+    return engine_from_settings(settings, find_weights(weights_dir), device)
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -15,7 +15,7 @@ from services.common.tracing import traces
 from services.synth.engine.model_files import WeightsError, WeightsPaths, find_weights
 from services.synth.errors import ERRORS
 from services.synth.loading import LoadingSynthServicer
-from services.synth.settings import MODEL_MAX_PHONEMES, SynthSettings
+from services.synth.settings import SynthSettings
 
 if TYPE_CHECKING:  # the model stack is imported at start-up, not here
     from services.synth.engine.manager import EngineManager
@@ -58,35 +58,15 @@ def main() -> None:
 
 def _build(settings: SynthSettings, weights: WeightsPaths) -> tuple[EngineManager, SynthServicer]:
     """The engine and the real servicer; imports torch and the model stack."""
-    from services.synth.engine.kokoro_backend import KokoroBackend, choose_device
-    from services.synth.engine.manager import BatchPolicy, EngineManager
+    from services.synth.engine.assembly import engine_from_settings
+    from services.synth.engine.kokoro_backend import choose_device
     from services.synth.servicer import SynthServicer
-    from services.synth.text.chunking import ChunkBudgets
-    from services.synth.text.g2p import build_phonemizers
 
     try:
         device = choose_device(settings.device)
     except RuntimeError as error:
         raise SystemExit(f"error: {error}") from None
-    engine = EngineManager(
-        KokoroBackend(weights, device, settings.torch_threads),
-        build_phonemizers,
-        ChunkBudgets(
-            settings.first_chunk_phonemes, settings.chunk_budget(device), MODEL_MAX_PHONEMES
-        ),
-        max_concurrent=settings.max_concurrent,
-        lookahead_chunks=settings.lookahead_chunks,
-        warm_up=settings.warm_up,
-        batching=(
-            BatchPolicy(
-                settings.batch_max_phonemes,
-                settings.batch_wait_ms / 1e3,
-                settings.batch_max_streams,
-            )
-            if settings.batching_on(device)
-            else None
-        ),
-    )
+    engine = engine_from_settings(settings, weights, device)
     servicer = SynthServicer(
         engine, max_input_chars=settings.max_input_chars, precision=weights.manifest.precision
     )

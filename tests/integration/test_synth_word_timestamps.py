@@ -78,26 +78,14 @@ class Spoken:
 
 
 async def _speak() -> Spoken:
-    from services.synth.engine.kokoro_backend import KokoroBackend, choose_device
-    from services.synth.engine.manager import EngineManager
+    from services.synth.engine.assembly import engine_from_settings
+    from services.synth.engine.kokoro_backend import choose_device
     from services.synth.engine.model_files import find_weights
     from services.synth.servicer import SynthServicer
-    from services.synth.settings import MODEL_MAX_PHONEMES, SynthSettings
-    from services.synth.text.chunking import ChunkBudgets
-    from services.synth.text.g2p import build_phonemizers
+    from services.synth.settings import SynthSettings
 
-    defaults = SynthSettings(port=1)
-    device = choose_device("auto")
-    engine = EngineManager(
-        KokoroBackend(find_weights(None), device),
-        build_phonemizers,
-        ChunkBudgets(
-            defaults.first_chunk_phonemes, defaults.chunk_budget(device), MODEL_MAX_PHONEMES
-        ),
-        max_concurrent=1,
-        lookahead_chunks=2,
-        warm_up=False,
-    )
+    settings = SynthSettings(port=1, max_concurrent=1, lookahead_chunks=2, warm_up=False)
+    engine = engine_from_settings(settings, find_weights(None), choose_device("auto"))
     await engine.start()
     try:
         servicer = SynthServicer(engine, max_input_chars=20_000, precision="")
