@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 WEIGHTS := .data/weights/manifest.json
 PYTEST_ARGS ?=
 
-.PHONY: help install protos weights browser promtool run test lint unit integration e2e chaos bench images \
+.PHONY: help install protos weights browser promtool run test lint unit integration e2e chaos bench gpu-wheels images \
 	envoy-config lock clean
 
 help: ## List the targets
@@ -88,6 +88,9 @@ chaos: $(INSTALLED) $(WEIGHTS) ## Only the chaos suite (kill each process of the
 
 bench: $(INSTALLED) $(WEIGHTS) ## Benchmarks, each against a baseline measured in the same run
 	$(PY) -m bench
+
+gpu-wheels: $(INSTALLED) ## Wheels a GPU machine needs for bench/gpu/run.sh, into .whl/
+	bash bench/gpu/wheels.sh
 
 images: ## Build the container images (one line and exit 0 where no container engine runs)
 	@docker/build-images.sh

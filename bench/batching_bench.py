@@ -2,6 +2,7 @@
 
     python -m bench.batching_bench [--device cpu|cuda] [--streams 1,4] [--chars 400]
         [--rounds 2] [--workers N] [--random-weights CONFIG_JSON] [--json out.json]
+        [--phonemes-from bench/data/passage_g2p.json]
 
 For each stream count, N requests for the first `--chars` characters of the bench passage start
 at once on the service's own engine (its G2P, chunker, scheduler and backend, in this process:
@@ -14,6 +15,10 @@ and the time to each stream's first chunk, p50 and p95; then the ratios batched 
 On a CPU use `--streams 1,4`; on a GPU `--device cuda --streams 1,8,32,64 --chars 2000`.
 `--random-weights` builds a randomly initialised model from a kokoro-onnx config.json, for
 machines without the weights (the same time per call: bench/random_weights.py).
+`--phonemes-from` replays phonemes recorded here (bench/recorded_g2p.py) and imports Kokoro's
+model alone, for machines without misaki and spaCy: a GPU machine needs torch, transformers,
+kokoro, loguru and pydantic-settings, nothing else (bench/gpu/README.md). `--json` is rewritten
+after every stream count, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.synth_bench import text_of
+from bench.model_only import import_model_only
+from bench.passage import text_of
+from bench.recorded_g2p import replaying
 from services.synth.engine.manager import EngineManager, SynthesisCancelled
 from services.synth.settings import SynthSettings
 from services.synth.voices import VoiceMix
@@ -75,12 +82,15 @@ async def speak_at_once(engine: EngineManager, text: str, streams: int) -> Run:
     )
 
 
-def engine_for(weights_dir: Path | None, device: str, workers: int, batched: bool) -> EngineManager:
+def engine_for(args: argparse.Namespace, weights_dir: Path | None, batched: bool) -> EngineManager:
     from services.synth.engine.assembly import engine_from_settings
     from services.synth.engine.model_files import find_weights
 
-    settings = SynthSettings(max_concurrent=workers, batching="on" if batched else "off")
-    return engine_from_settings(settings, find_weights(weights_dir), device)
+    settings = SynthSettings(max_concurrent=args.workers, batching="on" if batched else "off")
+    weights = find_weights(weights_dir)
+    if args.phonemes_from is None:
+        return engine_from_settings(settings, weights, args.device)
+    return engine_from_settings(settings, weights, args.device, replaying(args.phonemes_from))
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -90,10 +100,7 @@ def percentile(values: list[float], share: float) -> float:
 
 async def measure(args: argparse.Namespace, weights_dir: Path | None) -> list[Run]:
     text = text_of(args.chars)
-    engines = {
-        mode: engine_for(weights_dir, args.device, args.workers, mode == "batched")
-        for mode in MODES
-    }
+    engines = {mode: engine_for(args, weights_dir, mode == "batched") for mode in MODES}
     for mode, engine in engines.items():
         print(f"loading the {mode} engine…", flush=True)
         await engine.start()
@@ -112,6 +119,10 @@ async def measure(args: argparse.Namespace, weights_dir: Path | None) -> list[Ru
                         f" first audio p50 {statistics.median(run.first_audio_ms):7.0f} ms",
                         flush=True,
                     )
+            if args.json:
+                write_table(
+                    args.json, summarize(runs, args.streams[: args.streams.index(streams) + 1])
+                )
     finally:
         for engine in engines.values():
             await engine.close()
@@ -173,10 +184,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=1, help="model workers in both modes")
     parser.add_argument("--random-weights", type=Path, metavar="CONFIG_JSON")
     parser.add_argument("--json", type=Path, help="also write the table here")
+    parser.add_argument(
+        "--phonemes-from",
+        type=Path,
+        metavar="RECORDING_JSON",
+        help="replay recorded phonemes; for machines without the G2P (bench/recorded_g2p.py)",
+    )
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     args.streams = args.streams or ([1, 8, 32, 64] if cuda else [1, 4])
     args.chars = args.chars or (2_000 if cuda else 400)
+    if args.phonemes_from is not None:
+        import_model_only()
     with tempfile.TemporaryDirectory() as scratch:
         weights_dir = None
         if args.random_weights is not None:
@@ -190,8 +209,12 @@ def main(argv: list[str]) -> int:
     rows = summarize(runs, args.streams)
     print_table(rows, args)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        write_table(args.json, rows)
     return 0
+
+
+def write_table(path: Path, rows: list[dict[str, float]]) -> None:
+    path.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ from pathlib import Path
 import grpc
 import httpx
 
+from bench.passage import PASSAGE, text_of
 from bench.running_mesh import running_mesh
-from bench.synth_bench import PASSAGE, text_of
 from services.cli.admin import AdminClient
 from services.cli.mesh import LocalMesh
 from tests.support.metrics import Exposition

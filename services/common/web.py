@@ -8,6 +8,8 @@ contract `web-in-gateway` in pyproject.toml says so).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Generator
 from types import FrameType
 
 import uvicorn
@@ -45,3 +47,15 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._draining.set()
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None]:
+        """Uvicorn's, less its last step: after a drain it raises the signal again for the
+        handler it replaced, which for SIGTERM kills the process there and then. The caller's
+        clean-up after `serve()` (closing gRPC channels, flushing the last traces) would never
+        run; a drain is how a pod ends, so `serve()` returns and `main` exits 0."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()

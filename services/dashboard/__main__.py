@@ -63,6 +63,7 @@ async def serve(settings: DashboardSettings) -> None:
             await asyncio.to_thread(metrics.stop)
     if not server.started:
         raise SystemExit(f"error: dashboard could not listen on {settings.host}:{settings.port}")
+    _log.info("stopped")
 
 
 def main() -> None:

@@ -69,6 +69,7 @@ async def serve(settings: GatewaySettings) -> None:
             await asyncio.to_thread(metrics.stop)
     if not server.started:
         raise SystemExit(f"error: gateway could not listen on {settings.host}:{settings.port}")
+    _log.info("stopped")
 
 
 def main() -> None:

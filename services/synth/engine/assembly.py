@@ -4,7 +4,7 @@ EngineManager, for the service and for anything that measures it (bench/)."""
 from __future__ import annotations
 
 from services.synth.engine.kokoro_backend import KokoroBackend
-from services.synth.engine.manager import BatchPolicy, EngineManager
+from services.synth.engine.manager import BatchPolicy, EngineManager, PhonemizerFactory
 from services.synth.engine.model_files import WeightsPaths
 from services.synth.settings import MODEL_MAX_PHONEMES, SynthSettings
 from services.synth.text.chunking import ChunkBudgets
@@ -12,13 +12,17 @@ from services.synth.text.g2p import build_phonemizers
 
 
 def engine_from_settings(
-    settings: SynthSettings, weights: WeightsPaths, device: str
+    settings: SynthSettings,
+    weights: WeightsPaths,
+    device: str,
+    phonemizers: PhonemizerFactory = build_phonemizers,
 ) -> EngineManager:
     """Kokoro from `weights` on `device` (already chosen), chunked, scheduled and batched as
-    `settings` say."""
+    `settings` say. `phonemizers` is the installed G2P but for benches replaying recorded
+    phonemes on a machine without it (bench/recorded_g2p.py)."""
     return EngineManager(
         KokoroBackend(weights, device, settings.torch_threads),
-        build_phonemizers,
+        phonemizers,
         ChunkBudgets(
             settings.first_chunk_phonemes, settings.chunk_budget(device), MODEL_MAX_PHONEMES
         ),
