@@ -109,6 +109,10 @@ class ServiceProcess:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
+    def reconfigure(self, env: dict[str, str]) -> None:
+        """Settings for its next start: a service restarted with, say, batching on."""
+        self._env = {**self._env, **env}
+
     def start(self, wait_serving: bool = True, timeout: float = 60.0) -> ServiceProcess:
         # The child keeps its own copy of the descriptor; the parent's is closed at once.
         with self.log_path.open("ab") as log:

@@ -25,6 +25,7 @@ from tests.chaos.conftest import (
     restart,
     settled,
 )
+from tests.support.metrics import Exposition
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -108,6 +109,43 @@ async def test_synth_killed_before_and_during_streams_refunds_both(
     assert await settled(admin, customer) == 5_000  # both refunded
     await books_balance(admin)
     await restart(chaos_mesh, "synth")
+
+
+async def test_synth_killed_in_a_batched_call_refunds_every_stream_in_it(
+    chaos_mesh: LocalMesh, admin: AdminClient, http: httpx.AsyncClient
+) -> None:
+    """Batching (on by default on CUDA) puts several streams in one model call, and a dying
+    synth takes them all at once: each is cut, none is charged."""
+    synth = chaos_mesh.process("synth")
+    await asyncio.to_thread(synth.stop)
+    # A long gathering window, so that streams started together share every call here too.
+    synth.reconfigure({"SYNTH_BATCHING": "on", "SYNTH_BATCH_WAIT_MS": "100"})
+    await restart(chaos_mesh, "synth")
+    try:
+        customer = await new_customer(admin, 5_000)
+        body = {"input": LONG_TEXT, "voice": "af_sky", "response_format": "pcm"}
+        started = [asyncio.Event() for _ in range(3)]
+        streams = [
+            asyncio.ensure_future(_stream_until(http, customer, body, event)) for event in started
+        ]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), 120)
+        batches = Exposition.parse(httpx.get(synth.metrics_url).text)
+        shared = batches.total("kokoropay_synth_batch_size_count") - batches.total(
+            "kokoropay_synth_batch_size_bucket", le="1.0"
+        )
+        assert shared >= 1, "no model call carried more than one stream"
+
+        await asyncio.to_thread(synth.kill)
+        outcomes = await asyncio.gather(*streams)
+
+        assert [(status, clean) for status, _, clean in outcomes] == [(200, False)] * 3
+        assert all(received > 0 for _, received, _ in outcomes)
+        assert await settled(admin, customer) == 5_000  # all three refunded
+        await books_balance(admin)
+    finally:
+        synth.kill()
+        synth.reconfigure({"SYNTH_BATCHING": "auto", "SYNTH_BATCH_WAIT_MS": "2"})
+        await restart(chaos_mesh, "synth")
 
 
 async def _burst(
