@@ -24,6 +24,7 @@ from kokoropay.synth.v1 import synth_pb2
 from services.common.access import declared_callers
 from services.common.mesh import HEALTH_PORTS, PORTS, PREDICTIONS_WORKER_HEALTH_PORT
 from services.gateway.settings import GatewaySettings
+from services.predictions.settings import PredictionsSettings
 from tests.deploy.manifests import (
     NAMESPACE,
     OVERLAYS,
@@ -1012,7 +1013,7 @@ def test_envoy_answers_health_checks_with_synth(overlay: str) -> None:
 # --- scaling -----------------------------------------------------------------------------
 
 
-def test_prod_autoscales_web_services_and_workers_on_cpu_and_synth_on_streams() -> None:
+def test_prod_autoscales_web_services_on_cpu_synth_on_streams_and_workers_on_the_queue() -> None:
     objects = render("prod")
     autoscalers = {h["metadata"]["name"]: h for h in of_kind(objects, "HorizontalPodAutoscaler")}
     assert set(autoscalers) == {"gateway", "dashboard", "envoy", "synth", WORKER}
@@ -1025,9 +1026,13 @@ def test_prod_autoscales_web_services_and_workers_on_cpu_and_synth_on_streams() 
         assert hpa["spec"]["minReplicas"] >= 2
         # The HPA owns the count; a count in the Deployment would fight it at every apply.
         assert "replicas" not in named(objects, "Deployment", name)["spec"]
-    for name in (*WEB, WORKER):
+    for name in WEB:
         (metric,) = autoscalers[name]["spec"]["metrics"]
         assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu", name
+    queue, cpu = autoscalers[WORKER]["spec"]["metrics"]
+    assert queue["external"]["metric"]["name"] == "kokoropay_predictions_queue_depth"
+    assert queue["external"]["target"]["type"] == "AverageValue"
+    assert cpu["type"] == "Resource" and cpu["resource"]["name"] == "cpu"
     # The predictions service itself has a fixed count, like auth and ledger.
     assert "predictions" not in autoscalers
     (synth_metric,) = autoscalers["synth"]["spec"]["metrics"]
@@ -1052,6 +1057,22 @@ def test_synths_autoscaler_targets_its_slots_per_pod() -> None:
     assert synth["SYNTH_DEVICE"] == "cuda" and synth.get("SYNTH_BATCHING", "auto") != "off"
     target = float(metric["external"]["target"]["averageValue"])
     assert target == float(synth["SYNTH_MAX_CONCURRENT"]) * float(synth["SYNTH_BATCH_MAX_STREAMS"])
+
+
+def test_the_workers_autoscaler_wants_a_worker_slot_for_every_waiting_job() -> None:
+    """Queue depth per worker pod at the jobs one worker runs at once: a backlog brings as many
+    workers as would start every waiting job (docs/operations.md, "Scaling the workers"). The
+    depth must be scraped for the adapter to read it, on the port the workers serve it on."""
+    objects = render("prod")
+    queue, _ = named(objects, "HorizontalPodAutoscaler", WORKER)["spec"]["metrics"]
+    deployment = named(objects, "Deployment", WORKER)
+    worker = env(next(containers(deployment, init=False)))
+    default = PredictionsSettings.model_fields["worker_concurrency"].default
+    concurrency = worker.get("PREDICTIONS_WORKER_CONCURRENCY", str(default))
+    assert float(queue["external"]["target"]["averageValue"]) == float(concurrency)
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == worker["PREDICTIONS_WORKER_METRICS_PORT"]
 
 
 def test_dev_runs_one_of_each_without_autoscaling() -> None:
