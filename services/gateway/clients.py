@@ -149,6 +149,16 @@ class UsageLabels:
 
 
 @dataclass(frozen=True)
+class KeyedCreate:
+    """A prediction create named by its Idempotency-Key, as the predictions service keeps it
+    (one prediction per key and account for 24 hours)."""
+
+    key: str
+    # The request as understood (fingerprint.py); the same key on another one is refused.
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class KeyedRequest:
     """A customer's request named by its Idempotency-Key, as the ledger keeps it."""
 
@@ -370,10 +380,13 @@ class PredictionsClient(Protocol):
         prediction_input: PredictionInput,
         webhook_url: str,
         max_active: int,
+        keyed: KeyedCreate | None = None,
     ) -> Prediction:
         """Reserve len(text) and queue the job; INSUFFICIENT_CREDITS when the balance is short,
         CONCURRENCY_LIMITED (metadata `limit`, `retry_after_seconds`) when the key already has
-        `max_active` (1 to 10,000) predictions queued or running."""
+        `max_active` (1 to 10,000) predictions queued or running. `keyed`: the prediction its
+        Idempotency-Key already names, if any, as it now stands (nothing reserved again), or
+        REQUEST_KEY_REUSED (metadata `fingerprint`) when that key named another request."""
         ...
 
     async def get_prediction(self, account_id: str, prediction_id: str) -> Prediction:
@@ -777,6 +790,7 @@ class GrpcPredictionsClient:
         prediction_input: PredictionInput,
         webhook_url: str,
         max_active: int,
+        keyed: KeyedCreate | None = None,
     ) -> Prediction:
         request = predictions_pb2.CreatePredictionRequest(
             account_id=principal.account_id,
@@ -789,6 +803,8 @@ class GrpcPredictionsClient:
             ),
             webhook_url=webhook_url,
             max_active=max_active,
+            idempotency_key=keyed.key if keyed else "",
+            request_fingerprint=keyed.fingerprint if keyed else "",
         )
         response = await _call(
             "predictions", self._stub.CreatePrediction(request, timeout=self._timeout)

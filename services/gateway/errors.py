@@ -205,12 +205,7 @@ def reserve_error(
     if error.reason == "INSUFFICIENT_CREDITS" or error.code == grpc.StatusCode.NOT_FOUND:
         return insufficient_credits(cost, billing_url)
     if error.reason == "REQUEST_KEY_REUSED":
-        differing = fields_that_differ(error.metadata.get("fingerprint", ""), fingerprint)
-        return ApiError(
-            400,
-            "this Idempotency-Key was used in the last 24 hours for a different request "
-            f"(it differs in: {', '.join(differing) or 'content'}); use a new key",
-        )
+        return request_key_reused(error, fingerprint)
     if error.reason == "ATTEMPT_IN_PROGRESS":
         return still_in_progress()
     if error.reason == "REQUEST_COMPLETED":
@@ -220,6 +215,19 @@ def reserve_error(
             "again as often as a key allows; use a new key for a new request",
         )
     return api_error(error)
+
+
+def request_key_reused(error: UpstreamError, fingerprint: str) -> ApiError:
+    """The 400 for an Idempotency-Key that names a different request (REQUEST_KEY_REUSED, from
+    the ledger for speech, from the predictions service for a prediction's create), naming the
+    fields in which this request differs from the stored one's fingerprint."""
+    differing = fields_that_differ(error.metadata.get("fingerprint", ""), fingerprint)
+    return ApiError(
+        400,
+        "this Idempotency-Key was used in the last 24 hours for a different request "
+        f"(it differs in: {', '.join(differing) or 'content'}); use a new key",
+        code="idempotency_key_reused",
+    )
 
 
 # The gateway's own refusals, decided before or instead of an upstream call.
@@ -354,13 +362,18 @@ def prediction_not_found(prediction_id: str) -> ApiError:
     return ApiError(404, f"unknown prediction {_shown(prediction_id)}", code="prediction_not_found")
 
 
-def create_prediction_error(error: UpstreamError, cost: int, billing_url: str) -> ApiError:
+def create_prediction_error(
+    error: UpstreamError, cost: int, fingerprint: str, billing_url: str
+) -> ApiError:
     """A refused CreatePrediction: short of credits (or no ledger account yet) is the 402 with
     the billing page; the key's most predictions already queued or running (CONCURRENCY_LIMITED)
-    a 429 naming the limit, with the service's wait as `Retry-After`; bad input (the webhook URL
-    included) a 400 with the service's reason."""
+    a 429 naming the limit, with the service's wait as `Retry-After`; an Idempotency-Key naming
+    another request the 400 speech answers, naming what differs from `fingerprint`; bad input
+    (the webhook URL included) a 400 with the service's reason."""
     if error.reason == "INSUFFICIENT_CREDITS" or error.code == grpc.StatusCode.NOT_FOUND:
         return insufficient_credits(cost, billing_url)
+    if error.reason == "REQUEST_KEY_REUSED":
+        return request_key_reused(error, fingerprint)
     if error.reason == "CONCURRENCY_LIMITED":
         limit = _number(error.metadata, "limit")
         wait = _number(error.metadata, "retry_after_seconds")

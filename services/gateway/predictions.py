@@ -2,7 +2,8 @@
 
     create:  admit ─▶ validate ─────────▶ CreatePrediction ─▶ id
           401, 429    404 model, 400         402 (it reserves len(text)), 400 webhook,
-                                             429 max_active queued or running
+                                             429 max_active queued or running,
+                                             400 Idempotency-Key reused for another request
     poll, cancel: authenticate ─▶ Get/CancelPrediction ─▶ state      404 unknown or not yours
     output (no key): Range ─▶ ReadOutput (signature checked there) ─▶ 200/206 streamed
                                   403 bad signature, 410 expired, 404 unknown, 416 range
@@ -10,6 +11,8 @@
 The gateway keeps nothing: predictions, their money (reserved at create, captured or released
 by the service's workers) and their audio belong to the predictions service. What can be checked
 here before anything is reserved is (model, length, voice against synth's lists), as for speech.
+An Idempotency-Key travels to the service with the order's fingerprint (fingerprint.py, as for
+speech): the service keeps the key and answers a repeat with the prediction it already created.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 from services.gateway.catalog import Catalog
 from services.gateway.clients import (
+    KeyedCreate,
     OutputPiece,
     OutputRequest,
     OutputStream,
@@ -44,6 +48,7 @@ from services.gateway.errors import (
     range_not_satisfiable,
     unknown_model,
 )
+from services.gateway.fingerprint import fingerprint
 from services.gateway.middleware import timed
 from services.gateway.output import MAX_OFFSET, ByteRange, OutputResponse, content_range
 from services.gateway.protocol import CONTENT_TYPES, PREDICTION_MODEL, PredictionRequest
@@ -68,6 +73,20 @@ class PredictionOrder:
     @property
     def cost(self) -> int:
         return len(self.input.text)  # code points, as for speech
+
+    def fingerprint(self) -> str:
+        """The request as understood: one Idempotency-Key names one of these. Named as the
+        request's fields, so a 400 for a reused key says which one changed."""
+        spoken = self.input
+        return fingerprint(
+            [
+                ("input.text", spoken.text),
+                ("input.voice", spoken.voice),
+                ("input.speed", repr(float(spoken.speed))),
+                ("input.output_format", spoken.output_format),
+                ("webhook_url", self.webhook_url),
+            ]
+        )
 
 
 class PredictionDesk:
@@ -105,11 +124,18 @@ class PredictionDesk:
         )
 
     async def create(
-        self, principal: Principal, order: PredictionOrder, max_active: int | None
+        self,
+        principal: Principal,
+        order: PredictionOrder,
+        max_active: int | None,
+        idempotency_key: str | None = None,
     ) -> Prediction:
         """Queue it, unless the key already has `max_active` queued or running (its limit from
-        the admission; None: nothing limits it) — the service counts them, under a lock."""
+        the admission; None: nothing limits it) — the service counts them, under a lock. With an
+        Idempotency-Key, the prediction the account's key already names, if any."""
         limit = MAX_ACTIVE_PREDICTIONS if max_active is None else max_active
+        understood = order.fingerprint()
+        keyed = None if idempotency_key is None else KeyedCreate(idempotency_key, understood)
         try:
             with timed("predictions"):
                 return await self._predictions.create_prediction(
@@ -117,9 +143,12 @@ class PredictionDesk:
                     order.input,
                     order.webhook_url,
                     max_active=min(max(limit, 1), MAX_ACTIVE_PREDICTIONS),
+                    keyed=keyed,
                 )
         except UpstreamError as error:
-            raise create_prediction_error(error, order.cost, self._settings.billing_url) from error
+            raise create_prediction_error(
+                error, order.cost, understood, self._settings.billing_url
+            ) from error
 
     async def get(self, principal: Principal, prediction_id: str) -> Prediction:
         if not _PREDICTION_ID.fullmatch(prediction_id):

@@ -18,9 +18,9 @@ A worker killed outright (SIGKILL, a lost node) leaves its job in "doing". Every
 (procrastinate's heartbeat) every PREDICTIONS_WORKER_HEARTBEAT_SECONDS; every
 PREDICTIONS_MAINTENANCE_INTERVAL_SECONDS each worker hands the jobs of workers silent for
 PREDICTIONS_STALLED_WORKER_SECONDS back to the queue, where another worker runs them. The same
-maintenance deletes audio past its retention and settles holds that finished predictions left
-unsettled, and counts the jobs waiting for a worker (the queue depth gauge). All of it is safe
-with any number of workers running it at once.
+maintenance deletes audio past its retention and idempotency keys past their 24 hours, settles
+holds that finished predictions left unsettled, and counts the jobs waiting for a worker (the
+queue depth gauge). All of it is safe with any number of workers running it at once.
 
 Metrics (metrics.py): a run that finishes its prediction is timed by status (a cancelled one
 when its abort cuts it); a webhook try that did not deliver is counted by the retry strategy,
@@ -223,6 +223,7 @@ class Maintenance:
         chores = (
             self.retry_stalled_jobs,
             self.delete_expired_outputs,
+            self.delete_expired_keys,
             self.settle_unsettled,
             self.delete_old_jobs,
             self.count_queue,
@@ -261,6 +262,16 @@ class Maintenance:
                 break
         if total:
             _log.info("deleted %d expired outputs", total, extra={"deleted": total})
+        return total
+
+    async def delete_expired_keys(self) -> int:
+        total = 0
+        while (deleted := await self._store.delete_expired_keys(SWEEP_BATCH)) > 0:
+            total += deleted
+            if deleted < SWEEP_BATCH:
+                break
+        if total:
+            _log.info("deleted %d expired idempotency keys", total, extra={"deleted": total})
         return total
 
     async def settle_unsettled(self) -> int:

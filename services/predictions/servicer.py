@@ -14,6 +14,8 @@ caller branches on carry a google.rpc.ErrorInfo (domain "predictions.kokoropay")
 | the key already has `max_active` predictions   | RESOURCE_EXHAUSTED  | CONCURRENCY_LIMITED  |
 |   queued or running (metadata `limit`,         |                     |                      |
 |   `retry_after_seconds`)                       |                     |                      |
+| an idempotency key naming another request      | ALREADY_EXISTS      | REQUEST_KEY_REUSED   |
+|   (metadata `fingerprint`: the one stored)     |                     |                      |
 | unknown prediction, or another account's       | NOT_FOUND           | PREDICTION_NOT_FOUND |
 | output URL past its expiry, or audio deleted   | NOT_FOUND           | OUTPUT_EXPIRED       |
 | output URL whose signature does not check      | PERMISSION_DENIED   | SIGNATURE_INVALID    |
@@ -21,16 +23,21 @@ caller branches on carry a google.rpc.ErrorInfo (domain "predictions.kokoropay")
 |   (metadata `total_size`)                      |                     |                      |
 | the database or the ledger cannot answer now   | UNAVAILABLE         | (none)               |
 
-CreatePrediction takes its key's turn (store.py: the key's lock, held to the commit) and counts
-the key's predictions queued or running; at `max_active` it refuses, having reserved nothing.
+CreatePrediction takes its key's turn (store.py: the key's lock, held to the commit). With an
+idempotency key it first claims that key for the account: one already naming a prediction (in
+the last 24 hours) answers with that prediction as it now stands if the fingerprints agree, and
+with REQUEST_KEY_REUSED if not; either way nothing is counted, reserved or queued, so the Reserve
+below happens once per key. Then it counts the key's predictions queued or running; at
+`max_active` it refuses, having reserved nothing.
 Otherwise, still in its turn, it reserves len(text) credits ("prediction:<id>", labels
 key/voice/format/model, a ttl of PREDICTIONS_HOLD_TTL_SECONDS: the longest a prediction waits in
 the queue) and writes the prediction and its job in one statement; if that or the commit fails,
 the hold is released.
 CancelPrediction finishes a processing prediction as ERROR "cancelled", aborts its job (a
 running worker is told at once and stops synthesis) and releases its hold; a finished one is
-returned unchanged. Who settles what, and when, is in README.md ("Money"). Creates, and
-refusals by reason, are counted in metrics.py; finishes by the store, once committed.
+returned unchanged. Who settles what, and when, is in README.md ("Money"). Creates (not their
+repeats under an idempotency key), and refusals by reason, are counted in metrics.py; finishes by
+the store, once committed.
 """
 
 from __future__ import annotations
@@ -66,6 +73,8 @@ from services.predictions.paging import decode_page_token, encode_page_token
 from services.predictions.settings import PredictionsSettings
 from services.predictions.signing import SignatureInvalid, UrlSigner, output_url
 from services.predictions.store import (
+    IdempotencyKey,
+    KeyedPrediction,
     NewPrediction,
     OutputExpired,
     Prediction,
@@ -103,6 +112,18 @@ class ConcurrencyLimited(ServiceError):
         )
 
 
+class RequestKeyReused(ServiceError):
+    """The idempotency key names another request of the account (the ledger's reason for the
+    same refusal, so the gateway answers both alike); nothing was reserved."""
+
+    def __init__(self, stored_fingerprint: str) -> None:
+        super().__init__(
+            "this idempotency key was used in the last 24 hours for a different request",
+            reason="REQUEST_KEY_REUSED",
+            metadata={"fingerprint": stored_fingerprint},
+        )
+
+
 class RangeNotSatisfiable(ServiceError):
     def __init__(self, offset: int, total_size: int) -> None:
         super().__init__(
@@ -123,6 +144,7 @@ ERRORS = ErrorTable(
         NotFound: grpc.StatusCode.NOT_FOUND,  # PredictionNotFound, OutputExpired
         InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,
         ConcurrencyLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        RequestKeyReused: grpc.StatusCode.ALREADY_EXISTS,
         SignatureInvalid: grpc.StatusCode.PERMISSION_DENIED,
         RangeNotSatisfiable: grpc.StatusCode.OUT_OF_RANGE,
         Unavailable: grpc.StatusCode.UNAVAILABLE,
@@ -161,6 +183,14 @@ def prediction_message(prediction: Prediction, signer: UrlSigner) -> predictions
     return message
 
 
+def _repeated(named: KeyedPrediction, keyed: IdempotencyKey) -> Prediction:
+    """The prediction an idempotency key names, for a create that repeats its request."""
+    if named.fingerprint != keyed.fingerprint:
+        raise RequestKeyReused(named.fingerprint)
+    _log.info("prediction create repeated", extra={"prediction_id": named.prediction.id})
+    return named.prediction
+
+
 class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     def __init__(
         self,
@@ -186,8 +216,8 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         self, request: predictions_pb2.CreatePredictionRequest, context: grpc.aio.ServicerContext
     ) -> predictions_pb2.Prediction:
         try:
-            prediction = await self._create(request)
-        except InvalidArgument:
+            prediction, created = await self._create(request)
+        except (InvalidArgument, RequestKeyReused):
             metrics.count_refused("invalid")
             raise
         except InsufficientCredits:
@@ -196,13 +226,20 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         except ConcurrencyLimited:
             metrics.count_refused("concurrency_limited")
             raise
-        metrics.count_created()  # committed: reserved and queued
+        if created:
+            metrics.count_created()  # committed: reserved and queued
         return prediction_message(prediction, self._signer)
 
-    async def _create(self, request: predictions_pb2.CreatePredictionRequest) -> Prediction:
+    async def _create(
+        self, request: predictions_pb2.CreatePredictionRequest
+    ) -> tuple[Prediction, bool]:
+        """The prediction, and whether this call created it (False: its idempotency key's)."""
         account_id = validation.require_id(request.account_id, "account_id")
         key_id = validation.key_id(request.key_id)
         max_active = validation.max_active(request.max_active)
+        keyed = validation.idempotency_key(
+            account_id, request.idempotency_key, request.request_fingerprint
+        )
         given = request.input
         checked = validation.prediction_input(
             given.text, given.voice, given.speed, given.output_format, self._max_input_chars
@@ -225,6 +262,12 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
             # concurrent creates of one key are counted one after another and a refused one
             # never touches the ledger (store.py's header says why this order).
             async with self._store.creating(key_id) as turn:
+                # Before the count and the Reserve: a repeat neither counts against the key's
+                # limit nor holds credits a second time.
+                if keyed is not None:
+                    named = await turn.claim(keyed, prediction_id)
+                    if named is not None:
+                        return _repeated(named, keyed), False
                 if turn.active >= max_active:
                     raise ConcurrencyLimited(
                         turn.active, max_active, self._concurrency_retry_after_seconds
@@ -252,7 +295,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
             "prediction created",
             extra={"prediction_id": prediction.id, "characters": prediction.characters},
         )
-        return prediction
+        return prediction, True
 
     async def _reserve(
         self,

@@ -29,6 +29,17 @@ of all keys together hold at most half the pool (`_creation_slots`), so a slow l
 creations open can never take the connections that polls, cancels and downloads need. The
 advisory lock is waited for at most `_LOCK_WAIT` (another replica's turn stuck on the ledger):
 then the create fails as unavailable and nothing was reserved.
+
+Idempotency keys (migration 0004) are per account, and an account's keys may be used by any of
+its API keys, so the key's turn cannot keep two creates of one idempotency key apart; the
+primary key of `idempotency_keys` does. A keyed create claims its key first in its turn
+(`CreationTurn.claim`: INSERT … ON CONFLICT), before the count and the Reserve. A second create
+of the key, on any replica and under any API key, finds the claim: committed, it is answered
+with the prediction the key names; still being written, its INSERT waits on the uncommitted row
+(within `_LOCK_WAIT`, like the advisory lock) and then finds it committed, or, if that create
+failed and rolled back, claims the key itself. So a key is held by one create at a time and
+only that one reserves. A claim older than `IDEMPOTENCY_KEY_SECONDS` is taken over by the next
+create under its key; the workers' maintenance deletes the rest (`delete_expired_keys`).
 """
 
 from __future__ import annotations
@@ -58,6 +69,8 @@ from services.predictions.outputs import MAX_CHUNK_BYTES, StoredOutput
 
 SCHEMA = "predictions"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# How long an idempotency key names its prediction: the gateway's 24 hours, as for speech.
+IDEMPOTENCY_KEY_SECONDS = 24 * 3600
 
 # The queue's tasks (registered by jobs.py under these names) and the queues they run on.
 PREDICT_TASK = "predict"
@@ -112,6 +125,24 @@ class NewPrediction:
     output_format: str
     webhook_url: str | None
     hold_id: str
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A create's idempotency key and the request it names (the caller's fingerprint)."""
+
+    account_id: str
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class KeyedPrediction:
+    """What an idempotency key already names: its prediction as it now stands, and the
+    fingerprint of the request that created it."""
+
+    prediction: Prediction
+    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -198,6 +229,36 @@ _LOCK_KEY: LiteralString = (
 _ACTIVE_FOR_KEY: LiteralString = """
 SELECT count(*) AS active FROM predictions.predictions
 WHERE key_id = %(key_id)s AND status = 'processing'
+"""
+
+# Claim the account's key for the prediction about to be created: a new key, or one past its
+# 24 hours. No row back: the key is held, by a committed create (a concurrent one's INSERT waits
+# here until it commits or rolls back) whose claim this leaves locked until the turn ends.
+_CLAIM_KEY: LiteralString = """
+INSERT INTO predictions.idempotency_keys AS held
+    (account_id, idempotency_key, fingerprint, prediction_id)
+VALUES (%(account_id)s, %(key)s, %(fingerprint)s, %(prediction_id)s)
+ON CONFLICT (account_id, idempotency_key) DO UPDATE
+SET fingerprint = excluded.fingerprint, prediction_id = excluded.prediction_id,
+    create_time = now()
+WHERE held.create_time <= now() - %(key_seconds)s * interval '1 second'
+RETURNING prediction_id
+"""
+
+_NAMED_BY_KEY: LiteralString = """
+SELECT k.fingerprint AS key_fingerprint, p.* FROM predictions.idempotency_keys k
+JOIN predictions.predictions p ON p.id = k.prediction_id
+WHERE k.account_id = %(account_id)s AND k.idempotency_key = %(key)s
+"""
+
+# Claims past their 24 hours, a batch at a time; served by idempotency_keys_by_age.
+_DELETE_EXPIRED_KEYS: LiteralString = """
+DELETE FROM predictions.idempotency_keys
+WHERE (account_id, idempotency_key) IN (
+    SELECT account_id, idempotency_key FROM predictions.idempotency_keys
+    WHERE create_time <= now() - %(key_seconds)s * interval '1 second'
+    ORDER BY create_time LIMIT %(limit)s
+)
 """
 
 _BY_ID: LiteralString = "SELECT * FROM predictions.predictions WHERE id = %(id)s"
@@ -365,6 +426,27 @@ class CreationTurn:
     def __init__(self, cursor: AsyncCursor[Row], active: int) -> None:
         self._cursor = cursor
         self.active = active
+
+    async def claim(self, keyed: IdempotencyKey, prediction_id: str) -> KeyedPrediction | None:
+        """Take `keyed` for `prediction_id`, the prediction this turn is about to create: None
+        when it is ours (the create then goes on), else what the key already names. Waits while
+        another create of the key is uncommitted (the header)."""
+        params = {
+            "account_id": keyed.account_id,
+            "key": keyed.key,
+            "fingerprint": keyed.fingerprint,
+            "prediction_id": prediction_id,
+            "key_seconds": IDEMPOTENCY_KEY_SECONDS,
+        }
+        await self._cursor.execute(_CLAIM_KEY, params)
+        if await self._cursor.fetchone() is not None:
+            return None
+        await self._cursor.execute(_NAMED_BY_KEY, params)
+        row = await self._cursor.fetchone()
+        if row is None:
+            # The claim that refused ours is committed and locked by that refusal: it is there.
+            raise AssertionError("a held idempotency key names no prediction")
+        return KeyedPrediction(_prediction(row), row["key_fingerprint"])
 
     async def create(self, new: NewPrediction) -> Prediction:
         """The prediction and its queued job, written together."""
@@ -557,6 +639,14 @@ class PredictionStore:
     async def mark_settled(self, prediction_id: str) -> None:
         """Record that the finished prediction's hold is captured or released; once."""
         await self._rows(_MARK_SETTLED, {"id": prediction_id})
+
+    async def delete_expired_keys(self, limit: int) -> int:
+        """Delete up to `limit` idempotency keys past their 24 hours; how many went."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                _DELETE_EXPIRED_KEYS, {"key_seconds": IDEMPOTENCY_KEY_SECONDS, "limit": limit}
+            )
+            return cursor.rowcount
 
     async def queue_depth(self) -> int:
         """Predictions whose job waits for a worker (retries waiting out their backoff too)."""

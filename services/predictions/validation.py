@@ -18,10 +18,14 @@ from services.common.voice_expressions import (
     parse_voice_expression,
 )
 from services.predictions.outputs import CONTENT_TYPES
+from services.predictions.store import IdempotencyKey
 
 MAX_ID_LENGTH = 128
 MAX_KEY_ID_LENGTH = 64
 MAX_WEBHOOK_URL_LENGTH = 2048
+# The gateway's Idempotency-Key cap; a fingerprint is a digest per field, never the request.
+MAX_IDEMPOTENCY_KEY_LENGTH = 128
+MAX_FINGERPRINT_LENGTH = 1024
 DEFAULT_VOICE = "af"
 DEFAULT_FORMAT = "mp3"
 MIN_SPEED, MAX_SPEED = 0.5, 5.0
@@ -121,6 +125,27 @@ def webhook_url_shape(value: str) -> str | None:
     if _has_control(value) or any(char.isspace() for char in value):
         raise FieldInvalid("webhook_url", "must not contain spaces or control characters")
     return value
+
+
+def idempotency_key(account_id: str, key: str, fingerprint: str) -> IdempotencyKey | None:
+    """The create's idempotency key and the request it names, or None without a key. The
+    gateway admits printable ASCII only; here, as the ledger checks its keys, 1–128 characters
+    without control ones."""
+    if not key:
+        return None
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or _has_control(key):
+        raise FieldInvalid(
+            "idempotency_key",
+            f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters without control ones",
+        )
+    if not fingerprint:
+        raise FieldInvalid("request_fingerprint", "is required with an idempotency_key")
+    if len(fingerprint) > MAX_FINGERPRINT_LENGTH or _has_control(fingerprint):
+        raise FieldInvalid(
+            "request_fingerprint",
+            f"must be at most {MAX_FINGERPRINT_LENGTH} characters without control ones",
+        )
+    return IdempotencyKey(account_id, key, fingerprint)
 
 
 def page_size(requested: int) -> int:

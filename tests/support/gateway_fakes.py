@@ -30,6 +30,7 @@ from services.gateway.clients import (
     Balance,
     Hold,
     HoldState,
+    KeyedCreate,
     KeyedRequest,
     KeyedReservation,
     KeyUse,
@@ -601,6 +602,10 @@ class FakePredictions:
     creates: list[tuple[Principal, PredictionInput, str]] = field(default_factory=list)
     # The max_active of each create, in order.
     max_actives: list[int] = field(default_factory=list)
+    # Creates with an Idempotency-Key, in order, and what each (account, key) names: the
+    # fingerprint it was created with and its prediction.
+    keyed_creates: list[KeyedCreate] = field(default_factory=list)
+    idempotency_keys: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     # The wait a CONCURRENCY_LIMITED refusal names.
     concurrency_retry_after_seconds: str = "2"
     reads: list[OutputRequest] = field(default_factory=list)
@@ -637,11 +642,24 @@ class FakePredictions:
         prediction_input: PredictionInput,
         webhook_url: str,
         max_active: int,
+        keyed: KeyedCreate | None = None,
     ) -> Prediction:
         self._fail_if_told()
         self.max_actives.append(max_active)
         if not 1 <= max_active <= 10_000:
             raise self._refused(grpc.StatusCode.INVALID_ARGUMENT, "INVALID", field="max_active")
+        if keyed is not None:
+            self.keyed_creates.append(keyed)
+            named = self.idempotency_keys.get((principal.account_id, keyed.key))
+            if named is not None:
+                fingerprint, prediction_id = named
+                if fingerprint != keyed.fingerprint:
+                    raise self._refused(
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        "REQUEST_KEY_REUSED",
+                        fingerprint=fingerprint,
+                    )
+                return self.predictions[prediction_id].prediction
         if self.active_of(principal.key_id) >= max_active:
             raise self._refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -677,6 +695,11 @@ class FakePredictions:
         self.predictions[prediction_id] = FakePrediction(
             prediction, principal.account_id, hold.id, key_id=principal.key_id
         )
+        if keyed is not None:
+            self.idempotency_keys[principal.account_id, keyed.key] = (
+                keyed.fingerprint,
+                prediction_id,
+            )
         return prediction
 
     def active_of(self, key_id: str) -> int:

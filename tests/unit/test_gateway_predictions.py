@@ -225,6 +225,63 @@ async def test_synth_lists_unreachable_is_a_503(mesh: FakeMesh, client: httpx.As
     assert mesh.predictions.creates == []
 
 
+async def test_an_idempotency_key_travels_with_the_request_as_understood(
+    mesh: FakeMesh, client: httpx.AsyncClient
+) -> None:
+    keyed = api_key_header() | {"Idempotency-Key": "order-42"}
+    first = await client.post(CREATE, json=body(voice="af_sky"), headers=keyed)
+    # Spelled otherwise, understood alike: the defaults written out, the voice padded.
+    again = await client.post(
+        CREATE,
+        json=body(voice=" af_sky ", speed=1, output_format="mp3", webhook_url=""),
+        headers=keyed,
+    )
+    await client.post(CREATE, json=body(), headers=api_key_header())
+
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    sent, repeated = mesh.predictions.keyed_creates
+    assert sent == repeated and sent.key == "order-42"
+    assert [part.partition("=")[0] for part in sent.fingerprint.split(",")] == [
+        "input.text", "input.voice", "input.speed", "input.output_format", "webhook_url"
+    ]  # fmt: skip
+    assert "Hello there." not in sent.fingerprint  # digests, never the text
+    # The repeat made nothing: one prediction for the key, one for the create without one.
+    assert len(mesh.predictions.predictions) == 2
+    assert mesh.ledger.balance_of() == 1000 - 2 * len("Hello there.")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"text": "Hello there!"}, "input.text"),
+        ({"voice": "af_bella"}, "input.voice"),
+        ({"speed": 1.5}, "input.speed"),
+        ({"output_format": "wav"}, "input.output_format"),
+        ({"webhook_url": "https://hooks.example/tts"}, "webhook_url"),
+    ],
+)
+async def test_a_key_reused_for_another_request_is_a_400_naming_what_differs(
+    mesh: FakeMesh, client: httpx.AsyncClient, changes: dict[str, Any], field: str
+) -> None:
+    keyed = api_key_header() | {"Idempotency-Key": "order-42"}
+    assert (await client.post(CREATE, json=body(), headers=keyed)).status_code == 200
+    refused = await client.post(CREATE, json=body(**changes), headers=keyed)
+    message = assert_listing_error(refused, 400, "idempotency_key_reused")
+    assert f"(it differs in: {field})" in message
+    assert len(mesh.predictions.predictions) == 1
+
+
+@pytest.mark.parametrize("key", ["k" * 129, "", " padded", "tab\tin-it"])
+async def test_a_malformed_idempotency_key_is_a_400_before_the_key_is_checked(
+    mesh: FakeMesh, client: httpx.AsyncClient, key: str
+) -> None:
+    refused = await client.post(CREATE, json=body(), headers={"Idempotency-Key": key})
+    message = assert_listing_error(refused, 400, "invalid_input")
+    assert "Idempotency-Key" in message
+    assert mesh.auth.verified == [] and mesh.predictions.creates == []
+
+
 # --- poll and cancel ---------------------------------------------------------------------------
 
 
@@ -697,6 +754,9 @@ async def test_openapi_documents_the_prediction_api(client: httpx.AsyncClient) -
         assert create_operation["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/PredictionRequest"
         }
+        (idempotency_key,) = create_operation["parameters"]
+        assert (idempotency_key["name"], idempotency_key["in"]) == ("Idempotency-Key", "header")
+        assert idempotency_key["schema"]["anyOf"][0]["maxLength"] == 128
     for method, path in (
         ("get", "/v1/prediction/{prediction_id}"),
         ("post", "/v1/prediction/{prediction_id}/cancel"),

@@ -16,13 +16,8 @@ from services.gateway.protocol import (
     CaptionedSpeechRequest,
     DevCaptionedSpeechRequest,
 )
-from services.gateway.routes.common import Credentials, Seller, error_responses
-from services.gateway.routes.speech import (
-    SPEECH_HEADERS,
-    SPEECH_TERMS,
-    IdempotencyKey,
-    serve_speech,
-)
+from services.gateway.routes.common import Credentials, IdempotencyKey, Seller, error_responses
+from services.gateway.routes.speech import SPEECH_HEADERS, SPEECH_TERMS, serve_speech
 
 router = APIRouter(tags=["speech"])
 

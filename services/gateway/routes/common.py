@@ -1,12 +1,12 @@
-"""What the routes share: the two key headers and the client's address, the serving layers,
-documented error answers."""
+"""What the routes share: the two key headers and the client's address, the Idempotency-Key
+header, the serving layers, documented error answers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Header, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from services.common.client_address import client_address, throttle_key
@@ -72,6 +72,19 @@ def client_of(request: Request) -> str:
 
 Credentials = Annotated[PresentedKey, Depends(presented_key)]
 
+# Printable ASCII without surrounding spaces (pydantic's patterns run in linear time); speech's
+# and prediction creates' alike. A malformed one is a 400 before the key is checked.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[!-~]([ -~]*[!-~])?$",
+        description="Makes retries safe: the key's request is paid for at most once.",
+    ),
+]
+
 
 def speech_seller(request: Request) -> SpeechSeller:
     seller: SpeechSeller = request.app.state.seller
@@ -110,7 +123,9 @@ _ERROR_MEANINGS = {
 
 _PREDICTION_ERROR_MEANINGS = {
     400: "Invalid input: malformed JSON, a missing or empty `input.text`, text over the limit, "
-    "an unknown voice, a speed outside 0.5–5, a webhook URL that is not http(s) or is refused.",
+    "an unknown voice, a speed outside 0.5–5, a webhook URL that is not http(s) or is refused; "
+    "a malformed `Idempotency-Key`, or one used in the last 24 hours for a different request "
+    "(`idempotency_key_reused`).",
     401: "Missing, invalid, or revoked API key (`X-API-Key` or `Authorization: Bearer`), or two "
     "different keys in the two headers.",
     402: "Insufficient credits for len(text) — top up your balance on the billing page.",

@@ -23,6 +23,7 @@ from services.gateway.routes.common import (
     Credentials,
     CurrentPrincipal,
     Desk,
+    IdempotencyKey,
     Seller,
     prediction_error_responses,
 )
@@ -38,18 +39,28 @@ _CREATE_DESCRIPTION = (
     "so many queued or running at once: over either, 429 (`rate_limited`, "
     "`concurrency_limited`) with `Retry-After`; every answer once the key is verified carries "
     "`x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and "
-    "`x-ratelimit-reset-requests`."
+    "`x-ratelimit-reset-requests`. "
+    "With an `Idempotency-Key` (1–128 printable ASCII characters), the key names one prediction "
+    "of the account for 24 hours: a retry of the same request gets the same `predictionID` and "
+    "is not charged again (one sent while the first is still being created waits for it); the "
+    "same key on a different request is a 400 (`idempotency_key_reused`)."
 )
 
 
 async def create_prediction(
-    body: PredictionRequest, credentials: Credentials, seller: Seller, desk: Desk
+    body: PredictionRequest,
+    credentials: Credentials,
+    seller: Seller,
+    desk: Desk,
+    idempotency_key: IdempotencyKey = None,
 ) -> PredictionCreated:
-    # As for speech: a malformed body is a 400 whoever sends it, then the key, then the checks
-    # that need synth's lists.
+    # As for speech: a malformed body (or Idempotency-Key) is a 400 whoever sends it, then the
+    # key, then the checks that need synth's lists.
     admitted = await seller.admit(credentials.key(), credentials.address, KeyUse.PREDICTION_CREATE)
     order = await desk.validate(body)
-    prediction = await desk.create(admitted.principal, order, admitted.concurrency_limit)
+    prediction = await desk.create(
+        admitted.principal, order, admitted.concurrency_limit, idempotency_key
+    )
     return PredictionCreated(predictionID=prediction.id)
 
 

@@ -3,9 +3,9 @@ every speech endpoint shares (captioned speech's too)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from starlette.responses import StreamingResponse
 
 from services.gateway.clients import KeyUse
@@ -15,6 +15,7 @@ from services.gateway.protocol import CONTENT_TYPES, SSE_CONTENT_TYPE, SpeechBod
 from services.gateway.routes.common import (
     RATE_LIMIT_HEADERS,
     Credentials,
+    IdempotencyKey,
     Seller,
     error_responses,
 )
@@ -47,17 +48,6 @@ SPEECH_HEADERS: dict[str, dict[str, Any]] = {
     },
     **RATE_LIMIT_HEADERS,
 }
-# Printable ASCII without surrounding spaces (pydantic's patterns run in linear time).
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=128,
-        pattern=r"^[!-~]([ -~]*[!-~])?$",
-        description="Makes retries safe: the key's request is paid for at most once.",
-    ),
-]
 # How idempotency and the key's limits work, the same on every speech endpoint.
 SPEECH_TERMS = (
     "Cost is one credit per input character (Unicode code point). "

@@ -26,6 +26,12 @@ GRANT SELECT, INSERT (prediction_id, content_type, size, data, expire_time), DEL
 GRANT SELECT, INSERT (account_id, secret), UPDATE (secret, create_time)
     ON predictions.webhook_secrets TO {role};
 
+-- Idempotency keys: claimed at create (an expired one taken over: INSERT … ON CONFLICT DO
+-- UPDATE), deleted by the maintenance once past their 24 hours.
+GRANT SELECT, INSERT (account_id, idempotency_key, fingerprint, prediction_id),
+    UPDATE (fingerprint, prediction_id, create_time), DELETE
+    ON predictions.idempotency_keys TO {role};
+
 -- The queue. Jobs are deferred (INSERT), taken, retried and finished (UPDATE, the fetch's
 -- SELECT … FOR UPDATE) and deleted once done; the events are written by the jobs' triggers and
 -- go with their job (ON DELETE CASCADE runs as the table's owner); workers register, beat and

@@ -124,6 +124,8 @@ class Predictions:
 
     def __init__(self, channel: grpc.aio.Channel, operator: grpc.aio.Channel, ledger: Ledger):
         self.stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        # The gateway's channel, for a gateway of the tests' own (test_idempotency.py).
+        self.channel = channel
         # Webhook secrets are the dashboard's and the operator's.
         self.operator_stub = predictions_pb2_grpc.PredictionServiceStub(operator)
         self.ledger = ledger
@@ -142,6 +144,8 @@ class Predictions:
         webhook_url: str = "",
         key_id: str = KEY_ID,
         max_active: int = MAX_ACTIVE,
+        idempotency_key: str = "",
+        request_fingerprint: str = "",
     ) -> P.Prediction:
         return await self.stub.CreatePrediction(
             P.CreatePredictionRequest(
@@ -152,6 +156,8 @@ class Predictions:
                 ),
                 webhook_url=webhook_url,
                 max_active=max_active,
+                idempotency_key=idempotency_key,
+                request_fingerprint=request_fingerprint,
             )
         )
 

@@ -59,6 +59,8 @@ async def test_the_serving_role_cannot_rewrite_or_erase(
     _refused(serving, "TRUNCATE predictions.procrastinate_jobs")
     _refused(serving, "ALTER TABLE predictions.predictions DISABLE TRIGGER USER")
     _refused(serving, "DELETE FROM predictions.procrastinate_events")
+    # An idempotency key is the account's: no statement moves it to another.
+    _refused(serving, "UPDATE predictions.idempotency_keys SET account_id = 'acct_other'")
     # What it may update, a finished prediction refuses to change again (the trigger).
     await predictions.cancel(account, created.id)
     with (

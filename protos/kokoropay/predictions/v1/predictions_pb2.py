@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kokoropay.common.v1 import access_pb2 as kokoropay_dot_common_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kokoropay/predictions/v1/predictions.proto\x12\x18kokoropay.predictions.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kokoropay/common/v1/access.proto\"T\n\x0fPredictionInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\r\n\x05speed\x18\x03 \x01(\x02\x12\x15\n\routput_format\x18\x04 \x01(\t\"\x9d\x03\n\nPrediction\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12:\n\x06status\x18\x03 \x01(\x0e\x32*.kokoropay.predictions.v1.PredictionStatus\x12\x38\n\x05input\x18\x04 \x01(\x0b\x32).kokoropay.predictions.v1.PredictionInput\x12\x12\n\noutput_url\x18\x05 \x01(\t\x12\x14\n\x0cpredict_time\x18\x06 \x01(\x01\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bwebhook_url\x18\x0b \x01(\t\x12\x36\n\x12output_expire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa0\x01\n\x17\x43reatePredictionRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x38\n\x05input\x18\x03 \x01(\x0b\x32).kokoropay.predictions.v1.PredictionInput\x12\x13\n\x0bwebhook_url\x18\x04 \x01(\t\x12\x12\n\nmax_active\x18\x05 \x01(\x05\"A\n\x14GetPredictionRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rprediction_id\x18\x02 \x01(\t\"D\n\x17\x43\x61ncelPredictionRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rprediction_id\x18\x02 \x01(\t\"S\n\x16ListPredictionsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"m\n\x17ListPredictionsResponse\x12\x39\n\x0bpredictions\x18\x01 \x03(\x0b\x32$.kokoropay.predictions.v1.Prediction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x11ReadOutputRequest\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x02 \x01(\x03\x12\x11\n\tsignature\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0e\n\x06length\x18\x05 \x01(\x03\"E\n\x0bOutputChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x03\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\x17GetWebhookSecretRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"0\n\x1aRotateWebhookSecretRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"P\n\rWebhookSecret\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x93\x01\n\x10PredictionStatus\x12!\n\x1dPREDICTION_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cPREDICTION_STATUS_PROCESSING\x10\x01\x12\x1d\n\x19PREDICTION_STATUS_SUCCESS\x10\x02\x12\x1b\n\x17PREDICTION_STATUS_ERROR\x10\x03\x32\xd9\x06\n\x11PredictionService\x12t\n\x10\x43reatePrediction\x12\x31.kokoropay.predictions.v1.CreatePredictionRequest\x1a$.kokoropay.predictions.v1.Prediction\"\x07\xca\xf3\x18\x03\n\x01\x02\x12n\n\rGetPrediction\x12..kokoropay.predictions.v1.GetPredictionRequest\x1a$.kokoropay.predictions.v1.Prediction\"\x07\xca\xf3\x18\x03\n\x01\x02\x12t\n\x10\x43\x61ncelPrediction\x12\x31.kokoropay.predictions.v1.CancelPredictionRequest\x1a$.kokoropay.predictions.v1.Prediction\"\x07\xca\xf3\x18\x03\n\x01\x02\x12\x80\x01\n\x0fListPredictions\x12\x30.kokoropay.predictions.v1.ListPredictionsRequest\x1a\x31.kokoropay.predictions.v1.ListPredictionsResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x04\x12k\n\nReadOutput\x12+.kokoropay.predictions.v1.ReadOutputRequest\x1a%.kokoropay.predictions.v1.OutputChunk\"\x07\xca\xf3\x18\x03\n\x01\x02\x30\x01\x12x\n\x10GetWebhookSecret\x12\x31.kokoropay.predictions.v1.GetWebhookSecretRequest\x1a\'.kokoropay.predictions.v1.WebhookSecret\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x12~\n\x13RotateWebhookSecret\x12\x34.kokoropay.predictions.v1.RotateWebhookSecretRequest\x1a\'.kokoropay.predictions.v1.WebhookSecret\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kokoropay/predictions/v1/predictions.proto\x12\x18kokoropay.predictions.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kokoropay/common/v1/access.proto\"T\n\x0fPredictionInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\r\n\x05speed\x18\x03 \x01(\x02\x12\x15\n\routput_format\x18\x04 \x01(\t\"\x9d\x03\n\nPrediction\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12:\n\x06status\x18\x03 \x01(\x0e\x32*.kokoropay.predictions.v1.PredictionStatus\x12\x38\n\x05input\x18\x04 \x01(\x0b\x32).kokoropay.predictions.v1.PredictionInput\x12\x12\n\noutput_url\x18\x05 \x01(\t\x12\x14\n\x0cpredict_time\x18\x06 \x01(\x01\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bwebhook_url\x18\x0b \x01(\t\x12\x36\n\x12output_expire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd6\x01\n\x17\x43reatePredictionRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x38\n\x05input\x18\x03 \x01(\x0b\x32).kokoropay.predictions.v1.PredictionInput\x12\x13\n\x0bwebhook_url\x18\x04 \x01(\t\x12\x12\n\nmax_active\x18\x05 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x1b\n\x13request_fingerprint\x18\x07 \x01(\t\"A\n\x14GetPredictionRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rprediction_id\x18\x02 \x01(\t\"D\n\x17\x43\x61ncelPredictionRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rprediction_id\x18\x02 \x01(\t\"S\n\x16ListPredictionsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"m\n\x17ListPredictionsResponse\x12\x39\n\x0bpredictions\x18\x01 \x03(\x0b\x32$.kokoropay.predictions.v1.Prediction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x11ReadOutputRequest\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x02 \x01(\x03\x12\x11\n\tsignature\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0e\n\x06length\x18\x05 \x01(\x03\"E\n\x0bOutputChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x03\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\x17GetWebhookSecretRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"0\n\x1aRotateWebhookSecretRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"P\n\rWebhookSecret\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x93\x01\n\x10PredictionStatus\x12!\n\x1dPREDICTION_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cPREDICTION_STATUS_PROCESSING\x10\x01\x12\x1d\n\x19PREDICTION_STATUS_SUCCESS\x10\x02\x12\x1b\n\x17PREDICTION_STATUS_ERROR\x10\x03\x32\xd9\x06\n\x11PredictionService\x12t\n\x10\x43reatePrediction\x12\x31.kokoropay.predictions.v1.CreatePredictionRequest\x1a$.kokoropay.predictions.v1.Prediction\"\x07\xca\xf3\x18\x03\n\x01\x02\x12n\n\rGetPrediction\x12..kokoropay.predictions.v1.GetPredictionRequest\x1a$.kokoropay.predictions.v1.Prediction\"\x07\xca\xf3\x18\x03\n\x01\x02\x12t\n\x10\x43\x61ncelPrediction\x12\x31.kokoropay.predictions.v1.CancelPredictionRequest\x1a$.kokoropay.predictions.v1.Prediction\"\x07\xca\xf3\x18\x03\n\x01\x02\x12\x80\x01\n\x0fListPredictions\x12\x30.kokoropay.predictions.v1.ListPredictionsRequest\x1a\x31.kokoropay.predictions.v1.ListPredictionsResponse\"\x08\xca\xf3\x18\x04\n\x02\x02\x04\x12k\n\nReadOutput\x12+.kokoropay.predictions.v1.ReadOutputRequest\x1a%.kokoropay.predictions.v1.OutputChunk\"\x07\xca\xf3\x18\x03\n\x01\x02\x30\x01\x12x\n\x10GetWebhookSecret\x12\x31.kokoropay.predictions.v1.GetWebhookSecretRequest\x1a\'.kokoropay.predictions.v1.WebhookSecret\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x12~\n\x13RotateWebhookSecret\x12\x34.kokoropay.predictions.v1.RotateWebhookSecretRequest\x1a\'.kokoropay.predictions.v1.WebhookSecret\"\x08\xca\xf3\x18\x04\n\x02\x04\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,32 +47,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTIONSERVICE'].methods_by_name['GetWebhookSecret']._serialized_options = b'\312\363\030\004\n\002\004\001'
   _globals['_PREDICTIONSERVICE'].methods_by_name['RotateWebhookSecret']._loaded_options = None
   _globals['_PREDICTIONSERVICE'].methods_by_name['RotateWebhookSecret']._serialized_options = b'\312\363\030\004\n\002\004\001'
-  _globals['_PREDICTIONSTATUS']._serialized_start=1500
-  _globals['_PREDICTIONSTATUS']._serialized_end=1647
+  _globals['_PREDICTIONSTATUS']._serialized_start=1554
+  _globals['_PREDICTIONSTATUS']._serialized_end=1701
   _globals['_PREDICTIONINPUT']._serialized_start=139
   _globals['_PREDICTIONINPUT']._serialized_end=223
   _globals['_PREDICTION']._serialized_start=226
   _globals['_PREDICTION']._serialized_end=639
   _globals['_CREATEPREDICTIONREQUEST']._serialized_start=642
-  _globals['_CREATEPREDICTIONREQUEST']._serialized_end=802
-  _globals['_GETPREDICTIONREQUEST']._serialized_start=804
-  _globals['_GETPREDICTIONREQUEST']._serialized_end=869
-  _globals['_CANCELPREDICTIONREQUEST']._serialized_start=871
-  _globals['_CANCELPREDICTIONREQUEST']._serialized_end=939
-  _globals['_LISTPREDICTIONSREQUEST']._serialized_start=941
-  _globals['_LISTPREDICTIONSREQUEST']._serialized_end=1024
-  _globals['_LISTPREDICTIONSRESPONSE']._serialized_start=1026
-  _globals['_LISTPREDICTIONSRESPONSE']._serialized_end=1135
-  _globals['_READOUTPUTREQUEST']._serialized_start=1137
-  _globals['_READOUTPUTREQUEST']._serialized_end=1247
-  _globals['_OUTPUTCHUNK']._serialized_start=1249
-  _globals['_OUTPUTCHUNK']._serialized_end=1318
-  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_start=1320
-  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_end=1365
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=1367
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=1415
-  _globals['_WEBHOOKSECRET']._serialized_start=1417
-  _globals['_WEBHOOKSECRET']._serialized_end=1497
-  _globals['_PREDICTIONSERVICE']._serialized_start=1650
-  _globals['_PREDICTIONSERVICE']._serialized_end=2507
+  _globals['_CREATEPREDICTIONREQUEST']._serialized_end=856
+  _globals['_GETPREDICTIONREQUEST']._serialized_start=858
+  _globals['_GETPREDICTIONREQUEST']._serialized_end=923
+  _globals['_CANCELPREDICTIONREQUEST']._serialized_start=925
+  _globals['_CANCELPREDICTIONREQUEST']._serialized_end=993
+  _globals['_LISTPREDICTIONSREQUEST']._serialized_start=995
+  _globals['_LISTPREDICTIONSREQUEST']._serialized_end=1078
+  _globals['_LISTPREDICTIONSRESPONSE']._serialized_start=1080
+  _globals['_LISTPREDICTIONSRESPONSE']._serialized_end=1189
+  _globals['_READOUTPUTREQUEST']._serialized_start=1191
+  _globals['_READOUTPUTREQUEST']._serialized_end=1301
+  _globals['_OUTPUTCHUNK']._serialized_start=1303
+  _globals['_OUTPUTCHUNK']._serialized_end=1372
+  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_start=1374
+  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_end=1419
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=1421
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=1469
+  _globals['_WEBHOOKSECRET']._serialized_start=1471
+  _globals['_WEBHOOKSECRET']._serialized_end=1551
+  _globals['_PREDICTIONSERVICE']._serialized_start=1704
+  _globals['_PREDICTIONSERVICE']._serialized_end=2561
 # @@protoc_insertion_point(module_scope)

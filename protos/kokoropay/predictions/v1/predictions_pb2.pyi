@@ -63,18 +63,22 @@ class Prediction(_message.Message):
     def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., status: _Optional[_Union[PredictionStatus, str]] = ..., input: _Optional[_Union[PredictionInput, _Mapping]] = ..., output_url: _Optional[str] = ..., predict_time: _Optional[float] = ..., message: _Optional[str] = ..., details: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., webhook_url: _Optional[str] = ..., output_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreatePredictionRequest(_message.Message):
-    __slots__ = ("account_id", "key_id", "input", "webhook_url", "max_active")
+    __slots__ = ("account_id", "key_id", "input", "webhook_url", "max_active", "idempotency_key", "request_fingerprint")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
     MAX_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     key_id: str
     input: PredictionInput
     webhook_url: str
     max_active: int
-    def __init__(self, account_id: _Optional[str] = ..., key_id: _Optional[str] = ..., input: _Optional[_Union[PredictionInput, _Mapping]] = ..., webhook_url: _Optional[str] = ..., max_active: _Optional[int] = ...) -> None: ...
+    idempotency_key: str
+    request_fingerprint: str
+    def __init__(self, account_id: _Optional[str] = ..., key_id: _Optional[str] = ..., input: _Optional[_Union[PredictionInput, _Mapping]] = ..., webhook_url: _Optional[str] = ..., max_active: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., request_fingerprint: _Optional[str] = ...) -> None: ...
 
 class GetPredictionRequest(_message.Message):
     __slots__ = ("account_id", "prediction_id")

@@ -81,6 +81,11 @@ class PredictionServiceServicer:
         `field`) for bad input; FAILED_PRECONDITION / INSUFFICIENT_CREDITS when the balance is short;
         RESOURCE_EXHAUSTED / CONCURRENCY_LIMITED (metadata `limit`, `retry_after_seconds`) when the
         key already has `max_active` predictions queued or running: then nothing is reserved.
+        With an `idempotency_key` the account already used in the last 24 hours for the same
+        `request_fingerprint`, the prediction it created is returned as it now stands, and nothing
+        is reserved or queued (whatever the key's count); for another fingerprint, ALREADY_EXISTS /
+        REQUEST_KEY_REUSED (metadata `fingerprint`: the one stored). A create whose key another
+        create is still writing waits for it, then answers as a repeat of it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
