@@ -24,7 +24,8 @@ free. The error is on the customer's side of the ledger, never against them.
 
 A synth refusal (bad voice, text too long, a failure inside synth) fails the prediction with
 "synthesis failed" and releases the hold. Failures that may pass (synth or the ledger
-unreachable, synth draining) raise `RetryLater`, and the job is run again after a backoff.
+unreachable, synth draining, synth silent for PREDICTIONS_SYNTHESIS_STALL_SECONDS) raise
+`RetryLater`, and the job is run again after a backoff.
 Cancellation comes as the job's task being cancelled (CancelPrediction aborts the job, and
 procrastinate cancels the task at once): the synthesis call is cancelled with it, so synth stops
 before its next model call, and the run ends with nothing written.
@@ -106,6 +107,7 @@ class PredictionRunner:
         self._max_attempts = settings.max_attempts
         self._extend_seconds = settings.hold_extend_seconds
         self._checkpoint_interval = settings.checkpoint_interval_seconds
+        self._stall_seconds = settings.synthesis_stall_seconds
         self._retention_seconds = settings.output_retention_seconds
         self._webhook_retry_seconds = settings.webhook_retry_hours * 3600
 
@@ -284,8 +286,17 @@ class PredictionRunner:
 
     async def _collect(self, call: grpc.aio.UnaryStreamCall) -> bytes:
         pieces: list[bytes] = []
+        messages = aiter(call)
         try:
-            async for chunk in call:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(anext(messages), self._stall_seconds)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    # The hold is kept alive meanwhile: without this a hung synth would hold
+                    # the job and the customer's credits for ever.
+                    raise RetryLater(f"synth sent nothing for {self._stall_seconds:g} s") from None
                 pieces.append(chunk.audio)
         except grpc.RpcError as error:
             code = error.code()

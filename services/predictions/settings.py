@@ -57,6 +57,11 @@ class PredictionsSettings(DatabaseSettings):
     hold_extend_seconds: int = Field(default=600, ge=10, le=LEDGER_MAX_HOLD_TTL_SECONDS)
     # How often a running prediction checkpoints its hold (delivered 0: see README, "Money").
     checkpoint_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # synth sends each chunk's audio as it is spoken: a run that gets nothing from it for this
+    # long (a hung synth pod, a path that silently dropped) gives up and runs again later, like
+    # synth unreachable. Its first message waits in synth's queue too: the gateway's
+    # first-chunk timeout (300 s) is the same allowance.
+    synthesis_stall_seconds: float = Field(default=300.0, gt=0, le=3600)
     # Runs of one prediction job (its first and its retries after failures that may pass, or
     # after its worker died); the run after the last fails it and refunds it.
     max_attempts: int = Field(default=5, ge=1, le=100)
