@@ -90,7 +90,7 @@ bench: $(INSTALLED) $(WEIGHTS) ## Benchmarks, each against a baseline measured i
 	$(PY) -m bench
 
 gpu-wheels: $(INSTALLED) ## Wheels a GPU machine needs for bench/gpu/run.sh, into .whl/
-	bash bench/gpu/wheels.sh
+	PYTHON=$(PY) bash bench/gpu/wheels.sh
 
 images: ## Build the container images (one line and exit 0 where no container engine runs)
 	@docker/build-images.sh

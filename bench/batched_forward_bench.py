@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from kokoro import KModel
 
 VOICE = "af_heart"
-# misaki's American English for a passage of synth_bench's PASSAGE (294 phonemes).
+# misaki's American English for a passage of bench/passage.py's PASSAGE (294 phonemes).
 PHONEMES = (
     "sˌʌm wˈɪntəɹz ðə stˈɔɹmz wɜɹ sˌO fˈɪɹs ðæt ðə ɡlˈæs ʃˈʊk ɪn ɪts fɹˈAm, jˈɛt ðə lˈæmp "
     "nˈɛvəɹ fˈAld. hˌi kˈɛpt ɐ lˈɔɡ ʌv ˈɛvəɹi vˈɛsᵊl, ˈɛvəɹi ɡˈAl, ænd ˈɛvəɹi kwˈIət dˈɔn, "

@@ -1,24 +1,28 @@
 """Batched model calls against one call per chunk: the synth engine, N streams at once.
 
     python -m bench.batching_bench [--device cpu|cuda] [--streams 1,4] [--chars 400]
-        [--rounds 2] [--workers N] [--random-weights CONFIG_JSON] [--json out.json]
-        [--phonemes-from bench/data/passage_g2p.json]
+        [--rounds 2] [--workers N] [--batch-max-streams N] [--random-weights CONFIG_JSON]
+        [--json out.json] [--phonemes-from bench/data/passage_g2p.json]
 
 For each stream count, N requests for the first `--chars` characters of the bench passage start
 at once on the service's own engine (its G2P, chunker, scheduler and backend, in this process:
 no gRPC, no encoding, so the model's share is all there is), twice: with batching off, as a
-CPU runs by default, and on, as CUDA does (SYNTH_BATCH_* defaults). Modes alternate round by
-round, so a shared machine's changing load falls on both alike. Reported per stream count and
-mode: audio seconds per wall second (all streams' audio over the time until the last ended),
-and the time to each stream's first chunk, p50 and p95; then the ratios batched / unbatched.
+CPU runs by default, and on, as CUDA does (SYNTH_BATCH_* defaults; `--workers` and
+`--batch-max-streams` set SYNTH_MAX_CONCURRENT and SYNTH_BATCH_MAX_STREAMS, as a deployment
+does). Both engines first speak an untimed round (the most streams asked for, a short text), so
+that thread start-up and the first batched kernels fall outside the timings. Modes alternate
+round by round, so a shared machine's changing load falls on both alike. Reported per stream
+count and mode: audio seconds per wall second (all streams' audio over the time until the last
+ended), and the time to each stream's first chunk, p50 and p95; then the ratios batched /
+unbatched.
 
-On a CPU use `--streams 1,4`; on a GPU `--device cuda --streams 1,8,32,64 --chars 2000`.
+On a CPU use `--streams 1,4`; on a GPU `--device cuda --streams 1,8,32,64` (bench/gpu/run.sh).
 `--random-weights` builds a randomly initialised model from a kokoro-onnx config.json, for
 machines without the weights (the same time per call: bench/random_weights.py).
-`--phonemes-from` replays phonemes recorded here (bench/recorded_g2p.py) and imports Kokoro's
-model alone, for machines without misaki and spaCy: a GPU machine needs torch, transformers,
-kokoro, loguru and pydantic-settings, nothing else (bench/gpu/README.md). `--json` is rewritten
-after every stream count, so a run cut short keeps what it measured.
+`--phonemes-from` replays phonemes recorded here (bench/recorded_g2p.py; G2P then costs
+nothing, where it costs about 1.5 ms a clause here) and imports Kokoro's model alone, for machines
+without misaki and spaCy (bench/gpu/README.md says what else such a machine needs). `--json`
+is rewritten after every stream count, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from services.synth.settings import SynthSettings
 from services.synth.voices import VoiceMix
 
 VOICE = VoiceMix((("af_heart", 1.0),))
+# The untimed round's text: two chunks, recorded by bench/recorded_g2p.py like the rest.
+WARM_UP_CHARS = 120
 MODES = ("unbatched", "batched")
 
 
@@ -86,7 +92,11 @@ def engine_for(args: argparse.Namespace, weights_dir: Path | None, batched: bool
     from services.synth.engine.assembly import engine_from_settings
     from services.synth.engine.model_files import find_weights
 
-    settings = SynthSettings(max_concurrent=args.workers, batching="on" if batched else "off")
+    settings = SynthSettings(
+        max_concurrent=args.workers,
+        batching="on" if batched else "off",
+        batch_max_streams=args.batch_max_streams,
+    )
     weights = find_weights(weights_dir)
     if args.phonemes_from is None:
         return engine_from_settings(settings, weights, args.device)
@@ -104,6 +114,8 @@ async def measure(args: argparse.Namespace, weights_dir: Path | None) -> list[Ru
     for mode, engine in engines.items():
         print(f"loading the {mode} engine…", flush=True)
         await engine.start()
+        # Untimed: the workers' first calls, and the first batches' kernels, pay for set-up.
+        await speak_at_once(engine, text_of(WARM_UP_CHARS), max(args.streams))
     runs: list[Run] = []
     try:
         for streams in args.streams:
@@ -149,7 +161,8 @@ def summarize(runs: list[Run], stream_counts: list[int]) -> list[dict[str, float
 
 def print_table(rows: list[dict[str, float]], args: argparse.Namespace) -> None:
     print(
-        f"\nbatching bench: device={args.device} workers={args.workers} chars={args.chars}"
+        f"\nbatching bench: device={args.device} workers={args.workers}"
+        f" batch_max_streams={args.batch_max_streams} chars={args.chars}"
         f" rounds={args.rounds} weights={'random' if args.random_weights else 'resolved'}"
     )
     print(
@@ -182,6 +195,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chars", type=int, default=None, help="default: 400 CPU, 2000 CUDA")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="model workers in both modes")
+    parser.add_argument(
+        "--batch-max-streams",
+        type=int,
+        default=SynthSettings.model_fields["batch_max_streams"].default,
+        help="calls per batched model call (SYNTH_BATCH_MAX_STREAMS)",
+    )
     parser.add_argument("--random-weights", type=Path, metavar="CONFIG_JSON")
     parser.add_argument("--json", type=Path, help="also write the table here")
     parser.add_argument(

@@ -8,7 +8,7 @@
    less (on one torch thread by default, so that CPU time is the model's work). It is what
    the later chunks' budget is chosen from (services/synth/README.md, "Chunks").
 2. On a mesh this script starts: the first 200 characters of the bench passage
-   (bench/synth_bench.py), through the gateway, `--tries` times: the time to the first audio
+   (bench/passage.py), through the gateway, `--tries` times: the time to the first audio
    byte, against the model's time for the first chunk, read from synth's metrics
    (`kokoropay_synth_model_call_seconds`, the one call finished by then). The rest of the path
    (G2P, scheduling, encoding, gRPC, the gateway) is their difference. Target: under 100 ms at

@@ -4,14 +4,13 @@
 it spaCy and espeak-ng), none of which a GPU machine measuring model calls needs or has. This
 registers the `kokoro` package without running its `__init__`, so that `from kokoro import
 KModel` and `kokoro.istftnet` load only the model's own modules (torch, transformers' ALBERT,
-loguru, huggingface_hub).
+attrs, loguru, huggingface_hub).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-import types
 
 
 def import_model_only() -> None:
@@ -20,8 +19,8 @@ def import_model_only() -> None:
     spec = importlib.util.find_spec("kokoro")
     if spec is None or spec.submodule_search_locations is None:
         raise SystemExit("error: kokoro is not installed: pip install --no-deps kokoro==0.9.4")
-    package = types.ModuleType("kokoro")
-    package.__path__ = list(spec.submodule_search_locations)
+    # The package as the import system makes it (spec, path, loader), minus running __init__.
+    package = importlib.util.module_from_spec(spec)
     sys.modules["kokoro"] = package
     from kokoro.model import KModel
 

@@ -19,9 +19,10 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from bench.passage import text_of
+from services.synth.engine.assembly import chunk_budgets
 from services.synth.engine.manager import WARM_UP_TEXT
-from services.synth.settings import MODEL_MAX_PHONEMES, SynthSettings
-from services.synth.text.chunking import ChunkBudgets, Phonemize, plan_chunks
+from services.synth.settings import SynthSettings
+from services.synth.text.chunking import Phonemize, plan_chunks
 from services.synth.text.words import Pronunciation
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "data" / "passage_g2p.json"
@@ -29,6 +30,8 @@ DEFAULT_CHARS = (120, 400, 1_000, 2_000)
 # The bench's voices are American English (af_heart).
 LANGUAGE = "a"
 RECORD_COMMAND = "python -m bench.recorded_g2p --chars N,…"
+# The chunk budgets differ by device: a recording covers both.
+DEVICES = ("cpu", "cuda")
 
 
 def record(chars: Collection[int]) -> dict[str, str]:
@@ -43,16 +46,19 @@ def record(chars: Collection[int]) -> dict[str, str]:
         recorded[text] = phonemes
         return phonemes
 
-    settings = SynthSettings()
     recording(WARM_UP_TEXT)
-    for device in ("cpu", "cuda"):
-        budgets = ChunkBudgets(
-            settings.first_chunk_phonemes, settings.chunk_budget(device), MODEL_MAX_PHONEMES
-        )
-        for length in chars:
-            for _ in plan_chunks(text_of(length), recording, budgets):
-                pass
+    plan_every_length(chars, recording)
     return recorded
+
+
+def plan_every_length(chars: Collection[int], phonemize: Phonemize) -> None:
+    """Plan the passage at each length as the engine would on a CPU and on CUDA, phonemizing
+    with `phonemize`."""
+    settings = SynthSettings()
+    for device in DEVICES:
+        for length in chars:
+            for _ in plan_chunks(text_of(length), phonemize, chunk_budgets(settings, device)):
+                pass
 
 
 def replaying(path: Path) -> _Replay:

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -109,9 +110,16 @@ class ServiceProcess:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    def reconfigure(self, env: dict[str, str]) -> None:
-        """Settings for its next start: a service restarted with, say, batching on."""
-        self._env = {**self._env, **env}
+    def reconfigure(self, env: Mapping[str, str | None]) -> dict[str, str | None]:
+        """Settings for its next start (None: unset), such as a restart with batching on; the
+        values they replace, to put back the same way."""
+        previous = {name: self._env.get(name) for name in env}
+        for name, value in env.items():
+            if value is None:
+                self._env.pop(name, None)
+            else:
+                self._env[name] = value
+        return previous
 
     def start(self, wait_serving: bool = True, timeout: float = 60.0) -> ServiceProcess:
         # The child keeps its own copy of the descriptor; the parent's is closed at once.

@@ -53,7 +53,8 @@ class DrainingServer(uvicorn.Server):
         """Uvicorn's, less its last step: after a drain it raises the signal again for the
         handler it replaced, which for SIGTERM kills the process there and then. The caller's
         clean-up after `serve()` (closing gRPC channels, flushing the last traces) would never
-        run; a drain is how a pod ends, so `serve()` returns and `main` exits 0."""
+        run; a drain is how a pod ends, so `serve()` returns and `main` exits 0. Ctrl-C (SIGINT)
+        likewise drains and exits 0, instead of ending in KeyboardInterrupt."""
         with super().capture_signals():
             try:
                 yield

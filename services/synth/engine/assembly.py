@@ -23,9 +23,7 @@ def engine_from_settings(
     return EngineManager(
         KokoroBackend(weights, device, settings.torch_threads),
         phonemizers,
-        ChunkBudgets(
-            settings.first_chunk_phonemes, settings.chunk_budget(device), MODEL_MAX_PHONEMES
-        ),
+        chunk_budgets(settings, device),
         max_concurrent=settings.max_concurrent,
         lookahead_chunks=settings.lookahead_chunks,
         warm_up=settings.warm_up,
@@ -38,4 +36,12 @@ def engine_from_settings(
             if settings.batching_on(device)
             else None
         ),
+    )
+
+
+def chunk_budgets(settings: SynthSettings, device: str) -> ChunkBudgets:
+    """How the engine cuts text into model calls on `device` (also what bench/recorded_g2p.py
+    plans, so that recorded phonemes cover the same calls)."""
+    return ChunkBudgets(
+        settings.first_chunk_phonemes, settings.chunk_budget(device), MODEL_MAX_PHONEMES
     )
