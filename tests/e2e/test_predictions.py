@@ -186,3 +186,28 @@ async def test_another_accounts_prediction_is_unknown(
         answer = await request
         assert answer.status_code == 404 and answer.json()["status"] == "error"
     await poll_until_done(http, owner.key, prediction_id)
+
+
+async def test_a_create_retried_under_its_idempotency_key_is_one_prediction_paid_once(
+    http: httpx.AsyncClient, new_customer: NewCustomer
+) -> None:
+    """A client that lost the answer to its create (a timeout, a 5xx) sends it again with the
+    same Idempotency-Key: it gets the same prediction and pays once; the key with another
+    request is refused and changes nothing."""
+    customer = await new_customer(credits=1_000)
+    headers = {"X-API-Key": customer.key, "Idempotency-Key": "order-2026-11-30-0001"}
+    order = {"model": "kokoro-82m", "input": {"text": LISTING_TEXT}}
+    first = await http.post("/prediction/", headers=headers, json=order)
+    again = await http.post("/prediction/", headers=headers, json=order)
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    prediction_id = first.json()["predictionID"]
+    assert again.json()["predictionID"] == prediction_id
+
+    other = {"model": "kokoro-82m", "input": {"text": LISTING_TEXT, "speed": 1.5}}
+    refused = await http.post("/prediction/", headers=headers, json=other)
+    assert refused.status_code == 400, refused.text
+    assert "Idempotency-Key" in refused.json()["message"]
+
+    done = await poll_until_done(http, customer.key, prediction_id)
+    assert done["status"] == "success", done
+    await balance_becomes(http, customer, 1_000 - len(LISTING_TEXT))
