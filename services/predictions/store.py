@@ -251,10 +251,14 @@ JOIN predictions.predictions p ON p.id = k.prediction_id
 WHERE k.account_id = %(account_id)s AND k.idempotency_key = %(key)s
 """
 
-# Claims past their 24 hours, a batch at a time; served by idempotency_keys_by_age.
+# Claims past their 24 hours, a batch at a time; served by idempotency_keys_by_age. The age is
+# tested again outside the subquery: a DELETE that waited on a row a create was taking over
+# re-checks only its own WHERE against the new row, and must then leave the fresh claim alone
+# (else the key's next retry would create, and reserve, a second prediction).
 _DELETE_EXPIRED_KEYS: LiteralString = """
 DELETE FROM predictions.idempotency_keys
-WHERE (account_id, idempotency_key) IN (
+WHERE create_time <= now() - %(key_seconds)s * interval '1 second'
+  AND (account_id, idempotency_key) IN (
     SELECT account_id, idempotency_key FROM predictions.idempotency_keys
     WHERE create_time <= now() - %(key_seconds)s * interval '1 second'
     ORDER BY create_time LIMIT %(limit)s
