@@ -280,11 +280,9 @@ class Maintenance:
             await self._runner.settle(prediction)
         return len(found)
 
-    async def count_queue(self) -> int:
-        """Refresh the queue depth gauge: one count per pass, not one per scrape."""
-        depth = await self._store.queue_depth()
-        metrics.set_queue_depth(depth)
-        return depth
+    async def count_queue(self) -> None:
+        """Refresh the queue's gauges: one count per pass, not one per scrape."""
+        metrics.set_queue_load(await self._store.queue_load())
 
     async def delete_old_jobs(self) -> None:
         """Delete jobs finished unsuccessfully more than the retention ago; at most hourly."""

@@ -1,19 +1,24 @@
 """The predictions' own metrics: creates and refusals, how predictions finish, how long a worker
-takes, the queue's depth, and what became of each webhook try.
+takes, the queue's depth and load, and what became of each webhook try.
 
 Two kinds of process record them, each on its own port: the service (`PREDICTIONS_METRICS_PORT`:
 creates, refusals, cancels) and every worker (`PREDICTIONS_WORKER_METRICS_PORT`: successes,
-failures, job times, webhooks, the queue's depth). A prediction is finished once, by whichever
-commits its row first (store.py), and counted there, after the commit: counters are per process,
-so add them up across the service and the workers. The queue's depth is one count that every
-worker's maintenance refreshes: read it with `max`.
+failures, job times, webhooks, the queue's depth and runnable jobs). A prediction is finished
+once, by whichever commits its row first (store.py), and counted there, after the commit:
+counters are per process, so add them up across the service and the workers. The queue's
+gauges are counts every worker's maintenance refreshes: read them with `max`.
 
 No label carries an account, a key, a prediction id, a URL or text.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from services.predictions.store import QueueLoad
 
 # Why CreatePrediction refused: the key's most predictions queued or running, too few credits
 # (or no ledger account), or a bad field (the webhook URL included).
@@ -46,6 +51,12 @@ QUEUE_DEPTH = Gauge(
     "Predictions waiting for a worker (their job queued, a retry's backoff included), as of a"
     " worker's last maintenance pass.",
 )
+RUNNABLE_JOBS = Gauge(
+    "kokoropay_predictions_runnable_jobs",
+    "Prediction jobs running or due to run now (a retry's backoff not included): the workers'"
+    " load, which their autoscaler divides by the jobs a worker runs at once; as of a worker's"
+    " last maintenance pass.",
+)
 WEBHOOK_ATTEMPTS = Counter(
     "kokoropay_predictions_webhook_attempts",
     "Webhook tries, by outcome.",
@@ -75,8 +86,9 @@ def observe_job(status: str, seconds: float) -> None:
     _JOB_SECONDS[status].observe(seconds)
 
 
-def set_queue_depth(depth: int) -> None:
-    QUEUE_DEPTH.set(depth)
+def set_queue_load(load: QueueLoad) -> None:
+    QUEUE_DEPTH.set(load.waiting)
+    RUNNABLE_JOBS.set(load.runnable)
 
 
 def count_webhook_attempt(outcome: str) -> None:

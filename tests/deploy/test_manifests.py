@@ -1030,7 +1030,7 @@ def test_prod_autoscales_web_services_on_cpu_synth_on_streams_and_workers_on_the
         (metric,) = autoscalers[name]["spec"]["metrics"]
         assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu", name
     queue, cpu = autoscalers[WORKER]["spec"]["metrics"]
-    assert queue["external"]["metric"]["name"] == "kokoropay_predictions_queue_depth"
+    assert queue["external"]["metric"]["name"] == "kokoropay_predictions_runnable_jobs"
     assert queue["external"]["target"]["type"] == "AverageValue"
     assert cpu["type"] == "Resource" and cpu["resource"]["name"] == "cpu"
     # The predictions service itself has a fixed count, like auth and ledger.
@@ -1059,10 +1059,10 @@ def test_synths_autoscaler_targets_its_slots_per_pod() -> None:
     assert target == float(synth["SYNTH_MAX_CONCURRENT"]) * float(synth["SYNTH_BATCH_MAX_STREAMS"])
 
 
-def test_the_workers_autoscaler_wants_a_worker_slot_for_every_waiting_job() -> None:
-    """Queue depth per worker pod at the jobs one worker runs at once: a backlog brings as many
-    workers as would start every waiting job (docs/operations.md, "Scaling the workers"). The
-    depth must be scraped for the adapter to read it, on the port the workers serve it on."""
+def test_the_workers_autoscaler_wants_a_worker_slot_for_every_runnable_job() -> None:
+    """Runnable jobs per worker pod at the jobs one worker runs at once: as many workers as
+    would run every job due now (docs/operations.md, "Scaling the workers"). The count must be
+    scraped for the adapter to read it, on the port the workers serve it on."""
     objects = render("prod")
     queue, _ = named(objects, "HorizontalPodAutoscaler", WORKER)["spec"]["metrics"]
     deployment = named(objects, "Deployment", WORKER)

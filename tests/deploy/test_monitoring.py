@@ -125,6 +125,7 @@ GAUGES = {
     "kokoropay_synth_device_memory_bytes",
     "kokoropay_gateway_active_streams",
     "kokoropay_predictions_queue_depth",
+    "kokoropay_predictions_runnable_jobs",
 }
 HISTOGRAMS = {
     "grpc_server_handling_seconds",

@@ -45,6 +45,7 @@ REFUSED = "kokoropay_predictions_refused_total"
 WEBHOOKS = "kokoropay_predictions_webhook_attempts_total"
 JOBS = "kokoropay_predictions_job_seconds_count"
 DEPTH = "kokoropay_predictions_queue_depth"
+RUNNABLE = "kokoropay_predictions_runnable_jobs"
 # Several seconds of synthesis on a CPU: cancelled while synth still speaks it.
 LONG_TEXT = (
     "The quick brown fox jumps over the lazy dog, and then it runs across the wide green field "
@@ -166,7 +167,12 @@ async def test_the_queue_depth_is_what_waits_for_a_worker(
         async def depth(expected: float) -> bool:
             return (await scrape(waiting.metrics_url)).total(DEPTH) == expected
 
-        await eventually(lambda: depth(3))
+        async def waiting_out_their_backoff() -> bool:
+            # Queued, but asking for no worker: what the workers' autoscaler reads.
+            latest = await scrape(waiting.metrics_url)
+            return latest.total(DEPTH) == 3 and latest.total(RUNNABLE) == 0
+
+        await eventually(waiting_out_their_backoff)
         before = await scrape(service.metrics_url)
         for prediction in queued:
             await predictions.cancel(account, prediction.id)

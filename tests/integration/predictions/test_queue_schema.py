@@ -8,7 +8,7 @@ import pytest
 from procrastinate.schema import SchemaManager
 
 from services.cli.processes import ServiceProcess
-from services.predictions.store import MIGRATIONS_DIR
+from services.predictions.store import _QUEUE_LOAD, MIGRATIONS_DIR
 from tests.integration.predictions.mesh import Databases, Predictions
 
 QUEUE_MIGRATION = MIGRATIONS_DIR / "0002_procrastinate_3_10.sql"
@@ -68,3 +68,25 @@ async def test_the_serving_role_cannot_rewrite_or_erase(
         pytest.raises(psycopg.errors.CheckViolation, match="finished once"),
     ):
         conn.execute(f"UPDATE predictions.predictions SET status = 'success' {where}".encode())
+
+
+def test_the_queue_load_counts_running_and_due_jobs_but_not_backoffs(
+    databases: Databases, predictions_service: ServiceProcess
+) -> None:
+    """What the workers' autoscaler reads (kokoropay_predictions_runnable_jobs): jobs running or
+    due now; a retry waiting out its backoff is queued, not runnable."""
+    queue = "queue-load-test"  # a queue of its own: other tests' jobs do not count
+    jobs = [("todo", None), ("todo", "-1 minute"), ("todo", "+10 minutes"), ("doing", None)]
+    with psycopg.connect(databases.owner) as conn:  # rolled back on leaving
+        # procrastinate's triggers name its tables unqualified, as its workers' connections do.
+        conn.execute("SET LOCAL search_path TO predictions")
+        for number, (status, delay) in enumerate(jobs):
+            conn.execute(
+                "INSERT INTO predictions.procrastinate_jobs"
+                " (queue_name, task_name, args, status, scheduled_at, lock)"
+                " VALUES (%s, 'predict', '{}', %s, now() + %s::interval, %s)",
+                (queue, status, delay, f"queue-load-{number}"),
+            )
+        row = conn.execute(_QUEUE_LOAD, {"queue": queue}).fetchone()
+        conn.rollback()
+    assert row == (3, 3)
