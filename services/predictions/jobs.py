@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from procrastinate import App, BaseRetryStrategy, JobContext, PsycopgConnector, RetryDecision
@@ -64,6 +65,19 @@ SETTLE_BATCH = 100
 OLD_JOBS_EVERY_SECONDS = 3600.0
 
 _log = logging.getLogger("predictions.jobs")
+
+
+async def _sweep(delete: Callable[[int], Awaitable[int]], what: str) -> int:
+    """Delete `what` a batch of SWEEP_BATCH at a time (one short statement each, so no sweep
+    holds many rows' locks at once) until a batch comes back short; how many went."""
+    total = 0
+    while (deleted := await delete(SWEEP_BATCH)) > 0:
+        total += deleted
+        if deleted < SWEEP_BATCH:
+            break
+    if total:
+        _log.info("deleted %d %s", total, what, extra={"deleted": total})
+    return total
 
 
 class RunAgain(BaseRetryStrategy):
@@ -255,24 +269,10 @@ class Maintenance:
         return retried
 
     async def delete_expired_outputs(self) -> int:
-        total = 0
-        while (deleted := await self._outputs.delete_expired(SWEEP_BATCH)) > 0:
-            total += deleted
-            if deleted < SWEEP_BATCH:
-                break
-        if total:
-            _log.info("deleted %d expired outputs", total, extra={"deleted": total})
-        return total
+        return await _sweep(self._outputs.delete_expired, "expired outputs")
 
     async def delete_expired_keys(self) -> int:
-        total = 0
-        while (deleted := await self._store.delete_expired_keys(SWEEP_BATCH)) > 0:
-            total += deleted
-            if deleted < SWEEP_BATCH:
-                break
-        if total:
-            _log.info("deleted %d expired idempotency keys", total, extra={"deleted": total})
-        return total
+        return await _sweep(self._store.delete_expired_keys, "expired idempotency keys")
 
     async def settle_unsettled(self) -> int:
         found = await self._store.unsettled(self._settle_grace, SETTLE_BATCH)

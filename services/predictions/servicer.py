@@ -23,12 +23,14 @@ caller branches on carry a google.rpc.ErrorInfo (domain "predictions.kokoropay")
 |   (metadata `total_size`)                      |                     |                      |
 | the database or the ledger cannot answer now   | UNAVAILABLE         | (none)               |
 
-CreatePrediction takes its key's turn (store.py: the key's lock, held to the commit). With an
-idempotency key it first claims that key for the account: one already naming a prediction (in
-the last 24 hours) answers with that prediction as it now stands if the fingerprints agree, and
-with REQUEST_KEY_REUSED if not; either way nothing is counted, reserved or queued, so the Reserve
-below happens once per key. Then it counts the key's predictions queued or running; at
-`max_active` it refuses, having reserved nothing.
+CreatePrediction with an idempotency key first looks the key up: one already naming a prediction
+(in the last 24 hours) answers with that prediction as it now stands if the fingerprints agree,
+and with REQUEST_KEY_REUSED if not, before any other check and without the API key's turn.
+Otherwise the request is checked and the create takes its API key's turn (store.py: the key's
+lock, held to the commit), in which a keyed create first claims its key for the account; a
+create of the key that committed meanwhile is answered as above. Either way a repeat counts,
+reserves and queues nothing, so the Reserve below happens once per key. Then it counts the API
+key's predictions queued or running; at `max_active` it refuses, having reserved nothing.
 Otherwise, still in its turn, it reserves len(text) credits ("prediction:<id>", labels
 key/voice/format/model, a ttl of PREDICTIONS_HOLD_TTL_SECONDS: the longest a prediction waits in
 the queue) and writes the prediction and its job in one statement; if that or the commit fails,
@@ -73,7 +75,6 @@ from services.predictions.paging import decode_page_token, encode_page_token
 from services.predictions.settings import PredictionsSettings
 from services.predictions.signing import SignatureInvalid, UrlSigner, output_url
 from services.predictions.store import (
-    IdempotencyKey,
     KeyedPrediction,
     NewPrediction,
     OutputExpired,
@@ -81,7 +82,7 @@ from services.predictions.store import (
     PredictionNotFound,
     PredictionStore,
 )
-from services.predictions.validation import FieldInvalid
+from services.predictions.validation import FieldInvalid, IdempotencyKey
 from services.predictions.webhooks import (
     WebhookHostUnresolved,
     WebhookUrlRefused,
@@ -235,11 +236,28 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     ) -> tuple[Prediction, bool]:
         """The prediction, and whether this call created it (False: its idempotency key's)."""
         account_id = validation.require_id(request.account_id, "account_id")
-        key_id = validation.key_id(request.key_id)
-        max_active = validation.max_active(request.max_active)
         keyed = validation.idempotency_key(
             account_id, request.idempotency_key, request.request_fingerprint
         )
+        if keyed is not None:
+            # A repeat is answered from its key alone, before the checks below: they may now
+            # refuse what they let through then (a voice since retired, a webhook host that no
+            # longer resolves), and a repeat needs no turn, creation slot or lock.
+            named = await self._store.named_by_key(keyed)
+            if named is not None:
+                return _repeated(named, keyed), False
+        return await self._create_new(request, account_id, keyed)
+
+    async def _create_new(
+        self,
+        request: predictions_pb2.CreatePredictionRequest,
+        account_id: str,
+        keyed: IdempotencyKey | None,
+    ) -> tuple[Prediction, bool]:
+        """A new prediction and True; or, when a create racing this one claimed the key first,
+        what the key names and False."""
+        key_id = validation.key_id(request.key_id)
+        max_active = validation.max_active(request.max_active)
         given = request.input
         checked = validation.prediction_input(
             given.text, given.voice, given.speed, given.output_format, self._max_input_chars
@@ -262,8 +280,9 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
             # concurrent creates of one key are counted one after another and a refused one
             # never touches the ledger (store.py's header says why this order).
             async with self._store.creating(key_id) as turn:
-                # Before the count and the Reserve: a repeat neither counts against the key's
-                # limit nor holds credits a second time.
+                # Before the count and the Reserve: a create that raced the key's first (and
+                # so missed it above) neither counts against the key's limit nor holds credits
+                # a second time.
                 if keyed is not None:
                     named = await turn.claim(keyed, prediction_id)
                     if named is not None:

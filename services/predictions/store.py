@@ -32,14 +32,16 @@ then the create fails as unavailable and nothing was reserved.
 
 Idempotency keys (migration 0004) are per account, and an account's keys may be used by any of
 its API keys, so the key's turn cannot keep two creates of one idempotency key apart; the
-primary key of `idempotency_keys` does. A keyed create claims its key first in its turn
-(`CreationTurn.claim`: INSERT … ON CONFLICT), before the count and the Reserve. A second create
-of the key, on any replica and under any API key, finds the claim: committed, it is answered
-with the prediction the key names; still being written, its INSERT waits on the uncommitted row
-(within `_LOCK_WAIT`, like the advisory lock) and then finds it committed, or, if that create
-failed and rolled back, claims the key itself. So a key is held by one create at a time and
-only that one reserves. A claim older than `IDEMPOTENCY_KEY_SECONDS` is taken over by the next
-create under its key; the workers' maintenance deletes the rest (`delete_expired_keys`).
+primary key of `idempotency_keys` does. A keyed create first looks its key up (`named_by_key`,
+one statement, before any turn): a repeat of a committed create is answered there, taking no
+turn, slot or lock. Otherwise it claims the key first in its turn (`CreationTurn.claim`: INSERT
+… ON CONFLICT), before the count and the Reserve. A second create of the key, on any replica
+and under any API key, finds the claim: committed, it is answered with the prediction the key
+names; still being written, its INSERT waits on the uncommitted row (within `_LOCK_WAIT`, like
+the advisory lock) and then finds it committed, or, if that create failed and rolled back,
+claims the key itself. So a key is held by one create at a time and only that one reserves. A
+claim older than `IDEMPOTENCY_KEY_SECONDS` is taken over by the next create under its key; the
+workers' maintenance deletes the rest (`delete_expired_keys`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from services.common.postgres import open_database
 from services.common.settings import DatabaseSettings
 from services.predictions import metrics
 from services.predictions.outputs import MAX_CHUNK_BYTES, StoredOutput
+from services.predictions.validation import IdempotencyKey
 
 SCHEMA = "predictions"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -125,15 +128,6 @@ class NewPrediction:
     output_format: str
     webhook_url: str | None
     hold_id: str
-
-
-@dataclass(frozen=True)
-class IdempotencyKey:
-    """A create's idempotency key and the request it names (the caller's fingerprint)."""
-
-    account_id: str
-    key: str
-    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -256,10 +250,13 @@ WHERE held.create_time <= now() - %(key_seconds)s * interval '1 second'
 RETURNING prediction_id
 """
 
+# What the account's key names while it is live: asked first, outside any turn, and again by a
+# claim the key refused (whose key is then live and locked by that refusal).
 _NAMED_BY_KEY: LiteralString = """
 SELECT k.fingerprint AS key_fingerprint, p.* FROM predictions.idempotency_keys k
 JOIN predictions.predictions p ON p.id = k.prediction_id
 WHERE k.account_id = %(account_id)s AND k.idempotency_key = %(key)s
+  AND k.create_time > now() - %(key_seconds)s * interval '1 second'
 """
 
 # Claims past their 24 hours, a batch at a time; served by idempotency_keys_by_age. The age is
@@ -414,6 +411,19 @@ def _defer(
     }
 
 
+def _key_params(keyed: IdempotencyKey) -> dict[str, Any]:
+    return {
+        "account_id": keyed.account_id,
+        "key": keyed.key,
+        "fingerprint": keyed.fingerprint,
+        "key_seconds": IDEMPOTENCY_KEY_SECONDS,
+    }
+
+
+def _keyed_prediction(row: Row) -> KeyedPrediction:
+    return KeyedPrediction(_prediction(row), row["key_fingerprint"])
+
+
 class KeyTurns:
     """An asyncio lock per key, kept only while someone holds or awaits it."""
 
@@ -451,13 +461,7 @@ class CreationTurn:
         """Take `keyed` for `prediction_id`, the prediction this turn is about to create: None
         when it is ours (the create then goes on), else what the key already names. Waits while
         another create of the key is uncommitted (the header)."""
-        params = {
-            "account_id": keyed.account_id,
-            "key": keyed.key,
-            "fingerprint": keyed.fingerprint,
-            "prediction_id": prediction_id,
-            "key_seconds": IDEMPOTENCY_KEY_SECONDS,
-        }
+        params = {**_key_params(keyed), "prediction_id": prediction_id}
         await self._cursor.execute(_CLAIM_KEY, params)
         if await self._cursor.fetchone() is not None:
             return None
@@ -466,7 +470,7 @@ class CreationTurn:
         if row is None:
             # The claim that refused ours is committed and locked by that refusal: it is there.
             raise AssertionError("a held idempotency key names no prediction")
-        return KeyedPrediction(_prediction(row), row["key_fingerprint"])
+        return _keyed_prediction(row)
 
     async def create(self, new: NewPrediction) -> Prediction:
         """The prediction and its queued job, written together."""
@@ -563,6 +567,12 @@ class PredictionStore:
             if row is None:
                 raise AssertionError("SELECT count(*) returned no row")
             yield CreationTurn(cursor, row["active"])
+
+    async def named_by_key(self, keyed: IdempotencyKey) -> KeyedPrediction | None:
+        """What the account's key names, if it is live and committed; None otherwise (a create
+        of the key still uncommitted is not seen: the claim in the turn waits for it)."""
+        rows = await self._rows(_NAMED_BY_KEY, _key_params(keyed))
+        return _keyed_prediction(rows[0]) if rows else None
 
     async def get(self, account_id: str, prediction_id: str) -> Prediction:
         """The account's prediction; PredictionNotFound for another account's."""

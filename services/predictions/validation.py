@@ -18,7 +18,6 @@ from services.common.voice_expressions import (
     parse_voice_expression,
 )
 from services.predictions.outputs import CONTENT_TYPES
-from services.predictions.store import IdempotencyKey
 
 MAX_ID_LENGTH = 128
 MAX_KEY_ID_LENGTH = 64
@@ -52,6 +51,15 @@ class Input:
     voice: str
     speed: float
     output_format: str
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A create's idempotency key and the request it names (the caller's fingerprint)."""
+
+    account_id: str
+    key: str
+    fingerprint: str
 
 
 def _has_control(value: str) -> bool:

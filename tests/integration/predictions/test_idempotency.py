@@ -1,7 +1,8 @@
 """Prediction creates under an Idempotency-Key (store.py, "Idempotency keys"): a repeat gets the
 prediction the key already names and is held for once, a different request under the key is
-refused having changed nothing, racing creates of one key make one prediction, keys are the
-account's, and a key past its 24 hours names a new prediction.
+refused having changed nothing, racing creates of one key make one prediction, a create refused
+or rolled back leaves its key to the retry, keys are the account's, and a key past its 24 hours
+names a new prediction (and is swept, but never once a create has taken it over).
 
 First as the gateway calls the service, then through a gateway of the tests' own: the real app
 and its gRPC client to this mesh's predictions service and ledger, with auth and synth's lists
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 import httpx
@@ -26,12 +28,15 @@ from services.common.errors import error_info
 from services.gateway.app import create_app
 from services.gateway.clients import GrpcLedgerClient, GrpcPredictionsClient, Principal, Upstreams
 from services.gateway.settings import GatewaySettings
+from services.predictions.ids import new_prediction_id
 from services.predictions.settings import PredictionsSettings
 from services.predictions.store import PredictionStore
+from services.predictions.validation import IdempotencyKey
 from tests.integration.predictions.mesh import (
     URL_SIGNING_SECRET,
     Databases,
     Predictions,
+    eventually,
     field_of,
     query_one,
     reason,
@@ -44,6 +49,11 @@ FINGERPRINT = "input.text=0123456789abcdef"
 
 def _key() -> str:
     return f"retry-{uuid.uuid4().hex}"
+
+
+def _api_key() -> str:
+    """An API key of the test's own, so its limit counts only the test's predictions."""
+    return f"key_{uuid.uuid4().hex}"
 
 
 async def _holds(predictions: Predictions, account_id: str) -> list[L.Hold]:
@@ -69,6 +79,39 @@ async def _assert_charged_once(
     assert len(await _holds(predictions, account_id)) == 1
     balance = await predictions.ledger.balance(account_id)
     assert (balance.balance, balance.held) == (credits - len(text), len(text))
+
+
+@asynccontextmanager
+async def _store(databases: Databases) -> AsyncIterator[PredictionStore]:
+    """The service's store as the serving role runs it, beside the running service."""
+    store = PredictionStore()
+    await store.open(
+        PredictionsSettings(
+            DATABASE_URL=databases.serving,
+            migration_database_url=databases.owner,
+            url_signing_secret=URL_SIGNING_SECRET,
+            pool_min_size=1,
+        )
+    )
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _waiting_on_a_lock(databases: Databases, statement: str) -> None:
+    """Until a statement containing `statement` waits for a row or lock another holds."""
+
+    async def waiting() -> bool:
+        row = query_one(
+            databases.owner,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND position(%s in query) > 0",
+            statement,
+        )
+        return row is not None and row[0] > 0
+
+    await eventually(waiting, timeout=10, interval=0.02)
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -102,20 +145,60 @@ async def test_a_repeat_gets_the_same_prediction_as_it_now_stands(
     assert (await predictions.ledger.balance(account)).balance == 1_000
 
 
-async def test_a_repeat_is_answered_even_when_the_key_is_at_its_limit(
-    predictions: Predictions,
+async def test_a_repeat_is_answered_at_the_keys_limit_without_taking_its_turn(
+    predictions: Predictions, databases: Databases
 ) -> None:
     account = await predictions.account(1_000)
-    key = _key()
-    created = await predictions.create(
-        account, TEXT, idempotency_key=key, request_fingerprint=FINGERPRINT, max_active=1
-    )
+    key, api_key = _key(), _api_key()
+
+    async def create(fingerprint: str = FINGERPRINT) -> P.Prediction:
+        return await predictions.create(
+            account,
+            TEXT,
+            key_id=api_key,
+            max_active=1,
+            idempotency_key=key,
+            request_fingerprint=fingerprint,
+        )
+
+    created = await create()
+    # The API key's turn held elsewhere (its advisory lock, as another replica's create holds
+    # it): a create would wait up to 12 s for it, a repeat is answered from its key at once.
     # The prediction it names is the one taking the key's only place: not a second create.
-    again = await predictions.create(
-        account, TEXT, idempotency_key=key, request_fingerprint=FINGERPRINT, max_active=1
-    )
+    async with _store(databases) as store, store.creating(api_key):
+        again = await asyncio.wait_for(create(), timeout=3)
+        with pytest.raises(grpc.RpcError) as refused:
+            await asyncio.wait_for(create("input.text=ff"), timeout=3)
     assert again.id == created.id
+    assert reason(refused.value) == "REQUEST_KEY_REUSED"
+    await _assert_charged_once(predictions, databases, account, 1_000, TEXT)
     await predictions.cancel(account, created.id)
+
+
+async def test_a_repeat_is_answered_from_its_key_before_any_other_check(
+    predictions: Predictions, databases: Databases
+) -> None:
+    # The service trusts the gateway's fingerprint: a retry that fingerprints as the first
+    # request did, but whose webhook host does not resolve (as if it had stopped resolving
+    # since), still gets the prediction, where a new create would be refused.
+    account = await predictions.account(1_000)
+    key = _key()
+    first = await predictions.create(
+        account,
+        TEXT,
+        webhook_url="http://127.0.0.1:9/hooks",
+        idempotency_key=key,
+        request_fingerprint=FINGERPRINT,
+    )
+    again = await predictions.create(
+        account,
+        TEXT,
+        webhook_url="http://host-that-does-not-resolve.invalid/hooks",
+        idempotency_key=key,
+        request_fingerprint=FINGERPRINT,
+    )
+    assert again == first
+    await _assert_charged_once(predictions, databases, account, 1_000, TEXT)
 
 
 async def test_another_request_under_the_key_is_refused_and_changes_nothing(
@@ -157,6 +240,81 @@ async def test_racing_creates_of_one_key_make_one_prediction_and_one_hold(
         )
     )
     assert len({prediction.id for prediction in results}) == 1
+    await _assert_charged_once(predictions, databases, account, 1_000, TEXT)
+
+
+async def test_a_create_refused_for_credits_leaves_its_key_for_the_retry_after_a_top_up(
+    predictions: Predictions, databases: Databases
+) -> None:
+    account = await predictions.account(len(TEXT) - 1)
+    key = _key()
+    with pytest.raises(grpc.RpcError) as refused:
+        await predictions.create(
+            account, TEXT, idempotency_key=key, request_fingerprint=FINGERPRINT
+        )
+    assert reason(refused.value) == "INSUFFICIENT_CREDITS"
+    assert _count(databases, account) == 0
+
+    await predictions.ledger.grant(account, 1_000)
+    await predictions.create(account, TEXT, idempotency_key=key, request_fingerprint=FINGERPRINT)
+    await _assert_charged_once(predictions, databases, account, len(TEXT) - 1 + 1_000, TEXT)
+
+
+async def test_a_create_refused_at_the_limit_leaves_its_key_for_the_retry_once_a_place_frees(
+    predictions: Predictions, databases: Databases
+) -> None:
+    account = await predictions.account(1_000)
+    key, api_key = _key(), _api_key()
+    other = await predictions.create(account, TEXT, key_id=api_key, max_active=1)
+
+    async def create() -> P.Prediction:
+        return await predictions.create(
+            account,
+            TEXT,
+            key_id=api_key,
+            max_active=1,
+            idempotency_key=key,
+            request_fingerprint=FINGERPRINT,
+        )
+
+    with pytest.raises(grpc.RpcError) as refused:
+        await create()
+    assert reason(refused.value) == "CONCURRENCY_LIMITED"
+    await predictions.cancel(account, other.id)
+
+    created = await create()
+    assert created.id != other.id
+    assert _count(databases, account) == 2
+    # The cancelled one's hold released, the retry's held: len(TEXT) held once.
+    assert len(await _holds(predictions, account)) == 2
+    balance = await predictions.ledger.balance(account)
+    assert (balance.balance, balance.held) == (1_000 - len(TEXT), len(TEXT))
+
+
+@pytest.mark.parametrize("blocker_commits", [False, True], ids=["rolls-back", "commits"])
+async def test_a_create_waiting_on_an_uncommitted_claim_goes_the_way_that_claim_went(
+    predictions: Predictions, databases: Databases, blocker_commits: bool
+) -> None:
+    account = await predictions.account(1_000)
+    key = _key()
+    # A claim another create has written and not yet committed; one that commits names a
+    # prediction of the account made from the same request.
+    named = (await predictions.create(account, TEXT)).id if blocker_commits else new_prediction_id()
+    async with await psycopg.AsyncConnection.connect(databases.owner) as blocker:
+        await blocker.execute(
+            b"INSERT INTO predictions.idempotency_keys "
+            b"(account_id, idempotency_key, fingerprint, prediction_id) VALUES (%s, %s, %s, %s)",
+            (account, key, FINGERPRINT, named),
+        )
+        waiter = asyncio.create_task(
+            predictions.create(account, TEXT, idempotency_key=key, request_fingerprint=FINGERPRINT)
+        )
+        await _waiting_on_a_lock(databases, "INSERT INTO predictions.idempotency_keys")
+        await (blocker.commit() if blocker_commits else blocker.rollback())
+    prediction = await waiter
+
+    # Either way the key names one prediction, held for once.
+    assert (prediction.id == named) == blocker_commits
     await _assert_charged_once(predictions, databases, account, 1_000, TEXT)
 
 
@@ -224,25 +382,43 @@ async def test_a_key_past_its_24_hours_names_a_new_prediction_then_is_swept(
     _age_key(databases, account, key, "24 hours 1 second")
     live = _key()
     await predictions.create(account, TEXT, idempotency_key=live, request_fingerprint="c=3")
-    store = PredictionStore()
-    await store.open(
-        PredictionsSettings(
-            DATABASE_URL=databases.serving,
-            migration_database_url=databases.owner,
-            url_signing_secret=URL_SIGNING_SECRET,
-            pool_min_size=1,
-        )
-    )
-    try:
+    async with _store(databases) as store:
         assert await store.delete_expired_keys(limit=1_000) >= 1
-    finally:
-        await store.close()
     kept = query_one(
         databases.owner,
         "SELECT array_agg(idempotency_key) FROM predictions.idempotency_keys WHERE account_id = %s",
         account,
     )
     assert kept == ([live],)
+
+
+async def test_a_sweep_that_waited_on_a_key_being_taken_over_leaves_the_fresh_claim(
+    predictions: Predictions, databases: Databases
+) -> None:
+    account = await predictions.account(1_000)
+    key = _key()
+    await predictions.create(account, TEXT, idempotency_key=key, request_fingerprint="a=1")
+    # What the takeover will name (the claim's reference is checked at its commit).
+    fresh = await predictions.create(account, TEXT)
+    async with _store(databases) as store:
+        # Other tests' expired keys gone first, so this sweep can only meet ours.
+        await store.delete_expired_keys(limit=1_000)
+        _age_key(databases, account, key, "25 hours")
+        # A create taking the expired key over, its transaction still open; the sweep, which
+        # read the key as expired, waits on the row until the takeover commits.
+        async with store.creating(_api_key()) as turn:
+            assert await turn.claim(IdempotencyKey(account, key, "b=2"), fresh.id) is None
+            sweep = asyncio.create_task(store.delete_expired_keys(limit=1_000))
+            await _waiting_on_a_lock(databases, "DELETE FROM predictions.idempotency_keys")
+        assert await sweep == 0
+    claim = query_one(
+        databases.owner,
+        "SELECT prediction_id, fingerprint FROM predictions.idempotency_keys "
+        "WHERE account_id = %s AND idempotency_key = %s",
+        account,
+        key,
+    )
+    assert claim == (fresh.id, "b=2")
 
 
 def test_a_key_names_a_prediction_that_exists(
