@@ -118,7 +118,7 @@ async def measure(args: argparse.Namespace, weights_dir: Path | None) -> list[Ru
         await speak_at_once(engine, text_of(WARM_UP_CHARS), max(args.streams))
     runs: list[Run] = []
     try:
-        for streams in args.streams:
+        for measured, streams in enumerate(args.streams, start=1):
             for round_ in range(args.rounds):
                 # Alternate which mode goes first, round by round.
                 order = MODES if round_ % 2 == 0 else MODES[::-1]
@@ -131,10 +131,9 @@ async def measure(args: argparse.Namespace, weights_dir: Path | None) -> list[Ru
                         f" first audio p50 {statistics.median(run.first_audio_ms):7.0f} ms",
                         flush=True,
                     )
+            # After each stream count, not at the end: a run cut short keeps what it measured.
             if args.json:
-                write_table(
-                    args.json, summarize(runs, args.streams[: args.streams.index(streams) + 1])
-                )
+                write_table(args.json, summarize(runs, args.streams[:measured]))
     finally:
         for engine in engines.values():
             await engine.close()
@@ -225,10 +224,7 @@ def main(argv: list[str]) -> int:
                 args.random_weights, Path(scratch) / "weights", V1_VOICES
             )
         runs = asyncio.run(measure(args, weights_dir))
-    rows = summarize(runs, args.streams)
-    print_table(rows, args)
-    if args.json:
-        write_table(args.json, rows)
+    print_table(summarize(runs, args.streams), args)  # --json: written by measure()
     return 0
 
 

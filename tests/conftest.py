@@ -6,10 +6,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.postgres import create_database, postgres_server_url
+
+if TYPE_CHECKING:
+    from services.synth.engine.model_files import WeightsPaths
 
 # The gateway's in-process and live-app fixtures, for the gateway's unit tests.
 pytest_plugins = ["tests.support.gateway_fixtures"]
@@ -26,6 +30,18 @@ def postgres_url() -> Iterator[str]:
 def database_url(postgres_url: str) -> str:
     """A fresh, empty database for one test."""
     return create_database(postgres_url)
+
+
+@pytest.fixture(scope="session")
+def weights() -> WeightsPaths:
+    """The Kokoro weights `make weights` resolved; tests that load the model skip without them
+    (and CI fails at the start instead: pytest_sessionstart)."""
+    from services.synth.engine.model_files import WeightsError, locate_weights
+
+    try:
+        return locate_weights()
+    except WeightsError as error:
+        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="session")

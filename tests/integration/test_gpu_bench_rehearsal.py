@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.recorded_g2p import DEFAULT_FILE, plan_every_length, record, replaying
-from services.synth.engine.model_files import WeightsError, WeightsPaths, locate_weights
+from services.synth.engine.model_files import WeightsPaths
 
 pytestmark = pytest.mark.model
 
@@ -131,14 +131,6 @@ def _run_there(module: str, *arguments: str) -> subprocess.CompletedProcess[str]
         timeout=300,
         check=False,
     )
-
-
-@pytest.fixture(scope="module")
-def weights() -> WeightsPaths:
-    try:
-        return locate_weights()
-    except WeightsError as error:
-        pytest.skip(str(error))
 
 
 def test_the_engine_bench_runs_with_what_the_gpu_machine_has(

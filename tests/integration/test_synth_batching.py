@@ -39,7 +39,7 @@ from services.synth.engine.batched_forward import (
     forward_batch,
     forward_one,
 )
-from services.synth.engine.model_files import WeightsError, WeightsPaths, locate_weights
+from services.synth.engine.model_files import WeightsPaths
 from services.synth.models import HUB_REPO_ID
 
 if TYPE_CHECKING:
@@ -76,14 +76,6 @@ CASES = (
 class Loaded:
     model: KModel
     voices: dict[str, torch.Tensor]
-
-
-@pytest.fixture(scope="module")
-def weights() -> WeightsPaths:
-    try:
-        return locate_weights()
-    except WeightsError as error:
-        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="module")

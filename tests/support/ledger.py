@@ -104,6 +104,11 @@ class Ledger:
         )
         return response.hold
 
+    async def holds(self, account_id: str) -> list[ledger_pb2.Hold]:
+        """The account's holds, the first page (enough for the few a test makes)."""
+        response = await self.stub.ListHolds(ledger_pb2.ListHoldsRequest(account_id=account_id))
+        return list(response.holds)
+
     async def entries(self, account_id: str) -> list[ledger_pb2.Entry]:
         """The whole journal, newest first, following page tokens."""
         entries: list[ledger_pb2.Entry] = []

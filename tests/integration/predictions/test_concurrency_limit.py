@@ -37,11 +37,6 @@ def _key() -> str:
     return f"key_{uuid.uuid4().hex[:12]}"
 
 
-async def _holds(predictions: Predictions, account_id: str) -> list[L.Hold]:
-    response = await predictions.ledger.stub.ListHolds(L.ListHoldsRequest(account_id=account_id))
-    return list(response.holds)
-
-
 def _processing(databases: Databases, key_id: str) -> int:
     row = query_one(
         databases.owner,
@@ -95,7 +90,7 @@ async def test_racing_creates_of_one_key_stop_exactly_at_its_limit(
         _assert_limited(error, 10)
     assert _processing(databases, key) == 10
     # The refused creates reserved nothing: ten holds, all held, and nothing released.
-    holds = await _holds(predictions, account)
+    holds = await predictions.ledger.holds(account)
     assert sorted(hold.idempotency_key for hold in holds) == sorted(
         f"prediction:{prediction.id}" for prediction in created
     )
@@ -115,13 +110,13 @@ async def test_a_refused_create_leaves_the_balance_and_holds_as_they_were(
     key = _key()
     first = await predictions.create(account, TEXT, key_id=key, max_active=1)
     balance = await predictions.ledger.balance(account)
-    holds = await _holds(predictions, account)
+    holds = await predictions.ledger.holds(account)
 
     with pytest.raises(grpc.RpcError) as refused:
         await predictions.create(account, "Me too.", key_id=key, max_active=1)
     _assert_limited(refused.value, 1)
     assert await predictions.ledger.balance(account) == balance
-    assert await _holds(predictions, account) == holds
+    assert await predictions.ledger.holds(account) == holds
 
     # The limit is the key's: another key of the same account still creates.
     other = await predictions.create(account, TEXT, key_id=_key(), max_active=1)

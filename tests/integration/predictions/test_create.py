@@ -30,11 +30,6 @@ from tests.support.pki import channel
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def _holds(predictions: Predictions, account_id: str) -> list[L.Hold]:
-    response = await predictions.ledger.stub.ListHolds(L.ListHoldsRequest(account_id=account_id))
-    return list(response.holds)
-
-
 async def test_create_reserves_len_text_and_queues_the_job(
     predictions: Predictions, databases: Databases
 ) -> None:
@@ -47,7 +42,7 @@ async def test_create_reserves_len_text_and_queues_the_job(
     assert (created.input.text, created.input.voice) == (text, "af_sky")
     assert (created.input.speed, created.input.output_format) == (1.0, "wav")
     assert not created.output_url and not created.HasField("finish_time")
-    [hold] = await _holds(predictions, account)
+    [hold] = await predictions.ledger.holds(account)
     assert hold.amount == len(text) == 15
     assert hold.state == L.HOLD_STATE_HELD
     assert hold.idempotency_key == f"prediction:{created.id}"
@@ -64,7 +59,7 @@ async def test_create_reserves_len_text_and_queues_the_job(
     assert cancelled.message == "cancelled" and cancelled.HasField("finish_time")
     balance = await predictions.ledger.balance(account)
     assert (balance.balance, balance.held) == (1000, 0)
-    [hold] = await _holds(predictions, account)
+    [hold] = await predictions.ledger.holds(account)
     assert hold.state == L.HOLD_STATE_RELEASED
     assert job_status(databases.owner, created.id) == "cancelled"
     # A finished prediction is answered as it is.

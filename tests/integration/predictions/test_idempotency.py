@@ -20,7 +20,6 @@ import grpc
 import httpx
 import psycopg
 import pytest
-from kokoropay.ledger.v1 import ledger_pb2 as L
 from kokoropay.predictions.v1 import predictions_pb2 as P
 
 from services.cli.processes import ServiceProcess
@@ -56,11 +55,6 @@ def _api_key() -> str:
     return f"key_{uuid.uuid4().hex}"
 
 
-async def _holds(predictions: Predictions, account_id: str) -> list[L.Hold]:
-    response = await predictions.ledger.stub.ListHolds(L.ListHoldsRequest(account_id=account_id))
-    return list(response.holds)
-
-
 def _count(databases: Databases, account_id: str) -> int:
     row = query_one(
         databases.owner,
@@ -76,7 +70,7 @@ async def _assert_charged_once(
 ) -> None:
     """One prediction of the account, one hold, len(text) held and nothing more."""
     assert _count(databases, account_id) == 1
-    assert len(await _holds(predictions, account_id)) == 1
+    assert len(await predictions.ledger.holds(account_id)) == 1
     balance = await predictions.ledger.balance(account_id)
     assert (balance.balance, balance.held) == (credits - len(text), len(text))
 
@@ -141,7 +135,7 @@ async def test_a_repeat_gets_the_same_prediction_as_it_now_stands(
         P.PREDICTION_STATUS_ERROR,
         "cancelled",
     )
-    assert len(await _holds(predictions, account)) == 1
+    assert len(await predictions.ledger.holds(account)) == 1
     assert (await predictions.ledger.balance(account)).balance == 1_000
 
 
@@ -286,7 +280,7 @@ async def test_a_create_refused_at_the_limit_leaves_its_key_for_the_retry_once_a
     assert created.id != other.id
     assert _count(databases, account) == 2
     # The cancelled one's hold released, the retry's held: len(TEXT) held once.
-    assert len(await _holds(predictions, account)) == 2
+    assert len(await predictions.ledger.holds(account)) == 2
     balance = await predictions.ledger.balance(account)
     assert (balance.balance, balance.held) == (1_000 - len(TEXT), len(TEXT))
 
@@ -376,7 +370,7 @@ async def test_a_key_past_its_24_hours_names_a_new_prediction_then_is_swept(
     assert new.id != old.id
     again = await predictions.create(account, TEXT, idempotency_key=key, request_fingerprint="b=2")
     assert again.id == new.id
-    assert len(await _holds(predictions, account)) == 2
+    assert len(await predictions.ledger.holds(account)) == 2
 
     # The maintenance's sweep, as the serving role runs it: expired keys go, live ones stay.
     _age_key(databases, account, key, "24 hours 1 second")
